@@ -82,7 +82,7 @@ class Settings:
     breaker_failures: int = 3  # consecutive Redis errors that open the breaker
     breaker_cooldown: float = 2.0  # seconds before a half-open probe
     lease_ttl_ms: int = 3000  # single-flight fill lease
-    lease_wait_ms: int = 150  # how long a losing reader waits for the winner's fill
+    lease_wait_ms: int = 1000  # how long a losing reader waits for the winner's fill
     idle_ttl: int = 7 * 24 * 3600  # TTL of per-user keys, refreshed on use
     page_cache_ttl: int = 300
     fellows_ttl: int = 300

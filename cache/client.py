@@ -1,0 +1,114 @@
+"""The cache client: one Redis connection pool, short timeouts, a breaker, counters.
+
+Every Redis call of a read path goes through ``Cache.run(path, fn)``, which raises
+``CacheUnavailable`` instead of a Redis error; callers then answer from Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.exceptions import RedisError
+
+from cache import stats
+from cache.breaker import Breaker
+from cache.keys import Keyspace
+
+T = TypeVar("T")
+
+
+class CacheUnavailable(Exception):
+    """Redis is down, slow or the breaker is open: answer from Postgres."""
+
+
+class _NoValue:
+    """Sentinel for "not in the cache" so a miss is never confused with a cached None."""
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NO_VALUE: Any = _NoValue()
+
+
+def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -> redis.Redis:
+    """A Redis client for ``url`` with short timeouts (the cache must never stall a request).
+
+    A ``redis://`` URL whose server is a cluster is not detected here; use
+    ``redis+cluster://`` (our own scheme) to get a ``RedisCluster`` client.
+    """
+    if url.startswith("redis+cluster://"):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(
+            "redis://" + url.removeprefix("redis+cluster://"),
+            socket_timeout=read_timeout,
+            socket_connect_timeout=connect_timeout,
+        )
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=read_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=0,
+    )
+
+
+class Cache:
+    """The cache Redis, as the read paths see it."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keyspace,
+        breaker: Breaker | None = None,
+        enabled: bool = True,
+        idle_ttl: int = 7 * 24 * 3600,
+        lease_ttl_ms: int = 3000,
+        lease_wait_ms: int = 150,
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.breaker = breaker or Breaker()
+        self.enabled = enabled
+        self.idle_ttl = idle_ttl
+        self.lease_ttl_ms = lease_ttl_ms
+        self.lease_wait_ms = lease_wait_ms
+
+    def run(self, path: str, fn: Callable[[redis.Redis], T]) -> T:
+        """Run ``fn(redis)`` as one guarded unit (normally one pipelined round trip).
+
+        Raises ``CacheUnavailable`` if the cache is off, the breaker is open or Redis fails.
+        """
+        if not self.enabled or not self.breaker.allow():
+            raise CacheUnavailable(path)
+        try:
+            stats.REDIS_CALLS.labels(path).inc()
+            result = fn(self.redis)
+        except RedisError as exc:
+            stats.REDIS_ERRORS.labels(path).inc()
+            stats.count(path, "error")
+            self.breaker.failure()
+            raise CacheUnavailable(path) from exc
+        self.breaker.success()
+        return result
+
+    def run_unguarded(self, path: str, fn: Callable[[redis.Redis], T]) -> T:
+        """Like ``run`` but ignores the breaker (recovery work that must reach Redis)."""
+        if not self.enabled:
+            raise CacheUnavailable(path)
+        try:
+            return fn(self.redis)
+        except RedisError as exc:
+            stats.REDIS_ERRORS.labels(path).inc()
+            raise CacheUnavailable(path) from exc
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except RedisError:
+            return False

@@ -1,0 +1,128 @@
+"""Read-through with single-flight fills.
+
+``read_through`` answers from Redis when it can. On a miss, ``Filler.fill`` rebuilds the
+keys from Postgres: the first caller takes a lease (SET NX with a token) and loads; the
+others wait up to ``lease_wait_ms`` for the fill to land and otherwise read Postgres
+without writing. So N concurrent misses cost one load (plus at most the few that gave up
+waiting), and a fill computed under an old version is discarded (see ``versioned``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from cache import stats
+from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.keys import Scope
+from cache.versioned import Scripts, publish_keys
+
+T = TypeVar("T")
+
+
+class LeaseHeld(Exception):
+    """Another process is filling these keys right now."""
+
+
+class Filler:
+    """Fills for one cache: knows the scripts and where versions' truth lives."""
+
+    def __init__(self, cache: Cache, load_version: Callable[[str], int]) -> None:
+        self.cache = cache
+        self.scripts = Scripts(cache.redis)
+        # load_version(row_name) -> the version in Postgres (0 if never bumped).
+        self.load_version = load_version
+
+    def version(self, path: str, scope: Scope) -> int:
+        """The scope's current version, loading the copy from Postgres when Redis lost it."""
+        vkey = self.cache.keys.version(scope)
+        raw = self.cache.run(path, lambda r: r.get(vkey))
+        if raw is not None:
+            return int(raw)
+        truth = self.load_version(scope.row_name)
+        return int(
+            self.cache.run(
+                path,
+                lambda r: self.scripts.set_max(
+                    keys=[vkey], args=[truth, self.cache.idle_ttl], client=r
+                ),
+            )
+        )
+
+    def fill(
+        self,
+        path: str,
+        scope: Scope,
+        keys: Sequence[str],
+        load: Callable[[], T],
+        stage: Callable[[Any, dict[str, str], T], None],
+    ) -> T:
+        """Load from Postgres and publish into ``keys`` if the version did not move.
+
+        ``stage(pipe, temps, data)`` writes ``data`` into the temporary keys ``temps[key]``.
+        Returns the loaded data. Raises ``LeaseHeld`` if another filler holds the lease
+        and ``CacheUnavailable`` if Redis fails.
+        """
+        cache = self.cache
+        token = uuid.uuid4().hex
+        lease = cache.keys.lease(keys[0])
+        got = cache.run(
+            path, lambda r: r.set(lease, token, nx=True, px=cache.lease_ttl_ms)
+        )
+        if not got:
+            raise LeaseHeld(keys[0])
+        version = self.version(path, scope)  # before the load: see versioned.py
+        data = load()
+        temps = {key: cache.keys.temp(key, token) for key in keys}
+
+        def publish(r: Any) -> int:
+            pipe = r.pipeline(transaction=False)
+            for temp in temps.values():
+                pipe.delete(temp)
+            stage(pipe, temps, data)
+            self.scripts.publish(
+                keys=publish_keys(cache.keys, scope, lease, list(temps.items())),
+                args=[version, cache.idle_ttl, token],
+                client=pipe,
+            )
+            return pipe.execute()[-1]
+
+        if not cache.run(path, publish):
+            stats.STALE_FILLS.labels(path).inc()
+        return data
+
+
+def read_through(
+    cache: Cache,
+    path: str,
+    read: Callable[[Any], T],
+    fill: Callable[[], T],
+    fallback: Callable[[], T],
+) -> T:
+    """Answer from Redis (``read``), else rebuild (``fill``), else Postgres (``fallback``).
+
+    ``read(redis)`` returns ``NO_VALUE`` on a miss. ``fill()`` rebuilds and answers; if a
+    concurrent fill holds the lease, we poll ``read`` for ``lease_wait_ms`` and then fall
+    back. Redis errors anywhere end in ``fallback()``: the answer is always correct.
+    """
+    try:
+        value = cache.run(path, read)
+        if value is not NO_VALUE:
+            stats.count(path, "hit")
+            return value
+        stats.count(path, "miss")
+        try:
+            return fill()
+        except LeaseHeld:
+            deadline = time.monotonic() + cache.lease_wait_ms / 1000
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+                value = cache.run(path, read)
+                if value is not NO_VALUE:
+                    return value
+    except CacheUnavailable:
+        pass
+    stats.count(path, "fallback")
+    return fallback()

@@ -1,0 +1,49 @@
+"""Prometheus counters of the cache core, labelled by read path.
+
+Outcomes: ``hit`` (answered from Redis), ``miss`` (key absent, rebuilt from Postgres),
+``fallback`` (answered from Postgres without the cache: breaker open, Redis error, or a
+concurrent fill held the lease), ``error`` (a Redis command failed).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+from prometheus_client import Counter
+
+CACHE_EVENTS = Counter(
+    "cache_events_total", "Cache outcomes per read path", ["path", "outcome"]
+)
+REDIS_ERRORS = Counter("redis_errors_total", "Redis commands that failed", ["path"])
+STALE_FILLS = Counter(
+    "cache_stale_fills_total",
+    "Fills discarded because a write bumped the version while they loaded",
+    ["path"],
+)
+OUTBOX_APPLIED = Counter(
+    "cache_outbox_applied_total", "Outbox changes applied to Redis", ["by"]
+)
+REDIS_CALLS = Counter("redis_round_trips_total", "Round trips to the cache Redis", ["path"])
+
+
+def count(path: str, outcome: str) -> None:
+    CACHE_EVENTS.labels(path, outcome).inc()
+    outcomes = _OUTCOMES.get()
+    if outcomes is not None:
+        outcomes.append(f"{path}:{outcome}")
+
+
+# The outcomes of the current request, for its log line (a contextvar: per thread/task).
+_OUTCOMES: ContextVar[list[str] | None] = ContextVar("cache_outcomes", default=None)
+
+
+def begin_request() -> list[str]:
+    outcomes: list[str] = []
+    _OUTCOMES.set(outcomes)
+    return outcomes
+
+
+def end_request() -> list[str]:
+    outcomes = _OUTCOMES.get() or []
+    _OUTCOMES.set(None)
+    return outcomes

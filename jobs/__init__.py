@@ -1,0 +1,1 @@
+"""RQ tasks and scheduled work: warming, fan-out, persistence, retention, reconciliation."""

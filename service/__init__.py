@@ -1,0 +1,84 @@
+"""The Flask service: ``create_app`` builds everything; nothing connects at import time.
+
+    flask --app service run            # development server
+    gunicorn 'service:create_app()'    # production (see Procfile, gunicorn.conf.py)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+from flask import Flask
+from flask_orjson import OrjsonProvider
+
+from service.settings import Settings
+
+# One blueprint per API section; each module exposes ``bp``.
+SECTION_MODULES = (
+    "service.health",
+    "service.admin",
+    "service.group_feed",
+    "service.activity_feed",
+    "service.community_feed",
+    "service.ranked_feed",
+    "service.reels",
+)
+
+
+class JsonProvider(OrjsonProvider):
+    option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_hc", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler._hc = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``test_config`` may carry ``SETTINGS`` (a ``Settings``) and Flask keys.
+
+    With no DATABASE_URL / REDIS_URL, embedded servers under DATA_DIR are started (or
+    reattached). Raises ``ValueError`` on invalid configuration.
+    """
+    import importlib
+
+    from service import api as api_module
+    from service import cli, errors, metrics
+    from service.bootstrap import bootstrap
+    from service.fields import IdConverter
+
+    test_config = dict(test_config or {})
+    settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
+    configure_logging(settings.log_level)
+    if not settings.database_url or not settings.redis_url:
+        from service.embedded import ensure_servers
+
+        settings = ensure_servers(settings)
+
+    app = Flask(__name__)
+    app.json = JsonProvider(app)
+    app.url_map.strict_slashes = False
+    app.url_map.converters["id"] = IdConverter
+    app.config.update(
+        JWT_SECRET=settings.jwt_secret,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+    )
+    app.config.update(test_config)
+
+    app.extensions["hc"] = bootstrap(settings)
+    api = api_module.make_api(app)
+    errors.register(app)
+    for module_name in SECTION_MODULES:
+        module = importlib.import_module(module_name)
+        api.register_blueprint(module.bp)
+    metrics.init_app(app)
+    cli.init_app(app)
+    return app

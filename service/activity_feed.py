@@ -1,0 +1,5 @@
+"""Placeholder: this API section's endpoints arrive with its issue."""
+
+from flask_smorest import Blueprint
+
+bp = Blueprint("activity_feed", __name__)

@@ -1,0 +1,91 @@
+"""One bootstrap for the web app, the workers and the scripts: settings in, dependencies out.
+
+Nothing connects at import time; ``bootstrap(settings)`` builds the pools (connections are
+opened lazily on first use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from cache.breaker import Breaker
+from cache.client import Cache, connect
+from cache.fill import Filler
+from cache.keys import Keyspace
+from cache.outbox import Applier
+from service.settings import Settings
+from service.uow import UnitOfWork
+from storage import cache_state
+from storage.db import Database
+
+QUEUE_NAMES = ("default", "warm")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    cache: Cache
+    filler: Filler
+    applier: Applier
+    queue_redis: redis.Redis
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.db, self.applier)
+
+    def load_version(self, row_name: str) -> int:
+        with self.db.session() as session:
+            return cache_state.get_version(session, row_name)
+
+    def queue(self, name: str = "default"):
+        from rq import Queue
+
+        return Queue(name, connection=self.queue_redis)
+
+    def close(self) -> None:
+        self.db.dispose()
+        self.cache.redis.close()
+        self.queue_redis.close()
+
+
+def bootstrap(settings: Settings) -> AppState:
+    """Build the service's dependencies. ``settings`` must carry both URLs."""
+    if not settings.database_url or not settings.redis_url:
+        raise ValueError("bootstrap needs DATABASE_URL and REDIS_URL (see service.embedded)")
+    db = Database(settings.database_url, settings.db_pool_size, settings.db_pool_timeout)
+    client = connect(
+        settings.redis_url, settings.redis_read_timeout, settings.redis_connect_timeout
+    )
+    breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
+    cache = Cache(
+        client,
+        Keyspace(settings.key_prefix),
+        breaker,
+        enabled=settings.cache_enabled,
+        idle_ttl=settings.idle_ttl,
+        lease_ttl_ms=settings.lease_ttl_ms,
+        lease_wait_ms=settings.lease_wait_ms,
+    )
+    applier = Applier(cache)
+    state = AppState(
+        settings=settings,
+        db=db,
+        cache=cache,
+        filler=None,  # type: ignore[arg-type]  # set below: it needs state.load_version
+        applier=applier,
+        queue_redis=redis.Redis.from_url(
+            settings.queue_redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
+        ),
+    )
+    state.filler = Filler(cache, state.load_version)
+
+    def recover() -> None:
+        # Redis answers again: apply what the outage left in the outbox before trusting it.
+        from jobs.relay import relay_outbox
+
+        relay_outbox(db, applier, min_age=0)
+
+    breaker.on_close = recover
+    return state

@@ -1,0 +1,76 @@
+"""Commands on ``app.cli`` (``flask --app service <command>``): thin wrappers; the work is
+in plain functions so tests call those."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app
+
+from service.auth import make_token
+from service.state import state
+
+
+def init_app(app: Flask) -> None:
+    @app.cli.command("token")
+    @click.option("--user", "user_id", type=click.IntRange(1, 2**63 - 1), required=True)
+    @click.option("--admin", is_flag=True, help="Add role=admin.")
+    @click.option("--ttl", type=click.IntRange(1), default=24 * 3600, show_default=True)
+    def token(user_id: int, admin: bool, ttl: int) -> None:
+        """Print a signed token for USER."""
+        click.echo(make_token(current_app.config["JWT_SECRET"], user_id, admin, ttl))
+
+    @app.cli.command("migrate")
+    def migrate() -> None:
+        """Apply database migrations (alembic upgrade head)."""
+        from storage.migrate import upgrade
+
+        upgrade(state().settings.database_url)
+        click.echo("database at the newest schema")
+
+    @app.cli.command("seed-demo")
+    @click.option("--users", type=click.IntRange(1), default=200, show_default=True)
+    @click.option("--groups", type=click.IntRange(1), default=10, show_default=True)
+    @click.option("--items", type=click.IntRange(0), default=2_000, show_default=True)
+    @click.option("--posts", type=click.IntRange(0), default=2_000, show_default=True)
+    @click.option("--reels", type=click.IntRange(0), default=300, show_default=True)
+    @click.option("--views", type=click.IntRange(0), default=10_000, show_default=True)
+    @click.option("--seed", type=int, default=42, show_default=True)
+    @click.option("--if-empty", is_flag=True, help="Do nothing if the database has data.")
+    def seed_demo(**options) -> None:
+        """Load demo data for every API section (bulk inserts)."""
+        from storage.demo import DemoSizes, has_data, seed
+
+        if_empty = options.pop("if_empty")
+        with state().db.session() as session:
+            if if_empty and has_data(session):
+                click.echo("database already has data: demo seed skipped")
+                return
+        from cache.keyspace_admin import clear_keyspace
+
+        counts = seed(state().db, DemoSizes(**options), progress=True)
+        click.echo("seeded: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        cleared = clear_keyspace(state().cache)
+        click.echo(f"cleared {cleared} cache keys (rebuilt from Postgres on first read)")
+
+    @app.cli.command("worker")
+    @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+    def worker(burst: bool) -> None:
+        """Run an RQ worker on the service's queues (default, warm)."""
+        from rq import Queue, Worker
+
+        from jobs.context import use_state
+        from service.bootstrap import QUEUE_NAMES
+
+        app_state = state()
+        use_state(app_state)
+        queues = [Queue(name, connection=app_state.queue_redis) for name in QUEUE_NAMES]
+        Worker(queues, connection=app_state.queue_redis).work(
+            burst=burst, with_scheduler=True
+        )
+
+    @app.cli.command("scheduler")
+    def scheduler() -> None:
+        """Run periodic jobs (outbox relay, retention, reconciliation) until stopped."""
+        from jobs.scheduler import run_forever
+
+        run_forever(state())

@@ -1,0 +1,130 @@
+"""``/metrics`` and the per-request JSON log line.
+
+Request count and latency per endpoint (the route's name, never the raw path), the cache
+outcome counters of ``cache.stats``, RQ queue depths and failed jobs (read from the queue
+Redis at scrape time), and Redis/DB errors. Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR``
+(set by gunicorn.conf.py) makes every worker process's counters add up in each scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+from cache import stats
+
+log = logging.getLogger("service.access")
+
+REQUESTS = Counter(
+    "http_requests_total", "HTTP requests", ["endpoint", "method", "status"]
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DB_ERRORS = Counter("db_errors_total", "Requests that failed on the database", ["endpoint"])
+WORKERS = Gauge(
+    "web_worker_processes", "Web worker processes serving", multiprocess_mode="livesum"
+)
+
+bp = Blueprint("metrics", __name__)
+
+
+class QueueCollector(Collector):
+    """RQ queue depths and failed-job counts, read live from the queue Redis."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from rq import Queue
+
+        state = self.app.extensions["hc"]
+        depth = GaugeMetricFamily("rq_queue_depth", "Jobs waiting per queue", labels=["queue"])
+        failed = GaugeMetricFamily("rq_failed_jobs", "Failed jobs per queue", labels=["queue"])
+        try:
+            for name in ("default", "warm"):
+                queue = Queue(name, connection=state.queue_redis)
+                depth.add_metric([name], queue.count)
+                failed.add_metric([name], queue.failed_job_registry.count)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
+            pass
+        yield depth
+        yield failed
+
+
+def _registry(app: Flask) -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001
+            registry.register(collector)
+    registry.register(QueueCollector(app))
+    return registry
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    from flask import current_app
+
+    registry = current_app.extensions["hc.metrics_registry"]
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["hc.metrics_registry"] = _registry(app)
+    app.register_blueprint(bp)
+    WORKERS.set(1)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        g.cache_outcomes = stats.begin_request()
+
+    @app.after_request
+    def _finish(response):
+        started = g.pop("started", None)
+        if started is None:
+            return response
+        elapsed = time.perf_counter() - started
+        endpoint = request.endpoint or "unmatched"
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        LATENCY.labels(endpoint).observe(elapsed)
+        if response.status_code == 503:
+            DB_ERRORS.labels(endpoint).inc()
+        outcomes = stats.end_request()
+        if endpoint != "metrics.metrics":
+            log.info(
+                json.dumps(
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "endpoint": endpoint,
+                        "status": response.status_code,
+                        "ms": round(elapsed * 1000, 2),
+                        "cache": outcomes,
+                    }
+                )
+            )
+        return response

@@ -1,0 +1,68 @@
+"""SQL side of the cache core: version rows (the truth of every cache version) and the
+outbox of cache changes written in the same transaction as the data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
+
+from storage.models import CacheVersion, OutboxEntry
+
+_BUMP = text(
+    "INSERT INTO cache_versions (name, version) VALUES (:name, 1) "
+    "ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1 "
+    "RETURNING version"
+)
+
+
+def bump_version(session: Session, name: str) -> int:
+    """Increment version ``name`` in the current transaction and return the new value.
+
+    The row lock it takes serialises writers of one scope until commit, so values a
+    writer computes after the bump are exact at that version.
+    """
+    return int(session.execute(_BUMP, {"name": name}).scalar_one())
+
+
+def get_version(session: Session, name: str) -> int:
+    value = session.execute(
+        select(CacheVersion.version).where(CacheVersion.name == name)
+    ).scalar_one_or_none()
+    return int(value or 0)
+
+
+def add_outbox(session: Session, changes: list[dict[str, Any]]) -> int:
+    entry = OutboxEntry(changes=changes)
+    session.add(entry)
+    session.flush()
+    return entry.id
+
+
+def delete_outbox(session: Session, ids: Sequence[int]) -> None:
+    if ids:
+        session.execute(delete(OutboxEntry).where(OutboxEntry.id.in_(ids)))
+
+
+def pending_outbox(
+    session: Session, older_than: float = 5.0, limit: int = 500
+) -> list[OutboxEntry]:
+    """Outbox rows left behind (older than ``older_than`` seconds), oldest first, locked
+    so that two relays never apply the same rows at once."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    return list(
+        session.execute(
+            select(OutboxEntry)
+            .where(OutboxEntry.created_at <= cutoff)
+            .order_by(OutboxEntry.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+def outbox_size(session: Session) -> int:
+    return int(session.execute(text("SELECT count(*) FROM cache_outbox")).scalar_one())

@@ -1,0 +1,138 @@
+"""Fixtures: real Postgres and real Redis, isolated per test.
+
+Servers: ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` when set (CI points them at the
+machine's servers), embedded ones otherwise (started once per session in a temp dir).
+Isolation: a migrated template database is made once per session; each test gets its own
+copy (``CREATE DATABASE ... TEMPLATE``) and its own Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service import create_app
+from service.auth import make_token
+from service.settings import Settings
+
+JWT_SECRET = "test-secret-" + "x" * 20
+
+
+@pytest.fixture(scope="session")
+def server_urls(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    db_url = os.environ.get("TEST_DATABASE_URL", "")
+    redis_url = os.environ.get("TEST_REDIS_URL", "")
+    started = []
+    data_dir = tmp_path_factory.mktemp("servers")
+    if not db_url or not redis_url:
+        from service import embedded
+
+        if not db_url:
+            db_url = embedded.start_postgres(str(data_dir))
+            started.append(embedded.stop_postgres)
+        if not redis_url:
+            redis_url = embedded.start_redis(str(data_dir))
+            started.append(embedded.stop_redis)
+    yield db_url, redis_url
+    for stop in started:
+        stop(str(data_dir))
+
+
+def _admin_engine(db_url: str):
+    return create_engine(db_url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_urls) -> Iterator[str]:
+    """A database at the newest migration, used as the template of every test database."""
+    from storage.migrate import upgrade
+
+    db_url, _ = server_urls
+    name = f"hc_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = _admin_engine(db_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(db_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def database_url(server_urls, template_db) -> Iterator[str]:
+    db_url, _ = server_urls
+    name = f"hc_t_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine(db_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    yield make_url(db_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_url(server_urls) -> str:
+    return server_urls[1]
+
+
+@pytest.fixture
+def key_prefix(redis_url) -> Iterator[str]:
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+    client.close()
+
+
+@pytest.fixture
+def settings(database_url, redis_url, key_prefix) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        jwt_secret=JWT_SECRET,
+        db_pool_size=20,
+    )
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    yield app
+    app.extensions["hc"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def state(app):
+    return app.extensions["hc"]
+
+
+def bearer(user_id: int, admin: bool = False, ttl: int = 3600) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(JWT_SECRET, user_id, admin, ttl)}"}
+
+
+@pytest.fixture
+def auth():
+    """``auth(user_id, admin=False)`` -> request headers with a valid bearer token."""
+    return bearer
+
+
+@pytest.fixture
+def admin_headers():
+    return bearer(1, admin=True)
