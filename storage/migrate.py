@@ -21,8 +21,8 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``. Raises SQLAlchemy errors if the DB is unreachable."""
+def upgrade(database_url: str, revision: str = "heads") -> None:
+    """Apply migrations up to ``revision`` (default: every head; sections branch from 0001). Raises SQLAlchemy errors if the DB is unreachable."""
     command.upgrade(alembic_config(database_url), revision)
 
 
