@@ -1,0 +1,76 @@
+"""The service under gunicorn as the Procfile runs it: metrics add up across workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _total(body: str, endpoint: str) -> float:
+    pattern = rf'http_requests_total\{{endpoint="{re.escape(endpoint)}",method="GET",status="200"\}} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, body))
+
+
+@pytest.fixture
+def gunicorn(settings, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "CACHE_KEY_PREFIX": settings.key_prefix,
+        "JWT_SECRET": settings.jwt_secret,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "DATA_DIR": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
+         "service:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        proc.wait()
+        pytest.fail("gunicorn did not start: " + proc.stderr.read().decode()[-2000:])
+    yield base
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+    proc.stderr.close()
+
+
+def test_metrics_add_up_across_workers(gunicorn):
+    n = 60
+    for _ in range(n):
+        # A new connection each time: the master hands connections to either worker.
+        assert requests.get(f"{gunicorn}/readyz", headers={"Connection": "close"},
+                            timeout=5).status_code == 200
+    for _ in range(6):  # whichever worker answers the scrape, it reports every worker's count
+        body = requests.get(f"{gunicorn}/metrics", headers={"Connection": "close"},
+                            timeout=5).text
+        assert _total(body, "ops.readyz") == n
+        workers = re.search(r"^web_worker_processes (\S+)$", body, re.M)
+        assert workers and float(workers.group(1)) == 2
