@@ -22,7 +22,10 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "heads") -> None:
-    """Apply migrations up to ``revision`` (default: every head; sections branch from 0001). Raises SQLAlchemy errors if the DB is unreachable."""
+    """Apply migrations up to ``revision`` (default: every head; sections branch from 0001).
+
+    Raises SQLAlchemy errors if the database is unreachable.
+    """
     command.upgrade(alembic_config(database_url), revision)
 
 

@@ -49,8 +49,8 @@ def test_missing_token_401(client):
 
 
 def test_forged_token_401(client):
-    forged = jwt.encode({"sub": "1", "exp": time.time() + 60, "role": "admin"}, "wrong-key-" + "k" * 32,
-                        algorithm="HS256")
+    claims = {"sub": "1", "exp": time.time() + 60, "role": "admin"}
+    forged = jwt.encode(claims, "wrong-key-" + "k" * 32, algorithm="HS256")
     r = client.post("/api/v1/groups/", json={"name": "x"},
                     headers={"Authorization": f"Bearer {forged}"})
     assert r.status_code == 401
@@ -160,3 +160,14 @@ def test_openapi_document(client):
     for path in ("/healthz", "/readyz", "/api/v1/groups/", "/api/reels/", "/api/collectives/"):
         assert path in doc["paths"], path
     assert "bearerAuth" in doc["components"]["securitySchemes"]
+
+
+def test_openapi_document_is_valid(client):
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(client.get("/openapi.json").get_json())
+    results = list(schema.get_all_operations())
+    assert results
+    for result in results:
+        operation = result.ok()  # raises if the operation's definition is invalid
+        assert operation.method and operation.path

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _total(body: str, endpoint: str) -> float:
-    pattern = rf'http_requests_total\{{endpoint="{re.escape(endpoint)}",method="GET",status="200"\}} (\S+)'
+    labels = f'endpoint="{re.escape(endpoint)}",method="GET",status="200"'
+    pattern = rf"http_requests_total\{{{labels}\}} (\S+)"
     return sum(float(v) for v in re.findall(pattern, body))
 
 
