@@ -91,6 +91,9 @@ class Settings:
     # Jobs.
     outbox_relay_interval: int = 10  # seconds
     use_async_activity_feed: bool = False
+    activity_queue: str = "default"  # RQ queue of activity jobs (a worker must listen)
+    activity_retry_intervals: tuple[int, ...] = (10, 30, 60)  # seconds between 3 retries
+    activity_fanout_chunk: int = 200  # users per fan-out job
     # Read paths.
     max_recent_reel_views: int = 50
     ranking_weights: dict[str, float] = field(
@@ -161,6 +164,11 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "INTERACTION_STATS_TTL": ("interaction_stats_ttl", int),
     "OUTBOX_RELAY_INTERVAL": ("outbox_relay_interval", int),
     "USE_ASYNC_ACTIVITY_FEED": ("use_async_activity_feed", _bool),
+    "ACTIVITY_QUEUE": ("activity_queue", str),
+    "ACTIVITY_RETRY_INTERVALS": (
+        "activity_retry_intervals", lambda raw: tuple(int(p) for p in raw.split(",") if p.strip())
+    ),
+    "ACTIVITY_FANOUT_CHUNK": ("activity_fanout_chunk", int),
     "MAX_RECENT_REEL_VIEWS": ("max_recent_reel_views", int),
     "RANKING_WEIGHTS": ("ranking_weights", _weights),
     "LOG_LEVEL": ("log_level", str),
