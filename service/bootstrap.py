@@ -40,9 +40,13 @@ class AppState:
             return cache_state.get_version(session, row_name)
 
     def queue(self, name: str = "default"):
+        """The RQ queue ``name`` (``default`` or ``warm``), under the configured prefix."""
         from rq import Queue
 
-        return Queue(name, connection=self.queue_redis)
+        return Queue(self.settings.queue_prefix + name, connection=self.queue_redis)
+
+    def queues(self) -> list:
+        return [self.queue(name) for name in QUEUE_NAMES]
 
     def close(self) -> None:
         self.db.dispose()

@@ -56,15 +56,13 @@ def init_app(app: Flask) -> None:
     @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
     def worker(burst: bool) -> None:
         """Run an RQ worker on the service's queues (default, warm)."""
-        from rq import Queue, Worker
+        from rq import Worker
 
         from jobs.context import use_state
-        from service.bootstrap import QUEUE_NAMES
 
         app_state = state()
         use_state(app_state)
-        queues = [Queue(name, connection=app_state.queue_redis) for name in QUEUE_NAMES]
-        Worker(queues, connection=app_state.queue_redis).work(
+        Worker(app_state.queues(), connection=app_state.queue_redis).work(
             burst=burst, with_scheduler=True
         )
 

@@ -54,16 +54,13 @@ class QueueCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from rq import Queue
-
         state = self.app.extensions["hc"]
         depth = GaugeMetricFamily("rq_queue_depth", "Jobs waiting per queue", labels=["queue"])
         failed = GaugeMetricFamily("rq_failed_jobs", "Failed jobs per queue", labels=["queue"])
         try:
-            for name in ("default", "warm"):
-                queue = Queue(name, connection=state.queue_redis)
-                depth.add_metric([name], queue.count)
-                failed.add_metric([name], queue.failed_job_registry.count)
+            for queue in state.queues():
+                depth.add_metric([queue.name], queue.count)
+                failed.add_metric([queue.name], queue.failed_job_registry.count)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
             pass
         yield depth

@@ -89,6 +89,7 @@ class Settings:
     collectives_ttl: int = 300
     interaction_stats_ttl: int = 600
     # Jobs.
+    queue_prefix: str = ""  # RQ queue names are <prefix>default, <prefix>warm (tests isolate)
     outbox_relay_interval: int = 10  # seconds
     use_async_activity_feed: bool = False
     activity_queue: str = "default"  # RQ queue of activity jobs (a worker must listen)
@@ -163,6 +164,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "COLLECTIVES_CACHE_TTL": ("collectives_ttl", int),
     "INTERACTION_STATS_TTL": ("interaction_stats_ttl", int),
     "OUTBOX_RELAY_INTERVAL": ("outbox_relay_interval", int),
+    "RQ_QUEUE_PREFIX": ("queue_prefix", str),
     "USE_ASYNC_ACTIVITY_FEED": ("use_async_activity_feed", _bool),
     "ACTIVITY_QUEUE": ("activity_queue", str),
     "ACTIVITY_RETRY_INTERVALS": (

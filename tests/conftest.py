@@ -101,6 +101,7 @@ def settings(database_url, redis_url, key_prefix) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         key_prefix=key_prefix,
+        queue_prefix=key_prefix,
         jwt_secret=JWT_SECRET,
         db_pool_size=20,
     )
