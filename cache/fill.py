@@ -58,10 +58,12 @@ class Filler:
         keys: Sequence[str],
         load: Callable[[], T],
         stage: Callable[[Any, dict[str, str], T], None],
+        ttl: int | None = None,
     ) -> T:
         """Load from Postgres and publish into ``keys`` if the version did not move.
 
         ``stage(pipe, temps, data)`` writes ``data`` into the temporary keys ``temps[key]``.
+        ``ttl`` is the published keys' TTL in seconds (default: the cache's idle TTL).
         Returns the loaded data. Raises ``LeaseHeld`` if another filler holds the lease
         and ``CacheUnavailable`` if Redis fails.
         """
@@ -84,7 +86,7 @@ class Filler:
             stage(pipe, temps, data)
             self.scripts.publish(
                 keys=publish_keys(cache.keys, scope, lease, list(temps.items())),
-                args=[version, cache.idle_ttl, token],
+                args=[version, cache.idle_ttl, token, ttl or cache.idle_ttl],
                 client=pipe,
             )
             return pipe.execute()[-1]

@@ -55,16 +55,18 @@ end
 return 2
 """
 
-# KEYS: version, lease, then (key, temp) pairs. ARGV: expected version, ttl, lease token.
+# KEYS: version, lease, then (key, temp) pairs. ARGV: expected version, ttl, lease token,
+# and optionally the data keys' TTL (default: ttl).
 PUBLISH_LUA = """
 local ok = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   ok = 1
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+  local key_ttl = tonumber(ARGV[4] or ARGV[2])
   for i = 3, #KEYS, 2 do
     if redis.call('EXISTS', KEYS[i + 1]) == 1 then
       redis.call('RENAME', KEYS[i + 1], KEYS[i])
-      redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2]))
+      redis.call('EXPIRE', KEYS[i], key_ttl)
     else
       redis.call('DEL', KEYS[i])
     end
