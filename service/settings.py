@@ -88,6 +88,8 @@ class Settings:
     fellows_ttl: int = 300
     collectives_ttl: int = 300
     interaction_stats_ttl: int = 600
+    ranked_candidates_recent: int = 500  # personalized feed: newest live posts considered
+    ranked_candidates_social: int = 250  # ...plus this many from fellows and from collectives
     # Jobs.
     queue_prefix: str = ""  # RQ queue names are <prefix>default, <prefix>warm (tests isolate)
     outbox_relay_interval: int = 10  # seconds
@@ -163,6 +165,8 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "FELLOWS_CACHE_TTL": ("fellows_ttl", int),
     "COLLECTIVES_CACHE_TTL": ("collectives_ttl", int),
     "INTERACTION_STATS_TTL": ("interaction_stats_ttl", int),
+    "RANKED_CANDIDATES_RECENT": ("ranked_candidates_recent", int),
+    "RANKED_CANDIDATES_SOCIAL": ("ranked_candidates_social", int),
     "OUTBOX_RELAY_INTERVAL": ("outbox_relay_interval", int),
     "RQ_QUEUE_PREFIX": ("queue_prefix", str),
     "USE_ASYNC_ACTIVITY_FEED": ("use_async_activity_feed", _bool),
