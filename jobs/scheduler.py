@@ -40,7 +40,7 @@ class RedisLock:
 
     def __init__(self, client: redis.Redis, name: str, ttl: float) -> None:
         self.client = client
-        self.key = f"hc:lock:{name}"
+        self.key = f"{name}:lock"
         self.ttl_ms = int(ttl * 1000)
         self.token = uuid.uuid4().hex
 
@@ -58,12 +58,13 @@ def run_once(state: AppState, job: Periodic) -> bool:
     across schedulers) and a run lock held for the run (no overlap however long it takes).
     Returns True if it ran here.
     """
+    base = f"{state.settings.key_prefix}scheduler:{job.name}"
     cadence = state.queue_redis.set(
-        f"hc:cadence:{job.name}", "1", nx=True, px=max(1, int(job.interval * 1000 * 0.9))
+        f"{base}:cadence", "1", nx=True, px=max(1, int(job.interval * 1000 * 0.9))
     )
     if not cadence:
         return False
-    lock = RedisLock(state.queue_redis, job.name, ttl=max(job.interval * 10, 600))
+    lock = RedisLock(state.queue_redis, base, ttl=max(job.interval * 10, 600))
     if not lock.acquire():
         return False
     try:

@@ -66,6 +66,34 @@ def init_app(app: Flask) -> None:
             burst=burst, with_scheduler=True
         )
 
+    @app.cli.command("failed-jobs")
+    @click.option("--requeue", "requeue_id", metavar="JOB_ID", help="Requeue one failed job.")
+    @click.option("--requeue-all", is_flag=True, help="Requeue every failed job.")
+    @click.option("--delete", "delete_id", metavar="JOB_ID", help="Delete one failed job.")
+    @click.option("--delete-all", is_flag=True, help="Delete every failed job.")
+    @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+    def failed_jobs(requeue_id, requeue_all, delete_id, delete_all, limit) -> None:
+        """List failed jobs (default), or requeue / delete them."""
+        from jobs import failed
+
+        queues = state().queues()
+        if requeue_id or requeue_all:
+            n = failed.requeue(queues, requeue_id)
+            click.echo(f"requeued {n} job(s)")
+            if requeue_id and not n:
+                raise click.ClickException(f"no failed job {requeue_id}")
+            return
+        if delete_id or delete_all:
+            n = failed.delete(queues, delete_id)
+            click.echo(f"deleted {n} job(s)")
+            if delete_id and not n:
+                raise click.ClickException(f"no failed job {delete_id}")
+            return
+        jobs = failed.list_failed(queues, limit)
+        for job in jobs:
+            click.echo(f"{job.id}  {job.queue}  {job.func}  {job.ended_at}  {job.error}")
+        click.echo(f"{len(jobs)} failed job(s)")
+
     @app.cli.command("scheduler")
     def scheduler() -> None:
         """Run periodic jobs (outbox relay, retention, reconciliation) until stopped."""

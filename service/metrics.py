@@ -56,11 +56,17 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self.app.extensions["hc"]
         depth = GaugeMetricFamily("rq_queue_depth", "Jobs waiting per queue", labels=["queue"])
-        failed = GaugeMetricFamily("rq_failed_jobs", "Failed jobs per queue", labels=["queue"])
+        failed = GaugeMetricFamily(
+            "rq_failed_jobs", "Failed jobs per queue and job type", labels=["queue", "job"]
+        )
         try:
-            for queue in state.queues():
+            from jobs.failed import counts_by_type
+
+            queues = state.queues()
+            for queue in queues:
                 depth.add_metric([queue.name], queue.count)
-                failed.add_metric([queue.name], queue.failed_job_registry.count)
+            for (queue_name, func), n in sorted(counts_by_type(queues).items()):
+                failed.add_metric([queue_name, func], n)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
             pass
         yield depth
