@@ -51,7 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import importlib
 
     from service import api as api_module
-    from service import cli, errors, metrics
+    from service import cli, errors, metrics, warming
     from service.bootstrap import bootstrap
     from service.fields import IdConverter
 
@@ -80,5 +80,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         module = importlib.import_module(module_name)
         api.register_blueprint(module.bp)
     metrics.init_app(app)
+    warming.init_app(app)
     cli.init_app(app)
     return app
