@@ -8,7 +8,7 @@ import logging
 from flask import Flask, g
 from redis.exceptions import RedisError
 
-from cache.activity import ActivityTracker
+from cache.idle_marks import ActivityTracker
 
 log = logging.getLogger(__name__)
 
