@@ -99,6 +99,14 @@ class Settings:
     activity_fanout_chunk: int = 200  # users per fan-out job
     # Read paths.
     max_recent_reel_views: int = 50
+    # Community feed (section 3): see cache/community_feed.py.
+    recent_cache_size: int = 5000  # newest posts kept in the recent sorted set
+    author_cache_size: int = 200  # newest posts per author set (following feed)
+    trending_window_hours: int = 168  # posts this young are ranked by trending
+    trending_max_posts: int = 10_000  # cap of the trending window
+    trending_recompute_interval: int = 60  # seconds between trending rebuilds
+    trending_snapshot_ttl: int = 1800  # a trending walk's snapshot lives this long
+    trending_snapshot_reuse: int = 30  # walks starting within this share a snapshot
     ranking_weights: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_RANKING_WEIGHTS)
     )
@@ -176,6 +184,13 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     ),
     "ACTIVITY_FANOUT_CHUNK": ("activity_fanout_chunk", int),
     "MAX_RECENT_REEL_VIEWS": ("max_recent_reel_views", int),
+    "RECENT_CACHE_SIZE": ("recent_cache_size", int),
+    "AUTHOR_CACHE_SIZE": ("author_cache_size", int),
+    "TRENDING_WINDOW_HOURS": ("trending_window_hours", int),
+    "TRENDING_MAX_POSTS": ("trending_max_posts", int),
+    "TRENDING_RECOMPUTE_INTERVAL": ("trending_recompute_interval", int),
+    "TRENDING_SNAPSHOT_TTL": ("trending_snapshot_ttl", int),
+    "TRENDING_SNAPSHOT_REUSE": ("trending_snapshot_reuse", int),
     "RANKING_WEIGHTS": ("ranking_weights", _weights),
     "LOG_LEVEL": ("log_level", str),
 }

@@ -1,0 +1,171 @@
+"""Post writes shared by the community feed (section 3) and the personalized feed (4).
+
+Each function is one unit of work: Postgres rows and counters first, the community
+feed's cache changes in the same outbox entry, then (after commit) a best-effort
+re-score of the post in the trending set (see ``cache/community_feed.py`` for how stale
+that can get). Raises ``NotFound`` for unknown or deleted posts, ``Forbidden`` when the
+caller may not delete a post.
+
+The personalized feed calls ``like_post`` for hearts and passes ``extra(uow)`` to bump
+its own per-user version in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cache import community_feed as cf
+from cache.client import CacheUnavailable
+from service.errors import Forbidden, NotFound
+from service.state import state
+from service.uow import UnitOfWork
+from storage import posts
+from storage.models import Comment, Post
+
+log = logging.getLogger(__name__)
+
+PATH = "community_feed"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def created_us(created_at: datetime) -> int:
+    """``created_at`` as exact integer microseconds since the epoch."""
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
+    return (created_at - EPOCH) // timedelta(microseconds=1)
+
+
+def create_post(author_id: int, **fields: Any) -> Post:
+    """Create a post by ``author_id``; ``fields`` are post columns (title, tags...)."""
+    app = state()
+    ck = cf.CommunityKeys(app.cache.keys)
+    with app.uow() as uow:
+        post = posts.create_post(uow.session, author_id, **fields)
+        cf.post_created(
+            uow.change(cf.posts_scope()), uow.change(cf.author_scope(author_id)), ck,
+            post.id, author_id, created_us(post.created_at),
+            app.settings.recent_cache_size, app.settings.author_cache_size,
+        )
+        uow.commit()
+    _rescore(post.id, new=True)
+    return post
+
+
+def delete_post(post_id: int, user_id: int, is_admin: bool = False) -> None:
+    """Soft delete (author or admin). Deleting an already deleted post is a 404."""
+    app = state()
+    ck = cf.CommunityKeys(app.cache.keys)
+    with app.uow() as uow:
+        post = posts.get_live_post(uow.session, post_id)
+        if post is None:
+            raise NotFound("Post not found")
+        if post.author_id != user_id and not is_admin:
+            raise Forbidden("Only the author or an admin may delete this post")
+        if not posts.soft_delete(uow.session, post_id):
+            raise NotFound("Post not found")
+        cf.post_deleted(uow.change(cf.posts_scope()),
+                        uow.change(cf.author_scope(post.author_id)), ck, post_id,
+                        post.author_id)
+        uow.commit()
+    _unrank(post_id)
+
+
+def like_post(user_id: int, post_id: int, liked: bool,
+              extra: Callable[[UnitOfWork], None] | None = None) -> bool:
+    """Like or unlike; True if the like row changed (idempotent otherwise).
+
+    ``extra(uow)`` runs inside the transaction just before commit (even when nothing
+    changed, so callers may decide themselves). Raises ``NotFound``.
+    """
+    with state().uow() as uow:
+        if posts.get_live_post(uow.session, post_id) is None:
+            raise NotFound("Post not found")
+        changed = posts.set_like(uow.session, post_id, user_id, liked)
+        if extra is not None:
+            extra(uow)
+        uow.commit()
+    if changed:
+        _rescore(post_id)
+    return changed
+
+
+def add_comment(user_id: int, post_id: int, body: str) -> Comment:
+    """Add a comment (counted in trending). Raises ``NotFound``."""
+    with state().uow() as uow:
+        if posts.get_live_post(uow.session, post_id) is None:
+            raise NotFound("Post not found")
+        comment = posts.add_comment(uow.session, post_id, user_id, body)
+        uow.commit()
+    _rescore(post_id)
+    return comment
+
+
+def record_view(user_id: int, post_id: int) -> bool:
+    """Count a view unless this viewer had one counted in the last 30 minutes."""
+    with state().uow() as uow:
+        if posts.get_live_post(uow.session, post_id) is None:
+            raise NotFound("Post not found")
+        counted = posts.record_view(uow.session, post_id, user_id)
+        uow.commit()
+    if counted:
+        _rescore(post_id)
+    return counted
+
+
+def set_follow(user_id: int, followee_id: int, following: bool) -> bool:
+    """Follow or unfollow; True if it changed. Callers reject self-follows first."""
+    app = state()
+    ck = cf.CommunityKeys(app.cache.keys)
+    with app.uow() as uow:
+        changed = posts.set_follow(uow.session, user_id, followee_id, following)
+        if changed:
+            cf.follow_changed(uow.change(cf.follows_scope(user_id)), ck, user_id,
+                              followee_id, following)
+        uow.commit()
+    return changed
+
+
+def engagement(post_id: int, viewer_id: int | None) -> dict[str, Any]:
+    """Counts of a live post and whether the viewer likes it. Raises ``NotFound``."""
+    with state().db.session() as session:
+        counts = posts.post_counts(session, post_id)
+        if counts is None:
+            raise NotFound("Post not found")
+        liked = viewer_id is not None and posts.is_liked(session, post_id, viewer_id)
+    likes, comments, views = counts
+    return {"like_count": likes, "comment_count": comments, "view_count": views,
+            "is_liked": liked}
+
+
+# --- trending upkeep (best effort; the scheduled rebuild repairs what this misses) --------
+
+
+def _rescore(post_id: int, new: bool = False) -> None:
+    app = state()
+    try:
+        ref = cf.trending_ref(app.cache, PATH)
+        if ref is None:
+            return  # no trending set: the next read or rebuild computes it whole
+        with app.db.session() as session:
+            eng = posts.engagement_of(session, post_id)
+        if eng is None:
+            cf.rescore(app.cache, PATH, post_id, None, ref)
+            return
+        score = cf.trending_score(eng.like_count, eng.comment_count, eng.view_count,
+                                  eng.is_featured, eng.created_at.timestamp(), float(ref))
+        cf.rescore(app.cache, PATH, post_id, score, ref, new=new)
+    except CacheUnavailable:
+        log.debug("trending re-score of post %s skipped: cache unavailable", post_id)
+
+
+def _unrank(post_id: int) -> None:
+    app = state()
+    try:
+        ref = cf.trending_ref(app.cache, PATH)
+        if ref is not None:
+            cf.rescore(app.cache, PATH, post_id, None, ref)
+    except CacheUnavailable:
+        log.debug("trending removal of post %s skipped: cache unavailable", post_id)

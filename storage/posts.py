@@ -1,0 +1,338 @@
+"""SQL for posts and their engagement facts: likes (= hearts), comments, views, follows.
+
+Shared by the community feed (API section 3) and the personalized feed (section 4).
+Counters on ``posts`` follow the committed fact rows in the same transaction: a like row
+inserted or deleted changes ``like_count`` by exactly one, so counts stay exact under any
+concurrency (the fact row's primary key decides who changed something).
+
+Functions take a ``Session`` and never commit: the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from storage.models import Comment, Follow, Post, PostLike, PostView, User
+
+VIEW_DEBOUNCE_SECONDS = 30 * 60
+
+
+@dataclass(frozen=True)
+class PostRow:
+    """A live post with its counters, its author's display name and the viewer's like."""
+
+    post: Post
+    display_name: str
+    liked: bool
+
+
+def create_post(session: Session, author_id: int, **fields: object) -> Post:
+    """Insert a post (``fields`` are Post columns); returns it with server defaults loaded."""
+    post = Post(author_id=author_id, **fields)
+    session.add(post)
+    session.flush()
+    session.refresh(post)
+    return post
+
+
+def get_live_post(session: Session, post_id: int, lock: bool = False) -> Post | None:
+    """The post if it exists and is not deleted. ``lock`` takes a share lock on its row so
+    a concurrent soft delete waits for this transaction."""
+    query = select(Post).where(Post.id == post_id, Post.deleted_at.is_(None))
+    if lock:
+        query = query.with_for_update(read=True)
+    return session.execute(query).scalar_one_or_none()
+
+
+def soft_delete(session: Session, post_id: int) -> bool:
+    """Mark the post deleted; False if it was already deleted or does not exist."""
+    result = session.execute(
+        update(Post)
+        .where(Post.id == post_id, Post.deleted_at.is_(None))
+        .values(deleted_at=func.now())
+    )
+    return result.rowcount > 0
+
+
+def set_like(session: Session, post_id: int, user_id: int, liked: bool) -> bool:
+    """Like (``liked=True``) or unlike a post; True if the like row changed.
+
+    Updates ``posts.like_count`` by one in the same transaction when the row changed, so
+    the counter is exact under concurrency. Raises nothing for a missing post: check its
+    existence separately (``get_live_post``); a missing post just changes nothing.
+    """
+    if liked:
+        exists = session.execute(select(Post.id).where(Post.id == post_id)).first()
+        if exists is None:
+            return False
+        changed = session.execute(
+            insert(PostLike)
+            .values(post_id=post_id, user_id=user_id)
+            .on_conflict_do_nothing()
+            .returning(PostLike.user_id)
+        ).first()
+        delta = 1
+    else:
+        changed = session.execute(
+            delete(PostLike)
+            .where(PostLike.post_id == post_id, PostLike.user_id == user_id)
+            .returning(PostLike.user_id)
+        ).first()
+        delta = -1
+    if changed is None:
+        return False
+    session.execute(
+        update(Post).where(Post.id == post_id).values(like_count=Post.like_count + delta)
+    )
+    return True
+
+
+def is_liked(session: Session, post_id: int, user_id: int) -> bool:
+    return (
+        session.execute(
+            select(PostLike.user_id).where(
+                PostLike.post_id == post_id, PostLike.user_id == user_id
+            )
+        ).first()
+        is not None
+    )
+
+
+def add_comment(session: Session, post_id: int, author_id: int, body: str) -> Comment:
+    """Insert a comment and count it on the post (same transaction)."""
+    comment = Comment(post_id=post_id, author_id=author_id, body=body)
+    session.add(comment)
+    session.execute(
+        update(Post).where(Post.id == post_id).values(comment_count=Post.comment_count + 1)
+    )
+    session.flush()
+    session.refresh(comment)
+    return comment
+
+
+_COUNT_VIEW = text(
+    "INSERT INTO post_views (post_id, viewer_id, counted_at) VALUES (:p, :v, now()) "
+    "ON CONFLICT (post_id, viewer_id) DO UPDATE SET counted_at = now() "
+    "WHERE post_views.counted_at <= now() - make_interval(secs => :debounce) "
+    "RETURNING counted_at"
+)
+
+
+def record_view(session: Session, post_id: int, viewer_id: int,
+                debounce_seconds: int = VIEW_DEBOUNCE_SECONDS) -> bool:
+    """Count a view unless this viewer's last counted view of the post is more recent
+    than ``debounce_seconds``; True if it counted (``view_count`` then grows by one)."""
+    counted = session.execute(
+        _COUNT_VIEW, {"p": post_id, "v": viewer_id, "debounce": debounce_seconds}
+    ).first()
+    if counted is None:
+        return False
+    session.execute(
+        update(Post).where(Post.id == post_id).values(view_count=Post.view_count + 1)
+    )
+    return True
+
+
+def post_counts(session: Session, post_id: int) -> tuple[int, int, int] | None:
+    """(like_count, comment_count, view_count) of a live post, or None."""
+    row = session.execute(
+        select(Post.like_count, Post.comment_count, Post.view_count).where(
+            Post.id == post_id, Post.deleted_at.is_(None)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+# --- follows --------------------------------------------------------------------------------
+
+
+def set_follow(session: Session, follower_id: int, followee_id: int, following: bool) -> bool:
+    """Follow or unfollow; True if the row changed. Callers reject self-follows first."""
+    if following:
+        changed = session.execute(
+            insert(Follow)
+            .values(follower_id=follower_id, followee_id=followee_id)
+            .on_conflict_do_nothing()
+            .returning(Follow.follower_id)
+        ).first()
+    else:
+        changed = session.execute(
+            delete(Follow)
+            .where(Follow.follower_id == follower_id, Follow.followee_id == followee_id)
+            .returning(Follow.follower_id)
+        ).first()
+    return changed is not None
+
+
+def followees(session: Session, follower_id: int) -> list[int]:
+    return list(
+        session.execute(
+            select(Follow.followee_id).where(Follow.follower_id == follower_id)
+        ).scalars()
+    )
+
+
+# --- feed queries ---------------------------------------------------------------------------
+
+
+def _filtered(query, asset_type: str | None, tags: Sequence[str]):
+    if asset_type is not None:
+        query = query.where(Post.asset_type == asset_type)
+    if tags:
+        query = query.where(Post.tags.contains(list(tags)))
+    return query
+
+
+def load_page(
+    session: Session,
+    post_ids: Sequence[int],
+    viewer_id: int | None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+) -> dict[int, PostRow]:
+    """Hydrate ``post_ids`` in one query: live posts matching the filters, their authors'
+    display names (``User <id>`` when the author has no users row) and whether the viewer
+    likes each one. Deleted or non-matching ids are absent from the result."""
+    if not post_ids:
+        return {}
+    liked = (
+        select(PostLike.user_id)
+        .where(PostLike.post_id == Post.id, PostLike.user_id == viewer_id)
+        .exists()
+        if viewer_id is not None
+        else text("false")
+    )
+    query = (
+        select(Post, User.display_name, liked)
+        .outerjoin(User, User.id == Post.author_id)
+        .where(Post.id.in_(list(post_ids)), Post.deleted_at.is_(None))
+    )
+    query = _filtered(query, asset_type, tags)
+    rows: dict[int, PostRow] = {}
+    for post, name, is_liked_row in session.execute(query):
+        rows[post.id] = PostRow(post, name or f"User {post.author_id}", bool(is_liked_row))
+    return rows
+
+
+def recent_keys(
+    session: Session,
+    limit: int,
+    before: tuple[int, int] | None = None,
+    authors: Sequence[int] | None = None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+) -> list[tuple[int, int]]:
+    """Newest-first ``(created_at_us, id)`` of live posts strictly after the ``before`` key,
+    optionally only by ``authors`` and matching the filters."""
+    us = _created_us()
+    query = select(us, Post.id).where(Post.deleted_at.is_(None))
+    if authors is not None:
+        if not authors:
+            return []
+        query = query.where(Post.author_id.in_(list(authors)))
+    if before is not None:
+        ts, pid = before
+        query = query.where(or_(us < ts, and_(us == ts, Post.id < pid)))
+    query = _filtered(query, asset_type, tags)
+    query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+    return [(int(t), int(i)) for t, i in session.execute(query)]
+
+
+def count_live(
+    session: Session,
+    authors: Sequence[int] | None = None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+    created_between: tuple[datetime, datetime] | None = None,
+) -> int:
+    query = select(func.count()).select_from(Post).where(Post.deleted_at.is_(None))
+    if authors is not None:
+        if not authors:
+            return 0
+        query = query.where(Post.author_id.in_(list(authors)))
+    if created_between is not None:
+        query = query.where(Post.created_at.between(*created_between))
+    query = _filtered(query, asset_type, tags)
+    return int(session.execute(query).scalar_one())
+
+
+@dataclass(frozen=True)
+class Engagement:
+    id: int
+    created_at: datetime
+    like_count: int
+    comment_count: int
+    view_count: int
+    is_featured: bool
+
+
+def engagement_since(
+    session: Session, since: datetime, until: datetime, limit: int
+) -> list[Engagement]:
+    """Engagement of live posts created in ``[since, until]``, newest first, at most
+    ``limit`` (the trending window)."""
+    query = (
+        select(Post.id, Post.created_at, Post.like_count, Post.comment_count,
+               Post.view_count, Post.is_featured)
+        .where(Post.deleted_at.is_(None), Post.created_at.between(since, until))
+        .order_by(Post.created_at.desc(), Post.id.desc())
+        .limit(limit)
+    )
+    return [Engagement(*row) for row in session.execute(query)]
+
+
+def engagement_of(session: Session, post_id: int) -> Engagement | None:
+    row = session.execute(
+        select(Post.id, Post.created_at, Post.like_count, Post.comment_count,
+               Post.view_count, Post.is_featured)
+        .where(Post.id == post_id, Post.deleted_at.is_(None))
+    ).first()
+    return None if row is None else Engagement(*row)
+
+
+def author_recent_keys(
+    session: Session, author_ids: Sequence[int], per_author: int
+) -> dict[int, list[tuple[int, int]]]:
+    """For each author, the newest ``per_author`` live ``(created_at_us, id)`` keys."""
+    if not author_ids:
+        return {}
+    us = _created_us()
+    ranked = (
+        select(
+            Post.author_id,
+            us.label("ts"),
+            Post.id,
+            func.row_number()
+            .over(partition_by=Post.author_id,
+                  order_by=(Post.created_at.desc(), Post.id.desc()))
+            .label("rn"),
+        )
+        .where(Post.author_id.in_(list(author_ids)), Post.deleted_at.is_(None))
+        .subquery()
+    )
+    out: dict[int, list[tuple[int, int]]] = {a: [] for a in author_ids}
+    rows = session.execute(
+        select(ranked.c.author_id, ranked.c.ts, ranked.c.id)
+        .where(ranked.c.rn <= per_author)
+        .order_by(ranked.c.author_id, ranked.c.ts.desc(), ranked.c.id.desc())
+    )
+    for author, ts, pid in rows:
+        out[int(author)].append((int(ts), int(pid)))
+    return out
+
+
+def _created_us():
+    """``created_at`` as integer microseconds since the epoch (exact: below 2^53)."""
+    return func.floor(func.extract("epoch", Post.created_at) * 1_000_000).cast(
+        Post.id.type
+    )
+
+
+def view_row(session: Session, post_id: int, viewer_id: int) -> PostView | None:
+    return session.get(PostView, (post_id, viewer_id))
