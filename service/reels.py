@@ -1,5 +1,380 @@
-"""Placeholder: this API section's endpoints arrive with its issue."""
+"""API section 5, reels: view tracking (one or a batch), recently viewed, likes.
 
+The legacy reel tracker (a browser script: ``POST /api/reels/<id>/view`` with
+``{"view_duration": n}`` and a bearer token, once per reel as the user scrolls away)
+works unchanged. Errors keep the legacy ``"error"`` text ("Reel not found", "Reel is not
+available") and add our ``"code"``.
+
+Each user's list lives in Postgres (``storage.reels``) and in a Redis sorted set
+(``cache.recent_reels``); a view commits to Postgres first, then applies to Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import g
 from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-bp = Blueprint("reels", __name__)
+from cache import recent_reels
+from service.auth import login_required
+from service.errors import ApiError, NotFound
+from service.fields import Id, UtcDateTime
+from service.schemas import ErrorSchema
+from service.state import state
+from storage import reels as storage
+from storage.reels import ListEntry, ViewWrite, datetime_to_ms, ms_to_datetime
+
+bp = Blueprint("reels", __name__, description="Reels: view tracking, recently viewed, likes")
+
+REEL_NOT_FOUND = "Reel not found"
+REEL_NOT_AVAILABLE = "Reel is not available"
+# Longer than any reel (the admin endpoint caps durations at a day): a bug, not a watch.
+MAX_VIEW_DURATION = 86_400
+MAX_BATCH = 100
+EARLIEST_VIEW_MS = datetime_to_ms(datetime(2000, 1, 1, tzinfo=UTC))
+CLOCK_SKEW_MS = 5 * 60 * 1000  # a client clock this far ahead is still accepted
+REEL_FIELDS = (
+    "reel_id", "video_url", "description", "viewed_at", "view_duration", "likes_count",
+    "views_count", "is_liked",
+)
+# Fields that need the page's query in Postgres (the others come from the list itself).
+DETAIL_FIELDS = frozenset(REEL_FIELDS) - {"reel_id", "viewed_at"}
+
+
+def now_ms() -> int:
+    """The server clock in whole milliseconds (tests replace it)."""
+    return time.time_ns() // 1_000_000
+
+
+# --- schemas --------------------------------------------------------------------------------
+
+_DURATION_ERROR = f"must be an integer from 0 to {MAX_VIEW_DURATION} (seconds)"
+
+
+def _view_duration() -> fields.Integer:
+    return fields.Integer(
+        strict=True,
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(0, MAX_VIEW_DURATION, error=_DURATION_ERROR),
+        error_messages={"invalid": _DURATION_ERROR},
+        metadata={"description": "Seconds watched; capped at the reel's duration"},
+    )
+
+
+class ReelViewIn(Schema):
+    view_duration = _view_duration()
+
+
+class ReelBatchViewIn(Schema):
+    """One view of a batch, validated on its own (a bad one is rejected, not the batch)."""
+
+    reel_id = Id(required=True)
+    view_duration = _view_duration()
+    viewed_at = fields.AwareDateTime(
+        default_timezone=UTC, load_default=None, allow_none=True,
+        metadata={"description": "ISO 8601; default: when the server receives it"},
+    )
+
+
+class ReelViewBatchIn(Schema):
+    # Items stay raw here: ``_parse_item`` validates each one with ``ReelBatchViewIn``, so a
+    # bad view is listed in ``rejected`` instead of failing the whole batch.
+    views = fields.List(
+        fields.Raw(metadata={"type": "object", "description":
+                             '{"reel_id", "view_duration"?, "viewed_at"?} (see ReelBatchViewIn)'}),
+        required=True,
+        validate=validate.Length(max=MAX_BATCH),
+    )
+
+
+class ReelViewOut(Schema):
+    status = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class ReelRejectedOut(Schema):
+    reel_id = fields.Raw(allow_none=True)
+    error = fields.String(required=True)
+
+
+class ReelBatchOut(Schema):
+    status = fields.String(required=True)
+    tracked = fields.Integer(required=True)
+    rejected = fields.List(fields.Nested(ReelRejectedOut), required=True)
+
+
+class RecentReelsQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 1_000_000))
+    per_page = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    fields_ = fields.String(
+        data_key="fields", load_default=None,
+        metadata={"description": "Comma list of reel fields to return: "
+                  + ", ".join(REEL_FIELDS)},
+    )
+
+    @post_load
+    def parse_fields(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        raw = data.pop("fields_")
+        if raw is None:
+            data["fields"] = REEL_FIELDS
+            return data
+        names = {part.strip() for part in raw.split(",") if part.strip()}
+        unknown = sorted(names - set(REEL_FIELDS))
+        if unknown:
+            raise ValidationError(
+                f"Unknown field(s): {', '.join(unknown)}. Known: {', '.join(REEL_FIELDS)}",
+                field_name="fields",
+            )
+        if not names:
+            raise ValidationError("Name at least one field", field_name="fields")
+        data["fields"] = tuple(f for f in REEL_FIELDS if f in names)
+        return data
+
+
+class RecentReelOut(Schema):
+    reel_id = fields.Integer()
+    video_url = fields.String()
+    description = fields.String(allow_none=True)
+    viewed_at = UtcDateTime()
+    view_duration = fields.Integer()
+    likes_count = fields.Integer()
+    views_count = fields.Integer()
+    is_liked = fields.Boolean()
+
+
+class ReelPaginationOut(Schema):
+    total = fields.Integer(required=True)
+    pages = fields.Integer(required=True)
+    current_page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    has_next = fields.Boolean(required=True)
+    has_prev = fields.Boolean(required=True)
+
+
+class RecentReelsDataOut(Schema):
+    reels = fields.List(fields.Nested(RecentReelOut), required=True)
+    pagination = fields.Nested(ReelPaginationOut, required=True)
+
+
+class RecentReelsOut(Schema):
+    status = fields.String(required=True)
+    data = fields.Nested(RecentReelsDataOut, required=True)
+
+
+class ReelLikedOut(Schema):
+    liked = fields.Boolean(required=True)
+
+
+class ReelUnlikedOut(Schema):
+    unliked = fields.Boolean(required=True)
+
+
+# --- service functions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewRequest:
+    reel_id: int
+    view_duration: int | None
+    viewed_at_ms: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reel_id: Any
+    error: str
+    status: int = 400
+
+
+def track_views(
+    user_id: int, requests: Sequence[ViewRequest]
+) -> tuple[int, dict[int, Rejection]]:
+    """Record the views of existing, available reels in one transaction and one Redis
+    apply; returns (views tracked, the others' rejections by position in ``requests``)."""
+    app_state = state()
+    capacity = app_state.settings.max_recent_reel_views
+    with app_state.uow() as uow:
+        # The user's version row first (serialises their writers), then the reels.
+        change = uow.change(recent_reels.scope(user_id))
+        reels = storage.lock_reels(uow.session, (r.reel_id for r in requests))
+        accepted: list[ViewWrite] = []
+        rejected: dict[int, Rejection] = {}
+        for i, r in enumerate(requests):
+            reel = reels.get(r.reel_id)
+            if reel is None:
+                rejected[i] = Rejection(r.reel_id, REEL_NOT_FOUND, 404)
+            elif not reel.is_available:
+                rejected[i] = Rejection(r.reel_id, REEL_NOT_AVAILABLE)
+            else:
+                duration = min(r.view_duration or 0, reel.duration)
+                accepted.append(ViewWrite(r.reel_id, r.viewed_at_ms, duration))
+        if accepted:
+            recorded = storage.record_views(uow.session, user_id, accepted, capacity)
+            recent_reels.record(change, app_state.cache.keys, user_id, recorded.upserted,
+                                recorded.trimmed, capacity, app_state.cache.idle_ttl)
+            uow.commit()
+    return len(accepted), rejected
+
+
+def recent_page(user_id: int, page: int, per_page: int, wanted: Sequence[str]) -> dict:
+    """One page of the user's recently viewed reels, newest first, in API.md's shape."""
+    app_state = state()
+    capacity = app_state.settings.max_recent_reel_views
+
+    def load() -> list[ListEntry]:
+        with app_state.db.session() as session:
+            return storage.recent_views(session, user_id, capacity)
+
+    result = recent_reels.recent_page(app_state, user_id, (page - 1) * per_page, per_page, load)
+    details: dict[int, storage.ReelDetails] = {}
+    need_details = bool(DETAIL_FIELDS.intersection(wanted))
+    if need_details and result.entries:
+        with app_state.db.session() as session:
+            details = storage.page_details(session, user_id, [e.reel_id for e in result.entries])
+    reels = []
+    for entry in result.entries:
+        row: dict[str, Any] = {
+            "reel_id": entry.reel_id, "viewed_at": ms_to_datetime(entry.viewed_at_ms)
+        }
+        if need_details:
+            detail = details.get(entry.reel_id)
+            if detail is None:
+                continue  # the reel row is gone (deleted between the two reads)
+            row.update(asdict(detail))
+        reels.append({name: row[name] for name in wanted})
+    pages = math.ceil(result.total / per_page)
+    return {
+        "status": "success",
+        "data": {
+            "reels": reels,
+            "pagination": {
+                "total": result.total,
+                "pages": pages,
+                "current_page": page,
+                "per_page": per_page,
+                "has_next": page < pages,
+                "has_prev": page > 1,
+            },
+        },
+    }
+
+
+def _reel_for_like(session, reel_id: int, must_be_available: bool) -> None:
+    reel = storage.get_reel(session, reel_id)
+    if reel is None:
+        raise NotFound(REEL_NOT_FOUND)
+    if must_be_available and not reel.is_available:
+        raise ApiError(REEL_NOT_AVAILABLE, code="reel_not_available")
+
+
+def _parse_item(raw: Any, now: int) -> ViewRequest | Rejection:
+    """Validate one view of a batch; a bad one becomes a ``Rejection`` naming why."""
+    if not isinstance(raw, dict):
+        return Rejection(None, "each view must be a JSON object")
+    raw_id = raw.get("reel_id")
+    echo = raw_id if isinstance(raw_id, int | str) and not isinstance(raw_id, bool) else None
+    try:
+        item = ReelBatchViewIn().load(raw)
+    except ValidationError as exc:
+        messages = exc.normalized_messages()
+        text = "; ".join(
+            f"{name}: {' '.join(map(str, m)) if isinstance(m, list) else m}"
+            for name, m in sorted(messages.items())
+        )
+        return Rejection(echo, text)
+    viewed_at_ms = now if item["viewed_at"] is None else datetime_to_ms(item["viewed_at"])
+    if viewed_at_ms < EARLIEST_VIEW_MS:
+        return Rejection(echo, "viewed_at: must not be before 2000-01-01")
+    if viewed_at_ms > now + CLOCK_SKEW_MS:
+        return Rejection(echo, "viewed_at: must not be in the future")
+    return ViewRequest(item["reel_id"], item["view_duration"], viewed_at_ms)
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+@bp.route("/api/reels/<id:reel_id>/view", methods=["POST"])
+@login_required
+@bp.arguments(ReelViewIn)
+@bp.response(200, ReelViewOut)
+@bp.alt_response(400, schema=ErrorSchema, description="Invalid body or reel not available")
+@bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
+def track_view(body: dict, reel_id: int):
+    """Track one view of a reel: moves it to the top of the caller's recently viewed."""
+    _, rejected = track_views(g.user.id, [ViewRequest(reel_id, body["view_duration"], now_ms())])
+    if rejected:
+        if rejected[0].status == 404:
+            raise NotFound(REEL_NOT_FOUND)
+        raise ApiError(REEL_NOT_AVAILABLE, code="reel_not_available")
+    return {"status": "success", "message": "View tracked successfully"}
+
+
+@bp.route("/api/reels/views", methods=["POST"])
+@login_required
+@bp.arguments(ReelViewBatchIn)
+@bp.response(200, ReelBatchOut)
+@bp.alt_response(400, schema=ErrorSchema, description="Body is not {\"views\": [...<=100]}")
+def track_view_batch(body: dict):
+    """Track up to 100 views at once; each is validated on its own, bad ones are listed in
+    ``rejected``. An older ``viewed_at`` never overtakes a newer view of the same reel."""
+    now = now_ms()
+    parsed = [_parse_item(raw, now) for raw in body["views"]]
+    requests = [p for p in parsed if isinstance(p, ViewRequest)]
+    tracked, refused = track_views(g.user.id, requests) if requests else (0, {})
+    refused_at = iter(refused.get(i) for i in range(len(requests)))
+    # In request order: a valid item takes its verdict from track_views, if any.
+    verdicts = [p if isinstance(p, Rejection) else next(refused_at) for p in parsed]
+    return {
+        "status": "success",
+        "tracked": tracked,
+        "rejected": [{"reel_id": r.reel_id, "error": r.error} for r in verdicts if r],
+    }
+
+
+@bp.route("/api/reels/recently-viewed", methods=["GET"])
+@login_required
+@bp.arguments(RecentReelsQuery, location="query")
+@bp.response(200, RecentReelsOut)
+@bp.alt_response(400, schema=ErrorSchema, description="Bad page, per_page or fields")
+def recently_viewed(query: dict):
+    """The caller's recently viewed reels, most recent first (at most
+    MAX_RECENT_REEL_VIEWS, default 50)."""
+    return recent_page(g.user.id, query["page"], query["per_page"], query["fields"])
+
+
+@bp.route("/api/reels/<id:reel_id>/like", methods=["POST"])
+@login_required
+@bp.response(200, ReelLikedOut)
+@bp.alt_response(400, schema=ErrorSchema, description="Reel not available")
+@bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
+def like_reel(reel_id: int):
+    """Like a reel (idempotent): ``{"liked": true}`` once the caller likes it."""
+    with state().uow() as uow:
+        _reel_for_like(uow.session, reel_id, must_be_available=True)
+        storage.like(uow.session, g.user.id, reel_id)
+        uow.commit()
+    return {"liked": True}
+
+
+@bp.route("/api/reels/<id:reel_id>/like", methods=["DELETE"])
+@login_required
+@bp.response(200, ReelUnlikedOut)
+@bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
+def unlike_reel(reel_id: int):
+    """Remove the caller's like (idempotent): ``{"unliked": true}``."""
+    with state().uow() as uow:
+        _reel_for_like(uow.session, reel_id, must_be_available=False)
+        storage.unlike(uow.session, g.user.id, reel_id)
+        uow.commit()
+    return {"unliked": True}
