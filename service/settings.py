@@ -145,6 +145,8 @@ class Settings:
         settings = cls(**values)
         if settings.cache_mode not in {"on", "off"}:
             raise ValueError("CACHE_MODE must be 'on' or 'off'")
+        if not 1 <= settings.max_recent_reel_views <= 127:  # + a sentinel: <= 128, listpack
+            raise ValueError("MAX_RECENT_REEL_VIEWS must be from 1 to 127")
         if settings.jwt_secret == DEV_JWT_SECRET:
             log.warning(
                 "JWT_SECRET is not set: using the insecure development secret. "
