@@ -1,5 +1,428 @@
-"""Placeholder: this API section's endpoints arrive with its issue."""
+"""API section 4: the personalized ranked feed, hearts, praise, trophies, fellows,
+collective membership and feed preferences.
 
+``GET /api/posts/`` ranks a bounded candidate set (``storage.ranked_feed``) with the score
+of ``service.ranked_feed_score`` and serves pages from the per-viewer cached ranking of
+``cache.ranked_feed``. Every write below that changes one of a viewer's ranking inputs
+bumps that viewer's calc version in its own transaction, so their next page is computed
+afresh. Other people's activity (new posts, their likes and comments) reaches a viewer's
+ranking when its page cache expires (``PAGE_CACHE_TTL``, 5 minutes) or on
+``invalidate_cache=true``; deleted posts, blocked authors and muted collectives are
+filtered out of every page, cached or not.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import g, jsonify, request
+from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, fields, validate
 
-bp = Blueprint("ranked_feed", __name__)
+from cache.ranked_feed import Entry, RankedFeedCache, touch
+from service import ranked_feed_score as scoring
+from service.auth import login_optional, login_required
+from service.errors import ApiError, NotFound
+from service.fields import Id, UtcDateTime, isoformat
+from service.state import state
+from storage import ranked_feed as store
+
+bp = Blueprint("ranked_feed", __name__, description="Personalized ranked feed (section 4)")
+
+MAX_PAGE = 100_000
+
+
+def now() -> datetime:
+    """The ranking clock (tests freeze it)."""
+    return datetime.now(UTC)
+
+
+# --- schemas -------------------------------------------------------------------------------
+
+
+class FeedQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(1, 50))
+    ordering = fields.String(
+        load_default=None, validate=validate.OneOf(["personalized", "chronological"]),
+        metadata={"description": "personalized (default when signed in) or chronological "
+                                 "(always for anonymous callers)"},
+    )
+    invalidate_cache = fields.Boolean(
+        load_default=False, metadata={"description": "recompute the ranking now"})
+    explain = fields.Boolean(
+        load_default=False, metadata={"description": "add score_components to each post"})
+
+
+class AuthorOut(Schema):
+    id = fields.Integer()
+    display_name = fields.String()
+
+
+class FeedPostOut(Schema):
+    id = fields.Integer()
+    author_id = fields.Integer()
+    author = fields.Nested(AuthorOut)
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    tags = fields.List(fields.String())
+    post_type = fields.String()
+    asset_type = fields.String(allow_none=True)
+    asset_url = fields.String(allow_none=True)
+    collective_id = fields.Integer(allow_none=True)
+    show_prompt = fields.Boolean()
+    prompt = fields.String(allow_none=True)
+    is_featured = fields.Boolean()
+    like_count = fields.Integer(metadata={"description": "hearts (= community likes)"})
+    comment_count = fields.Integer()
+    view_count = fields.Integer()
+    praise_count = fields.Integer()
+    trophy_count = fields.Integer()
+    created_at = UtcDateTime()
+    score = fields.Float(allow_none=True,
+                         metadata={"description": "personalized score; null when chronological"})
+    score_components = fields.Dict(
+        metadata={"description": "with explain=true: the raw components (recency, social, "
+                                 "interaction, engagement, collective, post_type), viewed "
+                                 "and viewed_factor; score = Σ weight·component × "
+                                 "viewed_factor"})
+
+
+class FeedPageOut(Schema):
+    count = fields.Integer()
+    next = fields.String(allow_none=True)
+    previous = fields.String(allow_none=True)
+    results = fields.List(fields.Nested(FeedPostOut))
+
+
+class HeartOut(Schema):
+    hearted = fields.Boolean(required=True)
+
+
+class AddedOut(Schema):
+    added = fields.Boolean(required=True)
+
+
+class FellowOut(Schema):
+    fellow = fields.Boolean(required=True)
+
+
+class MemberOut(Schema):
+    member = fields.Boolean(required=True)
+
+
+class PreferencesIn(Schema):
+    """Fields left out keep their stored value; lists are stored deduplicated and sorted."""
+
+    preferred_post_types = fields.List(
+        fields.String(validate=validate.Length(1, 50)), validate=validate.Length(max=20))
+    muted_collectives = fields.List(Id(), validate=validate.Length(max=500))
+    blocked_users = fields.List(Id(), validate=validate.Length(max=1000))
+
+
+class PreferencesOut(Schema):
+    preferred_post_types = fields.List(fields.String(), required=True)
+    muted_collectives = fields.List(fields.Integer(), required=True)
+    blocked_users = fields.List(fields.Integer(), required=True)
+
+
+# --- ranking -------------------------------------------------------------------------------
+
+
+def _feed_cache() -> RankedFeedCache:
+    app_state = state()
+    s = app_state.settings
+    return RankedFeedCache(
+        app_state.cache, app_state.filler, s.page_cache_ttl,
+        {"fellows": s.fellows_ttl, "colls": s.collectives_ttl,
+         "stats": s.interaction_stats_ttl},
+    )
+
+
+def _stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, Any]:
+    by_author, by_type = user_stats
+    return {"a": sorted(by_author.items()), "t": by_type}
+
+
+def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
+    """Rank the viewer's candidates from Postgres; inputs from the cache at ``version``
+    (or straight from Postgres when ``version`` is None)."""
+    app_state = state()
+    settings = app_state.settings
+    with app_state.db.session() as session:
+        loaders = {
+            "fellows": lambda: store.load_fellows(session, user_id),
+            "colls": lambda: store.load_collectives(session, user_id),
+            "stats": lambda: _stats_json(store.load_interaction_stats(session, user_id)),
+        }
+        if version is None:
+            inputs = {name: load() for name, load in loaders.items()}
+        else:
+            inputs = _feed_cache().inputs(user_id, version, loaders)
+        prefs = store.load_preferences(session, user_id)
+        rows = store.load_candidates(
+            session, fellows=inputs["fellows"], collectives=inputs["colls"],
+            blocked=prefs.blocked_users, muted=prefs.muted_collectives,
+            k_recent=settings.ranked_candidates_recent,
+            k_social=settings.ranked_candidates_social,
+        )
+        viewed = store.load_viewed(session, user_id, [row["id"] for row in rows])
+    viewer = scoring.ViewerInputs(
+        fellows=frozenset(inputs["fellows"]),
+        collectives=frozenset(inputs["colls"]),
+        by_author={int(a): int(n) for a, n in inputs["stats"]["a"]},
+        by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
+        preferred_types=frozenset(prefs.preferred_post_types),
+        viewed=frozenset(viewed),
+    )
+    candidates = [scoring.Candidate(**row) for row in rows]
+    ranked = scoring.rank(candidates, viewer, settings.ranking_weights, now())
+    return [Entry(r.id, r.score, r.components, r.viewed) for r in ranked]
+
+
+# --- the feed ------------------------------------------------------------------------------
+
+
+def _post_out(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "author_id": row["author_id"],
+        "author": {"id": row["author_id"],
+                   "display_name": row["author_display_name"] or f"User {row['author_id']}"},
+        "title": row["title"],
+        "description": row["description"],
+        "tags": list(row["tags"] or []),
+        "post_type": row["post_type"],
+        "asset_type": row["asset_type"],
+        "asset_url": row["asset_url"],
+        "collective_id": row["collective_id"],
+        "show_prompt": row["show_prompt"],
+        "prompt": row["prompt"],
+        "is_featured": row["is_featured"],
+        "like_count": row["like_count"],
+        "comment_count": row["comment_count"],
+        "view_count": row["view_count"],
+        "praise_count": row["praise_count"],
+        "trophy_count": row["trophy_count"],
+        "created_at": isoformat(row["created_at"]),
+    }
+
+
+def _page_url(page: int | None) -> str | None:
+    if page is None:
+        return None
+    args = {k: v for k, v in request.args.items() if k not in {"page", "invalidate_cache"}}
+    args["page"] = str(page)
+    return f"{request.base_url}?{urlencode(args)}"
+
+
+def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    start = (args["page"] - 1) * args["page_size"]
+    ranked = _feed_cache().page(
+        user_id, start, start + args["page_size"],
+        lambda version: compute_ranking(user_id, version), force=args["invalidate_cache"],
+    )
+    with state().db.session() as session:
+        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries])
+    results = []
+    for entry in ranked.entries:
+        row = rows.get(entry.id)
+        if row is None:
+            continue  # deleted, blocked or muted since the ranking was cached
+        post = _post_out(row)
+        post["score"] = entry.score
+        if args["explain"]:
+            post["score_components"] = scoring.Ranked(
+                entry.id, entry.score, entry.components, entry.viewed).explain()
+        results.append(post)
+    return ranked.count, results
+
+
+def _chronological(user_id: int | None, args: dict[str, Any]
+                   ) -> tuple[int, list[dict[str, Any]]]:
+    start = (args["page"] - 1) * args["page_size"]
+    with state().db.session() as session:
+        count, rows = store.chronological_page(session, user_id, start, args["page_size"])
+    results = []
+    for row in rows:
+        post = _post_out(row)
+        post["score"] = None
+        if args["explain"]:
+            post["score_components"] = None
+        results.append(post)
+    return count, results
+
+
+@bp.route("/api/posts/", methods=["GET"])
+@login_optional
+@bp.arguments(FeedQuery, location="query")
+@bp.response(200, FeedPageOut)
+def list_posts(args):
+    """Posts ranked for the caller (personalized) or newest first (chronological).
+
+    Page-number pagination. A personalized ranking covers a bounded candidate set (the
+    newest RANKED_CANDIDATES_RECENT posts plus up to RANKED_CANDIDATES_SOCIAL newest posts
+    by fellows and as many from joined collectives); ``count`` is its size. Posts the
+    caller already viewed score half. A page past the last one is a 404.
+    """
+    user = g.user
+    ordering = args["ordering"] or ("personalized" if user else "chronological")
+    if user is None or ordering == "chronological":
+        count, results = _chronological(user.id if user else None, args)
+    else:
+        count, results = _personalized(user.id, args)
+    page, size = args["page"], args["page_size"]
+    if page > 1 and (page - 1) * size >= count:
+        raise NotFound("Invalid page", code="invalid_page")
+    body = {
+        "count": count,
+        "next": _page_url(page + 1 if page * size < count else None),
+        "previous": _page_url(page - 1 if page > 1 else None),
+        "results": results,
+    }
+    return jsonify(body)  # a Response: flask-smorest passes it through unserialised
+
+
+# --- the viewer's writes -------------------------------------------------------------------
+
+
+def _require_live_post(session, post_id: int) -> None:
+    if not store.post_is_live(session, post_id):
+        raise NotFound("Post not found")
+
+
+@bp.route("/api/posts/<id:post_id>/heart/")
+class Heart(MethodView):
+    """A heart is a community like (same row, same counter)."""
+
+    @login_required
+    @bp.response(200, HeartOut)
+    def post(self, post_id: int):
+        return {"hearted": _set_heart(g.user.id, post_id, True)}
+
+    @login_required
+    @bp.response(200, HeartOut)
+    def delete(self, post_id: int):
+        return {"hearted": _set_heart(g.user.id, post_id, False)}
+
+
+def _set_heart(user_id: int, post_id: int, hearted: bool) -> bool:
+    from service.posts_service import like_post
+
+    with state().db.session() as session:
+        _require_live_post(session, post_id)
+    like_post(user_id, post_id, hearted, extra=lambda uow: touch(uow, user_id))
+    return hearted
+
+
+def _add_fact(post_id: int, add) -> dict[str, bool]:
+    user_id = g.user.id
+    with state().uow() as uow:
+        _require_live_post(uow.session, post_id)
+        added = add(uow.session, user_id, post_id)
+        if added:
+            touch(uow, user_id)
+        uow.commit()
+    return {"added": added}
+
+
+@bp.route("/api/posts/<id:post_id>/praise/", methods=["POST"])
+@login_required
+@bp.response(200, AddedOut)
+def praise(post_id: int):
+    """Praise a post (once per user; ``added`` is false if already praised)."""
+    return _add_fact(post_id, store.add_praise)
+
+
+@bp.route("/api/posts/<id:post_id>/trophy/", methods=["POST"])
+@login_required
+@bp.response(200, AddedOut)
+def trophy(post_id: int):
+    """Give a post a trophy (once per user; ``added`` is false if already given)."""
+    return _add_fact(post_id, store.add_trophy)
+
+
+@bp.route("/api/fellows/<id:user_id>/")
+class Fellows(MethodView):
+    """Fellowship is mutual: both rows are written or removed, both users' feeds change."""
+
+    @login_required
+    @bp.response(200, FellowOut)
+    def post(self, user_id: int):
+        return {"fellow": _set_fellow(g.user.id, user_id, True)}
+
+    @login_required
+    @bp.response(200, FellowOut)
+    def delete(self, user_id: int):
+        return {"fellow": _set_fellow(g.user.id, user_id, False)}
+
+
+def _set_fellow(me: int, other: int, fellow: bool) -> bool:
+    if me == other:
+        raise ApiError("You cannot be your own fellow", code="self_fellow")
+    with state().uow() as uow:
+        write = store.add_fellow if fellow else store.remove_fellow
+        if write(uow.session, me, other):
+            for user_id in sorted((me, other)):  # one lock order: no deadlocks
+                touch(uow, user_id)
+        uow.commit()
+    return fellow
+
+
+@bp.route("/api/collectives/<id:collective_id>/join/")
+class Join(MethodView):
+    @login_required
+    @bp.response(200, MemberOut)
+    def post(self, collective_id: int):
+        return {"member": _set_member(g.user.id, collective_id, True)}
+
+    @login_required
+    @bp.response(200, MemberOut)
+    def delete(self, collective_id: int):
+        return {"member": _set_member(g.user.id, collective_id, False)}
+
+
+def _set_member(user_id: int, collective_id: int, member: bool) -> bool:
+    with state().uow() as uow:
+        if not store.collective_exists(uow.session, collective_id):
+            raise NotFound("Collective not found")
+        write = store.join_collective if member else store.leave_collective
+        if write(uow.session, user_id, collective_id):
+            touch(uow, user_id)
+        uow.commit()
+    return member
+
+
+@bp.route("/api/user/preferences/")
+class Preferences(MethodView):
+    @login_required
+    @bp.response(200, PreferencesOut)
+    def get(self):
+        with state().db.session() as session:
+            return store.load_preferences(session, g.user.id).as_dict()
+
+    @login_required
+    @bp.arguments(PreferencesIn)
+    @bp.response(200, PreferencesOut)
+    def put(self, body: dict[str, list]):
+        """Replace the given preference lists (fields left out are kept)."""
+        user_id = g.user.id
+        changes = {name: sorted(set(values)) for name, values in body.items()}
+        if user_id in changes.get("blocked_users", []):
+            raise ApiError("Invalid request", code="validation_error",
+                           details={"blocked_users": ["You cannot block yourself."]})
+        with state().uow() as uow:
+            unknown = store.unknown_collectives(uow.session, changes.get("muted_collectives", []))
+            if unknown:
+                raise ApiError("Invalid request", code="validation_error", details={
+                    "muted_collectives": [f"Unknown collective ids: {unknown}"]})
+            saved = store.save_preferences(uow.session, user_id, changes)
+            touch(uow, user_id)
+            uow.commit()
+        return saved.as_dict()

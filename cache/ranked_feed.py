@@ -1,0 +1,184 @@
+"""Key layout and cache logic of the personalized feed (API.md section 4).
+
+Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc version:
+
+- **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>`` (5 min), ``rf:stats:<v>`` (10 min):
+  the viewer's fellows, joined collectives and interaction counts (per author, per post
+  type), JSON strings;
+- **ranking** ``rf:rank:<v>`` (5 min): a list whose head is ``{"n": count}`` and whose
+  entries are the viewer's ranked candidates ``[id, score, [6 components], viewed]``;
+  a page is one ``LRANGE`` of it.
+
+``<v>`` is the scope ``Scope(u:<id>, "calc")``'s version, whose truth is a Postgres row
+(``cache_versions``): every write that changes one of the viewer's inputs (heart, praise,
+trophy, fellow either side, collective join/leave, preferences) calls ``touch`` in its
+unit of work, which bumps the row in the same transaction; after commit the Redis copy
+moves to the new version, so the next read looks up keys nobody has written yet and
+recomputes. Old keys are never read again and expire by TTL. If Redis loses the copy it
+is reloaded from Postgres (``Filler.version``), never restarted, so a restarted Redis
+cannot serve a page of an older version.
+
+What a version cannot see (posts deleted by their author, and, while a write's apply is
+still pending, the viewer's new blocks or mutes) is filtered when a page is rendered, by
+a batched SQL check of the page's ids (``storage.ranked_feed.visible_posts``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from cache import stats
+from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.fill import Filler, LeaseHeld, read_through
+from cache.keys import Keyspace, Scope, user_tag
+
+PATH = "ranked_feed"
+INPUTS_PATH = "ranked_feed_inputs"
+INPUT_NAMES = ("fellows", "colls", "stats")
+
+
+def scope(user_id: int) -> Scope:
+    return Scope(user_tag(user_id), "calc")
+
+
+def rank_key(keys: Keyspace, user_id: int, version: int) -> str:
+    return keys.key(user_tag(user_id), "rf", "rank", version)
+
+
+def input_key(keys: Keyspace, user_id: int, name: str, version: int) -> str:
+    if name not in INPUT_NAMES:
+        raise ValueError(f"unknown ranked feed input {name!r}")
+    return keys.key(user_tag(user_id), "rf", name, version)
+
+
+def touch(uow: Any, user_id: int) -> None:
+    """Bump ``user_id``'s calc version in ``uow``'s transaction (their next page is new)."""
+    uow.change(scope(user_id))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ranked post as cached: id, final score, raw components, viewed flag."""
+
+    id: int
+    score: float
+    components: tuple[float, ...]
+    viewed: bool
+
+    def encode(self) -> bytes:
+        return orjson.dumps([self.id, self.score, list(self.components), self.viewed])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        pid, score, parts, viewed = orjson.loads(raw)
+        return cls(int(pid), float(score), tuple(float(p) for p in parts), bool(viewed))
+
+
+@dataclass(frozen=True)
+class RankedPage:
+    count: int  # entries in the whole ranking
+    entries: list[Entry]  # the requested slice
+
+
+def _slice(entries: list[Entry], start: int, stop: int) -> RankedPage:
+    return RankedPage(len(entries), entries[start:stop])
+
+
+class RankedFeedCache:
+    """Reads and fills of one viewer's ranking and inputs."""
+
+    def __init__(self, cache: Cache, filler: Filler, page_ttl: int,
+                 input_ttls: dict[str, int]) -> None:
+        self.cache = cache
+        self.filler = filler
+        self.page_ttl = page_ttl
+        self.input_ttls = input_ttls
+
+    def page(
+        self,
+        user_id: int,
+        start: int,
+        stop: int,
+        compute: Callable[[int | None], list[Entry]],
+        force: bool = False,
+    ) -> RankedPage:
+        """Entries ``[start, stop)`` of the viewer's ranking and its size.
+
+        ``compute(version)`` ranks from Postgres (``version`` is None when the cache is
+        unusable: inputs then come from Postgres too). ``force`` recomputes and replaces
+        the cached ranking (``invalidate_cache=true``). Never raises for Redis trouble.
+        """
+        try:
+            version = self.filler.version(PATH, scope(user_id))
+        except CacheUnavailable:
+            stats.count(PATH, "fallback")
+            return _slice(compute(None), start, stop)
+        key = rank_key(self.cache.keys, user_id, version)
+
+        def read(r: Any) -> RankedPage:
+            pipe = r.pipeline(transaction=False)
+            pipe.lindex(key, 0)
+            pipe.lrange(key, start + 1, stop)
+            head, raw = pipe.execute()
+            if head is None:
+                return NO_VALUE
+            return RankedPage(int(orjson.loads(head)["n"]), [Entry.decode(e) for e in raw])
+
+        def stage(pipe: Any, temps: dict[str, str], entries: list[Entry]) -> None:
+            pipe.rpush(temps[key], orjson.dumps({"n": len(entries)}),
+                       *(e.encode() for e in entries))
+
+        def fill() -> RankedPage:
+            entries = self.filler.fill(PATH, scope(user_id), [key],
+                                       lambda: compute(version), stage, ttl=self.page_ttl)
+            return _slice(entries, start, stop)
+
+        def fallback() -> RankedPage:
+            return _slice(compute(None), start, stop)
+
+        if force:
+            stats.count(PATH, "miss")
+            try:
+                return fill()
+            except (LeaseHeld, CacheUnavailable):
+                stats.count(PATH, "fallback")
+                return fallback()
+        return read_through(self.cache, PATH, read, fill, fallback)
+
+    def inputs(
+        self, user_id: int, version: int, loaders: dict[str, Callable[[], Any]]
+    ) -> dict[str, Any]:
+        """The viewer's inputs at ``version``: cached ones from Redis (one round trip),
+        the others from ``loaders[name]()`` (JSON-able values), then cached with their TTL.
+        Keys carry the version, so a value loaded after a bump can never be read under the
+        new version; values are only ever as new as or newer than their key's version."""
+        keys = {name: input_key(self.cache.keys, user_id, name, version) for name in loaders}
+        try:
+            raw = self.cache.run(INPUTS_PATH, lambda r: r.mget(list(keys.values())))
+        except CacheUnavailable:
+            raw = [None] * len(keys)
+        values: dict[str, Any] = {}
+        missing: dict[str, Any] = {}
+        for name, cached in zip(keys, raw, strict=True):
+            if cached is not None:
+                stats.count(INPUTS_PATH, "hit")
+                values[name] = orjson.loads(cached)
+            else:
+                stats.count(INPUTS_PATH, "miss")
+                values[name] = missing[name] = loaders[name]()
+        if missing:
+            def store(r: Any) -> None:
+                pipe = r.pipeline(transaction=False)
+                for name, value in missing.items():
+                    pipe.set(keys[name], orjson.dumps(value), ex=self.input_ttls[name])
+                pipe.execute()
+
+            try:
+                self.cache.run(INPUTS_PATH, store)
+            except CacheUnavailable:
+                pass  # answered from Postgres; the next fill caches them
+        return values

@@ -1,0 +1,275 @@
+"""SQL of the personalized feed (API.md section 4): the facts its score is computed from,
+the posts a page shows, and the viewer's writes (praise, trophies, fellows, collectives,
+preferences). Hearts are community likes: ``service.posts_service.like_post`` writes them.
+
+Candidate bound: a viewer's ranking considers at most ``k_recent`` newest live posts plus
+the ``k_social`` newest live posts by their fellows plus the ``k_social`` newest live posts
+in their collectives (blocked authors and muted collectives excluded inside each source),
+so a ranking costs O(k_recent + 2·k_social) rows whatever the size of ``posts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    Collective,
+    CollectiveMember,
+    Fellow,
+    Post,
+    PostPraise,
+    PostTrophy,
+    UserPreferences,
+)
+
+POST_COLUMNS = (
+    "p.id, p.author_id, u.display_name AS author_display_name, p.title, p.description, "
+    "p.tags, p.post_type, p.asset_type, p.asset_url, p.collective_id, p.show_prompt, "
+    "p.prompt, p.is_featured, p.like_count, p.comment_count, p.view_count, p.praise_count, "
+    "p.trophy_count, p.created_at"
+)
+
+# Posts the viewer may see: live, author not blocked, collective not muted.
+_VISIBLE = (
+    "p.deleted_at IS NULL "
+    "AND NOT coalesce(p.author_id = ANY(up.blocked_users), false) "
+    "AND NOT coalesce(p.collective_id = ANY(up.muted_collectives), false)"
+)
+_PREFS_JOIN = "LEFT JOIN user_preferences up ON up.user_id = :viewer"
+
+
+@dataclass(frozen=True)
+class Preferences:
+    preferred_post_types: list[str]
+    muted_collectives: list[int]
+    blocked_users: list[int]
+
+    def as_dict(self) -> dict[str, list]:
+        return {
+            "preferred_post_types": self.preferred_post_types,
+            "muted_collectives": self.muted_collectives,
+            "blocked_users": self.blocked_users,
+        }
+
+
+EMPTY_PREFERENCES = Preferences([], [], [])
+
+
+# --- per-viewer inputs ---------------------------------------------------------------------
+
+
+def load_fellows(session: Session, user_id: int) -> list[int]:
+    return sorted(session.execute(
+        select(Fellow.fellow_id).where(Fellow.user_id == user_id)
+    ).scalars())
+
+
+def load_collectives(session: Session, user_id: int) -> list[int]:
+    return sorted(session.execute(
+        select(CollectiveMember.collective_id).where(CollectiveMember.user_id == user_id)
+    ).scalars())
+
+
+_STATS = text(
+    "SELECT p.author_id, p.post_type, count(*) AS n FROM ("
+    " SELECT post_id FROM post_likes WHERE user_id = :u"
+    " UNION ALL SELECT post_id FROM post_praises WHERE user_id = :u"
+    " UNION ALL SELECT post_id FROM post_trophies WHERE user_id = :u"
+    ") f JOIN posts p ON p.id = f.post_id GROUP BY p.author_id, p.post_type"
+)
+
+
+def load_interaction_stats(session: Session, user_id: int) -> tuple[dict[int, int],
+                                                                     dict[str, int]]:
+    """The viewer's hearts + praise + trophies, per author and per post type."""
+    by_author: dict[int, int] = {}
+    by_type: dict[str, int] = {}
+    for author_id, post_type, n in session.execute(_STATS, {"u": user_id}):
+        by_author[author_id] = by_author.get(author_id, 0) + n
+        by_type[post_type] = by_type.get(post_type, 0) + n
+    return by_author, by_type
+
+
+def load_preferences(session: Session, user_id: int) -> Preferences:
+    row = session.get(UserPreferences, user_id)
+    if row is None:
+        return EMPTY_PREFERENCES
+    return Preferences(list(row.preferred_post_types), list(row.muted_collectives),
+                       list(row.blocked_users))
+
+
+def _source(where: str, limit: str) -> str:
+    return (
+        "(SELECT id FROM posts p WHERE p.deleted_at IS NULL "
+        "AND NOT (p.author_id = ANY(CAST(:blocked AS bigint[]))) "
+        "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false) "
+        f"{where} ORDER BY p.created_at DESC, p.id DESC LIMIT {limit})"
+    )
+
+
+_CANDIDATES = text(
+    "SELECT p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.like_count,"
+    " p.praise_count, p.trophy_count, p.comment_count FROM posts p WHERE p.id IN ("
+    + _source("", ":k_recent")
+    + " UNION " + _source("AND p.author_id = ANY(CAST(:fellows AS bigint[]))", ":k_social")
+    + " UNION " + _source("AND p.collective_id = ANY(CAST(:colls AS bigint[]))", ":k_social")
+    + ")"
+)
+
+
+def load_candidates(
+    session: Session,
+    *,
+    fellows: Sequence[int],
+    collectives: Sequence[int],
+    blocked: Sequence[int],
+    muted: Sequence[int],
+    k_recent: int,
+    k_social: int,
+) -> list[dict[str, Any]]:
+    """The bounded candidate set (see the module docstring), as dicts of score facts."""
+    rows = session.execute(_CANDIDATES, {
+        "fellows": list(fellows), "colls": list(collectives), "blocked": list(blocked),
+        "muted": list(muted), "k_recent": k_recent, "k_social": k_social,
+    })
+    return [dict(row._mapping) for row in rows]
+
+
+def load_viewed(session: Session, user_id: int, post_ids: Sequence[int]) -> set[int]:
+    if not post_ids:
+        return set()
+    return set(session.execute(
+        text("SELECT post_id FROM post_views WHERE viewer_id = :u "
+             "AND post_id = ANY(CAST(:ids AS bigint[]))"),
+        {"u": user_id, "ids": list(post_ids)},
+    ).scalars())
+
+
+# --- what a page shows ---------------------------------------------------------------------
+
+
+def visible_posts(session: Session, viewer_id: int, post_ids: Sequence[int]
+                  ) -> dict[int, dict[str, Any]]:
+    """Current rows of those ``post_ids`` the viewer may see now (one indexed query):
+    deleted posts, blocked authors' posts and muted collectives' posts are left out, so a
+    cached ranking never shows them."""
+    if not post_ids:
+        return {}
+    rows = session.execute(
+        text(f"SELECT {POST_COLUMNS} FROM posts p LEFT JOIN users u ON u.id = p.author_id "
+             f"{_PREFS_JOIN} WHERE p.id = ANY(CAST(:ids AS bigint[])) AND {_VISIBLE}"),
+        {"viewer": viewer_id, "ids": list(post_ids)},
+    )
+    return {row.id: dict(row._mapping) for row in rows}
+
+
+def chronological_page(session: Session, viewer_id: int | None, offset: int, limit: int
+                       ) -> tuple[int, list[dict[str, Any]]]:
+    """Newest first: (count of posts the viewer may see, the rows of one page)."""
+    params = {"viewer": viewer_id or 0, "offset": offset, "limit": limit}
+    visible = _VISIBLE if viewer_id else "p.deleted_at IS NULL"
+    prefs = _PREFS_JOIN if viewer_id else ""
+    count = session.execute(
+        text(f"SELECT count(*) FROM posts p {prefs} WHERE {visible}"), params
+    ).scalar_one()
+    rows = session.execute(
+        text(f"SELECT {POST_COLUMNS} FROM posts p LEFT JOIN users u ON u.id = p.author_id "
+             f"{prefs} WHERE {visible} ORDER BY p.created_at DESC, p.id DESC "
+             "OFFSET :offset LIMIT :limit"),
+        params,
+    )
+    return int(count), [dict(row._mapping) for row in rows]
+
+
+# --- the viewer's writes -------------------------------------------------------------------
+
+
+def post_is_live(session: Session, post_id: int) -> bool:
+    return session.execute(
+        select(Post.id).where(Post.id == post_id, Post.deleted_at.is_(None))
+    ).first() is not None
+
+
+def _add_fact(session: Session, model: type, counter: Any, user_id: int, post_id: int) -> bool:
+    """Insert one (post, user) fact; if it is new, raise the post's counter by one in the
+    same transaction (the insert's unique key serialises concurrent adds, so it is exact)."""
+    added = session.execute(
+        insert(model).values(post_id=post_id, user_id=user_id)
+        .on_conflict_do_nothing().returning(model.post_id)
+    ).first() is not None
+    if added:
+        session.execute(update(Post).where(Post.id == post_id).values({counter: counter + 1}))
+    return added
+
+
+def add_praise(session: Session, user_id: int, post_id: int) -> bool:
+    return _add_fact(session, PostPraise, Post.praise_count, user_id, post_id)
+
+
+def add_trophy(session: Session, user_id: int, post_id: int) -> bool:
+    return _add_fact(session, PostTrophy, Post.trophy_count, user_id, post_id)
+
+
+def add_fellow(session: Session, user_id: int, fellow_id: int) -> bool:
+    """Both directions; returns True if either row is new."""
+    rows = session.execute(
+        insert(Fellow).values([
+            {"user_id": user_id, "fellow_id": fellow_id},
+            {"user_id": fellow_id, "fellow_id": user_id},
+        ]).on_conflict_do_nothing().returning(Fellow.user_id)
+    ).all()
+    return bool(rows)
+
+
+def remove_fellow(session: Session, user_id: int, fellow_id: int) -> bool:
+    result = session.execute(delete(Fellow).where(
+        ((Fellow.user_id == user_id) & (Fellow.fellow_id == fellow_id))
+        | ((Fellow.user_id == fellow_id) & (Fellow.fellow_id == user_id))
+    ))
+    return result.rowcount > 0
+
+
+def collective_exists(session: Session, collective_id: int) -> bool:
+    return session.get(Collective, collective_id) is not None
+
+
+def unknown_collectives(session: Session, collective_ids: Sequence[int]) -> list[int]:
+    if not collective_ids:
+        return []
+    known = set(session.execute(
+        select(Collective.id).where(Collective.id.in_(list(collective_ids)))
+    ).scalars())
+    return sorted(set(collective_ids) - known)
+
+
+def join_collective(session: Session, user_id: int, collective_id: int) -> bool:
+    return session.execute(
+        insert(CollectiveMember).values(collective_id=collective_id, user_id=user_id)
+        .on_conflict_do_nothing().returning(CollectiveMember.user_id)
+    ).first() is not None
+
+
+def leave_collective(session: Session, user_id: int, collective_id: int) -> bool:
+    result = session.execute(delete(CollectiveMember).where(
+        CollectiveMember.collective_id == collective_id, CollectiveMember.user_id == user_id
+    ))
+    return result.rowcount > 0
+
+
+def save_preferences(session: Session, user_id: int, changes: dict[str, list]) -> Preferences:
+    """Upsert the given fields (others keep their stored value) and return the result."""
+    values = {"user_id": user_id, **changes}
+    stmt = insert(UserPreferences).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[UserPreferences.user_id],
+        set_={**changes, "updated_at": func.now()},
+    ).returning(UserPreferences.preferred_post_types, UserPreferences.muted_collectives,
+                UserPreferences.blocked_users)
+    row = session.execute(stmt).one()
+    return Preferences(list(row[0]), list(row[1]), list(row[2]))
