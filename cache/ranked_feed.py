@@ -25,6 +25,7 @@ a batched SQL check of the page's ids (``storage.ranked_feed.visible_posts``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -177,8 +178,6 @@ class RankedFeedCache:
                     pipe.set(keys[name], orjson.dumps(value), ex=self.input_ttls[name])
                 pipe.execute()
 
-            try:
+            with contextlib.suppress(CacheUnavailable):  # answered anyway; cached next time
                 self.cache.run(INPUTS_PATH, store)
-            except CacheUnavailable:
-                pass  # answered from Postgres; the next fill caches them
         return values
