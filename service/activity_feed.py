@@ -1,5 +1,402 @@
-"""Placeholder: this API section's endpoints arrive with its issue."""
+"""API section 2, the user activity feed (read / unread): events in, a per-user feed out.
 
+Handlers are thin: schemas validate (every bad input is a 400 in the API.md format),
+``service.activity_feed_ops`` does the work. Documented caps: ``activity_ids`` up to
+``MAX_MARK_READ_IDS`` per mark-read, ``user_ids`` up to ``MAX_FANOUT_USERS`` per fan-out,
+``page_size`` up to 100, ``data`` up to ``MAX_DATA_BYTES`` of JSON.
+Operator commands (``init_cli``): cleanup-activity-feeds, archive-activity-feeds,
+populate-activity-feeds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import click
+import orjson
+from flask import Flask, g, request
 from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from redis.exceptions import RedisError
 
-bp = Blueprint("activity_feed", __name__)
+from service import activity_feed_ops as ops
+from service.auth import admin_required, login_required
+from service.errors import NotFound, ServiceUnavailable
+from service.fields import MAX_ID, Id, UtcDateTime
+from service.state import state
+from storage.activity_feed import ACTIVITY_TYPES, PageQuery
+
+bp = Blueprint("activity_feed", __name__, description="User activity feed (read / unread)")
+
+DISPLAY_NAMES = {
+    "event": "Event",
+    "fast_start": "Fast Started",
+    "fast_join": "Joined Fast",
+    "fast_leave": "Left Fast",
+    "devotional_available": "Devotional Available",
+    "milestone": "Milestone",
+    "fast_reminder": "Fast Reminder",
+    "devotional_reminder": "Devotional Reminder",
+}
+MAX_PAGE_SIZE = 100
+MAX_DATA_BYTES = 8 * 1024
+MAX_DAYS_BACK = 3650
+
+
+# --- display -------------------------------------------------------------------------------
+
+
+def age_display(created_at: str, now: datetime | None = None) -> str:
+    """``just now``, ``5m ago``, ``2h ago``, ``3d ago``, ``2w ago``, ``4mo ago``, ``1y ago``."""
+    now = now or datetime.now(UTC)
+    seconds = max(0, int((now - datetime.fromisoformat(created_at)).total_seconds()))
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if seconds < 60:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes}m ago"
+    if hours < 24:
+        return f"{hours}h ago"
+    if days < 7:
+        return f"{days}d ago"
+    if days < 30:
+        return f"{days // 7}w ago"
+    if days < 365:
+        return f"{days // 30}mo ago"
+    return f"{days // 365}y ago"
+
+
+def present(item: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        **item,
+        "activity_type_display": DISPLAY_NAMES.get(item["activity_type"], item["activity_type"]),
+        "age_display": age_display(item["created_at"], now),
+    }
+
+
+# --- schemas -------------------------------------------------------------------------------
+
+
+class CappedList(fields.List):
+    """A list whose length is checked before its items are (a huge list fails fast)."""
+
+    def __init__(self, inner: fields.Field, cap: int, **kwargs: Any) -> None:
+        super().__init__(inner, **kwargs)
+        self.cap = cap
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
+        if isinstance(value, list) and not 1 <= len(value) <= self.cap:
+            raise ValidationError(f"Give between 1 and {self.cap} ids.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only (no 1, "yes"...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+class IsoDateTime(fields.Field):
+    """An ISO 8601 date or datetime (naive = UTC). A bare date as an end bound means the
+    end of that day."""
+
+    def __init__(self, end_of_day: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.end_of_day = end_of_day
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
+        if not isinstance(value, str) or len(value) > 40:
+            raise ValidationError("Not a valid ISO 8601 date or datetime.")
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                return start + timedelta(days=1, microseconds=-1) if self.end_of_day else start
+            moment = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValidationError("Not a valid ISO 8601 date or datetime.") from exc
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _small_json(value: Any) -> None:
+    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
+        raise ValidationError(f"At most {MAX_DATA_BYTES} bytes of JSON.")
+
+
+class _ItemFields(Schema):
+    title = fields.String(required=True, validate=validate.Length(1, 300))
+    description = fields.String(load_default=None, allow_none=True,
+                                validate=validate.Length(max=5000))
+    data = fields.Dict(load_default=None, allow_none=True, validate=_small_json)
+    target_type = fields.String(load_default=None, allow_none=True,
+                                validate=validate.Length(1, 50))
+    target_id = Id(load_default=None, allow_none=True)
+
+
+class EventIn(_ItemFields):
+    user_id = Id(required=True)
+    event_type = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^[a-z][a-z0-9_]{0,49}$",
+                                 error="Lowercase letters, digits and _, at most 50."),
+    )
+
+
+class EventOut(Schema):
+    id = fields.Integer(required=True)
+    user_id = fields.Integer()
+    event_type = fields.String()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    data = fields.Dict(allow_none=True)
+    target_type = fields.String(allow_none=True)
+    target_id = fields.Integer(allow_none=True)
+    created_at = UtcDateTime()
+    activity_id = fields.Integer(allow_none=True, metadata={
+        "description": "The item made from the event; null while a worker makes it."})
+
+
+class FanoutIn(_ItemFields):
+    user_ids = CappedList(Id(), ops.MAX_FANOUT_USERS, required=True)
+    activity_type = fields.String(required=True, validate=validate.OneOf(ACTIVITY_TYPES))
+
+
+class FanoutOut(Schema):
+    job_id = fields.String(required=True)
+    user_count = fields.Integer(required=True)
+
+
+class ListQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    activity_type = fields.String(validate=validate.OneOf(ACTIVITY_TYPES))
+    is_read = fields.Boolean()
+    start_date = IsoDateTime()
+    end_date = IsoDateTime(end_of_day=True)
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 1_000_000))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(1, MAX_PAGE_SIZE))
+
+    @validates_schema
+    def _range(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("start_date"), data.get("end_date")
+        if start and end and start > end:
+            raise ValidationError("start_date is after end_date.", "start_date")
+
+
+class ItemOut(Schema):
+    id = fields.Integer(required=True)
+    activity_type = fields.String()
+    activity_type_display = fields.String()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    is_read = fields.Boolean()
+    read_at = fields.String(allow_none=True)
+    created_at = fields.String()
+    age_display = fields.String()
+    data = fields.Dict(allow_none=True)
+    target_type = fields.String(allow_none=True)
+    target_id = fields.Integer(allow_none=True)
+
+
+class ListOut(Schema):
+    count = fields.Integer(required=True)
+    next = fields.String(allow_none=True)
+    previous = fields.String(allow_none=True)
+    results = fields.List(fields.Nested(ItemOut), required=True)
+
+
+class SummaryOut(Schema):
+    total_items = fields.Integer(required=True)
+    unread_count = fields.Integer(required=True)
+    read_count = fields.Integer(required=True)
+    activity_types = fields.Dict(keys=fields.String(), values=fields.Integer())
+    recent_activity = fields.List(fields.Nested(ItemOut))
+
+
+class MarkReadIn(Schema):
+    activity_ids = CappedList(Id(), ops.MAX_MARK_READ_IDS)
+    mark_all = StrictBoolean()
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **kwargs: Any) -> None:
+        has_ids, mark_all = "activity_ids" in data, data.get("mark_all", False)
+        if has_ids and mark_all:
+            raise ValidationError("Give activity_ids or mark_all, not both.", "_schema")
+        if not has_ids and not mark_all:
+            raise ValidationError("Give activity_ids or mark_all: true.", "_schema")
+
+
+class MarkReadOut(Schema):
+    message = fields.String(required=True)
+    updated_count = fields.Integer(required=True)
+
+
+class GenerateIn(Schema):
+    user_id = Id(required=True)
+    days_back = fields.Integer(strict=True, load_default=30,
+                               validate=validate.Range(1, MAX_DAYS_BACK))
+
+
+class DateRange(Schema):
+    start = fields.String()
+    end = fields.String()
+
+
+class GenerateOut(Schema):
+    message = fields.String(required=True)
+    created_count = fields.Integer(required=True)
+    date_range = fields.Nested(DateRange)
+
+
+# --- endpoints -----------------------------------------------------------------------------
+
+
+@bp.route("/api/events/", methods=["POST"])
+@admin_required
+@bp.arguments(EventIn)
+@bp.response(201, EventOut)
+def create_event(body):
+    """Record an event and create its activity item (on a worker when
+    USE_ASYNC_ACTIVITY_FEED=true)."""
+    event, activity_id = ops.record_event(state(), body)
+    return {**{c: getattr(event, c) for c in EventOut().fields if c != "activity_id"},
+            "activity_id": activity_id}
+
+
+@bp.route("/api/events/activity-feed/items/", methods=["POST"])
+@admin_required
+@bp.arguments(FanoutIn)
+@bp.response(202, FanoutOut)
+def fan_out(body):
+    """Give one item to many users (up to MAX_FANOUT_USERS), done by workers in chunks."""
+    from jobs.activity_feed import enqueue_fan_out
+
+    user_ids = list(dict.fromkeys(body.pop("user_ids")))
+    try:
+        job_id = enqueue_fan_out(state(), user_ids, datetime.now(UTC), body)
+    except RedisError as exc:
+        raise ServiceUnavailable("Job queue is unavailable, retry shortly",
+                                 code="queue_unavailable") from exc
+    return {"job_id": job_id, "user_count": len(user_ids)}
+
+
+def _page_url(page: int) -> str:
+    args = [(k, v) for k, v in request.args.items(multi=True) if k != "page"]
+    if page > 1:
+        args.append(("page", str(page)))
+    return request.base_url + ("?" + urlencode(args) if args else "")
+
+
+@bp.route("/api/events/activity-feed/", methods=["GET"])
+@login_required
+@bp.arguments(ListQuery, location="query")
+@bp.response(200, ListOut)
+def list_feed(args):
+    """The caller's items, newest first. A page past the last is a 404 (code invalid_page)."""
+    query = PageQuery(g.user.id, args.get("activity_type"), args.get("is_read"),
+                      args.get("start_date"), args.get("end_date"))
+    page, size = args["page"], args["page_size"]
+    count, items = ops.list_feed(state(), query, page, size)
+    if page > 1 and not items:
+        raise NotFound("Invalid page.", code="invalid_page")
+    now = datetime.now(UTC)
+    return {
+        "count": count,
+        "next": _page_url(page + 1) if page * size < count else None,
+        "previous": _page_url(page - 1) if page > 1 else None,
+        "results": [present(item, now) for item in items],
+    }
+
+
+@bp.route("/api/events/activity-feed/summary/", methods=["GET"])
+@login_required
+@bp.response(200, SummaryOut)
+def summary():
+    result = ops.summary(state(), g.user.id)
+    now = datetime.now(UTC)
+    return {
+        "total_items": result.counts.total,
+        "unread_count": result.counts.unread,
+        "read_count": result.counts.total - result.counts.unread,
+        "activity_types": result.counts.by_type,
+        "recent_activity": [present(item, now) for item in result.recent],
+    }
+
+
+@bp.route("/api/events/activity-feed/mark-read/", methods=["POST"])
+@login_required
+@bp.arguments(MarkReadIn)
+@bp.response(200, MarkReadOut)
+def mark_read(body):
+    """Only the caller's unread items count; unknown and other users' ids are ignored."""
+    ids = None if body.get("mark_all") else body["activity_ids"]
+    updated = ops.mark_read(state(), g.user.id, ids)
+    return {"message": f"Marked {updated} items as read", "updated_count": updated}
+
+
+@bp.route("/api/events/activity-feed/generate/", methods=["POST"])
+@admin_required
+@bp.arguments(GenerateIn)
+@bp.response(200, GenerateOut)
+def generate(body):
+    """Backfill a user's items from recorded events; never twice for one event."""
+    report = ops.backfill(state(), [body["user_id"]], body["days_back"])
+    return {
+        "message": f"Created {report.created} activity items",
+        "created_count": report.created,
+        "date_range": {"start": _iso(report.start), "end": _iso(report.end)},
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- operator commands ---------------------------------------------------------------------
+
+
+def init_cli(app: Flask) -> None:
+    """Register the retention and backfill commands on ``app.cli``."""
+
+    @app.cli.command("cleanup-activity-feeds")
+    @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+    @click.option("--activity-type", type=click.Choice(ACTIVITY_TYPES))
+    @click.option("--older-than-days", type=click.IntRange(0),
+                  help="Override the per-type retention policy.")
+    def cleanup_command(dry_run: bool, activity_type: str | None,
+                        older_than_days: int | None) -> None:
+        """Delete activity items past retention (per-type policy of API.md)."""
+        report = ops.cleanup(state(), activity_type, older_than_days, dry_run)
+        verb = "Would delete" if dry_run else "Deleted"
+        for name, cutoff in report.cutoffs.items():
+            click.echo(f"  {name}: {report.deleted.get(name, 0)} older than {_iso(cutoff)}")
+        users = "" if dry_run else f" of {report.users} users"
+        click.echo(f"{verb} {report.total} activity items{users}")
+
+    @app.cli.command("archive-activity-feeds")
+    @click.option("--older-than-days", type=click.IntRange(1), required=True)
+    def archive_command(older_than_days: int) -> None:
+        """Move activity items older than N days to activities_archive."""
+        report = ops.archive(state(), older_than_days)
+        click.echo(f"Archived {report.moved} activity items of {report.users} users "
+                   f"created before {_iso(report.cutoff)}")
+
+    @app.cli.command("populate-activity-feeds")
+    @click.option("--user-id", type=click.IntRange(1, MAX_ID))
+    @click.option("--days-back", type=click.IntRange(1, MAX_DAYS_BACK), default=30,
+                  show_default=True)
+    @click.option("--dry-run", is_flag=True, help="Only count what would be created.")
+    def populate_command(user_id: int | None, days_back: int, dry_run: bool) -> None:
+        """Create missing activity items from recorded events (never twice per event)."""
+        report = ops.backfill(state(), None if user_id is None else [user_id], days_back,
+                              dry_run)
+        verb = "Would create" if dry_run else "Created"
+        users = "" if dry_run else f" for {report.users} users"
+        click.echo(f"{verb} {report.created} activity items{users} from events between "
+                   f"{_iso(report.start)} and {_iso(report.end)}")

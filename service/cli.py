@@ -100,3 +100,7 @@ def init_app(app: Flask) -> None:
         from jobs.scheduler import run_forever
 
         run_forever(state())
+
+    from service.activity_feed import init_cli as activity_feed_cli
+
+    activity_feed_cli(app)

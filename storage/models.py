@@ -178,7 +178,12 @@ class ActivityArchive(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     source_event_id: Mapped[int | None] = mapped_column(BigInteger)
     archived_at: Mapped[datetime] = _now()
-    __table_args__ = (Index("ix_activities_archive_user_time", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_activities_archive_user_time", "user_id", "created_at"),
+        # "Never twice for one event": a backfill skips events whose item was archived.
+        Index("ix_activities_archive_source_event", "source_event_id",
+              postgresql_where=text("source_event_id IS NOT NULL")),
+    )
 
 
 # --- sections 3 and 4: posts, engagement, follows, collectives -----------------------------

@@ -1,0 +1,202 @@
+"""The user activity feed in Redis: counters, recent items and the first listing pages.
+
+Per user, under the hash tag ``{u:<id>}`` and one version scope ``(u:<id>, activity)``:
+
+- ``act:counts``  HASH  ``total``, ``unread`` and ``t:<type>`` for every activity type
+  (always all fields, so an empty feed is a hit; small ints: listpack-encoded);
+- ``act:recent``  STRING  JSON of the newest ``RECENT_COUNT`` items (the summary's list);
+- ``act:page:all`` / ``act:page:unread``  STRING  JSON of the newest ``PAGE_CAP`` items,
+  all or unread only: page 1 of the unfiltered and the unread-only listing for any
+  ``page_size`` up to ``PAGE_CAP``.
+
+A write locks the user's scope (``uow.change``), changes rows, then ``record_write`` sets
+the counters and the recent list to absolute values recomputed from Postgres under that
+lock (HSET / SET: idempotent) and drops the two pages (DEL), which the next read
+rebuilds with one indexed query. Every key expires after the idle TTL. Per user this is
+at most ``2 * PAGE_CAP + RECENT_COUNT`` items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from cache.client import NO_VALUE, Cache
+from cache.fill import Filler, read_through
+from cache.keys import Keyspace, Scope, user_tag
+from cache.versioned import Change
+from storage import activity_feed as store
+from storage.db import Database
+
+PAGE_CAP = 100  # = the API's largest page_size
+RECENT_COUNT = 5
+SUMMARY_PATH = "activity_summary"
+PAGE_PATH = "activity_page"
+
+
+def scope(user_id: int) -> Scope:
+    return Scope(user_tag(user_id), "activity")
+
+
+def counts_key(keys: Keyspace, user_id: int) -> str:
+    return keys.key(user_tag(user_id), "act", "counts")
+
+
+def recent_key(keys: Keyspace, user_id: int) -> str:
+    return keys.key(user_tag(user_id), "act", "recent")
+
+
+def page_key(keys: Keyspace, user_id: int, unread_only: bool) -> str:
+    return keys.key(user_tag(user_id), "act", "page", "unread" if unread_only else "all")
+
+
+def all_keys(keys: Keyspace, user_id: int) -> list[str]:
+    return [
+        counts_key(keys, user_id),
+        recent_key(keys, user_id),
+        page_key(keys, user_id, False),
+        page_key(keys, user_id, True),
+    ]
+
+
+def encode_counts(counts: store.FeedCounts) -> dict[str, int]:
+    fields = {"total": counts.total, "unread": counts.unread}
+    for activity_type in store.ACTIVITY_TYPES:
+        fields[f"t:{activity_type}"] = counts.by_type.get(activity_type, 0)
+    return fields
+
+
+def decode_counts(raw: dict[Any, Any]) -> store.FeedCounts | Any:
+    """Counts from an HGETALL reply, or NO_VALUE if the hash is missing or partial."""
+    fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    if "total" not in fields or "unread" not in fields:
+        return NO_VALUE
+    by_type = {
+        t: fields.get(f"t:{t}", 0) for t in store.ACTIVITY_TYPES if fields.get(f"t:{t}", 0)
+    }
+    return store.FeedCounts(fields["total"], fields["unread"], by_type)
+
+
+def record_write(
+    change: Change,
+    keys: Keyspace,
+    user_id: int,
+    counts: store.FeedCounts,
+    recent: list[dict[str, Any]],
+) -> None:
+    """Ops of one user's committed write: absolute counters and recent list, pages dropped.
+
+    ``counts``/``recent`` must be computed after ``uow.change`` took the scope's lock.
+    """
+    flat: list[Any] = []
+    for name, value in encode_counts(counts).items():
+        flat += [name, value]
+    change.op("HSET", counts_key(keys, user_id), *flat)
+    change.op("SET", recent_key(keys, user_id), orjson.dumps(recent).decode())
+    change.op("DEL", page_key(keys, user_id, False))
+    change.op("DEL", page_key(keys, user_id, True))
+
+
+@dataclass
+class Snapshot:
+    """Everything the cache holds for one user, loaded from Postgres in one transaction."""
+
+    counts: store.FeedCounts
+    page_all: list[dict[str, Any]]
+    page_unread: list[dict[str, Any]]
+
+    @property
+    def recent(self) -> list[dict[str, Any]]:
+        return self.page_all[:RECENT_COUNT]
+
+
+def load_snapshot(db: Database, user_id: int) -> Snapshot:
+    with db.session() as session, session.begin():
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        counts = store.counts_for_users(session, [user_id])[user_id]
+        page_all = store.recent_for_users(session, [user_id], PAGE_CAP)[user_id]
+        unread = store.recent_for_users(session, [user_id], PAGE_CAP, unread_only=True)
+    return Snapshot(counts, page_all, unread[user_id])
+
+
+def _fill(cache: Cache, filler: Filler, db: Database, user_id: int, path: str) -> Snapshot:
+    keys = all_keys(cache.keys, user_id)
+
+    def stage(pipe: Any, temps: dict[str, str], snap: Snapshot) -> None:
+        pipe.hset(temps[keys[0]], mapping=encode_counts(snap.counts))
+        pipe.set(temps[keys[1]], orjson.dumps(snap.recent))
+        pipe.set(temps[keys[2]], orjson.dumps(snap.page_all))
+        pipe.set(temps[keys[3]], orjson.dumps(snap.page_unread))
+
+    return filler.fill(path, scope(user_id), keys, lambda: load_snapshot(db, user_id), stage)
+
+
+@dataclass
+class Summary:
+    counts: store.FeedCounts
+    recent: list[dict[str, Any]]
+
+
+def summary(cache: Cache, filler: Filler, db: Database, user_id: int) -> Summary:
+    """Counts and the newest items: one pipelined round trip on a hit."""
+    ckey, rkey = counts_key(cache.keys, user_id), recent_key(cache.keys, user_id)
+
+    def read(r: Any) -> Summary | Any:
+        pipe = r.pipeline(transaction=False)
+        pipe.hgetall(ckey)
+        pipe.get(rkey)
+        raw_counts, raw_recent = pipe.execute()
+        counts = decode_counts(raw_counts)
+        if counts is NO_VALUE or raw_recent is None:
+            return NO_VALUE
+        return Summary(counts, orjson.loads(raw_recent))
+
+    def fill() -> Summary:
+        snap = _fill(cache, filler, db, user_id, SUMMARY_PATH)
+        return Summary(snap.counts, snap.recent)
+
+    def fallback() -> Summary:
+        with db.session() as session:
+            counts = store.counts_for_users(session, [user_id])[user_id]
+            recent = store.recent_for_users(session, [user_id], RECENT_COUNT)[user_id]
+        return Summary(counts, recent)
+
+    return read_through(cache, SUMMARY_PATH, read, fill, fallback)
+
+
+def first_page(
+    cache: Cache, filler: Filler, db: Database, user_id: int, unread_only: bool, size: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """``(count, items)`` of page 1 of the unfiltered or unread-only listing
+    (``size <= PAGE_CAP``): one pipelined round trip on a hit."""
+    if size > PAGE_CAP:
+        raise ValueError("page size above the cached cap")
+    ckey, pkey = counts_key(cache.keys, user_id), page_key(cache.keys, user_id, unread_only)
+
+    def pick(counts: store.FeedCounts, items: Sequence[dict[str, Any]]):
+        return (counts.unread if unread_only else counts.total), list(items[:size])
+
+    def read(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        pipe.hgetall(ckey)
+        pipe.get(pkey)
+        raw_counts, raw_page = pipe.execute()
+        counts = decode_counts(raw_counts)
+        if counts is NO_VALUE or raw_page is None:
+            return NO_VALUE
+        return pick(counts, orjson.loads(raw_page))
+
+    def fill() -> tuple[int, list[dict[str, Any]]]:
+        snap = _fill(cache, filler, db, user_id, PAGE_PATH)
+        return pick(snap.counts, snap.page_unread if unread_only else snap.page_all)
+
+    def fallback() -> tuple[int, list[dict[str, Any]]]:
+        query = store.PageQuery(user_id, is_read=False if unread_only else None)
+        with db.session() as session:
+            return store.page(session, query, 0, size)
+
+    return read_through(cache, PAGE_PATH, read, fill, fallback)
+
