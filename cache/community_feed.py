@@ -264,9 +264,9 @@ def stage_sorted(pipe: Any, temp: str, entries: Sequence[tuple[int, int]],
         pipe.zadd(temp, mapping)
 
 
-def read_followees(cache: Cache, path: str, user_id: int) -> list[int] | Any:
-    """The user's followee ids, or ``NO_VALUE`` if not cached. Raises ``CacheUnavailable``."""
-    key = CommunityKeys(cache.keys).followees(user_id)
+def followees_reader(keys: Keyspace, user_id: int) -> Any:
+    """A ``read(redis)`` for ``read_through``: the user's followee ids, or ``NO_VALUE``."""
+    key = CommunityKeys(keys).followees(user_id)
 
     def read(r: Any) -> Any:
         pipe = r.pipeline(transaction=False)
@@ -277,7 +277,7 @@ def read_followees(cache: Cache, path: str, user_id: int) -> list[int] | Any:
             return NO_VALUE
         return sorted(int(m) for m in members if m != SENTINEL.encode())
 
-    return cache.run(path, read)
+    return read
 
 
 def stage_followees(pipe: Any, temp: str, followee_ids: Sequence[int]) -> None:
@@ -389,3 +389,62 @@ def write_count(cache: Cache, path: str, field: str, value: int, version: str,
     vkey = cache.keys.version(posts_scope())
     cache.run(path, lambda r: r.eval(COUNT_SET_LUA, 2, vkey, ck.counts, version, field,
                                      value, ttl))
+
+
+# --- batch fills (the following feed's author sets) ------------------------------------------
+
+
+def fill_many(cache: Cache, filler: Any, path: str, targets: Sequence[tuple[Scope, str]],
+              load: Any) -> set[str]:
+    """Fill several single-key scopes in a few round trips, single-flight per key.
+
+    ``load(indices)`` returns, for each target index given, ``(entries, complete)``.
+    Keys whose lease another filler holds are skipped; returns the keys published.
+    Raises ``CacheUnavailable``.
+    """
+    from cache.versioned import publish_keys
+
+    token = uuid.uuid4().hex
+
+    def lease_all(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for _, key in targets:
+            pipe.set(cache.keys.lease(key), token, nx=True, px=cache.lease_ttl_ms)
+        return pipe.execute()
+
+    got = [i for i, ok in enumerate(cache.run(path, lease_all)) if ok]
+    if not got:
+        return set()
+    versions = {i: filler.version(path, targets[i][0]) for i in got}
+    data = load(got)
+    published: set[str] = set()
+
+    def publish(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for i in got:
+            scope, key = targets[i]
+            temp = cache.keys.temp(key, token)
+            pipe.delete(temp)
+            entries, complete = data[i]
+            stage_sorted(pipe, temp, entries, complete)
+            filler.scripts.publish(
+                keys=publish_keys(cache.keys, scope, cache.keys.lease(key), [(key, temp)]),
+                args=[versions[i], cache.idle_ttl, token], client=pipe)
+        return pipe.execute()
+
+    results = cache.run(path, publish)
+    # Each target queued delete + (zadd) + publish: the publish result is the last of each.
+    flags = _publish_flags(results, [bool(data[i][0]) or data[i][1] for i in got])
+    for i, ok in zip(got, flags, strict=True):
+        if ok:
+            published.add(targets[i][1])
+    return published
+
+
+def _publish_flags(results: list[Any], staged: list[bool]) -> list[bool]:
+    flags, pos = [], 0
+    for has_zadd in staged:
+        pos += 1 + (1 if has_zadd else 0)
+        flags.append(bool(results[pos]))
+        pos += 1
+    return flags

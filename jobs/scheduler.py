@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from jobs import activity_feed
+from jobs import activity_feed, community_feed
 from service.bootstrap import AppState
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ def default_jobs(state: AppState) -> list[Periodic]:
 
 
 # Read paths add their periodic jobs here (factories taking the state).
-EXTRA_JOBS: list[Callable[[AppState], Periodic]] = [activity_feed.retention_periodic]
+EXTRA_JOBS: list[Callable[[AppState], Periodic]] = [
+    activity_feed.retention_periodic,
+    community_feed.trending_job,
+]
 
 
 def run_forever(state: AppState, jobs: list[Periodic] | None = None) -> None:

@@ -1,5 +1,591 @@
-"""Placeholder: this API section's endpoints arrive with its issue."""
+"""Community feed (API section 3): posts, likes, views, comments, follows, and the
+``trending`` / ``recent`` / ``following`` cursor pages.
 
+Pages: the order comes from Redis sorted sets (``cache/community_feed.py``), the rows
+from one Postgres query per chunk of ids (``storage.posts.load_page``: live posts only,
+filters applied, author names joined, the viewer's likes for the whole chunk). With Redis
+down, the same order comes from Postgres (keyset queries; the trending ranking recomputed
+at the walk's reference time), so answers are identical.
+
+Cursors are opaque: base64url of JSON ``{"v":1,"f":feed,"q":filters,"k":[score,id]}`` plus,
+for trending, the walk's snapshot ``s``, reference time ``r`` and snapshot time ``w``. The
+``(score, id)`` key is exact and total, so a walk resumes strictly after the last post
+it returned: ``recent`` and ``following`` are keysets on (created_at us, id); trending
+reads an immutable snapshot of the ranking (recomputed from Postgres at the same
+reference time if the snapshot is gone, which reproduces it unless engagement changed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from flask import Response, g
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
 
-bp = Blueprint("community_feed", __name__)
+from cache import community_feed as cf
+from cache import stats
+from cache.client import CacheUnavailable
+from cache.fill import LeaseHeld, read_through
+from service import posts_service
+from service.auth import login_optional, login_required
+from service.errors import ApiError
+from service.fields import Id, UtcDateTime
+from service.state import state
+from storage import community_feed as cf_sql
+from storage import posts
+from storage.models import Collective
+
+bp = Blueprint("community_feed", __name__, description="Community feed (section 3)")
+
+PATH = "community_feed"
+Key = tuple[int, int]  # (score, post id): the exact sort key of every feed
+
+
+# --- schemas ------------------------------------------------------------------------------
+
+
+class PostIn(Schema):
+    title = fields.String(required=True, validate=validate.Length(1, 300))
+    description = fields.String(load_default=None, allow_none=True,
+                                validate=validate.Length(max=10_000))
+    tags = fields.List(fields.String(validate=validate.Length(1, 50)), load_default=list,
+                       validate=validate.Length(max=20))
+    post_type = fields.String(load_default="post", validate=validate.Length(1, 50))
+    asset_type = fields.String(load_default=None, allow_none=True,
+                               validate=validate.Length(1, 50))
+    asset_url = fields.String(load_default=None, allow_none=True,
+                              validate=validate.Length(max=2000))
+    collective_id = Id(load_default=None, allow_none=True)
+    show_prompt = fields.Boolean(load_default=False)
+    prompt = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Length(max=5000))
+
+
+class AuthorOut(Schema):
+    id = fields.Integer()
+    display_name = fields.String()
+
+
+class PostOut(Schema):
+    id = fields.Integer()
+    author_id = fields.Integer()
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    tags = fields.List(fields.String())
+    post_type = fields.String()
+    asset_type = fields.String(allow_none=True)
+    asset_url = fields.String(allow_none=True)
+    collective_id = fields.Integer(allow_none=True)
+    show_prompt = fields.Boolean()
+    prompt = fields.String(allow_none=True)
+    is_featured = fields.Boolean()
+    created_at = UtcDateTime()
+    like_count = fields.Integer()
+    comment_count = fields.Integer()
+    view_count = fields.Integer()
+    author = fields.Nested(AuthorOut)
+    is_liked_by_viewer = fields.Boolean()
+
+
+class FeedArgs(Schema):
+    feed_type = fields.String(load_default="trending",
+                              validate=validate.OneOf(["trending", "recent", "following"]))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=2000))
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 50))
+    asset_type = fields.String(load_default=None, validate=validate.Length(1, 50))
+    tags = fields.String(load_default=None, validate=validate.Length(max=1100))
+
+
+class FeedOut(Schema):
+    posts = fields.List(fields.Nested(PostOut))
+    total_count = fields.Integer()
+    has_more = fields.Boolean()
+    next_cursor = fields.String(allow_none=True)
+
+
+class CommentIn(Schema):
+    body = fields.String(required=True, validate=validate.Length(1, 10_000))
+
+
+class CommentOut(Schema):
+    id = fields.Integer()
+    post_id = fields.Integer()
+    author_id = fields.Integer()
+    body = fields.String()
+    created_at = UtcDateTime()
+
+
+class LikedOut(Schema):
+    liked = fields.Boolean()
+
+
+class UnlikedOut(Schema):
+    unliked = fields.Boolean()
+
+
+class FollowingOut(Schema):
+    following = fields.Boolean()
+
+
+class EngagementOut(Schema):
+    like_count = fields.Integer()
+    comment_count = fields.Integer()
+    view_count = fields.Integer()
+    is_liked = fields.Boolean()
+
+
+# --- write endpoints -----------------------------------------------------------------------
+
+
+def _post_json(row: posts.PostRow) -> dict[str, Any]:
+    p = row.post
+    return {
+        "id": p.id, "author_id": p.author_id, "title": p.title,
+        "description": p.description, "tags": list(p.tags or []), "post_type": p.post_type,
+        "asset_type": p.asset_type, "asset_url": p.asset_url,
+        "collective_id": p.collective_id, "show_prompt": p.show_prompt, "prompt": p.prompt,
+        "is_featured": p.is_featured, "created_at": p.created_at,
+        "like_count": p.like_count, "comment_count": p.comment_count,
+        "view_count": p.view_count,
+        "author": {"id": p.author_id, "display_name": row.display_name},
+        "is_liked_by_viewer": row.liked,
+    }
+
+
+@bp.route("/community/posts", methods=["POST"])
+@login_required
+@bp.arguments(PostIn)
+@bp.response(201, PostOut)
+def create_post(body):
+    if body["collective_id"] is not None:
+        with state().db.session() as session:
+            if session.get(Collective, body["collective_id"]) is None:
+                raise ApiError("Unknown collective", code="validation_error",
+                               details={"collective_id": ["Unknown collective."]})
+    body["tags"] = sorted(set(body["tags"]))
+    post = posts_service.create_post(g.user.id, **body)
+    with state().db.session() as session:
+        row = posts.load_page(session, [post.id], g.user.id).get(post.id)
+    if row is None:  # deleted in between: still report what was created
+        row = posts.PostRow(post, f"User {post.author_id}", False)
+    return _post_json(row)
+
+
+@bp.route("/community/posts/<id:post_id>", methods=["DELETE"])
+@login_required
+@bp.response(204)
+def delete_post(post_id: int):
+    posts_service.delete_post(post_id, g.user.id, g.user.is_admin)
+    return Response(status=204)
+
+
+@bp.route("/community/posts/<id:post_id>/like", methods=["POST"])
+@login_required
+@bp.response(200, LikedOut)
+def like(post_id: int):
+    posts_service.like_post(g.user.id, post_id, True)
+    return {"liked": True}
+
+
+@bp.route("/community/posts/<id:post_id>/like", methods=["DELETE"])
+@login_required
+@bp.response(200, UnlikedOut)
+def unlike(post_id: int):
+    posts_service.like_post(g.user.id, post_id, False)
+    return {"unliked": True}
+
+
+@bp.route("/community/posts/<id:post_id>/view", methods=["POST"])
+@login_required
+@bp.response(204)
+def view(post_id: int):
+    posts_service.record_view(g.user.id, post_id)
+    return Response(status=204)
+
+
+@bp.route("/community/posts/<id:post_id>/comments", methods=["POST"])
+@login_required
+@bp.arguments(CommentIn)
+@bp.response(201, CommentOut)
+def comment(body, post_id: int):
+    return posts_service.add_comment(g.user.id, post_id, body["body"])
+
+
+@bp.route("/community/posts/<id:post_id>/engagement", methods=["GET"])
+@login_optional
+@bp.response(200, EngagementOut)
+def engagement(post_id: int):
+    return posts_service.engagement(post_id, g.user.id if g.user else None)
+
+
+def _follow(user_id: int, following: bool) -> dict[str, bool]:
+    if user_id == g.user.id:
+        raise ApiError("You cannot follow yourself", code="self_follow")
+    posts_service.set_follow(g.user.id, user_id, following)
+    return {"following": following}
+
+
+@bp.route("/community/users/<id:user_id>/follow", methods=["POST"])
+@login_required
+@bp.response(200, FollowingOut)
+def follow(user_id: int):
+    return _follow(user_id, True)
+
+
+@bp.route("/community/users/<id:user_id>/follow", methods=["DELETE"])
+@login_required
+@bp.response(200, FollowingOut)
+def unfollow(user_id: int):
+    return _follow(user_id, False)
+
+
+# --- cursors -----------------------------------------------------------------------------
+
+
+class BadCursor(ApiError):
+    code = "invalid_cursor"
+
+    def __init__(self) -> None:
+        super().__init__("Invalid cursor", details={"cursor": ["Invalid or foreign cursor."]})
+
+
+def encode_cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"v": 1, **data})).decode().rstrip("=")
+
+
+def decode_cursor(raw: str, feed: str, query: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        key = data["k"]
+        ok = (isinstance(data, dict) and data.get("v") == 1 and data.get("f") == feed
+              and data.get("q") == query and isinstance(key, list) and len(key) == 2
+              and all(type(x) is int and 0 <= x < 2**63 for x in key))
+        if ok and feed == "trending":
+            ok = (isinstance(data.get("s"), str) and len(data["s"]) <= 40
+                  and isinstance(data.get("r"), str) and type(data.get("w")) is int)
+            float(data["r"]) if ok else None
+    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+        raise BadCursor() from exc
+    if not ok:
+        raise BadCursor()
+    return data
+
+
+# --- ordered sources: next keys after a cursor ---------------------------------------------
+
+
+class Source:
+    """Yields the feed's keys in order, strictly after a key; ``total()`` counts it."""
+
+    outcome = "hit"
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        raise NotImplementedError
+
+
+def _recent_pg(after: Key | None, n: int, authors: Sequence[int] | None = None) -> list[Key]:
+    with state().db.session() as session:
+        return posts.recent_keys(session, n, after, authors)
+
+
+class RecentSource(Source):
+    """The recent sorted set; past its (trimmed) end, the same keyset in Postgres."""
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        app = state()
+        ck = cf.CommunityKeys(app.cache.keys)
+        try:
+            rng = cf.range_after(app.cache, PATH, [ck.recent], after, n)[0]
+            if rng.entries is None:
+                self.outcome = "miss"
+                self._fill(ck)
+                rng = cf.range_after(app.cache, PATH, [ck.recent], after, n)[0]
+            if rng.entries is None:
+                raise CacheUnavailable(PATH)
+        except (CacheUnavailable, LeaseHeld):
+            self.outcome = "fallback"
+            return _recent_pg(after, n)
+        keys = rng.entries
+        if len(keys) < n and not rng.complete:
+            keys += _recent_pg(keys[-1] if keys else after, n - len(keys))
+        return keys
+
+    def _fill(self, ck: cf.CommunityKeys) -> None:
+        app = state()
+        size = app.settings.recent_cache_size
+
+        def load() -> list[Key]:
+            return _recent_pg(None, size + 1)
+
+        def stage(pipe: Any, temps: dict[str, str], keys: list[Key]) -> None:
+            cf.stage_sorted(pipe, temps[ck.recent], keys[:size], complete=len(keys) <= size)
+
+        app.filler.fill(PATH, cf.posts_scope(), [ck.recent], load, stage)
+
+
+def followees_of(user_id: int) -> list[int]:
+    """The user's followees: the cached set, filled from Postgres on a miss."""
+    app = state()
+    key = cf.CommunityKeys(app.cache.keys).followees(user_id)
+
+    def load() -> list[int]:
+        with app.db.session() as session:
+            return posts.followees(session, user_id)
+
+    def fill() -> list[int]:
+        return app.filler.fill(PATH, cf.follows_scope(user_id), [key], load,
+                               lambda pipe, temps, ids: cf.stage_followees(pipe, temps[key], ids))
+
+    read = cf.followees_reader(app.cache.keys, user_id)
+    return sorted(read_through(app.cache, PATH + ":followees", read, fill, load))
+
+
+class FollowingSource(Source):
+    """Fan-out on read: merge the followees' author sets (see cache/community_feed.py)."""
+
+    def __init__(self, followee_ids: list[int]) -> None:
+        self.authors = followee_ids
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        if not self.authors:
+            return []
+        app = state()
+        ck = cf.CommunityKeys(app.cache.keys)
+        keys = [ck.author(a) for a in self.authors]
+        try:
+            ranges = cf.range_after(app.cache, PATH, keys, after, n)
+            missing = [i for i, r in enumerate(ranges) if r.entries is None]
+            if missing:
+                self.outcome = "miss"
+                self._fill([self.authors[i] for i in missing])
+                ranges = cf.range_after(app.cache, PATH, keys, after, n)
+                if any(r.entries is None for r in ranges):
+                    raise CacheUnavailable(PATH)
+        except CacheUnavailable:
+            self.outcome = "fallback"
+            return _recent_pg(after, n, self.authors)
+        merged = sorted((k for r in ranges for k in r.entries or []), reverse=True)[:n]
+        # An author set that was trimmed and ran out hides older posts below its last key.
+        floor = max((r.entries[-1] if r.entries else after or (2**63, 0)
+                     for r in ranges if not r.complete and len(r.entries or []) < n),
+                    default=None)
+        if floor is not None and (len(merged) < n or merged[-1] < floor):
+            return _recent_pg(after, n, self.authors)
+        return merged
+
+    def _fill(self, authors: list[int]) -> None:
+        app = state()
+        ck = cf.CommunityKeys(app.cache.keys)
+        size = app.settings.author_cache_size
+        targets = [(cf.author_scope(a), ck.author(a)) for a in authors]
+
+        def load(indices: list[int]) -> dict[int, tuple[list[Key], bool]]:
+            with app.db.session() as session:
+                per = posts.author_recent_keys(session, [authors[i] for i in indices],
+                                               size + 1)
+            return {i: (per[authors[i]][:size], len(per[authors[i]]) <= size)
+                    for i in indices}
+
+        cf.fill_many(app.cache, app.filler, PATH, targets, load)
+
+
+class TrendingSource(Source):
+    """One walk's ranking: its Redis snapshot, or the same ranking recomputed from Postgres
+    at the walk's reference time when the snapshot is gone or Redis is down."""
+
+    def __init__(self, sid: str, ref: str, taken_ms: int) -> None:
+        self.sid, self.ref, self.taken_ms = sid, ref, taken_ms
+        self.ranking: list[Key] | None = None
+
+    @classmethod
+    def start(cls) -> TrendingSource:
+        app = state()
+        s = app.settings
+        try:
+            snap = cf.take_snapshot(app.cache, PATH, s.trending_snapshot_ttl,
+                                    s.trending_snapshot_reuse)
+            if snap is None:
+                from jobs.community_feed import fill_trending
+
+                fill_trending(app)
+                snap = cf.take_snapshot(app.cache, PATH, s.trending_snapshot_ttl,
+                                        s.trending_snapshot_reuse)
+            if snap is not None:
+                return cls(snap.sid, snap.ref, snap.taken_ms)
+        except (CacheUnavailable, LeaseHeld):
+            pass
+        now = time.time()
+        src = cls(hashlib.sha1(str(now).encode()).hexdigest()[:12], repr(round(now, 6)),
+                  int(now * 1000))
+        src.outcome = "fallback"
+        return src
+
+    def recompute(self) -> list[Key]:
+        """The ranking from Postgres: live posts created in [ref - window, taken]."""
+        if self.ranking is None:
+            from jobs.community_feed import rank
+
+            app = state()
+            ref = float(self.ref)
+            since = datetime.fromtimestamp(ref, UTC) - timedelta(
+                hours=app.settings.trending_window_hours)
+            until = datetime.fromtimestamp(self.taken_ms / 1000, UTC)
+            with app.db.session() as session:
+                window = cf_sql.trending_window(session, since, until,
+                                                app.settings.trending_max_posts)
+            self.ranking = rank(window, ref)
+        return self.ranking
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        app = state()
+        if self.ranking is None:
+            try:
+                rng = cf.range_after(app.cache, PATH, [app_keys().snapshot(self.sid)],
+                                     after, n)[0]
+                if rng.entries is not None:
+                    return rng.entries
+                self.outcome = "miss"
+                cf.store_snapshot(app.cache, PATH, self.sid, self.recompute(),
+                                  app.settings.trending_snapshot_ttl)
+            except CacheUnavailable:
+                self.outcome = "fallback"
+        ranking = self.recompute()
+        start = 0
+        if after is not None:
+            # Ranking is sorted by (score, id) descending: first key strictly below after.
+            lo, hi = 0, len(ranking)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ranking[mid] >= after:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            start = lo
+        return ranking[start:start + n]
+
+
+def app_keys() -> cf.CommunityKeys:
+    return cf.CommunityKeys(state().cache.keys)
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+def _parse_tags(raw: str | None) -> list[str]:
+    if raw is None:
+        return []
+    tags = sorted({t.strip() for t in raw.split(",") if t.strip()})
+    if len(tags) > 20 or any(len(t) > 50 for t in tags):
+        raise ApiError("Invalid request", code="validation_error",
+                       details={"tags": ["At most 20 tags of at most 50 characters."]})
+    return tags
+
+
+def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
+            asset_type: str | None, tags: list[str]) -> tuple[list[tuple[Key, Any]], bool]:
+    """Walk ``source`` after ``after`` until ``limit + 1`` live matching posts are found;
+    returns (page rows with their keys, has_more)."""
+    found: list[tuple[Key, Any]] = []
+    chunk = limit + 1 if not (asset_type or tags) else 4 * (limit + 1)
+    cursor = after
+    while len(found) <= limit:
+        keys = source.next_keys(cursor, chunk)
+        if not keys:
+            break
+        with state().db.session() as session:
+            rows = posts.load_page(session, [k[1] for k in keys], viewer, asset_type, tags)
+        found += [(k, rows[k[1]]) for k in keys if k[1] in rows]
+        if len(keys) < chunk:
+            break
+        cursor = keys[-1]
+        chunk = min(chunk * 2, 1000)
+    return found[:limit], len(found) > limit
+
+
+def _total(field: str, compute: Callable[[], int]) -> int:
+    app = state()
+    try:
+        cached, version = cf.read_count(app.cache, PATH, field)
+        if cached is not None:
+            return cached
+        value = compute()
+        cf.write_count(app.cache, PATH, field, value, version, app.settings.idle_ttl)
+        return value
+    except CacheUnavailable:
+        return compute()
+
+
+@bp.route("/community/feed", methods=["GET"])
+@login_optional
+@bp.arguments(FeedArgs, location="query")
+@bp.response(200, FeedOut)
+def feed(args):
+    feed_type, limit = args["feed_type"], args["limit"]
+    asset_type, tags = args["asset_type"], _parse_tags(args["tags"])
+    viewer = g.user.id if g.user else None
+    if feed_type == "following" and viewer is None:
+        from service.errors import Unauthorized
+
+        raise Unauthorized("The following feed needs a signed-in user",
+                           code="authentication_required")
+    query = hashlib.sha1(orjson.dumps([asset_type, tags])).hexdigest()[:10]
+    data = decode_cursor(args["cursor"], feed_type, query) if args["cursor"] else None
+    after: Key | None = tuple(data["k"]) if data else None  # type: ignore[assignment]
+    filters = (asset_type, tags)
+    app = state()
+    extra: dict[str, Any] = {}
+    if feed_type == "recent":
+        source: Source = RecentSource()
+
+        def count() -> int:
+            with app.db.session() as session:
+                return posts.count_live(session, None, *filters)
+
+        field = cf.count_field("r", asset_type, tags)
+    elif feed_type == "following":
+        authors = followees_of(viewer)  # type: ignore[arg-type]
+        source = FollowingSource(authors)
+
+        def count() -> int:
+            with app.db.session() as session:
+                return posts.count_live(session, authors, *filters)
+
+        digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
+        field = cf.count_field("f", viewer, digest, asset_type, tags)
+    else:
+        trending = (TrendingSource(data["s"], data["r"], data["w"]) if data
+                    else TrendingSource.start())
+        source = trending
+        extra = {"s": trending.sid, "r": trending.ref, "w": trending.taken_ms}
+        since = datetime.fromtimestamp(float(trending.ref), UTC) - timedelta(
+            hours=app.settings.trending_window_hours)
+        until = datetime.fromtimestamp(trending.taken_ms / 1000, UTC)
+
+        def count() -> int:
+            with app.db.session() as session:
+                return min(posts.count_live(session, None, *filters,
+                                            created_between=(since, until)),
+                           app.settings.trending_max_posts)
+
+        field = cf.count_field("t", trending.ref, trending.taken_ms, asset_type, tags)
+    rows, has_more = collect(source, after, limit, viewer, asset_type, tags)
+    stats.count(PATH + ":" + feed_type, source.outcome)
+    next_cursor = None
+    if has_more:
+        next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(rows[-1][0]),
+                                     **extra})
+    return {
+        "posts": [_post_json(row) for _, row in rows],
+        "total_count": _total(field, count),
+        "has_more": has_more,
+        "next_cursor": next_cursor,
+    }
+

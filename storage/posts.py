@@ -272,21 +272,6 @@ class Engagement:
     is_featured: bool
 
 
-def engagement_since(
-    session: Session, since: datetime, until: datetime, limit: int
-) -> list[Engagement]:
-    """Engagement of live posts created in ``[since, until]``, newest first, at most
-    ``limit`` (the trending window)."""
-    query = (
-        select(Post.id, Post.created_at, Post.like_count, Post.comment_count,
-               Post.view_count, Post.is_featured)
-        .where(Post.deleted_at.is_(None), Post.created_at.between(since, until))
-        .order_by(Post.created_at.desc(), Post.id.desc())
-        .limit(limit)
-    )
-    return [Engagement(*row) for row in session.execute(query)]
-
-
 def engagement_of(session: Session, post_id: int) -> Engagement | None:
     row = session.execute(
         select(Post.id, Post.created_at, Post.like_count, Post.comment_count,

@@ -1,0 +1,65 @@
+"""Trending upkeep: the ranking function and the scheduled rebuild of ``{cf}:trending``.
+
+The rebuild recomputes every score of the window (live posts of the last
+``TRENDING_WINDOW_HOURS``, at most ``TRENDING_MAX_POSTS``) at one new reference time and
+publishes the set and its reference together, every ``TRENDING_RECOMPUTE_INTERVAL``
+seconds (default 60). Between rebuilds, writes re-score their post at the current
+reference time, so the set is at most one interval stale (see cache/community_feed.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cache import community_feed as cf
+from service.bootstrap import AppState
+from storage import community_feed as cf_sql
+from storage.posts import Engagement
+
+PATH = "community_feed"
+
+
+def rank(window: Sequence[Engagement], ref: float) -> list[tuple[int, int]]:
+    """``(score, id)`` of each post at reference time ``ref``, best first (ties: id desc)."""
+    keys = [
+        (cf.trending_score(e.like_count, e.comment_count, e.view_count, e.is_featured,
+                           e.created_at.timestamp(), ref), e.id)
+        for e in window
+    ]
+    keys.sort(reverse=True)
+    return keys
+
+
+def fill_trending(app: AppState) -> int:
+    """Recompute the trending set at a new reference time and publish it (single-flight;
+    raises ``LeaseHeld`` if another rebuild runs, ``CacheUnavailable`` if Redis fails).
+    Returns the number of posts ranked."""
+    ck = cf.CommunityKeys(app.cache.keys)
+    settings = app.settings
+
+    def load() -> tuple[str, list[tuple[int, int]]]:
+        ref = repr(round(time.time(), 6))
+        now = datetime.fromtimestamp(float(ref), UTC)
+        since = now - timedelta(hours=settings.trending_window_hours)
+        with app.db.session() as session:
+            window = cf_sql.trending_window(session, since, now, settings.trending_max_posts)
+        return ref, rank(window, float(ref))
+
+    def stage(pipe: Any, temps: dict[str, str], data: tuple[str, list]) -> None:
+        ref, entries = data
+        cf.stage_trending(pipe, temps, ck, entries, ref)
+
+    _, entries = app.filler.fill(PATH, cf.trending_scope(), [ck.trending, ck.trending_ref],
+                                 load, stage)
+    return len(entries)
+
+
+def trending_job(app: AppState) -> Any:
+    """The scheduler's periodic trending rebuild (registered in jobs/scheduler.py)."""
+    from jobs.scheduler import Periodic
+
+    return Periodic("community-trending", app.settings.trending_recompute_interval,
+                    fill_trending)

@@ -1,0 +1,153 @@
+"""Community feed endpoints (API section 3): posts, likes, views, comments, follows, pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.models import User
+
+
+def make_post(client, auth, user_id, **body):
+    body.setdefault("title", "hello")
+    r = client.post("/community/posts", json=body, headers=auth(user_id))
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def walk(client, headers=None, **params):
+    seen, cursor, pages = [], None, 0
+    while True:
+        q = dict(params)
+        if cursor:
+            q["cursor"] = cursor
+        r = client.get("/community/feed", query_string=q, headers=headers or {})
+        assert r.status_code == 200, r.get_json()
+        body = r.get_json()
+        seen += [p["id"] for p in body["posts"]]
+        pages += 1
+        if not body["has_more"]:
+            assert body["next_cursor"] is None
+            return seen, body
+        cursor = body["next_cursor"]
+        assert pages < 100
+
+
+def test_create_post_shape_and_author_fallback(client, auth, state):
+    with state.db.session() as s:
+        s.add(User(id=7, display_name="Seven"))
+        s.commit()
+    p = make_post(client, auth, 7, title="t", tags=["b", "a"], asset_type="image")
+    assert p["author"] == {"id": 7, "display_name": "Seven"}
+    assert p["tags"] == ["a", "b"] and p["like_count"] == 0
+    assert p["is_liked_by_viewer"] is False and p["created_at"].endswith("Z")
+    q = make_post(client, auth, 8)
+    assert q["author"] == {"id": 8, "display_name": "User 8"}
+
+
+def test_post_validation(client, auth):
+    assert client.post("/community/posts", json={}, headers=auth(1)).status_code == 400
+    assert client.post("/community/posts", json={"title": "x"}).status_code == 401
+    r = client.post("/community/posts", json={"title": "x", "collective_id": 99},
+                    headers=auth(1))
+    assert r.status_code == 400 and r.get_json()["code"] == "validation_error"
+    r = client.post("/community/posts", json={"title": "x", "tags": "nope"}, headers=auth(1))
+    assert r.status_code == 400
+
+
+def test_delete_author_or_admin(client, auth, admin_headers):
+    p = make_post(client, auth, 2)
+    assert client.delete(f"/community/posts/{p['id']}", headers=auth(3)).status_code == 403
+    assert client.delete(f"/community/posts/{p['id']}", headers=auth(2)).status_code == 204
+    assert client.delete(f"/community/posts/{p['id']}", headers=auth(2)).status_code == 404
+    q = make_post(client, auth, 2)
+    assert client.delete(f"/community/posts/{q['id']}", headers=admin_headers).status_code == 204
+    for feed_type in ("recent", "trending"):
+        ids, body = walk(client, feed_type=feed_type)
+        assert ids == [] and body["total_count"] == 0
+
+
+def test_like_unlike_idempotent_and_engagement(client, auth):
+    p = make_post(client, auth, 1)
+    url = f"/community/posts/{p['id']}"
+    for _ in range(2):
+        assert client.post(url + "/like", headers=auth(2)).get_json() == {"liked": True}
+    e = client.get(url + "/engagement", headers=auth(2)).get_json()
+    assert e == {"like_count": 1, "comment_count": 0, "view_count": 0, "is_liked": True}
+    assert client.get(url + "/engagement").get_json()["is_liked"] is False
+    for _ in range(2):
+        assert client.delete(url + "/like", headers=auth(2)).get_json() == {"unliked": True}
+    assert client.get(url + "/engagement").get_json()["like_count"] == 0
+    assert client.post("/community/posts/999999/like", headers=auth(2)).status_code == 404
+    assert client.post(url + "/like").status_code == 401
+
+
+def test_views_debounced_and_comments(client, auth, state):
+    p = make_post(client, auth, 1)
+    url = f"/community/posts/{p['id']}"
+    for _ in range(3):
+        assert client.post(url + "/view", headers=auth(2)).status_code == 204
+    assert client.post(url + "/view", headers=auth(3)).status_code == 204
+    assert client.get(url + "/engagement").get_json()["view_count"] == 2
+    with state.db.session() as s:  # 31 minutes later, viewer 2 counts again
+        s.execute(__import__("sqlalchemy").text(
+            "UPDATE post_views SET counted_at = counted_at - interval '31 minutes' "
+            "WHERE viewer_id = 2"))
+        s.commit()
+    client.post(url + "/view", headers=auth(2))
+    assert client.get(url + "/engagement").get_json()["view_count"] == 3
+    r = client.post(url + "/comments", json={"body": "nice"}, headers=auth(4))
+    assert r.status_code == 201 and r.get_json()["body"] == "nice"
+    assert client.post(url + "/comments", json={"body": ""}, headers=auth(4)).status_code == 400
+    assert client.get(url + "/engagement").get_json()["comment_count"] == 1
+
+
+def test_follow_and_following_feed(client, auth):
+    assert client.post("/community/users/5/follow", headers=auth(5)).status_code == 400
+    assert client.get("/community/feed?feed_type=following").status_code == 401
+    a = [make_post(client, auth, 10)["id"] for _ in range(3)]
+    make_post(client, auth, 11)
+    c = [make_post(client, auth, 12)["id"] for _ in range(2)]
+    ids, body = walk(client, auth(1), feed_type="following", limit=2)
+    assert ids == [] and body["total_count"] == 0
+    for u in (10, 12):
+        r = client.post(f"/community/users/{u}/follow", headers=auth(1))
+        assert r.get_json() == {"following": True}
+    ids, body = walk(client, auth(1), feed_type="following", limit=2)
+    assert ids == sorted(a + c, reverse=True) and body["total_count"] == 5
+    client.delete("/community/users/12/follow", headers=auth(1))
+    ids, _ = walk(client, auth(1), feed_type="following", limit=2)
+    assert ids == sorted(a, reverse=True)
+    new = make_post(client, auth, 10)["id"]
+    ids, _ = walk(client, auth(1), feed_type="following", limit=2)
+    assert ids == sorted([*a, new], reverse=True)
+
+
+def test_recent_filters_and_total(client, auth):
+    made = []
+    for i in range(12):
+        made.append(make_post(client, auth, 1 + i % 3, tags=["x", "y"][: 1 + i % 2],
+                              asset_type="image" if i % 3 == 0 else None)["id"])
+    ids, body = walk(client, feed_type="recent", limit=5)
+    assert ids == sorted(made, reverse=True) and body["total_count"] == 12
+    ids, body = walk(client, feed_type="recent", limit=2, tags="y,x")
+    assert ids == sorted(made[1::2], reverse=True) and body["total_count"] == 6
+    ids, body = walk(client, feed_type="recent", limit=2, asset_type="image")
+    assert ids == sorted(made[::3], reverse=True) and body["total_count"] == 4
+
+
+def test_trending_order(client, auth):
+    ps = [make_post(client, auth, 1)["id"] for _ in range(4)]
+    for u in range(2, 5):
+        client.post(f"/community/posts/{ps[1]}/like", headers=auth(u))
+    client.post(f"/community/posts/{ps[2]}/comments", json={"body": "x"}, headers=auth(2))
+    ids, body = walk(client, feed_type="trending", limit=3)
+    assert ids[:2] == [ps[1], ps[2]] and sorted(ids) == sorted(ps)
+    assert body["total_count"] == 4
+
+
+@pytest.mark.parametrize("cursor", ["!!", "abc", "eyJ2IjoxfQ"])
+def test_bad_cursor_and_args(client, cursor):
+    r = client.get("/community/feed", query_string={"cursor": cursor, "feed_type": "recent"})
+    assert r.status_code == 400 and r.get_json()["code"] == "invalid_cursor"
+    assert client.get("/community/feed?limit=0").status_code == 400
+    assert client.get("/community/feed?feed_type=nope").status_code == 400
