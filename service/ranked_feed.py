@@ -27,6 +27,7 @@ from service import ranked_feed_score as scoring
 from service.auth import login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime, isoformat
+from service.posts_service import like_post
 from service.state import state
 from storage import ranked_feed as store
 
@@ -43,7 +44,7 @@ def now() -> datetime:
 # --- schemas -------------------------------------------------------------------------------
 
 
-class FeedQuery(Schema):
+class RankedFeedQuery(Schema):
     class Meta:
         unknown = EXCLUDE
 
@@ -60,15 +61,15 @@ class FeedQuery(Schema):
         load_default=False, metadata={"description": "add score_components to each post"})
 
 
-class AuthorOut(Schema):
+class RankedAuthorOut(Schema):
     id = fields.Integer()
     display_name = fields.String()
 
 
-class FeedPostOut(Schema):
+class RankedPostOut(Schema):
     id = fields.Integer()
     author_id = fields.Integer()
-    author = fields.Nested(AuthorOut)
+    author = fields.Nested(RankedAuthorOut)
     title = fields.String()
     description = fields.String(allow_none=True)
     tags = fields.List(fields.String())
@@ -94,18 +95,18 @@ class FeedPostOut(Schema):
                                  "viewed_factor"})
 
 
-class FeedPageOut(Schema):
+class RankedPageOut(Schema):
     count = fields.Integer()
     next = fields.String(allow_none=True)
     previous = fields.String(allow_none=True)
-    results = fields.List(fields.Nested(FeedPostOut))
+    results = fields.List(fields.Nested(RankedPostOut))
 
 
 class HeartOut(Schema):
     hearted = fields.Boolean(required=True)
 
 
-class AddedOut(Schema):
+class PraiseTrophyOut(Schema):
     added = fields.Boolean(required=True)
 
 
@@ -113,7 +114,7 @@ class FellowOut(Schema):
     fellow = fields.Boolean(required=True)
 
 
-class MemberOut(Schema):
+class CollectiveMemberOut(Schema):
     member = fields.Boolean(required=True)
 
 
@@ -261,8 +262,8 @@ def _chronological(user_id: int | None, args: dict[str, Any]
 
 @bp.route("/api/posts/", methods=["GET"])
 @login_optional
-@bp.arguments(FeedQuery, location="query")
-@bp.response(200, FeedPageOut)
+@bp.arguments(RankedFeedQuery, location="query")
+@bp.response(200, RankedPageOut)
 def list_posts(args):
     """Posts ranked for the caller (personalized) or newest first (chronological).
 
@@ -313,10 +314,8 @@ class Heart(MethodView):
 
 
 def _set_heart(user_id: int, post_id: int, hearted: bool) -> bool:
-    from service.posts_service import like_post
-
-    with state().db.session() as session:
-        _require_live_post(session, post_id)
+    """Like or unlike through the community feed's unit of work (raises ``NotFound``),
+    bumping the viewer's calc version in the same transaction."""
     like_post(user_id, post_id, hearted, extra=lambda uow: touch(uow, user_id))
     return hearted
 
@@ -334,7 +333,7 @@ def _add_fact(post_id: int, add) -> dict[str, bool]:
 
 @bp.route("/api/posts/<id:post_id>/praise/", methods=["POST"])
 @login_required
-@bp.response(200, AddedOut)
+@bp.response(200, PraiseTrophyOut)
 def praise(post_id: int):
     """Praise a post (once per user; ``added`` is false if already praised)."""
     return _add_fact(post_id, store.add_praise)
@@ -342,7 +341,7 @@ def praise(post_id: int):
 
 @bp.route("/api/posts/<id:post_id>/trophy/", methods=["POST"])
 @login_required
-@bp.response(200, AddedOut)
+@bp.response(200, PraiseTrophyOut)
 def trophy(post_id: int):
     """Give a post a trophy (once per user; ``added`` is false if already given)."""
     return _add_fact(post_id, store.add_trophy)
@@ -378,12 +377,12 @@ def _set_fellow(me: int, other: int, fellow: bool) -> bool:
 @bp.route("/api/collectives/<id:collective_id>/join/")
 class Join(MethodView):
     @login_required
-    @bp.response(200, MemberOut)
+    @bp.response(200, CollectiveMemberOut)
     def post(self, collective_id: int):
         return {"member": _set_member(g.user.id, collective_id, True)}
 
     @login_required
-    @bp.response(200, MemberOut)
+    @bp.response(200, CollectiveMemberOut)
     def delete(self, collective_id: int):
         return {"member": _set_member(g.user.id, collective_id, False)}
 
