@@ -1,0 +1,349 @@
+"""Read state of the group feed in Redis: ``has_viewed`` per item and unread counts.
+
+Key layout (prefix and hash tags as in ``cache/keys.py``):
+
+``{u:<uid>}:rs:<gid>``  one string per (user, group), scope ``rs:<gid>`` of the user's tag.
+    Bytes 0-3: the watermark W (unsigned 32-bit big-endian, bit offsets 0..31); then one
+    bit per dense position p at bit offset ``32 + p``. Position p is viewed iff ``p <= W``
+    or its bit is set. ~N/8 bytes for a group of N items.
+``{g:<gid>}:live``  one string per group, scope ``live`` of the group's tag: bit p is set
+    iff the item at position p exists and is not deleted.
+
+``unread(u, g) = popcount(live AND NOT viewed)``, computed here from the two strings; the
+two keys are in different slots, so they are fetched with plain GETs in one
+non-transactional pipeline (no Lua or BITOP across slots), and no item is ever scanned.
+
+Writes are ops of a committed ``Change`` (absolute, so replays are harmless):
+
+- viewed p:   ``SETBIT rs 32+p 1``
+- unread p:   ``DEL rs``: a bit op cannot clear p when ``p <= W`` without knowing W, which
+  only Redis holds. The next read rebuilds the key from ``feed_item_views`` (one indexed
+  query); marking unread is rare, so this keeps one key per (user, group).
+- all viewed: ``SET rs "" KEEPTTL`` + ``SETBIT`` of the one-bits of the new W (the group's
+  last position, read in the same snapshot as the SQL insert): O(1), at most 33 ops.
+- item created / deleted at p: ``SETBIT live p 1`` / ``0`` (every user's count at once).
+
+Fills: ``rs`` from ``feed_item_views`` (W = 0, one bit per viewed position), ``live`` from
+``feed_items``. Every path answers from Postgres alone when Redis is unavailable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cache import memberships, stats
+from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.fill import Filler, LeaseHeld
+from cache.keys import Keyspace, Scope, group_tag, user_tag
+from cache.versioned import Change
+from storage import group_feed as store
+from storage.db import Database
+
+T = TypeVar("T")
+
+PATH_PAGE = "group_feed.has_viewed"
+PATH_UNREAD = "group_feed.unread"
+PATH_LIVE = "group_feed.live"
+
+HEADER_BYTES = 4
+OFFSET = HEADER_BYTES * 8  # bit offset of position 0 in the rs string
+MAX_WATERMARK = 2**32 - 1
+
+
+# --- key layout ---------------------------------------------------------------------------
+
+
+def scope(user_id: int, group_id: int) -> Scope:
+    """The version scope of one user's read state in one group."""
+    return Scope(user_tag(user_id), f"rs:{group_id}")
+
+
+def key(keys: Keyspace, user_id: int, group_id: int) -> str:
+    return keys.key(user_tag(user_id), "rs", group_id)
+
+
+def live_scope(group_id: int) -> Scope:
+    """The version scope of a group's live-items bitmap."""
+    return Scope(group_tag(group_id), "live")
+
+
+def live_key(keys: Keyspace, group_id: int) -> str:
+    return keys.key(group_tag(group_id), "live")
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def bitmap(positions: Iterable[int]) -> bytes:
+    """Bit p (most significant bit first, as SETBIT counts) set for each position."""
+    positions = list(positions)
+    data = bytearray(max(positions) // 8 + 1 if positions else 0)
+    for p in positions:
+        data[p >> 3] |= 0x80 >> (p & 7)
+    return bytes(data)
+
+
+def bit_is_set(data: bytes, offset: int) -> bool:
+    index = offset >> 3
+    return index < len(data) and bool(data[index] & (0x80 >> (offset & 7)))
+
+
+@dataclass(frozen=True)
+class ReadState:
+    """One user's read state in one group, as stored in the ``rs`` string."""
+
+    watermark: int
+    bits: bytes  # bit p = position p viewed; aligned with the live bitmap
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> ReadState:
+        head = bytes(raw[:HEADER_BYTES]).ljust(HEADER_BYTES, b"\0")
+        return cls(int.from_bytes(head, "big"), bytes(raw[HEADER_BYTES:]))
+
+    @classmethod
+    def from_positions(cls, positions: Iterable[int]) -> ReadState:
+        return cls(0, bitmap(positions))
+
+    def to_raw(self) -> bytes:
+        return self.watermark.to_bytes(HEADER_BYTES, "big") + self.bits
+
+    def viewed(self, position: int) -> bool:
+        return position <= self.watermark or bit_is_set(self.bits, position)
+
+
+def unread(live: bytes, state: ReadState) -> int:
+    """Live positions not viewed: ``popcount(live AND NOT (bits OR 1..W))``."""
+    size = max(len(live), len(state.bits))
+    if size == 0:
+        return 0
+    nbits = size * 8
+    live_int = int.from_bytes(live.ljust(size, b"\0"), "big")
+    seen = int.from_bytes(state.bits.ljust(size, b"\0"), "big")
+    top = min(state.watermark, nbits - 1) + 1  # offsets 0..W are the top bits
+    seen |= ((1 << top) - 1) << (nbits - top)
+    return (live_int & ~seen).bit_count()
+
+
+# --- write side: the ops a committed change carries ----------------------------------------
+
+
+def on_viewed(change: Change, keys: Keyspace, user_id: int, group_id: int, position: int
+              ) -> None:
+    change.op("SETBIT", key(keys, user_id, group_id), OFFSET + position, 1)
+
+
+def on_unread(change: Change, keys: Keyspace, user_id: int, group_id: int) -> None:
+    change.op("DEL", key(keys, user_id, group_id))
+
+
+def on_all_viewed(change: Change, keys: Keyspace, user_id: int, group_id: int, watermark: int
+                  ) -> None:
+    if not 0 <= watermark <= MAX_WATERMARK:
+        raise ValueError(f"watermark out of range: {watermark}")
+    rs_key = key(keys, user_id, group_id)
+    change.op("SET", rs_key, "", "KEEPTTL")
+    for bit in range(OFFSET):
+        if watermark >> (OFFSET - 1 - bit) & 1:
+            change.op("SETBIT", rs_key, bit, 1)
+
+
+def on_item_created(change: Change, keys: Keyspace, group_id: int, position: int) -> None:
+    change.op("SETBIT", live_key(keys, group_id), position, 1)
+
+
+def on_item_deleted(change: Change, keys: Keyspace, group_id: int, position: int) -> None:
+    change.op("SETBIT", live_key(keys, group_id), position, 0)
+
+
+# --- read side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageState:
+    member: bool
+    viewed: list[bool]
+
+
+class ReadStates:
+    """Answers of the group feed's read paths: Redis first, Postgres when it must."""
+
+    def __init__(self, cache: Cache, filler: Filler, db: Database) -> None:
+        self.cache = cache
+        self.filler = filler
+        self.db = db
+
+    # Loads from Postgres (what fills are made of).
+
+    def _load_groups(self, user_id: int) -> Callable[[], list[int]]:
+        def load() -> list[int]:
+            with self.db.session() as session:
+                return store.member_group_ids(session, user_id)
+
+        return load
+
+    def _load_state(self, user_id: int, group_id: int) -> ReadState:
+        with self.db.session() as session:
+            return ReadState.from_positions(store.viewed_positions(session, user_id, group_id))
+
+    def _load_live(self, group_id: int) -> bytes:
+        with self.db.session() as session:
+            return bitmap(store.live_positions(session, group_id))
+
+    # Fills (single flight; a loser of the lease reads Postgres without writing).
+
+    def _fill(self, path: str, fill_scope: Scope, fill_key: str, load: Callable[[], T],
+              stage: Callable[[Any, dict[str, str], T], None]) -> T:
+        stats.count(path, "miss")
+        try:
+            return self.filler.fill(path, fill_scope, [fill_key], load, stage)
+        except LeaseHeld:
+            stats.count(path, "fallback")
+            return load()
+
+    def fill_state(self, user_id: int, group_id: int, path: str = PATH_UNREAD) -> ReadState:
+        rs_key = key(self.cache.keys, user_id, group_id)
+        return self._fill(
+            path, scope(user_id, group_id), rs_key,
+            lambda: self._load_state(user_id, group_id),
+            lambda pipe, temps, state: pipe.set(temps[rs_key], state.to_raw()),
+        )
+
+    def fill_live(self, group_id: int) -> bytes:
+        lkey = live_key(self.cache.keys, group_id)
+        return self._fill(
+            PATH_LIVE, live_scope(group_id), lkey,
+            lambda: self._load_live(group_id),
+            lambda pipe, temps, data: pipe.set(temps[lkey], data),
+        )
+
+    def _member(self, user_id: int, group_id: int, cached: Any) -> bool:
+        if cached is not NO_VALUE:
+            stats.count(memberships.PATH, "hit")
+            return cached
+        return group_id in memberships.fill(self.filler, user_id, self._load_groups(user_id))
+
+    # Read paths.
+
+    def page(self, user_id: int, group_id: int, positions: Sequence[int], check_member: bool
+             ) -> PageState:
+        """Membership (unless ``check_member`` is False) and has_viewed for a page of items.
+
+        On a hit: one round trip (a MULTI/EXEC of the user's slot: membership, existence
+        of the read state and one BITFIELD_RO for the watermark and the page's bits).
+        """
+        keys = self.cache.keys
+        rs_key = key(keys, user_id, group_id)
+
+        def read(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=True)  # one slot: the user's
+            if check_member:
+                memberships.queue_check(pipe, keys, user_id, group_id)
+            pipe.exists(rs_key)
+            pipe.bitfield_ro(rs_key, "u32", 0, items=[("u1", OFFSET + p) for p in positions])
+            return pipe.execute()
+
+        try:
+            reply = self.cache.run(PATH_PAGE, read)
+            if check_member:
+                if not self._member(user_id, group_id, memberships.parse_check(reply[0])):
+                    return PageState(False, [])
+                reply = reply[1:]
+            exists, fields = reply
+            if exists:
+                stats.count(PATH_PAGE, "hit")
+                watermark = fields[0]
+                return PageState(
+                    True, [p <= watermark or bool(b) for p, b in zip(positions, fields[1:],
+                                                                      strict=True)]
+                )
+            state = self.fill_state(user_id, group_id, PATH_PAGE)
+            return PageState(True, [state.viewed(p) for p in positions])
+        except CacheUnavailable:
+            stats.count(PATH_PAGE, "fallback")
+            with self.db.session() as session:
+                if check_member and not store.is_member(session, group_id, user_id):
+                    return PageState(False, [])
+                seen = store.viewed_among(session, user_id, group_id, positions)
+            return PageState(True, [p in seen for p in positions])
+
+    def group_unread(self, user_id: int, group_id: int, check_member: bool
+                     ) -> tuple[bool, int]:
+        """``(member, unread count)`` for one group; one round trip on a hit."""
+        keys = self.cache.keys
+        rs_key, lkey = key(keys, user_id, group_id), live_key(keys, group_id)
+
+        def read(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)  # two slots: plain single-key commands
+            if check_member:
+                memberships.queue_check(pipe, keys, user_id, group_id)
+            pipe.get(rs_key)
+            pipe.get(lkey)
+            return pipe.execute()
+
+        try:
+            reply = self.cache.run(PATH_UNREAD, read)
+            if check_member:
+                if not self._member(user_id, group_id, memberships.parse_check(reply[0])):
+                    return False, 0
+                reply = reply[1:]
+            counts = self._counts(user_id, {group_id: (reply[0], reply[1])})
+            return True, counts[group_id]
+        except CacheUnavailable:
+            stats.count(PATH_UNREAD, "fallback")
+            with self.db.session() as session:
+                if check_member and not store.is_member(session, group_id, user_id):
+                    return False, 0
+                return True, store.unread_counts(session, user_id, [group_id])[group_id]
+
+    def all_unread(self, user_id: int) -> dict[int, int]:
+        """Unread count per group over the user's groups; two round trips on a hit."""
+        keys = self.cache.keys
+        try:
+            cached = self.cache.run(
+                PATH_UNREAD, lambda r: r.smembers(memberships.key(keys, user_id))
+            )
+            groups = memberships.parse_groups(cached)
+            if groups is NO_VALUE:
+                groups = memberships.fill(self.filler, user_id, self._load_groups(user_id))
+            else:
+                stats.count(memberships.PATH, "hit")
+            ordered = sorted(groups)
+            if not ordered:
+                return {}
+
+            def read(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)
+                for group_id in ordered:
+                    pipe.get(key(keys, user_id, group_id))
+                    pipe.get(live_key(keys, group_id))
+                return pipe.execute()
+
+            reply = self.cache.run(PATH_UNREAD, read)
+            raw = {g: (reply[2 * i], reply[2 * i + 1]) for i, g in enumerate(ordered)}
+            return self._counts(user_id, raw)
+        except CacheUnavailable:
+            stats.count(PATH_UNREAD, "fallback")
+            with self.db.session() as session:
+                return store.unread_counts(
+                    session, user_id, store.member_group_ids(session, user_id)
+                )
+
+    def _counts(self, user_id: int, raw: dict[int, tuple[bytes | None, bytes | None]]
+                ) -> dict[int, int]:
+        """Unread counts from fetched (rs, live) strings, filling the missing ones."""
+        counts: dict[int, int] = {}
+        for group_id, (rs_raw, live_raw) in raw.items():
+            if rs_raw is None:
+                state = self.fill_state(user_id, group_id)
+            else:
+                stats.count(PATH_UNREAD, "hit")
+                state = ReadState.from_raw(rs_raw)
+            if live_raw is None:
+                live = self.fill_live(group_id)
+            else:
+                stats.count(PATH_LIVE, "hit")
+                live = live_raw
+            counts[group_id] = unread(live, state)
+        return counts

@@ -1,0 +1,264 @@
+"""SQL of the group feed (API section 1): items with dense per-group positions, and who
+viewed what (``feed_item_views``, the record of read state).
+
+Positions: ``groups.last_position`` is the counter. ``create_item`` takes the next one with
+``UPDATE ... RETURNING`` in the caller's transaction, so positions are dense and become
+visible in order (a transaction holding position p+1 committed after the one holding p).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, insert, select, text, tuple_, update
+from sqlalchemy.orm import Session
+
+from storage.models import FeedItem, FeedItemView, Group, GroupMember
+from storage.setup import group_exists, is_member
+
+__all__ = [
+    "group_exists",
+    "is_member",
+    "create_item",
+    "get_live_item",
+    "list_items",
+    "soft_delete_item",
+    "get_view",
+    "add_view",
+    "remove_view",
+    "mark_all_viewed",
+    "viewers",
+    "member_group_ids",
+    "viewed_positions",
+    "live_positions",
+    "viewed_among",
+    "unread_counts",
+]
+
+
+# --- items ------------------------------------------------------------------------------
+
+
+def create_item(
+    session: Session,
+    group_id: int,
+    author_id: int,
+    title: str,
+    content_type: str,
+    body: str | None,
+) -> FeedItem | None:
+    """Insert an item at the group's next position; None if the group does not exist.
+
+    The ``UPDATE groups`` row lock is held until the caller commits.
+    """
+    position = session.execute(
+        update(Group)
+        .where(Group.id == group_id)
+        .values(last_position=Group.last_position + 1)
+        .returning(Group.last_position)
+    ).scalar_one_or_none()
+    if position is None:
+        return None
+    return session.execute(
+        insert(FeedItem)
+        .values(
+            group_id=group_id,
+            position=position,
+            author_id=author_id,
+            title=title,
+            content_type=content_type,
+            body=body,
+        )
+        .returning(FeedItem)
+    ).scalar_one()
+
+
+def get_live_item(session: Session, item_id: int) -> FeedItem | None:
+    """The item if it exists and is not deleted."""
+    return session.execute(
+        select(FeedItem).where(FeedItem.id == item_id, FeedItem.deleted_at.is_(None))
+    ).scalar_one_or_none()
+
+
+def list_items(
+    session: Session, group_id: int, limit: int, before: int | None = None
+) -> list[FeedItem]:
+    """Live items of a group, newest first (ids follow positions within a group)."""
+    query = select(FeedItem).where(FeedItem.group_id == group_id, FeedItem.deleted_at.is_(None))
+    if before is not None:
+        query = query.where(FeedItem.id < before)
+    return list(session.execute(query.order_by(FeedItem.id.desc()).limit(limit)).scalars())
+
+
+def soft_delete_item(session: Session, item_id: int) -> int | None:
+    """Mark a live item deleted; returns its position, or None if it was not live."""
+    return session.execute(
+        update(FeedItem)
+        .where(FeedItem.id == item_id, FeedItem.deleted_at.is_(None))
+        .values(deleted_at=func.now())
+        .returning(FeedItem.position)
+    ).scalar_one_or_none()
+
+
+# --- views (the record of read state) ----------------------------------------------------
+
+_ADD_VIEW = text(
+    "WITH ins AS ("
+    " INSERT INTO feed_item_views (item_id, user_id, group_id, position, viewed_at)"
+    " VALUES (:item, :user, :group, :position, now())"
+    " ON CONFLICT (item_id, user_id) DO NOTHING RETURNING viewed_at)"
+    " SELECT viewed_at, true FROM ins"
+    " UNION ALL"
+    " SELECT viewed_at, false FROM feed_item_views WHERE item_id = :item AND user_id = :user"
+    " LIMIT 1"
+)
+
+# One statement, one snapshot: the inserted rows and the watermark (the group's last
+# position) describe the same moment, so every position <= watermark is either a live
+# item now viewed or a deleted item.
+_MARK_ALL = text(
+    "WITH ins AS ("
+    " INSERT INTO feed_item_views (item_id, user_id, group_id, position, viewed_at)"
+    " SELECT id, :user, group_id, position, now() FROM feed_items"
+    " WHERE group_id = :group AND deleted_at IS NULL"
+    " ON CONFLICT (item_id, user_id) DO NOTHING RETURNING 1)"
+    " SELECT (SELECT count(*) FROM ins),"
+    " (SELECT last_position FROM groups WHERE id = :group)"
+)
+
+
+def get_view(session: Session, item_id: int, user_id: int) -> datetime | None:
+    return session.execute(
+        select(FeedItemView.viewed_at).where(
+            FeedItemView.item_id == item_id, FeedItemView.user_id == user_id
+        )
+    ).scalar_one_or_none()
+
+
+def add_view(session: Session, item: FeedItem, user_id: int) -> tuple[datetime, bool]:
+    """Record that ``user_id`` viewed ``item``; keeps the first ``viewed_at``.
+
+    Returns ``(viewed_at, inserted)``.
+    """
+    row = session.execute(
+        _ADD_VIEW,
+        {"item": item.id, "user": user_id, "group": item.group_id, "position": item.position},
+    ).one()
+    return row[0], bool(row[1])
+
+
+def remove_view(session: Session, item_id: int, user_id: int) -> bool:
+    """Forget a view; True if there was one."""
+    result = session.execute(
+        text("DELETE FROM feed_item_views WHERE item_id = :item AND user_id = :user"),
+        {"item": item_id, "user": user_id},
+    )
+    return result.rowcount > 0
+
+
+def mark_all_viewed(session: Session, group_id: int, user_id: int) -> tuple[int, int]:
+    """Mark every live item of the group viewed in one statement.
+
+    Returns ``(newly_viewed, watermark)``: how many items were unread, and the group's last
+    position in the same snapshot.
+    """
+    count, watermark = session.execute(_MARK_ALL, {"user": user_id, "group": group_id}).one()
+    return int(count), int(watermark or 0)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    user_id: int
+    viewed_at: datetime
+
+
+def viewers(
+    session: Session, item_id: int, limit: int, after: tuple[datetime, int] | None = None
+) -> tuple[int, list[Viewer]]:
+    """Who viewed an item, most recent first; ``after`` is the last (viewed_at, user_id) of
+    the previous page. Returns ``(total count, page)``."""
+    total = session.execute(
+        select(func.count()).select_from(FeedItemView).where(FeedItemView.item_id == item_id)
+    ).scalar_one()
+    query = select(FeedItemView.user_id, FeedItemView.viewed_at).where(
+        FeedItemView.item_id == item_id
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(FeedItemView.viewed_at, FeedItemView.user_id) < tuple_(after[0], after[1])
+        )
+    rows = session.execute(
+        query.order_by(FeedItemView.viewed_at.desc(), FeedItemView.user_id.desc()).limit(limit)
+    ).all()
+    return int(total), [Viewer(user_id=r[0], viewed_at=r[1]) for r in rows]
+
+
+# --- read state: what the cache is filled from, and the answers without it ---------------
+
+
+def member_group_ids(session: Session, user_id: int) -> list[int]:
+    return list(
+        session.execute(
+            select(GroupMember.group_id).where(GroupMember.user_id == user_id)
+        ).scalars()
+    )
+
+
+def viewed_positions(session: Session, user_id: int, group_id: int) -> list[int]:
+    """Positions of every item of the group the user viewed (deleted items included)."""
+    return list(
+        session.execute(
+            select(FeedItemView.position).where(
+                FeedItemView.user_id == user_id, FeedItemView.group_id == group_id
+            )
+        ).scalars()
+    )
+
+
+def live_positions(session: Session, group_id: int) -> list[int]:
+    return list(
+        session.execute(
+            select(FeedItem.position).where(
+                FeedItem.group_id == group_id, FeedItem.deleted_at.is_(None)
+            )
+        ).scalars()
+    )
+
+
+def viewed_among(
+    session: Session, user_id: int, group_id: int, positions: Sequence[int]
+) -> set[int]:
+    """Which of ``positions`` the user viewed."""
+    if not positions:
+        return set()
+    return set(
+        session.execute(
+            select(FeedItemView.position).where(
+                FeedItemView.user_id == user_id,
+                FeedItemView.group_id == group_id,
+                FeedItemView.position.in_(list(positions)),
+            )
+        ).scalars()
+    )
+
+
+_UNREAD = text(
+    "SELECT i.group_id, count(*) FROM feed_items i"
+    " WHERE i.group_id = ANY(:groups) AND i.deleted_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM feed_item_views v"
+    "                 WHERE v.item_id = i.id AND v.user_id = :user)"
+    " GROUP BY i.group_id"
+)
+
+
+def unread_counts(session: Session, user_id: int, group_ids: Sequence[int]) -> dict[int, int]:
+    """Unread live items per group, computed in Postgres (the cache-less answer)."""
+    counts = dict.fromkeys(group_ids, 0)
+    if group_ids:
+        for group_id, count in session.execute(
+            _UNREAD, {"groups": list(group_ids), "user": user_id}
+        ):
+            counts[group_id] = int(count)
+    return counts
