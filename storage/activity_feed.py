@@ -190,15 +190,20 @@ def users_with_events(session: Session, since: datetime, after: int, limit: int)
 
 
 _FANOUT = """
+WITH p AS (SELECT CAST(:activity_type AS varchar) AS activity_type,
+                  CAST(:title AS varchar) AS title, CAST(:description AS text) AS description,
+                  CAST(:data AS jsonb) AS data, CAST(:target_type AS varchar) AS target_type,
+                  CAST(:target_id AS bigint) AS target_id,
+                  CAST(:created_at AS timestamptz) AS created_at)
 INSERT INTO activities (user_id, activity_type, title, description, data, target_type,
                         target_id, created_at)
-SELECT u.id, :activity_type, :title, :description, CAST(:data AS jsonb), :target_type,
-       :target_id, :created_at
-FROM unnest(CAST(:uids AS bigint[])) AS u(id)
+SELECT u.id, p.activity_type, p.title, p.description, p.data, p.target_type, p.target_id,
+       p.created_at
+FROM p, unnest(CAST(:uids AS bigint[])) AS u(id)
 WHERE NOT EXISTS (
   SELECT 1 FROM activities a
-  WHERE a.user_id = u.id AND a.created_at = :created_at
-    AND a.activity_type = :activity_type AND a.title = :title)
+  WHERE a.user_id = u.id AND a.created_at = p.created_at
+    AND a.activity_type = p.activity_type AND a.title = p.title)
 RETURNING user_id
 """
 
