@@ -6,10 +6,12 @@ Every Redis call of a read path goes through ``Cache.run(path, fn)``, which rais
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from cache import stats
@@ -36,6 +38,32 @@ class _NoValue:
 NO_VALUE: Any = _NoValue()
 
 
+@functools.cache
+def _cluster_client_class() -> type:
+    """``RedisCluster`` whose registered scripts also work inside a cluster pipeline.
+
+    redis-py refuses EVALSHA in a ``ClusterPipeline``; EVAL is allowed (and routed by its
+    keys), so a script called with a cluster pipeline as ``client`` is queued as EVAL with
+    its source. Outside pipelines scripts run as usual (EVALSHA, reloaded on NOSCRIPT).
+    """
+    from redis.cluster import ClusterPipeline, RedisCluster
+
+    class ClusterScript(Script):
+        def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+            if isinstance(client, ClusterPipeline):
+                keys = list(keys or [])
+                return client.execute_command(
+                    "EVAL", self.script, len(keys), *keys, *(args or [])
+                )
+            return super().__call__(keys, args, client)
+
+    class ScriptableCluster(RedisCluster):
+        def register_script(self, script: str) -> Script:  # type: ignore[override]
+            return ClusterScript(self, script)
+
+    return ScriptableCluster
+
+
 def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -> redis.Redis:
     """A Redis client for ``url`` with short timeouts (the cache must never stall a request).
 
@@ -43,9 +71,7 @@ def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -
     ``redis+cluster://`` (our own scheme) to get a ``RedisCluster`` client.
     """
     if url.startswith("redis+cluster://"):
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(
+        return _cluster_client_class().from_url(
             "redis://" + url.removeprefix("redis+cluster://"),
             socket_timeout=read_timeout,
             socket_connect_timeout=connect_timeout,

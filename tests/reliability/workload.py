@@ -1,0 +1,241 @@
+"""Unique writes on every write endpoint of the read paths, and checks that they landed.
+
+Each ``WriteKind`` knows how to seed what its writes need, how to make write number ``i``
+of a user (unique per user and ``i``), and how to check a set of acknowledged writes in
+Postgres and through the API. Kinds whose endpoints are not in the app are skipped, so the
+fault tests grow with the service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from tests.conftest import bearer
+
+ADMIN = bearer(1, admin=True)
+
+
+def has_route(app: Flask, rule: str, method: str = "POST") -> bool:
+    return any(r.rule.rstrip("/") == rule.rstrip("/") and method in r.methods
+               for r in app.url_map.iter_rules())
+
+
+@dataclass
+class Outcome:
+    kind: str
+    user: int
+    key: Any
+    status: int | str
+    ms: float
+
+
+@dataclass
+class WriteKind:
+    name: str
+    # (app) -> bool: are the endpoints there?
+    available: Callable[[Flask], bool]
+    # (app, client, users, per_user) -> context passed to write/verify
+    seed: Callable[[Flask, FlaskClient, list[int], int], dict[str, Any]]
+    # (client, ctx, user, i) -> (status, key)
+    write: Callable[[FlaskClient, dict[str, Any], int, int], tuple[int, Any]]
+    # (app, ctx, user) -> keys present in Postgres
+    in_db: Callable[[Flask, dict[str, Any], int], set[Any]]
+    # (client, ctx, user) -> keys visible through the API
+    in_api: Callable[[FlaskClient, dict[str, Any], int], set[Any]]
+    # (app, ctx) -> list of invariant violations ("half-applied" writes)
+    invariants: Callable[[Flask, dict[str, Any]], list[str]] = field(
+        default=lambda app, ctx: []
+    )
+
+
+def _sql(app: Flask, query: str, **params: Any) -> list[tuple]:
+    with app.extensions["hc"].db.engine.begin() as conn:
+        return [tuple(r) for r in conn.execute(text(query), params)]
+
+
+# --- reels: POST /api/reels/<id>/view --------------------------------------------------------
+
+
+def _seed_reels(app, client, users, per_user):
+    reels = []
+    for i in range(per_user):
+        r = client.post("/api/reels/", headers=ADMIN, json={
+            "video_url": f"https://cdn.example/r{i}.mp4", "description": f"reel {i}",
+            "duration": 30, "is_available": True})
+        assert r.status_code == 201, r.get_json()
+        reels.append(r.get_json()["reel_id"])
+    return {"reels": reels}
+
+
+def _view_reel(client, ctx, user, i):
+    reel = ctx["reels"][i % len(ctx["reels"])]
+    r = client.post(f"/api/reels/{reel}/view", headers=bearer(user), json={"view_duration": 5})
+    return r.status_code, reel
+
+
+REELS = WriteKind(
+    "reel_view",
+    lambda app: has_route(app, "/api/reels/<id:reel_id>/view"),
+    _seed_reels,
+    _view_reel,
+    lambda app, ctx, user: {r[0] for r in _sql(
+        app, "SELECT reel_id FROM reel_views WHERE user_id = :u", u=user)},
+    lambda client, ctx, user: {
+        reel["reel_id"] for reel in client.get(
+            "/api/reels/recently-viewed?per_page=100", headers=bearer(user)
+        ).get_json()["data"]["reels"]},
+)
+
+
+# --- activity: POST /api/events/ (admin) -----------------------------------------------------
+
+
+def _create_event(client, ctx, user, i):
+    title = f"w{user}-{i}"
+    r = client.post("/api/events/", headers=ADMIN, json={
+        "user_id": user, "event_type": "milestone", "title": title})
+    return r.status_code, title
+
+
+def _activity_api(client, ctx, user):
+    body = client.get("/api/events/activity-feed/?page_size=100", headers=bearer(user))
+    assert body.status_code == 200, body.get_json()
+    return {item["title"] for item in body.get_json()["results"]}
+
+
+ACTIVITY = WriteKind(
+    "activity_create",
+    lambda app: has_route(app, "/api/events/") and has_route(
+        app, "/api/events/activity-feed/", "GET"),
+    lambda app, client, users, per_user: {},
+    _create_event,
+    lambda app, ctx, user: {r[0] for r in _sql(
+        app, "SELECT title FROM activities WHERE user_id = :u", u=user)},
+    _activity_api,
+    # An event without its activity (or the reverse) is a half-applied write.
+    lambda app, ctx: [f"event {r[0]} has no activity" for r in _sql(
+        app, "SELECT e.id FROM events e LEFT JOIN activities a ON a.source_event_id = e.id "
+             "WHERE a.id IS NULL")],
+)
+
+
+# --- likes: POST /community/posts/<id>/like, else the heart of section 4 --------------------
+
+
+def _seed_posts(app, client, users, per_user):
+    rows = _sql(app, "INSERT INTO posts (author_id, title) SELECT 999, 'p' || g "
+                     "FROM generate_series(1, :n) g RETURNING id", n=per_user)
+    with app.extensions["hc"].db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, display_name) VALUES (999, 'author') "
+                          "ON CONFLICT DO NOTHING"))
+    return {"posts": sorted(r[0] for r in rows)}
+
+
+def _like(client, ctx, user, i):
+    post = ctx["posts"][i % len(ctx["posts"])]
+    path = (f"/community/posts/{post}/like" if ctx.get("community")
+            else f"/api/posts/{post}/heart/")
+    r = client.post(path, headers=bearer(user))
+    return r.status_code, post
+
+
+def _likes_api(client, ctx, user):
+    seen = set()
+    for post in ctx["posts"]:
+        if ctx.get("community"):
+            r = client.get(f"/community/posts/{post}/engagement", headers=bearer(user))
+            if r.status_code == 200 and r.get_json()["is_liked"]:
+                seen.add(post)
+        else:
+            # No per-viewer read of hearts in section 4 alone: Postgres is the check.
+            return LIKES.in_db(client.application, ctx, user)
+    return seen
+
+
+def _seed_likes(app, client, users, per_user):
+    ctx = _seed_posts(app, client, users, per_user)
+    ctx["community"] = has_route(app, "/community/posts/<id:post_id>/like")
+    return ctx
+
+
+LIKES = WriteKind(
+    "like",
+    lambda app: has_route(app, "/community/posts/<id:post_id>/like") or has_route(
+        app, "/api/posts/<id:post_id>/heart"),
+    _seed_likes,
+    _like,
+    lambda app, ctx, user: {r[0] for r in _sql(
+        app, "SELECT post_id FROM post_likes WHERE user_id = :u", u=user)},
+    _likes_api,
+    lambda app, ctx: [f"post {r[0]}: like_count {r[1]} != {r[2]} likes" for r in _sql(
+        app, "SELECT p.id, p.like_count, count(l.user_id) FROM posts p "
+             "LEFT JOIN post_likes l ON l.post_id = p.id GROUP BY p.id "
+             "HAVING p.like_count <> count(l.user_id)")],
+)
+
+
+# --- group feed: POST /api/v1/messaging/feed/<id>/mark-viewed/ -------------------------------
+
+FEED = "/api/v1/messaging/feed/"
+
+
+def _seed_group(app, client, users, per_user):
+    group = client.post("/api/v1/groups/", headers=ADMIN, json={"name": "g"}).get_json()["id"]
+    for user in users:
+        r = client.post(f"/api/v1/groups/{group}/members/", headers=ADMIN,
+                        json={"user_id": user})
+        assert r.status_code in (200, 201), r.get_json()
+    items = []
+    for i in range(per_user):
+        r = client.post(FEED, headers=ADMIN, json={
+            "group": group, "title": f"item {i}", "content_type": "text"})
+        assert r.status_code == 201, r.get_json()
+        items.append(r.get_json()["id"])
+    return {"group": group, "items": items}
+
+
+def _mark_viewed(client, ctx, user, i):
+    item = ctx["items"][i % len(ctx["items"])]
+    r = client.post(f"{FEED}{item}/mark-viewed/", headers=bearer(user))
+    return r.status_code, item
+
+
+def _viewed_api(client, ctx, user):
+    r = client.get(f"{FEED}?group={ctx['group']}&limit=200", headers=bearer(user))
+    assert r.status_code == 200, r.get_json()
+    return {item["id"] for item in r.get_json() if item["has_viewed"]}
+
+
+MARK_VIEWED = WriteKind(
+    "mark_viewed",
+    lambda app: has_route(app, "/api/v1/messaging/feed/<id:item_id>/mark-viewed")
+    or any("mark-viewed" in r.rule and "<" in r.rule for r in app.url_map.iter_rules()),
+    _seed_group,
+    _mark_viewed,
+    lambda app, ctx, user: {r[0] for r in _sql(
+        app, "SELECT item_id FROM feed_item_views WHERE user_id = :u", u=user)},
+    _viewed_api,
+)
+
+ALL_KINDS = (MARK_VIEWED, LIKES, REELS, ACTIVITY)
+
+
+def kinds_for(app: Flask) -> list[WriteKind]:
+    return [k for k in ALL_KINDS if k.available(app)]
+
+
+def timed(fn: Callable[..., tuple[int, Any]], *args: Any) -> tuple[int | str, Any, float]:
+    """Run ``fn(*args)``, a write; returns (status or exception name, key, milliseconds)."""
+    start = time.perf_counter()
+    try:
+        status, key = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded and asserted on by the caller
+        return type(exc).__name__, None, (time.perf_counter() - start) * 1000
+    return status, key, (time.perf_counter() - start) * 1000
