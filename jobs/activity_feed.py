@@ -8,6 +8,7 @@ by ``source_event_id``, a fan-out item by (user, created_at, type, title).
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -30,10 +31,17 @@ def _queue(app_state: AppState):
     return app_state.queue(app_state.settings.activity_queue)
 
 
+def event_job_id(app_state: AppState, event_id: int) -> str:
+    """One job per event and queue (the queue name keeps test runs and deployments that
+    share a queue Redis apart)."""
+    queue = re.sub(r"[^A-Za-z0-9_-]", "_", _queue(app_state).name)
+    return f"{queue}-activity-event-{event_id}"
+
+
 def enqueue_activity_for_event(app_state: AppState, event_id: int) -> str:
     """Queue the creation of an event's activity; raises ``RedisError`` if the queue is
     down. One job per event (a second enqueue of the same event is a no-op)."""
-    job_id = f"activity-event-{event_id}"
+    job_id = event_job_id(app_state, event_id)
     try:
         job = _queue(app_state).enqueue(
             activity_for_event, event_id, job_id=job_id, unique=True, retry=_retry(app_state)
