@@ -239,3 +239,48 @@ def timed(fn: Callable[..., tuple[int, Any]], *args: Any) -> tuple[int | str, An
     except Exception as exc:  # noqa: BLE001 - recorded and asserted on by the caller
         return type(exc).__name__, None, (time.perf_counter() - start) * 1000
     return status, key, (time.perf_counter() - start) * 1000
+
+
+# --- reads: every read path, to compare a cached answer with Postgres's ----------------------
+
+VOLATILE = {"age_display", "score", "score_components", "next", "previous", "next_cursor"}
+
+
+def read_paths(app: Flask, ctx: dict[str, dict[str, Any]]) -> list[str]:
+    """GET paths of every read path the app has (each read as the user in question)."""
+    paths = []
+    if "mark_viewed" in ctx:
+        group = ctx["mark_viewed"]["group"]
+        paths += [f"{FEED}?group={group}&limit=200", f"{FEED}unread-count/?group={group}",
+                  f"{FEED}unread-count/"]
+    if has_route(app, "/api/events/activity-feed/", "GET"):
+        paths += ["/api/events/activity-feed/?page_size=100",
+                  "/api/events/activity-feed/summary/",
+                  "/api/events/activity-feed/?is_read=false&page_size=100"]
+    if has_route(app, "/community/feed", "GET"):
+        paths += ["/community/feed?feed_type=recent&limit=50",
+                  "/community/feed?feed_type=following&limit=50"]
+    if "like" in ctx and ctx["like"].get("community"):
+        paths += [f"/community/posts/{p}/engagement" for p in ctx["like"]["posts"][:5]]
+    if has_route(app, "/api/posts/", "GET"):
+        paths += ["/api/posts/?ordering=chronological&page_size=50"]
+    if has_route(app, "/api/reels/recently-viewed", "GET"):
+        paths += ["/api/reels/recently-viewed?per_page=100"]
+    return paths
+
+
+def normalized(value: Any) -> Any:
+    """A response body without fields that legitimately change from one second to the next."""
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    return value
+
+
+def snapshot(client: FlaskClient, paths: list[str], user: int) -> dict[str, Any]:
+    out = {}
+    for path in paths:
+        r = client.get(path, headers=bearer(user))
+        out[path] = (r.status_code, normalized(r.get_json()))
+    return out

@@ -1,0 +1,150 @@
+"""Scale-out: the cache on a 3-master Redis Cluster.
+
+- the core's Lua scripts (apply, publish, set-max) and pipelines work on a cluster, with
+  one pipeline spanning slots on different masters;
+- every read path answers the same through the cache as from Postgres, on one Redis and
+  on the cluster (a parametrized fixture), with no Redis error (a cross-slot command would
+  raise CROSSSLOT and be counted) and with cache hits;
+- every key of one user maps to one slot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from cache import stats
+from cache.client import Cache, connect
+from cache.fill import Filler, read_through
+from cache.keys import Keyspace, Scope, user_tag
+from cache.outbox import Applier
+from cache.versioned import Change
+from tests.reliability.conftest import reliability_settings
+from tests.reliability.workload import kinds_for, read_paths, snapshot
+
+USERS = [2001, 2002, 2003]
+PER_USER = 4
+
+
+def counter_total(counter, outcome: str | None = None) -> float:
+    total = 0.0
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and (
+                outcome is None or sample.labels.get("outcome") == outcome
+            ):
+                total += sample.value
+    return total
+
+
+def test_core_scripts_and_pipelines_on_cluster(redis_cluster):
+    client = connect(redis_cluster.url)
+    cache = Cache(client, Keyspace("core:"))
+    versions = {"u:1|t": 0}
+    filler = Filler(cache, lambda row: versions.get(row, 0))
+    applier = Applier(cache)
+    scopes = [Scope(user_tag(n), "t") for n in range(1, 7)]
+    keys = [cache.keys.key(s.tag, "h") for s in scopes]
+    assert len({client.keyslot(k) for k in keys}) > 1
+    assert len({client.get_node_from_key(k).port for k in keys}) > 1  # several masters
+
+    def stage(pipe, temps, data):
+        pipe.hset(next(iter(temps.values())), mapping=data)
+
+    for scope, key in zip(scopes, keys, strict=True):
+        filler.fill("t", scope, [key], lambda: {"a": "1"}, stage)
+    # One apply pipeline across slots on different masters.
+    applier.apply([Change(s, 1, []).op("HSET", k, "b", "2") for s, k in zip(scopes, keys,
+                                                                              strict=True)])
+    for key in keys:
+        assert client.hgetall(key) == {b"a": b"1", b"b": b"2"}
+
+    # A fill computed under an old version is discarded (the publish script's check).
+    stale = {"seen": False}
+
+    def slow_load():
+        applier.apply([Change(scopes[0], 2, []).op("HSET", keys[0], "c", "3")])
+        stale["seen"] = True
+        return {"old": "x"}
+
+    client.delete(keys[0])
+    filler.fill("t", scopes[0], [keys[0]], slow_load, stage)
+    assert stale["seen"] and client.exists(keys[0]) == 0
+
+    # read_through on the cluster: miss -> fill -> hit; versions never roll back.
+    def read(r):
+        return r.hgetall(keys[1]) or None
+
+    assert read_through(cache, "t", read, lambda: None, lambda: None) == {b"a": b"1",
+                                                                          b"b": b"2"}
+    client.delete(cache.keys.version(scopes[1]))
+    versions[scopes[1].row_name] = 5
+    assert filler.version("t", scopes[1]) == 5
+    client.close()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def backend_url(request, redis_url) -> str:
+    if request.param == "single":
+        return redis_url
+    return request.getfixturevalue("redis_cluster").url
+
+
+def test_read_paths_same_through_cache_as_postgres(make_app, database_url, redis_url,
+                                                   backend_url, recorder):
+    cached = make_app(reliability_settings(database_url, backend_url, rq_redis_url=redis_url))
+    plain = make_app(reliability_settings(database_url, redis_url, cache_mode="off"))
+    kinds = kinds_for(cached)
+    client = cached.test_client()
+    ctx = {k.name: k.seed(cached, client, USERS, PER_USER) for k in kinds}
+    errors_before = counter_total(stats.REDIS_ERRORS)
+    hits_before = counter_total(stats.CACHE_EVENTS, "hit")
+    for user in USERS:
+        for i in range(PER_USER):
+            for kind in kinds:
+                status, _ = kind.write(client, ctx[kind.name], user, i)
+                assert status in (200, 201), (kind.name, status)
+    paths = read_paths(cached, ctx)
+    with recorder.phase(f"reads on {backend_url.split(':')[0]}") as phase:
+        for user in USERS:
+            truth = snapshot(plain.test_client(), paths, user)
+            assert snapshot(client, paths, user) == truth  # first read: fills
+            assert snapshot(client, paths, user) == truth  # second read: hits
+        phase.notes["redis_errors"] = counter_total(stats.REDIS_ERRORS) - errors_before
+        phase.notes["cache_hits"] = counter_total(stats.CACHE_EVENTS, "hit") - hits_before
+    assert phase.notes["redis_errors"] == 0
+    assert phase.notes["cache_hits"] > 0
+
+    if backend_url.startswith("redis+cluster"):
+        assert_user_keys_in_one_slot(cached)
+
+
+TAGGED = re.compile(r"^[^{]*\{([^}]+)\}:")
+
+
+def assert_user_keys_in_one_slot(app) -> None:
+    """Every key sits under a hash tag; the keys of one user all map to that user's slot."""
+    state = app.extensions["hc"]
+    prefix = state.settings.key_prefix
+    keys: list[str] = []
+    for node in state.cache.redis.get_primaries():
+        plain = redis.Redis(host=node.host, port=node.port)
+        keys += [k.decode() for k in plain.scan_iter(match=f"{prefix}*", count=1000)]
+        plain.close()
+    assert keys
+    slots_by_user: dict[str, set[int]] = defaultdict(set)
+    for key in keys:
+        match = TAGGED.match(key)
+        assert match, f"key without a hash tag: {key}"
+        tag = match.group(1)
+        if tag.startswith("u:"):
+            slots_by_user[tag].add(key_slot(key.encode()))
+        # A key naming a user outside its tag would live in another slot than the user's.
+        assert not re.search(r"\{u:\d+\}", key[match.end():]), key
+    for user in USERS:
+        tag = user_tag(user)
+        assert slots_by_user[tag] == {key_slot(f"{{{tag}}}".encode())}, (tag, slots_by_user)
