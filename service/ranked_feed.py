@@ -157,6 +157,7 @@ def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
     app_state = state()
     settings = app_state.settings
     with app_state.db.session() as session:
+        store.begin_ranking(session)
         loaders = {
             "fellows": lambda: store.load_fellows(session, user_id),
             "colls": lambda: store.load_collectives(session, user_id),

@@ -108,7 +108,7 @@ def rank(candidates: Iterable[Candidate], viewer: ViewerInputs,
     """Score every candidate and return them best first (a total, stable order)."""
     top = top_types(viewer.by_type)
     w = [float(weights[name]) for name in COMPONENTS]
-    scored: list[tuple[Ranked, datetime]] = []
+    scored: list[tuple[Ranked, float]] = []
     for post in candidates:
         parts = components(post, viewer, now, top)
         score = 0.0
@@ -117,6 +117,6 @@ def rank(candidates: Iterable[Candidate], viewer: ViewerInputs,
         viewed = post.id in viewer.viewed
         if viewed:
             score *= VIEWED_FACTOR
-        scored.append((Ranked(post.id, score, parts, viewed), post.created_at))
-    scored.sort(key=lambda item: (-item[0].score, -item[1].timestamp(), -item[0].id))
+        scored.append((Ranked(post.id, score, parts, viewed), post.created_at.timestamp()))
+    scored.sort(key=lambda item: (-item[0].score, -item[1], -item[0].id))
     return [item[0] for item in scored]

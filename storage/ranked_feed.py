@@ -61,6 +61,12 @@ class Preferences:
 EMPTY_PREFERENCES = Preferences([], [], [])
 
 
+def begin_ranking(session: Session) -> None:
+    """Settings for the ranking's small indexed queries in this transaction: no parallel
+    workers (starting them costs more than these queries take)."""
+    session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+
+
 # --- per-viewer inputs ---------------------------------------------------------------------
 
 
@@ -104,22 +110,35 @@ def load_preferences(session: Session, user_id: int) -> Preferences:
                        list(row.blocked_users))
 
 
-def _source(where: str, limit: str) -> str:
+_CANDIDATE_COLUMNS = (
+    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.like_count, "
+    "p.praise_count, p.trophy_count, p.comment_count"
+)
+_ALLOWED = (
+    "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(:blocked AS bigint[]))) "
+    "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false)"
+)
+
+
+def _newest_per(column: str, ids_param: str) -> str:
+    """The ``:k_social`` newest allowed posts whose ``column`` is in ``ids_param``: the
+    newest k of each id through its (column, created_at) index, then the newest k of
+    those, so no source scans more than k rows per id."""
     return (
-        "(SELECT id FROM posts p WHERE p.deleted_at IS NULL "
-        "AND NOT (p.author_id = ANY(CAST(:blocked AS bigint[]))) "
-        "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false) "
-        f"{where} ORDER BY p.created_at DESC, p.id DESC LIMIT {limit})"
+        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(:{ids_param} AS bigint[])) AS s(v) "
+        f"CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
+        f"WHERE p.{column} = s.v AND {_ALLOWED} "
+        "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_social) p "
+        "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_social)"
     )
 
 
+# UNION (not UNION ALL): a post found by two sources is one candidate.
 _CANDIDATES = text(
-    "SELECT p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.like_count,"
-    " p.praise_count, p.trophy_count, p.comment_count FROM posts p WHERE p.id IN ("
-    + _source("", ":k_recent")
-    + " UNION " + _source("AND p.author_id = ANY(CAST(:fellows AS bigint[]))", ":k_social")
-    + " UNION " + _source("AND p.collective_id = ANY(CAST(:colls AS bigint[]))", ":k_social")
-    + ")"
+    f"(SELECT {_CANDIDATE_COLUMNS} FROM posts p WHERE {_ALLOWED} "
+    "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_recent)"
+    " UNION " + _newest_per("author_id", "fellows")
+    + " UNION " + _newest_per("collective_id", "colls")
 )
 
 
