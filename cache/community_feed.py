@@ -191,7 +191,8 @@ def rescore(cache: Cache, path: str, post_id: int, score: int | None, ref: str,
     ck = CommunityKeys(cache.keys)
     mode = "rem" if score is None else ("add" if new else "xx")
     cache.run(path, lambda r: r.eval(
-        RESCORE_LUA, 2, ck.trending, ck.trending_ref, score or 0, member(post_id), mode))
+        RESCORE_LUA, 2, ck.trending, ck.trending_ref, ref, score or 0, member(post_id),
+        mode))
 
 
 # --- read side ------------------------------------------------------------------------------

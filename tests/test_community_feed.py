@@ -151,3 +151,18 @@ def test_bad_cursor_and_args(client, cursor):
     assert r.status_code == 400 and r.get_json()["code"] == "invalid_cursor"
     assert client.get("/community/feed?limit=0").status_code == 400
     assert client.get("/community/feed?feed_type=nope").status_code == 400
+
+
+def test_trending_rebuild_job_registered_and_rebuilds(client, auth, state):
+    from cache import community_feed as cf
+    from jobs.scheduler import default_jobs
+
+    job = next(j for j in default_jobs(state) if j.name == "community-trending")
+    assert job.interval == state.settings.trending_recompute_interval
+    ps = [make_post(client, auth, 1)["id"] for _ in range(3)]
+    job.run(state)
+    ck = cf.CommunityKeys(state.cache.keys)
+    members = state.cache.redis.zrevrange(ck.trending, 0, -1)
+    assert [int(m) for m in members] == sorted(ps, reverse=True)
+    client.post(f"/community/posts/{ps[0]}/like", headers=auth(9))  # live re-score
+    assert int(state.cache.redis.zrevrange(ck.trending, 0, 0)[0]) == ps[0]
