@@ -6,22 +6,21 @@ re-score of the post in the trending set (see ``cache/community_feed.py`` for ho
 that can get). Raises ``NotFound`` for unknown or deleted posts, ``Forbidden`` when the
 caller may not delete a post.
 
-The personalized feed calls ``like_post`` for hearts and passes ``extra(uow)`` to bump
-its own per-user version in the same transaction.
+A like is a heart (section 4): ``like_post`` also bumps the liker's personalized-feed
+version in the same transaction, whichever endpoint the like came through.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cache import community_feed as cf
+from cache import ranked_feed
 from cache.client import CacheUnavailable
 from service.errors import Forbidden, NotFound
 from service.state import state
-from service.uow import UnitOfWork
 from storage import posts
 from storage.models import Comment, Post
 
@@ -73,19 +72,18 @@ def delete_post(post_id: int, user_id: int, is_admin: bool = False) -> None:
     _unrank(post_id)
 
 
-def like_post(user_id: int, post_id: int, liked: bool,
-              extra: Callable[[UnitOfWork], None] | None = None) -> bool:
+def like_post(user_id: int, post_id: int, liked: bool) -> bool:
     """Like or unlike; True if the like row changed (idempotent otherwise).
 
-    ``extra(uow)`` runs inside the transaction just before commit (even when nothing
-    changed, so callers may decide themselves). Raises ``NotFound``.
+    A change bumps the liker's personalized-feed version in the same transaction, so
+    their next personalized page reflects it. Raises ``NotFound``.
     """
     with state().uow() as uow:
         if posts.get_live_post(uow.session, post_id) is None:
             raise NotFound("Post not found")
         changed = posts.set_like(uow.session, post_id, user_id, liked)
-        if extra is not None:
-            extra(uow)
+        if changed:
+            ranked_feed.touch(uow, user_id)
         uow.commit()
     if changed:
         _rescore(post_id)

@@ -315,9 +315,9 @@ class Heart(MethodView):
 
 
 def _set_heart(user_id: int, post_id: int, hearted: bool) -> bool:
-    """Like or unlike through the community feed's unit of work (raises ``NotFound``),
-    bumping the viewer's calc version in the same transaction."""
-    like_post(user_id, post_id, hearted, extra=lambda uow: touch(uow, user_id))
+    """A heart is a community like: ``like_post`` writes it and bumps the viewer's calc
+    version in the same transaction when it changed (raises ``NotFound``)."""
+    like_post(user_id, post_id, hearted)
     return hearted
 
 

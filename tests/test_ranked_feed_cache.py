@@ -83,6 +83,9 @@ def test_each_change_shows_next_page_and_bystander_keeps_hitting(
     changes = [
         ("heart", lambda: client.post(f"/api/posts/{target.id}/heart/", headers=h)),
         ("unheart", lambda: client.delete(f"/api/posts/{target.id}/heart/", headers=h)),
+        # A community like is the same fact as a heart: it must refresh the page too.
+        ("like", lambda: client.post(f"/community/posts/{target.id}/like", headers=h)),
+        ("unlike", lambda: client.delete(f"/community/posts/{target.id}/like", headers=h)),
         ("praise", lambda: client.post(f"/api/posts/{target.id}/praise/", headers=h)),
         ("trophy", lambda: client.post(f"/api/posts/{target.id}/trophy/", headers=h)),
         ("fellow", lambda: client.post(f"/api/fellows/{fellow_of_target}/", headers=h)),
