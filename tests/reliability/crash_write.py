@@ -1,0 +1,34 @@
+"""Run one write through the app and die (``os._exit``) right after its Postgres commit,
+before the cache is touched: the crash the outbox relay exists for.
+
+    python -m tests.reliability.crash_write '<json: kind, ctx, user, i>'
+
+Settings come from the environment. Exit code ``CRASHED`` if the hook fired; otherwise the
+write never reached a commit with cache changes, and the HTTP status is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+CRASHED = 17
+
+
+def main(argv: list[str]) -> int:
+    from service import create_app
+    from service.uow import UnitOfWork
+    from tests.reliability.workload import ALL_KINDS
+
+    job = json.loads(argv[1])
+    kind = next(k for k in ALL_KINDS if k.name == job["kind"])
+    app = create_app({"TESTING": True})
+    UnitOfWork.after_commit = lambda: os._exit(CRASHED)
+    status, _ = kind.write(app.test_client(), job["ctx"], job["user"], job["i"])
+    print(status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
