@@ -15,7 +15,7 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from cache import stats
-from cache.breaker import Breaker
+from cache.breaker import CLOSED, HALF_OPEN, Breaker
 from cache.keys import Keyspace
 
 T = TypeVar("T")
@@ -114,6 +114,14 @@ class Cache:
             raise CacheUnavailable(path)
         try:
             stats.REDIS_CALLS.labels(path).inc()
+            if self.breaker.state == HALF_OPEN:
+                # This call is the breaker's probe. Keys may be stale from writes whose
+                # apply failed during the outage: reach Redis and recover first (success()
+                # drains the outbox), so the probe never answers from a stale key.
+                self.redis.ping()
+                self.breaker.success()
+                if self.breaker.state != CLOSED:
+                    raise CacheUnavailable(path)
             result = fn(self.redis)
         except RedisError as exc:
             stats.REDIS_ERRORS.labels(path).inc()

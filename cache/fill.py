@@ -95,6 +95,33 @@ class Filler:
             stats.STALE_FILLS.labels(path).inc()
         return data
 
+    def fill_or_wait(
+        self,
+        path: str,
+        scope: Scope,
+        keys: Sequence[str],
+        load: Callable[[], T],
+        stage: Callable[[Any, dict[str, str], T], None],
+        poll: Callable[[Any], T],
+    ) -> T:
+        """``fill``; if another process holds the lease, poll ``poll(redis)`` (``NO_VALUE``
+        until that fill lands) for up to ``lease_wait_ms``, then load without writing.
+
+        So a stampede of misses on one key costs one load, not one per request. Raises
+        ``CacheUnavailable`` if Redis fails.
+        """
+        try:
+            return self.fill(path, scope, keys, load, stage)
+        except LeaseHeld:
+            deadline = time.monotonic() + self.cache.lease_wait_ms / 1000
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+                value = self.cache.run(path, poll)
+                if value is not NO_VALUE:
+                    return value
+        stats.count(path, "fallback")
+        return load()
+
 
 def read_through(
     cache: Cache,

@@ -16,7 +16,7 @@ from typing import Any
 
 from cache import stats
 from cache.client import NO_VALUE
-from cache.fill import Filler, LeaseHeld
+from cache.fill import Filler
 from cache.keys import Keyspace, Scope, user_tag
 
 PATH = "memberships"
@@ -60,17 +60,16 @@ def parse_groups(reply: Iterable[bytes]) -> Any:
 def fill(filler: Filler, user_id: int, load: Callable[[], list[int]]) -> frozenset[int]:
     """Rebuild the cached set from ``load()`` (the user's group ids from Postgres).
 
-    If another process is filling it, answers from ``load()`` without writing. Raises
-    ``CacheUnavailable`` if Redis fails.
+    If another process is filling it, waits briefly for that fill (then reads Postgres
+    without writing). Raises ``CacheUnavailable`` if Redis fails.
     """
     set_key = key(filler.cache.keys, user_id)
 
     def stage(pipe: Any, temps: dict[str, str], ids: list[int]) -> None:
         pipe.sadd(temps[set_key], SENTINEL, *ids)
 
+    def poll(r: Any) -> Any:
+        return parse_groups(r.smembers(set_key))
+
     stats.count(PATH, "miss")
-    try:
-        return frozenset(filler.fill(PATH, scope(user_id), [set_key], load, stage))
-    except LeaseHeld:
-        stats.count(PATH, "fallback")
-        return frozenset(load())
+    return frozenset(filler.fill_or_wait(PATH, scope(user_id), [set_key], load, stage, poll))

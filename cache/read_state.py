@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from cache import memberships, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
-from cache.fill import Filler, LeaseHeld
+from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 from cache.versioned import Change
 from storage import group_feed as store
@@ -191,16 +191,18 @@ class ReadStates:
         with self.db.session() as session:
             return bitmap(store.live_positions(session, group_id))
 
-    # Fills (single flight; a loser of the lease reads Postgres without writing).
+    # Fills: single flight; a loser of the lease waits for the winner's fill (briefly).
 
     def _fill(self, path: str, fill_scope: Scope, fill_key: str, load: Callable[[], T],
-              stage: Callable[[Any, dict[str, str], T], None]) -> T:
+              stage: Callable[[Any, dict[str, str], T], None], parse: Callable[[bytes], T]
+              ) -> T:
         stats.count(path, "miss")
-        try:
-            return self.filler.fill(path, fill_scope, [fill_key], load, stage)
-        except LeaseHeld:
-            stats.count(path, "fallback")
-            return load()
+
+        def poll(r: Any) -> Any:
+            raw = r.get(fill_key)
+            return NO_VALUE if raw is None else parse(raw)
+
+        return self.filler.fill_or_wait(path, fill_scope, [fill_key], load, stage, poll)
 
     def fill_state(self, user_id: int, group_id: int, path: str = PATH_UNREAD) -> ReadState:
         rs_key = key(self.cache.keys, user_id, group_id)
@@ -208,6 +210,7 @@ class ReadStates:
             path, scope(user_id, group_id), rs_key,
             lambda: self._load_state(user_id, group_id),
             lambda pipe, temps, state: pipe.set(temps[rs_key], state.to_raw()),
+            ReadState.from_raw,
         )
 
     def fill_live(self, group_id: int) -> bytes:
@@ -216,6 +219,7 @@ class ReadStates:
             PATH_LIVE, live_scope(group_id), lkey,
             lambda: self._load_live(group_id),
             lambda pipe, temps, data: pipe.set(temps[lkey], data),
+            bytes,
         )
 
     def _member(self, user_id: int, group_id: int, cached: Any) -> bool:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
+from service import create_app
+from tests.servers import RedisProcess
+
 FEED = "/api/v1/messaging/feed/"
+COOLDOWN = 0.3  # chaos_app's breaker: seconds before it probes a Redis that failed
 
 
 def make_group(client, admin_headers, members=(), name: str = "G") -> int:
@@ -88,3 +94,28 @@ def pg_unread(state, user_id: int) -> dict[int, int]:
             " WHERE m.user_id = :u GROUP BY m.group_id"
         ), {"u": user_id}).all()
     return {r[0]: r[1] for r in rows}
+
+
+# --- fixtures: an app on a Redis server of the test's own, to stop, freeze or restart ----
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisProcess(tmp_path).start()
+    yield server
+    if server.proc and server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGCONT)
+    server.stop()
+
+
+@pytest.fixture
+def chaos_app(settings, own_redis, redis_url):
+    app = create_app({
+        "SETTINGS": settings.replace(
+            redis_url=own_redis.url, rq_redis_url=redis_url,
+            breaker_failures=1, breaker_cooldown=COOLDOWN, lease_wait_ms=50,
+        ),
+        "TESTING": True,
+    })
+    yield app
+    app.extensions["hc"].close()
