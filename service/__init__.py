@@ -51,7 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import importlib
 
     from service import api as api_module
-    from service import cli, errors, metrics, warming
+    from service import cli, errors, input_guard, metrics, warming
     from service.bootstrap import bootstrap
     from service.fields import IdConverter
 
@@ -76,6 +76,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["hc"] = bootstrap(settings)
     api = api_module.make_api(app)
     errors.register(app)
+    input_guard.init_app(app)
     for module_name in SECTION_MODULES:
         module = importlib.import_module(module_name)
         api.register_blueprint(module.bp)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from flask_smorest import Api as _Api
 
+from service.auth import MAX_ID
 from service.errors import http_error_response
+from service.fields import IdConverter
 from service.schemas import ErrorSchema
 
 
@@ -25,5 +27,9 @@ def make_api(app) -> Api:
     api = Api(app)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    # <id:name> path parameters are positive 64-bit integers, not strings.
+    api.register_converter(
+        IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": MAX_ID}
     )
     return api
