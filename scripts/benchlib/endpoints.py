@@ -92,18 +92,26 @@ def routes_of(openapi: dict) -> set[tuple[str, str]]:
             for path, ops in openapi.get("paths", {}).items() for method in ops}
 
 
-def _per_user(fx: Fixture, rng: random.Random, n: int, make: Callable[[int], Line | None]
-              ) -> list[Line]:
-    """At least one line per active user (so every user is loaded), at least ``n``."""
-    users = fx.users * max(1, -(-n // max(1, len(fx.users))))
+def _per_user(fx: Fixture, rng: random.Random, n: int, make: Callable[[int], Line | None],
+              only: int = 0) -> list[Line]:
+    """At least one line per active user (so every user is loaded), at least ``n``;
+    ``only``: the first ``only`` active users instead of all."""
+    active = fx.users[:only] if only else fx.users
+    users = active * max(1, -(-n // max(1, len(active))))
     lines = [make(u) for u in users]
     out = [x for x in lines if x is not None]
     rng.shuffle(out)
     return out
 
 
-def _get(path: str) -> Callable[[Fixture, random.Random, int], list[Line]]:
-    return lambda fx, rng, n: _per_user(fx, rng, n, lambda u: ("GET", path, fx.tokens[u], ""))
+def _get(path: str, only: int = 0) -> Callable[[Fixture, random.Random, int], list[Line]]:
+    return lambda fx, rng, n: _per_user(fx, rng, n, lambda u: ("GET", path, fx.tokens[u], ""),
+                                        only)
+
+
+# "Cached" personalized pages: few enough users that the warm-up (walking the lines in
+# order, one user per connection at a time) fills every one of their pages.
+CACHED_PAGE_USERS = 32
 
 
 def _group_page(fx: Fixture, rng: random.Random, n: int) -> list[Line]:
@@ -159,7 +167,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("trending_deep", "community trending, deep cursor", "read", "GET",
              "/community/feed", _deep_trending, needs="trending_deep"),
     Endpoint("personalized_cached", "personalized page (cached)", "read", "GET",
-             "/api/posts/", _get("/api/posts/?page=1&page_size=20")),
+             "/api/posts/", _get("/api/posts/?page=1&page_size=20", CACHED_PAGE_USERS)),
     Endpoint("personalized_uncached", "personalized page (uncached)", "read", "GET",
              "/api/posts/", _get("/api/posts/?page=1&page_size=20&invalidate_cache=true")),
     Endpoint("recent_reels", "recently viewed reels", "read", "GET",

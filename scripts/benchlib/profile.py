@@ -84,7 +84,7 @@ def markdown(profile: dict) -> str:
     if profile.get("status") != "ok":
         return f"profile of {profile.get('endpoint')}: {profile.get('status')}"
     rows = [f"Profile of `{profile['endpoint']}` under load (py-spy, {profile['samples']} "
-            "non-idle samples of the web processes):", "",
+            "samples of the web processes holding the GIL, i.e. running Python):", "",
             "| layer (innermost non-stdlib frame) | share |", "|---|--:|"]
     rows += [f"| {k} | {v:.1%} |" for k, v in profile["by_layer"]]
     rows += ["", "| function, self | share |", "|---|--:|"]

@@ -268,7 +268,7 @@ class Bench:
         raw = self.opts.data_dir / f"profile-{choice}.txt"
         seconds = self.opts.profile_s
         cmd = [pyspy, "record", "--pid", str(svc.web_pids()[0]), "--subprocesses",
-               "--rate", "100", "--duration", str(seconds), "--format", "raw",
+               "--rate", "100", "--gil", "--duration", str(seconds), "--format", "raw",
                "--output", str(raw)]
         say(f"profiling {choice} for {seconds} s: {' '.join(cmd)}")
         spy = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
