@@ -1,0 +1,348 @@
+"""Hostile input and access (items 10 and 11).
+
+Access: every endpoint that takes an id (in the path, the query or the body) is called by
+a stranger (a signed-in user who is neither the owner, a member nor an admin) with
+someone else's object: it answers 403/404 and the database does not change, unless the
+endpoint is in ``OPEN_TO_ANY_USER`` (it acts on the caller's own relation to a public
+object: liking a post, following a user...). A new id-taking endpoint is protected until
+listed there. Admin endpoints refuse non-admins; bad tokens get 401.
+
+Limits: bodies over 1 MiB (413), lists over the documented caps, deep JSON, huge integers,
+NUL characters get a clear 4xx and store nothing; unicode round-trips intact.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import JWT_SECRET, bearer
+
+OWNER, MEMBER, STRANGER = 501, 502, 777
+ADMIN = bearer(1, admin=True)
+
+# (method, rule) a stranger may call on another user's public object.
+OPEN_TO_ANY_USER = {
+    ("POST", "/api/collectives/<id:collective_id>/join/"),
+    ("DELETE", "/api/collectives/<id:collective_id>/join/"),
+    ("POST", "/api/fellows/<id:user_id>/"),
+    ("DELETE", "/api/fellows/<id:user_id>/"),
+    ("POST", "/api/posts/<id:post_id>/heart/"),
+    ("DELETE", "/api/posts/<id:post_id>/heart/"),
+    ("POST", "/api/posts/<id:post_id>/praise/"),
+    ("POST", "/api/posts/<id:post_id>/trophy/"),
+    ("POST", "/api/reels/<id:reel_id>/like"),
+    ("DELETE", "/api/reels/<id:reel_id>/like"),
+    ("POST", "/api/reels/<id:reel_id>/view"),
+    ("POST", "/community/posts/<id:post_id>/comments"),
+    ("GET", "/community/posts/<id:post_id>/engagement"),
+    ("POST", "/community/posts/<id:post_id>/like"),
+    ("DELETE", "/community/posts/<id:post_id>/like"),
+    ("POST", "/community/posts/<id:post_id>/view"),
+    ("POST", "/community/users/<id:user_id>/follow"),
+    ("DELETE", "/community/users/<id:user_id>/follow"),
+}
+
+ADMIN_ONLY = [
+    ("POST", "/api/v1/groups/", {"name": "x"}),
+    ("POST", "/api/v1/groups/{group}/members/", {"user_id": STRANGER}),
+    ("DELETE", "/api/v1/groups/{group}/members/{owner}/", None),
+    ("POST", "/api/reels/", {"video_url": "https://x/v.mp4", "duration": 5,
+                             "is_available": True}),
+    ("POST", "/api/collectives/", {"name": "x"}),
+    ("POST", "/api/events/", {"user_id": STRANGER, "event_type": "milestone", "title": "x"}),
+    ("POST", "/api/events/activity-feed/items/", {"user_ids": [STRANGER],
+                                                  "activity_type": "milestone", "title": "x"}),
+    ("POST", "/api/events/activity-feed/generate/", {"user_id": OWNER, "days_back": 3}),
+]
+
+TABLES = ("groups", "group_members", "feed_items", "feed_item_views", "events", "activities",
+          "collectives", "collective_members", "posts", "post_likes", "post_praises",
+          "post_trophies", "comments", "post_views", "follows", "fellows",
+          "user_preferences", "reels", "reel_views", "reel_likes")
+
+
+def fingerprint(app) -> dict[str, str]:
+    """A digest of every data table (not users: a user row appears on first sight)."""
+    out = {}
+    with app.extensions["hc"].db.engine.connect() as conn:
+        for table in TABLES:
+            out[table] = conn.execute(text(
+                f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) "
+                f"FROM {table} t")).scalar()
+    return out
+
+
+@pytest.fixture
+def world(app, client):
+    """A group with its owner and a member, an item, a post, an activity, a reel."""
+    group = client.post("/api/v1/groups/", headers=ADMIN, json={"name": "private"}).json["id"]
+    for user in (OWNER, MEMBER):
+        assert client.post(f"/api/v1/groups/{group}/members/", headers=ADMIN,
+                           json={"user_id": user}).status_code in (200, 201)
+    item = client.post("/api/v1/messaging/feed/", headers=bearer(OWNER), json={
+        "group": group, "title": "secret", "content_type": "text"})
+    assert item.status_code == 201, item.json
+    post = client.post("/community/posts", headers=bearer(OWNER), json={"title": "mine"})
+    assert post.status_code == 201, post.json
+    event = client.post("/api/events/", headers=ADMIN, json={
+        "user_id": OWNER, "event_type": "milestone", "title": "owner's"})
+    assert event.status_code == 201, event.json
+    activity = client.get("/api/events/activity-feed/", headers=bearer(OWNER)).json
+    reel = client.post("/api/reels/", headers=ADMIN, json={
+        "video_url": "https://x/r.mp4", "duration": 10, "is_available": True})
+    collective = client.post("/api/collectives/", headers=ADMIN, json={"name": "c"})
+    return {
+        "group": group, "item_id": item.json["id"], "post_id": post.json["id"],
+        "activity": activity["results"][0]["id"], "reel_id": reel.json["reel_id"],
+        "collective_id": collective.json["id"], "user_id": OWNER, "owner": OWNER,
+    }
+
+
+def path_for(rule: str, world: dict) -> str:
+    path = rule
+    for name in ("item_id", "post_id", "reel_id", "collective_id", "user_id", "group_id"):
+        value = world["group"] if name == "group_id" else world[name]
+        path = path.replace(f"<id:{name}>", str(value))
+    assert "<" not in path, rule
+    return path
+
+
+def test_every_id_endpoint_refuses_strangers(app, client, world):
+    stranger = bearer(STRANGER)
+    checked = []
+    for rule in app.url_map.iter_rules():
+        if "<id:" not in rule.rule:
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            if (method, rule.rule) in OPEN_TO_ANY_USER:
+                continue
+            if "/members/" in rule.rule:
+                continue  # admin-only: test_admin_endpoints_refuse_non_admins
+            before = fingerprint(app)
+            r = client.open(path_for(rule.rule, world), method=method, headers=stranger,
+                            json={})
+            assert r.status_code in (403, 404), (method, rule.rule, r.status_code, r.json)
+            assert r.is_json and "error" in r.json
+            assert fingerprint(app) == before, (method, rule.rule)
+            checked.append(f"{method} {rule.rule}")
+    assert len(checked) >= 5, checked
+
+
+def test_ids_in_query_and_body_refuse_strangers(app, client, world):
+    stranger = bearer(STRANGER)
+    g = world["group"]
+    calls = [
+        ("GET", f"/api/v1/messaging/feed/?group={g}", None),
+        ("GET", f"/api/v1/messaging/feed/unread-count/?group={g}", None),
+        ("POST", f"/api/v1/messaging/feed/mark-all-viewed/?group={g}", None),
+        ("POST", "/api/v1/messaging/feed/", {"group": g, "title": "x", "content_type": "t"}),
+    ]
+    for method, path, body in calls:
+        before = fingerprint(app)
+        r = client.open(path, method=method, headers=stranger, json=body)
+        assert r.status_code in (403, 404), (method, path, r.status_code)
+        assert fingerprint(app) == before, path
+    # Someone else's activity: "only the caller's unread items count".
+    before = fingerprint(app)
+    r = client.post("/api/events/activity-feed/mark-read/", headers=stranger,
+                    json={"activity_ids": [world["activity"]]})
+    assert r.status_code == 200 and r.json["updated_count"] == 0
+    assert fingerprint(app) == before
+    # The stranger's all-groups unread count does not mention the private group.
+    r = client.get("/api/v1/messaging/feed/unread-count/", headers=stranger)
+    assert r.status_code == 200 and str(g) not in r.json["groups"]
+
+
+def test_admin_endpoints_refuse_non_admins(app, client, world):
+    for user in (STRANGER, OWNER):
+        for method, template, body in ADMIN_ONLY:
+            before = fingerprint(app)
+            path = template.format(**world)
+            r = client.open(path, method=method, headers=bearer(user), json=body)
+            assert r.status_code == 403, (user, method, path, r.status_code)
+            assert fingerprint(app) == before, path
+            assert client.open(path, method=method, json=body).status_code == 401
+
+
+def _token(claims: dict, key: str = JWT_SECRET, alg: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def _none_token(claims: dict) -> str:
+    import base64
+
+    def b64(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+
+
+BAD_TOKENS = {
+    "alg-none": lambda exp: _none_token({"sub": "1", "exp": exp, "role": "admin"}),
+    "wrong-key": lambda exp: _token({"sub": "1", "exp": exp, "role": "admin"},
+                                    key="wrong-key-" + "y" * 30),
+    "expired": lambda exp: _token({"sub": "1", "exp": exp - 7200}),
+    "no-exp": lambda exp: _token({"sub": "1"}),
+    "no-sub": lambda exp: _token({"exp": exp}),
+    "sub-not-integer": lambda exp: _token({"sub": "abc", "exp": exp}),
+    "sub-float": lambda exp: _token({"sub": 1.5, "exp": exp}),
+    "sub-negative": lambda exp: _token({"sub": "-4", "exp": exp}),
+    "sub-zero": lambda exp: _token({"sub": "0", "exp": exp}),
+    "sub-huge": lambda exp: _token({"sub": str(2**64), "exp": exp}),
+    "sub-bool": lambda exp: _token({"sub": True, "exp": exp}),
+    "alg-hs512": lambda exp: _token({"sub": "1", "exp": exp}, alg="HS512"),
+    "garbage": lambda exp: "not.a.jwt",
+}
+
+
+def test_bad_tokens_refused(client):
+    exp = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+    for name, make in BAD_TOKENS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyJWT warns about the HS512 key length
+            headers = {"Authorization": f"Bearer {make(exp)}"}
+        for method, path in (("GET", "/api/events/activity-feed/"),
+                             ("POST", "/api/v1/groups/"),
+                             ("GET", "/api/reels/recently-viewed")):
+            r = client.open(path, method=method, headers=headers, json={"name": "x"})
+            assert r.status_code == 401, (name, path, r.status_code)
+            assert r.is_json and r.json["code"], name
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def _counts(app) -> dict[str, int]:
+    with app.extensions["hc"].db.engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES}
+
+
+WRITES = [
+    ("/community/posts", "title", {}),
+    ("/api/v1/messaging/feed/", "title", {"content_type": "text"}),
+    ("/api/events/", "title", {"user_id": OWNER, "event_type": "milestone"}),
+    ("/api/reels/", "video_url", {"duration": 5, "is_available": True}),
+]
+
+
+def _write_body(world: dict, path: str, field: str, extra: dict, value) -> dict:
+    body = {**extra, field: value}
+    if path == "/api/v1/messaging/feed/":
+        body["group"] = world["group"]
+    return body
+
+
+def _headers(path: str) -> dict[str, str]:
+    return ADMIN if path in ("/api/events/", "/api/reels/") else bearer(OWNER)
+
+
+def test_oversized_bodies_get_413(app, client, world):
+    before = _counts(app)
+    big = "x" * (1024 * 1024 + 10)
+    for path, field, extra in WRITES:
+        r = client.post(path, headers=_headers(path),
+                        data=json.dumps(_write_body(world, path, field, extra, big)),
+                        content_type="application/json")
+        assert r.status_code == 413 and r.json["code"], path
+    assert _counts(app) == before
+
+
+OVER_CAP_BODIES = [
+    ("/api/reels/views", {"views": [{"reel_id": 1}] * 101}),
+    ("/api/events/activity-feed/mark-read/", {"activity_ids": list(range(1, 1002))}),
+    ("/api/events/activity-feed/items/", {"user_ids": list(range(1, 10_002)),
+                                          "activity_type": "milestone", "title": "x"}),
+    ("/community/posts", {"title": "x", "tags": [f"t{i}" for i in range(21)]}),
+]
+
+OVER_CAP_QUERIES = [
+    "/api/v1/messaging/feed/?group={group}&limit=201",
+    "/api/events/activity-feed/?page_size=101",
+    "/community/feed?limit=51",
+    "/api/posts/?page_size=51",
+    "/api/reels/recently-viewed?per_page=101",
+    "/api/reels/recently-viewed?page=99999999999999999999999",
+    "/api/v1/messaging/feed/?group=99999999999999999999999",
+    "/api/events/activity-feed/?start_date=not-a-date",
+]
+
+
+def test_lists_and_queries_over_caps_get_400(app, client, world):
+    before = _counts(app)
+    for path, body in OVER_CAP_BODIES:
+        r = client.post(path, headers=ADMIN if "items" in path else bearer(OWNER), json=body)
+        assert r.status_code == 400 and r.json["code"], (path, r.status_code)
+    assert _counts(app) == before
+    for query in OVER_CAP_QUERIES:
+        r = client.get(query.format(**world), headers=bearer(OWNER))
+        assert r.status_code in (400, 404) and r.json["code"], (query, r.status_code)
+
+
+def test_deep_json_and_huge_integers(app, client, world):
+    before = _counts(app)
+    deep = "[" * 5000 + "]" * 5000
+    for path, _, _ in WRITES:
+        r = client.post(path, headers=_headers(path), data=deep,
+                        content_type="application/json")
+        assert r.status_code == 400 and r.json["code"], path
+    nested = {"title": "x", "event_type": "milestone", "user_id": OWNER, "data": {}}
+    cursor = nested["data"]
+    for _ in range(200):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    r = client.post("/api/events/", headers=ADMIN, data=json.dumps(nested),
+                    content_type="application/json")
+    assert r.status_code == 400 and r.json["code"] == "json_too_deep", r.status_code
+    def post(path, headers, body):  # the stdlib encoder: it writes integers of any size
+        return client.post(path, headers=headers, data=json.dumps(body),
+                           content_type="application/json")
+
+    for value in (2**63, 2**64, 10**100, -1, 0, 1.5, 1e308, "1", True):
+        r = post("/api/events/", ADMIN, {"user_id": value, "event_type": "milestone",
+                                         "title": "x"})
+        assert r.status_code == 400, (value, r.status_code)
+        r = post("/api/v1/messaging/feed/", bearer(OWNER), {"group": value, "title": "x",
+                                                            "content_type": "text"})
+        assert r.status_code in (400, 404), (value, r.status_code)
+    for path in ("/community/posts/18446744073709551616/like",
+                 "/api/reels/99999999999999999999999999/view",
+                 "/api/v1/messaging/feed/0/mark-viewed/"):
+        assert client.post(path, headers=bearer(OWNER), json={}).status_code == 404, path
+    r = post("/api/reels/", ADMIN, {"video_url": "https://x/v.mp4", "duration": 10**30,
+                                    "is_available": True})
+    assert r.status_code == 400
+    assert _counts(app) == before
+
+
+def test_nul_refused_and_unicode_round_trips(app, client, world):
+    before = _counts(app)
+    for path, field, extra in WRITES:
+        r = client.post(path, headers=_headers(path),
+                        json=_write_body(world, path, field, extra, "a\x00b"))
+        assert r.status_code == 400 and r.json["code"] == "nul_character", path
+    r = client.get("/community/feed?tags=a%00b")
+    assert r.status_code == 400
+    r = client.put("/api/user/preferences/", headers=bearer(OWNER),
+                   json={"preferred_post_types": ["a\x00"]})
+    assert r.status_code == 400
+    assert _counts(app) == before
+
+    title = "Zoë 🚀 مرحبا ̀ e\u0301 \u202e\uffff 𝕏"
+    r = client.post("/community/posts", headers=bearer(OWNER), json={"title": title})
+    assert r.status_code == 201 and r.json["title"] == title
+    item = client.post("/api/v1/messaging/feed/", headers=bearer(OWNER), json={
+        "group": world["group"], "title": title, "content_type": "text"})
+    assert item.status_code == 201
+    listed = client.get(f"/api/v1/messaging/feed/?group={world['group']}",
+                        headers=bearer(OWNER)).json
+    assert title in [i["title"] for i in listed]
+    # Lone surrogates cannot be encoded as UTF-8: a clear 400, not a 500.
+    r = client.post("/community/posts", headers=bearer(OWNER),
+                    data=b'{"title": "\\ud800"}', content_type="application/json")
+    assert r.status_code in (201, 400), r.status_code
