@@ -283,7 +283,12 @@ def _parse_item(raw: Any, now: int) -> ViewRequest | Rejection:
     if not isinstance(raw, dict):
         return Rejection(None, "each view must be a JSON object")
     raw_id = raw.get("reel_id")
-    echo = raw_id if isinstance(raw_id, int | str) and not isinstance(raw_id, bool) else None
+    # Echo the client's reel_id when it is printable as given (a JSON integer beyond 64
+    # bits would not encode; a long string is no id), else null.
+    printable_int = isinstance(raw_id, int) and not isinstance(raw_id, bool) and (
+        abs(raw_id) < 2**63)
+    printable_str = isinstance(raw_id, str) and len(raw_id) <= 40
+    echo = raw_id if printable_int or printable_str else None
     try:
         item = ReelBatchViewIn().load(raw)
     except ValidationError as exc:

@@ -240,6 +240,22 @@ def test_batch_tracks_good_rejects_bad_in_order(client, auth, admin_headers, ree
     assert pg_rows(state, 7) == [(reels[0], clock.now, 4), (reels[3], clock.now - 60_000, 8)]
 
 
+def test_batch_hostile_items_are_rejected_not_500(client, auth, reels, state):
+    views = [{"reel_id": 10**30}, {"reel_id": -(10**30)}, {"reel_id": "x" * 2000},
+             {"reel_id": 1e308}, {"reel_id": reels[0], "view_duration": 10**30},
+             {"reel_id": reels[0], "view_duration": 1e308},
+             {"reel_id": reels[0], "viewed_at": "0001-01-01T00:00:00+14:00"},
+             {"reel_id": reels[0], "viewed_at": "9999-12-31T23:59:59-14:00"},
+             {"reel_id": reels[0], "viewed_at": 1750000000}, {"reel_id": [reels[0]]}]
+    r = client.post("/api/reels/views", data=json.dumps({"views": views}),
+                    headers={**auth(7), "Content-Type": "application/json"})
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["tracked"] == 0 and len(body["rejected"]) == len(views)
+    assert [x["reel_id"] for x in body["rejected"][:4]] == [None, None, None, None]
+    assert pg_rows(state, 7) == []
+
+
 def test_batch_older_view_never_overtakes(client, auth, reels, clock, state):
     h = auth(7)
     t = clock.now
