@@ -319,9 +319,10 @@ def track_view(body: dict, reel_id: int):
     """Track one view of a reel: moves it to the top of the caller's recently viewed."""
     _, rejected = track_views(g.user.id, [ViewRequest(reel_id, body["view_duration"], now_ms())])
     if rejected:
-        if rejected[0].status == 404:
-            raise NotFound(REEL_NOT_FOUND)
-        raise ApiError(REEL_NOT_AVAILABLE, code="reel_not_available")
+        refusal = rejected[0]
+        if refusal.status == 404:
+            raise NotFound(refusal.error)
+        raise ApiError(refusal.error, code="reel_not_available")
     return {"status": "success", "message": "View tracked successfully"}
 
 
