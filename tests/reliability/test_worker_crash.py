@@ -1,0 +1,108 @@
+"""Fault 8: a worker killed (SIGKILL, with its work horse) in the middle of a job: the job
+is retried and its effect happens once.
+
+The job is a real fan-out chunk (``jobs.activity_feed.deliver_chunk``) giving one activity
+item to ``USERS`` users. RQ notices an abandoned job when its heartbeat expires (at least
+60 s after the kill) at the next maintenance pass; the test moves that expiry into the
+past and runs the registry cleanup the maintenance pass would run, instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rq.registry import StartedJobRegistry
+from sqlalchemy import text
+
+from tests.conftest import bearer
+from tests.reliability.conftest import reliability_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = list(range(10_001, 11_201))
+TITLE = "reminder: fast starts at dawn"
+
+
+def worker_env(settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "RQ_REDIS_URL": settings.rq_redis_url,
+        "CACHE_KEY_PREFIX": settings.key_prefix,
+        "RQ_QUEUE_PREFIX": settings.queue_prefix,
+        "JWT_SECRET": settings.jwt_secret,
+        "ACTIVITY_FANOUT_CHUNK": str(len(USERS)),
+        "ACTIVITY_RETRY_INTERVALS": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def items_per_user(app) -> dict[int, int]:
+    with app.extensions["hc"].db.engine.connect() as conn:
+        return dict(conn.execute(text(
+            "SELECT user_id, count(*) FROM activities WHERE title = :t GROUP BY user_id"),
+            {"t": TITLE}).all())
+
+
+def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue_redis,
+                                        recorder):
+    settings = reliability_settings(database_url, redis_url, rq_redis_url=queue_redis.url,
+                                    activity_fanout_chunk=len(USERS),
+                                    activity_retry_intervals=(0,))
+    app = make_app(settings)
+    state = app.extensions["hc"]
+    queue = state.queue(settings.activity_queue)
+    r = app.test_client().post("/api/events/activity-feed/items/", headers=bearer(1, True),
+                               json={"user_ids": USERS, "activity_type": "fast_reminder",
+                                     "title": TITLE})
+    assert r.status_code == 202, r.json
+    flask = str(Path(sys.executable).with_name("flask"))
+    env = worker_env(settings)
+    started = StartedJobRegistry(queue=queue)
+
+    worker = subprocess.Popen([flask, "--app", "service", "worker"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    chunk_id = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [j for j in started.get_job_ids() if j.endswith("-0")]
+            if running:
+                chunk_id = running[0]
+                break
+            time.sleep(0.01)
+        assert chunk_id, "the chunk job never started"
+        time.sleep(0.3)  # well inside the chunk's transaction
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
+        worker.wait(10)
+    with recorder.phase("worker killed mid-job") as phase:
+        phase.notes["items_at_kill"] = sum(items_per_user(app).values())
+        # What RQ's maintenance pass does once the dead worker's heartbeat has expired.
+        for member in queue.connection.zrange(started.key, 0, -1):
+            queue.connection.zadd(started.key, {member: 1})
+        started.cleanup()
+        phase.notes["requeued"] = chunk_id in queue.get_job_ids()
+    assert phase.notes["requeued"], "the abandoned chunk was not retried"
+
+    began = time.monotonic()
+    subprocess.run([flask, "--app", "service", "worker", "--burst"], cwd=ROOT, env=env,
+                   check=True, timeout=120, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    with recorder.phase("retry") as retry:
+        retry.notes["retry_run_s"] = round(time.monotonic() - began, 2)
+        counts = items_per_user(app)
+        retry.notes["users_with_item"] = len(counts)
+        retry.notes["max_items_per_user"] = max(counts.values(), default=0)
+    assert counts == {u: 1 for u in USERS}
+    job = queue.fetch_job(chunk_id)
+    assert job is not None and job.get_status() == "finished"
+    # The cache agrees: a user's feed shows the item once.
+    feed = app.test_client().get("/api/events/activity-feed/", headers=bearer(USERS[7])).json
+    assert [i["title"] for i in feed["results"]].count(TITLE) == 1
