@@ -6,13 +6,11 @@ Every Redis call of a read path goes through ``Cache.run(path, fn)``, which rais
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from redis.commands.core import Script
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from cache import stats
 from cache.breaker import CLOSED, HALF_OPEN, Breaker
@@ -38,32 +36,6 @@ class _NoValue:
 NO_VALUE: Any = _NoValue()
 
 
-@functools.cache
-def _cluster_client_class() -> type:
-    """``RedisCluster`` whose registered scripts also work inside a cluster pipeline.
-
-    redis-py refuses EVALSHA in a ``ClusterPipeline``; EVAL is allowed (and routed by its
-    keys), so a script called with a cluster pipeline as ``client`` is queued as EVAL with
-    its source. Outside pipelines scripts run as usual (EVALSHA, reloaded on NOSCRIPT).
-    """
-    from redis.cluster import ClusterPipeline, RedisCluster
-
-    class ClusterScript(Script):
-        def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-            if isinstance(client, ClusterPipeline):
-                keys = list(keys or [])
-                return client.execute_command(
-                    "EVAL", self.script, len(keys), *keys, *(args or [])
-                )
-            return super().__call__(keys, args, client)
-
-    class ScriptableCluster(RedisCluster):
-        def register_script(self, script: str) -> Script:  # type: ignore[override]
-            return ClusterScript(self, script)
-
-    return ScriptableCluster
-
-
 def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -> redis.Redis:
     """A Redis client for ``url`` with short timeouts (the cache must never stall a request).
 
@@ -71,7 +43,9 @@ def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -
     ``redis+cluster://`` (our own scheme) to get a ``RedisCluster`` client.
     """
     if url.startswith("redis+cluster://"):
-        return _cluster_client_class().from_url(
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(
             "redis://" + url.removeprefix("redis+cluster://"),
             socket_timeout=read_timeout,
             socket_connect_timeout=connect_timeout,
@@ -122,7 +96,7 @@ class Cache:
                 self.breaker.success()
                 if self.breaker.state != CLOSED:
                     raise CacheUnavailable(path)
-            result = fn(self.redis)
+            result = self._call(fn)
         except RedisError as exc:
             stats.REDIS_ERRORS.labels(path).inc()
             stats.count(path, "error")
@@ -136,10 +110,22 @@ class Cache:
         if not self.enabled:
             raise CacheUnavailable(path)
         try:
-            return fn(self.redis)
+            return self._call(fn)
         except RedisError as exc:
             stats.REDIS_ERRORS.labels(path).inc()
             raise CacheUnavailable(path) from exc
+
+    def _call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """``fn(redis)``; if Redis lost its script cache, load the scripts and retry once
+        (every script and op is idempotent, so a partly run pipeline may run again)."""
+        try:
+            return fn(self.redis)
+        except NoScriptError:
+            from cache.versioned import ALL_SCRIPTS
+
+            for script in ALL_SCRIPTS:
+                self.redis.script_load(script.source)
+            return fn(self.redis)
 
     def ping(self) -> bool:
         try:

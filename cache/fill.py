@@ -70,12 +70,20 @@ class Filler:
         cache = self.cache
         token = uuid.uuid4().hex
         lease = cache.keys.lease(keys[0])
-        got = cache.run(
-            path, lambda r: r.set(lease, token, nx=True, px=cache.lease_ttl_ms)
-        )
+        vkey = cache.keys.version(scope)
+
+        def take_lease(r: Any) -> list[Any]:
+            # One round trip: the lease and the version copy (same slot: same tag).
+            pipe = r.pipeline(transaction=False)
+            pipe.set(lease, token, nx=True, px=cache.lease_ttl_ms)
+            pipe.get(vkey)
+            return pipe.execute()
+
+        got, raw_version = cache.run(path, take_lease)
         if not got:
             raise LeaseHeld(keys[0])
-        version = self.version(path, scope)  # before the load: see versioned.py
+        # Read before the load (see versioned.py); a lost copy is reloaded from Postgres.
+        version = int(raw_version) if raw_version is not None else self.version(path, scope)
         data = load()
         temps = {key: cache.keys.temp(key, token) for key in keys}
 

@@ -205,3 +205,26 @@ def test_cache_mode_off_never_touches_redis(settings):
                             lambda: "db") == "db"
     finally:
         off.close()
+
+
+def test_scripts_reload_after_redis_lost_its_script_cache(state):
+    state.filler.fill("test", SCOPE, [key(state)], lambda: {"base": "x"}, stage_hash)
+    state.cache.redis.script_flush()  # as after a Redis restart
+    write(state, "a", "1")  # EVALSHA -> NOSCRIPT -> load and retry, once
+    assert redis_hash(state) == {"base": "x", "a": "1"}
+    state.cache.redis.script_flush()
+    state.cache.redis.delete(key(state))
+    state.filler.fill("test", SCOPE, [key(state)], lambda: {"base": "y"}, stage_hash)
+    assert redis_hash(state) == {"base": "y"}
+
+
+def test_fill_costs_two_round_trips(state, monkeypatch):
+    """Lease + version copy in one pipeline, then stage + publish in one."""
+    state.filler.version("test", SCOPE)  # the version copy exists (the common case)
+    calls = []
+    real_run = state.cache.run
+    monkeypatch.setattr(
+        state.cache, "run", lambda path, fn: calls.append(path) or real_run(path, fn)
+    )
+    state.filler.fill("test", SCOPE, [key(state)], lambda: {"v": "1"}, stage_hash)
+    assert len(calls) == 2
