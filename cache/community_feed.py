@@ -26,13 +26,19 @@ Structures:
   Staleness: a missed update (Redis down, a race between two writers' re-scores, a
   rebuild in flight) lasts until the next rebuild, so a score is at most one interval
   (default 60 s) behind the committed counts, plus decay of at most one interval.
-- ``{cf}:ts:<sid>``: a trending *snapshot*: an immutable copy (``COPY``) of the trending
-  set taken when a walk starts; every page of that walk reads the snapshot, so likes
-  during the walk cannot move a post across the cursor (no repeat, no skip). Walks that
-  start within ``TRENDING_SNAPSHOT_REUSE`` s share one snapshot (``{cf}:ts:latest``), so
-  at most TTL/REUSE snapshots exist (60 x <= 10,000 entries by default). Choice
-  documented here: a snapshot zset per walk rather than a cursor carrying the ranking,
-  because a cursor must stay small and a ranking of 10,000 posts is not.
+- ``{cf}:ts:<sid>``: the Redis copy of trending *snapshot* ``sid``: the ranking a walk
+  reads from its first page to its last, so likes during the walk cannot move a post
+  across the cursor (no repeat, no skip). Its truth is the Postgres row
+  ``trending_snapshots.<sid>`` (ids and scores in rank order, at most
+  ``TRENDING_MAX_POSTS``), so a copy lost to a flush or an eviction is restored
+  (single-flight) from that row, and with Redis down pages are read from the row itself.
+  Members as everywhere here; a sentinel at score 0 keeps an empty snapshot existing.
+  The copy expires when its row does (``TRENDING_SNAPSHOT_TTL`` after it was taken).
+  ``{cf}:ts:latest`` names the snapshot new walks share until it is
+  ``TRENDING_SNAPSHOT_REUSE`` s old, so at most TTL/REUSE snapshots exist (60 x <= 10,000
+  entries by default). Choice documented here: a snapshot per walk (shared by walks that
+  start together) rather than a cursor carrying the ranking, because a cursor must stay
+  small and a ranking of 10,000 posts is not. The walk itself: service/community_trending.py.
 - ``{cf}:counts``: cached ``total_count`` per (feed, filters, ...), scope ``cf|posts``: a
   create or delete deletes it; a count is written only if that scope's version did not
   move while it was computed.
@@ -50,13 +56,15 @@ heavy followers), not done yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cache.client import NO_VALUE, Cache
+from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.fill import LeaseHeld
 from cache.keys import Keyspace, Scope, user_tag
 from cache.versioned import Change
 
@@ -288,61 +296,110 @@ def stage_followees(pipe: Any, temp: str, followee_ids: Sequence[int]) -> None:
 
 # --- trending snapshots -----------------------------------------------------------------------
 
-# KEYS: latest pointer, trending, trending ref, new snapshot key. ARGV: new sid, ttl, reuse.
-# Returns the pointer "sid|ref|taken_ms" (an existing one while younger than reuse s), or
-# false when the trending set is missing (a fill is needed).
-SNAPSHOT_LUA = """
-local cur = redis.call('GET', KEYS[1])
-if cur then return cur end
-if redis.call('EXISTS', KEYS[2]) == 0 then return false end
-local ref = redis.call('GET', KEYS[3])
+# KEYS: trending, trending ref. ARGV: cap. Returns {ref, m1, s1, ...} (best first, at most
+# cap entries, sentinel excluded) read atomically, or false when the set or ref is missing.
+READ_TRENDING_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local ref = redis.call('GET', KEYS[2])
 if not ref then return false end
-redis.call('COPY', KEYS[2], KEYS[4], 'REPLACE')
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
-local t = redis.call('TIME')
-local ptr = ARGV[1] .. '|' .. ref .. '|' .. (t[1] * 1000 + math.floor(t[2] / 1000))
-redis.call('SET', KEYS[1], ptr, 'EX', tonumber(ARGV[3]))
-return ptr
+local out = {ref}
+local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(0', 'WITHSCORES',
+                        'LIMIT', 0, tonumber(ARGV[1]))
+for _, v in ipairs(rows) do out[#out + 1] = v end
+return out
 """
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    sid: str
-    ref: str  # the trending reference time (epoch seconds, as stored)
-    taken_ms: int
+def snapshot_scope() -> Scope:
+    return Scope(TAG, "ts")
 
 
-def take_snapshot(cache: Cache, path: str, ttl: int, reuse: int) -> Snapshot | None:
-    """Start a trending walk: the shared recent snapshot, or a new copy of the trending
-    set; None if the trending set is missing. Raises ``CacheUnavailable``."""
+def read_trending(cache: Cache, path: str,
+                  cap: int) -> tuple[str, list[tuple[int, int]]] | None:
+    """The trending set's reference time and its best ``cap`` ``(score, id)`` entries, in
+    one atomic read; None if the set is missing. Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
-    sid = uuid.uuid4().hex[:12]
-    raw = cache.run(path, lambda r: r.eval(
-        SNAPSHOT_LUA, 4, ck.latest_snapshot, ck.trending, ck.trending_ref,
-        ck.snapshot(sid), sid, ttl, reuse))
+    raw = cache.run(path, lambda r: r.eval(READ_TRENDING_LUA, 2, ck.trending,
+                                           ck.trending_ref, cap))
     if not raw:
         return None
-    sid, ref, taken = raw.decode().split("|")
-    return Snapshot(sid, ref, int(taken))
+    flat = raw[1:]
+    return raw[0].decode(), [(int(float(flat[i + 1])), int(flat[i]))
+                             for i in range(0, len(flat), 2)]
 
 
-def store_snapshot(cache: Cache, path: str, sid: str, entries: Sequence[tuple[int, int]],
-                   ttl: int) -> None:
-    """Store a recomputed snapshot under ``sid`` (NX: never replace a live one)."""
-    key = CommunityKeys(cache.keys).snapshot(sid)
-    temp = cache.keys.temp(key, uuid.uuid4().hex)
+def snapshot_pointer(cache: Cache, path: str) -> int | None:
+    """The snapshot new walks share right now, if any. Raises ``CacheUnavailable``."""
+    raw = cache.run(path, lambda r: r.get(CommunityKeys(cache.keys).latest_snapshot))
+    return None if raw is None else int(raw)
+
+
+def _stage_snapshot(pipe: Any, key: str, temp: str, entries: Sequence[tuple[int, int]],
+                    ttl: int) -> None:
+    pipe.delete(temp)
+    stage_sorted(pipe, temp, entries, complete=True)  # the sentinel: never an empty zset
+    pipe.expire(temp, ttl)
+    pipe.renamenx(temp, key)
+    pipe.delete(temp)
+
+
+def store_snapshot(cache: Cache, path: str, sid: int, entries: Sequence[tuple[int, int]],
+                   ttl: int, pointer_ttl: int) -> None:
+    """Copy a new snapshot into Redis (expiring in ``ttl`` s; an existing copy is kept:
+    snapshots are immutable) and, if ``pointer_ttl`` > 0, make it the one new walks share
+    for that many seconds. Raises ``CacheUnavailable``."""
+    ck = CommunityKeys(cache.keys)
+    key = ck.snapshot(sid)
 
     def run(r: Any) -> None:
         pipe = r.pipeline(transaction=False)
-        stage_sorted(pipe, temp, entries, complete=False)
-        pipe.expire(temp, ttl)
+        _stage_snapshot(pipe, key, cache.keys.temp(key, uuid.uuid4().hex), entries,
+                        max(ttl, 1))
+        if pointer_ttl > 0:
+            pipe.set(ck.latest_snapshot, sid, ex=pointer_ttl)
         pipe.execute()
-        if entries:
-            r.renamenx(temp, key)
-            r.delete(temp)
 
     cache.run(path, run)
+
+
+def share_snapshot(cache: Cache, path: str, sid: int, pointer_ttl: int) -> None:
+    """Make snapshot ``sid`` the one new walks share for ``pointer_ttl`` seconds."""
+    if pointer_ttl > 0:
+        cache.run(path, lambda r: r.set(CommunityKeys(cache.keys).latest_snapshot, sid,
+                                        ex=pointer_ttl))
+
+
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def restore_snapshot(cache: Cache, path: str, sid: int,
+                     load: Callable[[], tuple[list[tuple[int, int]], int] | None]) -> bool:
+    """Restore the lost copy of snapshot ``sid``, single-flight: under a lease, ``load()``
+    returns ``(entries, ttl)`` from its Postgres row (None: the row is gone). Returns False
+    if the row is gone. Raises ``LeaseHeld`` if another process is restoring it, and
+    ``CacheUnavailable``."""
+    key = CommunityKeys(cache.keys).snapshot(sid)
+    lease, token = cache.keys.lease(key), uuid.uuid4().hex
+    if not cache.run(path, lambda r: r.set(lease, token, nx=True, px=cache.lease_ttl_ms)):
+        raise LeaseHeld(key)
+    try:
+        data = load()
+        if data is not None:
+            entries, ttl = data
+
+            def run(r: Any) -> None:
+                pipe = r.pipeline(transaction=False)
+                _stage_snapshot(pipe, key, cache.keys.temp(key, token), entries, max(ttl, 1))
+                pipe.execute()
+
+            cache.run(path, run)
+    finally:
+        with contextlib.suppress(CacheUnavailable):  # else the lease expires by itself
+            cache.run(path, lambda r: r.eval(RELEASE_LUA, 1, lease, token))
+    return data is not None
 
 
 def stage_trending(pipe: Any, temps: dict[str, str], ck: CommunityKeys,

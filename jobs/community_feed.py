@@ -5,6 +5,9 @@ The rebuild recomputes every score of the window (live posts of the last
 publishes the set and its reference together, every ``TRENDING_RECOMPUTE_INTERVAL``
 seconds (default 60). Between rebuilds, writes re-score their post at the current
 reference time, so the set is at most one interval stale (see cache/community_feed.py).
+
+The same job deletes trending walk snapshots (``trending_snapshots`` rows) older than
+``TRENDING_SNAPSHOT_TTL``, even while Redis is down (their Redis copies expire by TTL).
 """
 
 from __future__ import annotations
@@ -33,20 +36,41 @@ def rank(window: Sequence[Engagement], ref: float) -> list[tuple[int, int]]:
     return keys
 
 
+def ranking_at(app: AppState, ref: float) -> list[tuple[int, int]]:
+    """The trending ranking from Postgres at reference time ``ref`` (epoch seconds): live
+    posts created in the window ending at ``ref``, at most ``TRENDING_MAX_POSTS``."""
+    settings = app.settings
+    now = datetime.fromtimestamp(ref, UTC)
+    since = now - timedelta(hours=settings.trending_window_hours)
+    with app.db.session() as session:
+        window = cf_sql.trending_window(session, since, now, settings.trending_max_posts)
+    return rank(window, ref)
+
+
+def prune_snapshots(app: AppState) -> int:
+    """Delete trending walk snapshots older than their TTL; returns how many."""
+    with app.db.session() as session:
+        deleted = cf_sql.delete_snapshots_older_than(session,
+                                                     app.settings.trending_snapshot_ttl)
+        session.commit()
+    return deleted
+
+
+def trending_upkeep(app: AppState) -> int:
+    """One scheduled run: prune expired snapshots, then rebuild the trending set."""
+    prune_snapshots(app)
+    return fill_trending(app)
+
+
 def fill_trending(app: AppState) -> int:
     """Recompute the trending set at a new reference time and publish it (single-flight;
     raises ``LeaseHeld`` if another rebuild runs, ``CacheUnavailable`` if Redis fails).
     Returns the number of posts ranked."""
     ck = cf.CommunityKeys(app.cache.keys)
-    settings = app.settings
 
     def load() -> tuple[str, list[tuple[int, int]]]:
         ref = repr(round(time.time(), 6))
-        now = datetime.fromtimestamp(float(ref), UTC)
-        since = now - timedelta(hours=settings.trending_window_hours)
-        with app.db.session() as session:
-            window = cf_sql.trending_window(session, since, now, settings.trending_max_posts)
-        return ref, rank(window, float(ref))
+        return ref, ranking_at(app, float(ref))
 
     def stage(pipe: Any, temps: dict[str, str], data: tuple[str, list]) -> None:
         ref, entries = data
@@ -62,4 +86,4 @@ def trending_job(app: AppState) -> Any:
     from jobs.scheduler import Periodic
 
     return Periodic("community-trending", app.settings.trending_recompute_interval,
-                    fill_trending)
+                    trending_upkeep)

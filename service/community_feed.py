@@ -4,15 +4,14 @@
 Pages: the order comes from Redis sorted sets (``cache/community_feed.py``), the rows
 from one Postgres query per chunk of ids (``storage.posts.load_page``: live posts only,
 filters applied, author names joined, the viewer's likes for the whole chunk). With Redis
-down, the same order comes from Postgres (keyset queries; the trending ranking recomputed
-at the walk's reference time), so answers are identical.
+down, the same order comes from Postgres (keyset queries; for trending, the walk's
+snapshot row), so answers are identical.
 
 Cursors are opaque: base64url of JSON ``{"v":1,"f":feed,"q":filters,"k":[score,id]}`` plus,
-for trending, the walk's snapshot ``s``, reference time ``r`` and snapshot time ``w``. The
-``(score, id)`` key is exact and total, so a walk resumes strictly after the last post
-it returned: ``recent`` and ``following`` are keysets on (created_at us, id); trending
-reads an immutable snapshot of the ranking (recomputed from Postgres at the same
-reference time if the snapshot is gone, which reproduces it unless engagement changed).
+for trending, the walk's snapshot id ``s``. The ``(score, id)`` key is exact and total, so
+a walk resumes strictly after the last post it returned: ``recent`` and ``following`` are
+keysets on (created_at us, id); trending reads one immutable ranking snapshot, durable in
+Postgres (service/community_trending.py), so flushes and outages cannot change it.
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,6 +31,7 @@ from cache import community_feed as cf
 from cache import stats
 from cache.client import CacheUnavailable
 from cache.fill import LeaseHeld, read_through
+from service import community_trending as trending
 from service import posts_service
 from service.auth import login_optional, login_required
 from service.errors import ApiError
@@ -269,9 +267,7 @@ def decode_cursor(raw: str, feed: str, query: str) -> dict[str, Any]:
               and data.get("q") == query and isinstance(key, list) and len(key) == 2
               and all(type(x) is int and 0 <= x < 2**63 for x in key))
         if ok and feed == "trending":
-            ok = (isinstance(data.get("s"), str) and len(data["s"]) <= 40
-                  and isinstance(data.get("r"), str) and type(data.get("w")) is int)
-            float(data["r"]) if ok else None
+            ok = type(data.get("s")) is int and 0 < data["s"] < 2**63
     except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
         raise BadCursor() from exc
     if not ok:
@@ -398,82 +394,26 @@ class FollowingSource(Source):
 
 
 class TrendingSource(Source):
-    """One walk's ranking: its Redis snapshot, or the same ranking recomputed from Postgres
-    at the walk's reference time when the snapshot is gone or Redis is down."""
+    """One walk's ranking: its durable snapshot (see service/community_trending.py)."""
 
-    def __init__(self, sid: str, ref: str, taken_ms: int) -> None:
-        self.sid, self.ref, self.taken_ms = sid, ref, taken_ms
-        self.ranking: list[Key] | None = None
+    def __init__(self, sid: int, outcome: str = "hit") -> None:
+        self.sid, self.outcome = sid, outcome
 
     @classmethod
     def start(cls) -> TrendingSource:
-        app = state()
-        s = app.settings
-        try:
-            snap = cf.take_snapshot(app.cache, PATH, s.trending_snapshot_ttl,
-                                    s.trending_snapshot_reuse)
-            if snap is None:
-                from jobs.community_feed import fill_trending
-
-                fill_trending(app)
-                snap = cf.take_snapshot(app.cache, PATH, s.trending_snapshot_ttl,
-                                        s.trending_snapshot_reuse)
-            if snap is not None:
-                return cls(snap.sid, snap.ref, snap.taken_ms)
-        except (CacheUnavailable, LeaseHeld):
-            pass
-        now = time.time()
-        src = cls(hashlib.sha1(str(now).encode()).hexdigest()[:12], repr(round(now, 6)),
-                  int(now * 1000))
-        src.outcome = "fallback"
-        return src
-
-    def recompute(self) -> list[Key]:
-        """The ranking from Postgres: live posts created in [ref - window, taken]."""
-        if self.ranking is None:
-            from jobs.community_feed import rank
-
-            app = state()
-            ref = float(self.ref)
-            since = datetime.fromtimestamp(ref, UTC) - timedelta(
-                hours=app.settings.trending_window_hours)
-            until = datetime.fromtimestamp(self.taken_ms / 1000, UTC)
-            with app.db.session() as session:
-                window = cf_sql.trending_window(session, since, until,
-                                                app.settings.trending_max_posts)
-            self.ranking = rank(window, ref)
-        return self.ranking
+        return cls(*trending.start_walk())
 
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
-        app = state()
-        if self.ranking is None:
-            try:
-                rng = cf.range_after(app.cache, PATH, [app_keys().snapshot(self.sid)],
-                                     after, n)[0]
-                if rng.entries is not None:
-                    return rng.entries
-                self.outcome = "miss"
-                cf.store_snapshot(app.cache, PATH, self.sid, self.recompute(),
-                                  app.settings.trending_snapshot_ttl)
-            except CacheUnavailable:
-                self.outcome = "fallback"
-        ranking = self.recompute()
-        start = 0
-        if after is not None:
-            # Ranking is sorted by (score, id) descending: first key strictly below after.
-            lo, hi = 0, len(ranking)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if ranking[mid] >= after:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            start = lo
-        return ranking[start:start + n]
+        try:
+            keys, outcome = trending.keys_after(self.sid, after, n)
+        except trending.UnknownSnapshot as exc:
+            raise BadCursor() from exc
+        if OUTCOME_RANK[outcome] > OUTCOME_RANK[self.outcome]:
+            self.outcome = outcome
+        return keys
 
 
-def app_keys() -> cf.CommunityKeys:
-    return cf.CommunityKeys(state().cache.keys)
+OUTCOME_RANK = {"hit": 0, "miss": 1, "fallback": 2}
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -561,21 +501,15 @@ def feed(args):
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("f", viewer, digest, asset_type, tags)
     else:
-        trending = (TrendingSource(data["s"], data["r"], data["w"]) if data
-                    else TrendingSource.start())
-        source = trending
-        extra = {"s": trending.sid, "r": trending.ref, "w": trending.taken_ms}
-        since = datetime.fromtimestamp(float(trending.ref), UTC) - timedelta(
-            hours=app.settings.trending_window_hours)
-        until = datetime.fromtimestamp(trending.taken_ms / 1000, UTC)
+        walk = TrendingSource(data["s"]) if data else TrendingSource.start()
+        source = walk
+        extra = {"s": walk.sid}
 
         def count() -> int:
             with app.db.session() as session:
-                return min(posts.count_live(session, None, *filters,
-                                            created_between=(since, until)),
-                           app.settings.trending_max_posts)
+                return cf_sql.count_snapshot_live(session, walk.sid, *filters)
 
-        field = cf.count_field("t", trending.ref, trending.taken_ms, asset_type, tags)
+        field = cf.count_field("t", walk.sid, asset_type, tags)
     rows, has_more = collect(source, after, limit, viewer, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None

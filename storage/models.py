@@ -311,6 +311,26 @@ class Fellow(Base):
     __table_args__ = (CheckConstraint("user_id <> fellow_id", name="not_self"),)
 
 
+class TrendingSnapshot(Base):
+    """A trending walk's ranking, frozen when the walk starts (community feed, section 3).
+
+    ``post_ids`` and ``scores`` are parallel arrays in rank order (score desc, id desc),
+    at most ``TRENDING_MAX_POSTS`` entries, scores computed at ``ref_time``. Immutable;
+    Redis holds a copy; the trending job deletes rows older than ``TRENDING_SNAPSHOT_TTL``.
+    """
+
+    __tablename__ = "trending_snapshots"
+    id: Mapped[int] = _id()
+    created_at: Mapped[datetime] = _now()
+    ref_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    post_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False)
+    scores: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False)
+    __table_args__ = (
+        CheckConstraint("cardinality(post_ids) = cardinality(scores)", name="parallel"),
+        Index("ix_trending_snapshots_created", "created_at"),
+    )
+
+
 class UserPreferences(Base):
     __tablename__ = "user_preferences"
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
