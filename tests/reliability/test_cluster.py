@@ -18,7 +18,7 @@ import redis
 from redis.cluster import key_slot
 
 from cache import stats
-from cache.client import Cache, connect
+from cache.client import Cache, CacheUnavailable, connect
 from cache.fill import Filler, read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.outbox import Applier
@@ -84,6 +84,32 @@ def test_core_scripts_and_pipelines_on_cluster(redis_cluster):
     client.delete(cache.keys.version(scopes[1]))
     versions[scopes[1].row_name] = 5
     assert filler.version("t", scopes[1]) == 5
+    client.close()
+
+
+def test_cluster_pipelines_rename_and_unroutable_calls(redis_cluster):
+    client = connect(redis_cluster.url)
+    cache = Cache(client, Keyspace("rn:"))
+    key, temp = cache.keys.key("u:9", "z"), cache.keys.temp(cache.keys.key("u:9", "z"), "t")
+
+    def stage_and_rename(r):
+        pipe = r.pipeline(transaction=False)
+        pipe.set(temp, "v")
+        pipe.renamenx(temp, key)
+        pipe.set(temp, "w")
+        pipe.rename(temp, key)
+        return pipe.execute()
+
+    assert cache.run("t", stage_and_rename) == [True, True, True, True]
+    assert client.get(key) == b"w"
+
+    def unroutable(r):  # redis-py refuses MGET in a cluster pipeline
+        pipe = r.pipeline(transaction=False)
+        pipe.mget(key, temp)
+        return pipe.execute()
+
+    with pytest.raises(CacheUnavailable):
+        cache.run("t", unroutable)  # a Postgres fallback, not a 500
     client.close()
 
 
