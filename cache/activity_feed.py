@@ -95,7 +95,8 @@ def record_write(
     for name, value in encode_counts(counts).items():
         flat += [name, value]
     change.op("HSET", counts_key(keys, user_id), *flat)
-    change.op("SET", recent_key(keys, user_id), orjson.dumps(recent).decode())
+    # KEEPTTL: a plain SET would make the key persistent (no idle TTL any more).
+    change.op("SET", recent_key(keys, user_id), orjson.dumps(recent).decode(), "KEEPTTL")
     change.op("DEL", page_key(keys, user_id, False))
     change.op("DEL", page_key(keys, user_id, True))
 
@@ -132,6 +133,11 @@ def _fill(cache: Cache, filler: Filler, db: Database, user_id: int, path: str) -
         pipe.set(temps[keys[3]], orjson.dumps(snap.page_unread))
 
     return filler.fill(path, scope(user_id), keys, lambda: load_snapshot(db, user_id), stage)
+
+
+def refill(cache: Cache, filler: Filler, db: Database, user_id: int, path: str) -> Snapshot:
+    """Rebuild every key of the user from Postgres, version-checked (operators' rebuild)."""
+    return _fill(cache, filler, db, user_id, path)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Per-user activity marks: tell when a user returns after being idle.
 
 ``{u:<id>}:active`` lives for the idle TTL and is refreshed on use; when it is missing the
-user was idle long enough for their keys to expire, so they are worth warming. A small
-per-process memory skips the Redis call for users seen in the last minute.
+user was idle long enough for their keys to expire, so they are worth warming. Setting the
+mark also pushes every per-user key of the read paths back to the idle TTL (refreshed on
+use). A small per-process memory skips the Redis calls for users seen in the last minute.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import OrderedDict
 
 from cache.client import Cache, CacheUnavailable
 from cache.keys import user_tag
+from cache.rebuild import refresh_user_ttls
 
 
 class ActivityTracker:
@@ -38,14 +40,10 @@ class ActivityTracker:
             while len(self._seen) > self.capacity:
                 self._seen.popitem(last=False)
         key, ttl = self.key(user_id), self.cache.idle_ttl
-
-        def mark(r) -> bool:
-            pipe = r.pipeline(transaction=False)
-            pipe.set(key, "1", nx=True, ex=ttl)
-            pipe.expire(key, ttl)
-            return bool(pipe.execute()[0])
-
+        # The same round trip refreshes the TTL of every per-user key of the read paths
+        # (cache/rebuild.py): an active user's keys never expire under them.
+        mark = [("set", (key, "1"), {"nx": True, "ex": ttl}), ("expire", (key, ttl), {})]
         try:
-            return self.cache.run("activity_mark", mark)
+            return bool(refresh_user_ttls(self.cache, user_id, first=mark)[0])
         except CacheUnavailable:
             return False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from jobs import activity_feed, community_feed
+from jobs import activity_feed, community_feed, reconcile
 from service.bootstrap import AppState
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def default_jobs(state: AppState) -> list[Periodic]:
 EXTRA_JOBS: list[Callable[[AppState], Periodic]] = [
     activity_feed.retention_periodic,
     community_feed.trending_job,
+    reconcile.periodic,
 ]
 
 

@@ -23,7 +23,12 @@ from service.bootstrap import AppState
 log = logging.getLogger(__name__)
 
 # "module:function" of each read path's warmer: fn(state, user_id) -> None.
-WARMERS: list[str] = []
+WARMERS: list[str] = [
+    "jobs.read_paths:warm_views",
+    "jobs.read_paths:warm_activity",
+    "jobs.read_paths:warm_feeds",
+    "jobs.read_paths:warm_reels",
+]
 
 
 def _warmers() -> list[tuple[str, Callable[[AppState, int], None]]]:

@@ -104,3 +104,7 @@ def init_app(app: Flask) -> None:
     from service.activity_feed import init_cli as activity_feed_cli
 
     activity_feed_cli(app)
+
+    from service.cache_ops import init_cli as cache_ops_cli
+
+    cache_ops_cli(app)

@@ -84,6 +84,9 @@ def _registry(app: Flask) -> CollectorRegistry:
         for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001
             registry.register(collector)
     registry.register(QueueCollector(app))
+    from jobs.reconcile import RepairsCollector
+
+    registry.register(RepairsCollector(app))
     return registry
 
 

@@ -93,6 +93,8 @@ class Settings:
     # Jobs.
     queue_prefix: str = ""  # RQ queue names are <prefix>default, <prefix>warm (tests isolate)
     outbox_relay_interval: int = 10  # seconds
+    reconcile_interval: int = 300  # seconds between sampled reconciliations (jobs/reconcile.py)
+    reconcile_sample: int = 50  # users per read path each reconciliation checks
     use_async_activity_feed: bool = False
     activity_queue: str = "default"  # RQ queue of activity jobs (a worker must listen)
     activity_retry_intervals: tuple[int, ...] = (10, 30, 60)  # seconds between 3 retries
@@ -178,6 +180,8 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "RANKED_CANDIDATES_RECENT": ("ranked_candidates_recent", int),
     "RANKED_CANDIDATES_SOCIAL": ("ranked_candidates_social", int),
     "OUTBOX_RELAY_INTERVAL": ("outbox_relay_interval", int),
+    "RECONCILE_INTERVAL": ("reconcile_interval", int),
+    "RECONCILE_SAMPLE": ("reconcile_sample", int),
     "RQ_QUEUE_PREFIX": ("queue_prefix", str),
     "USE_ASYNC_ACTIVITY_FEED": ("use_async_activity_feed", _bool),
     "ACTIVITY_QUEUE": ("activity_queue", str),
