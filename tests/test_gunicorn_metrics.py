@@ -46,21 +46,24 @@ def gunicorn(settings, tmp_path):
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        proc.wait()
-        pytest.fail("gunicorn did not start: " + proc.stderr.read().decode()[-2000:])
-    yield base
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
-    proc.stderr.close()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or still booting
+                time.sleep(0.2)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("gunicorn did not start: " + proc.stderr.read().decode()[-2000:])
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        proc.stderr.close()
 
 
 def test_metrics_add_up_across_workers(gunicorn):
@@ -68,10 +71,10 @@ def test_metrics_add_up_across_workers(gunicorn):
     for _ in range(n):
         # A new connection each time: the master hands connections to either worker.
         assert requests.get(f"{gunicorn}/readyz", headers={"Connection": "close"},
-                            timeout=5).status_code == 200
+                            timeout=10).status_code == 200
     for _ in range(6):  # whichever worker answers the scrape, it reports every worker's count
         body = requests.get(f"{gunicorn}/metrics", headers={"Connection": "close"},
-                            timeout=5).text
+                            timeout=10).text
         assert _total(body, "ops.readyz") == n
         workers = re.search(r"^web_worker_processes (\S+)$", body, re.M)
         assert workers and float(workers.group(1)) == 2
