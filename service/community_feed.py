@@ -36,6 +36,7 @@ from service import posts_service
 from service.auth import login_optional, login_required
 from service.errors import ApiError
 from service.fields import Id, UtcDateTime
+from service.schemas import PostFieldsOut
 from service.state import state
 from storage import community_feed as cf_sql
 from storage import posts
@@ -67,29 +68,7 @@ class PostIn(Schema):
                            validate=validate.Length(max=5000))
 
 
-class AuthorOut(Schema):
-    id = fields.Integer()
-    display_name = fields.String()
-
-
-class PostOut(Schema):
-    id = fields.Integer()
-    author_id = fields.Integer()
-    title = fields.String()
-    description = fields.String(allow_none=True)
-    tags = fields.List(fields.String())
-    post_type = fields.String()
-    asset_type = fields.String(allow_none=True)
-    asset_url = fields.String(allow_none=True)
-    collective_id = fields.Integer(allow_none=True)
-    show_prompt = fields.Boolean()
-    prompt = fields.String(allow_none=True)
-    is_featured = fields.Boolean()
-    created_at = UtcDateTime()
-    like_count = fields.Integer()
-    comment_count = fields.Integer()
-    view_count = fields.Integer()
-    author = fields.Nested(AuthorOut)
+class PostOut(PostFieldsOut):
     is_liked_by_viewer = fields.Boolean()
 
 

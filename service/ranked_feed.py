@@ -26,8 +26,9 @@ from cache.ranked_feed import Entry, RankedFeedCache, touch
 from service import ranked_feed_score as scoring
 from service.auth import login_optional, login_required
 from service.errors import ApiError, NotFound
-from service.fields import Id, UtcDateTime, isoformat
+from service.fields import Id, isoformat
 from service.posts_service import like_post
+from service.schemas import PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
 
@@ -61,31 +62,9 @@ class RankedFeedQuery(Schema):
         load_default=False, metadata={"description": "add score_components to each post"})
 
 
-class RankedAuthorOut(Schema):
-    id = fields.Integer()
-    display_name = fields.String()
-
-
-class RankedPostOut(Schema):
-    id = fields.Integer()
-    author_id = fields.Integer()
-    author = fields.Nested(RankedAuthorOut)
-    title = fields.String()
-    description = fields.String(allow_none=True)
-    tags = fields.List(fields.String())
-    post_type = fields.String()
-    asset_type = fields.String(allow_none=True)
-    asset_url = fields.String(allow_none=True)
-    collective_id = fields.Integer(allow_none=True)
-    show_prompt = fields.Boolean()
-    prompt = fields.String(allow_none=True)
-    is_featured = fields.Boolean()
-    like_count = fields.Integer(metadata={"description": "hearts (= community likes)"})
-    comment_count = fields.Integer()
-    view_count = fields.Integer()
+class RankedPostOut(PostFieldsOut):
     praise_count = fields.Integer()
     trophy_count = fields.Integer()
-    created_at = UtcDateTime()
     score = fields.Float(allow_none=True,
                          metadata={"description": "personalized score; null when chronological"})
     score_components = fields.Dict(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from service.fields import Id
+from service.fields import Id, UtcDateTime
 
 
 class ErrorSchema(Schema):
@@ -34,3 +34,30 @@ class ReadyOut(Schema):
     status = fields.String(required=True)
     postgres = fields.String(required=True)
     redis = fields.String(required=True)
+
+
+class AuthorOut(Schema):
+    id = fields.Integer()
+    display_name = fields.String()
+
+
+class PostFieldsOut(Schema):
+    """A post as both feeds show it (sections 3 and 4 share one posts table)."""
+
+    id = fields.Integer()
+    author_id = fields.Integer()
+    author = fields.Nested(AuthorOut)
+    title = fields.String()
+    description = fields.String(allow_none=True)
+    tags = fields.List(fields.String())
+    post_type = fields.String()
+    asset_type = fields.String(allow_none=True)
+    asset_url = fields.String(allow_none=True)
+    collective_id = fields.Integer(allow_none=True)
+    show_prompt = fields.Boolean()
+    prompt = fields.String(allow_none=True)
+    is_featured = fields.Boolean()
+    created_at = UtcDateTime()
+    like_count = fields.Integer(metadata={"description": "likes (= hearts)"})
+    comment_count = fields.Integer()
+    view_count = fields.Integer()
