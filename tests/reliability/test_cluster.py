@@ -10,8 +10,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import redis
@@ -26,6 +30,7 @@ from cache.versioned import Change
 from tests.reliability.conftest import reliability_settings
 from tests.reliability.workload import kinds_for, read_paths, snapshot
 
+ROOT = Path(__file__).resolve().parents[2]
 USERS = [2001, 2002, 2003]
 PER_USER = 4
 
@@ -174,3 +179,36 @@ def assert_user_keys_in_one_slot(app) -> None:
     for user in USERS:
         tag = user_tag(user)
         assert slots_by_user[tag] == {key_slot(f"{{{tag}}}".encode())}, (tag, slots_by_user)
+
+
+# The read paths' own API test modules, run again with the cluster as the cache Redis.
+READ_PATH_MODULES = (
+    "tests/test_group_feed.py",
+    "tests/test_activity_feed.py",
+    "tests/test_community_feed.py",
+    "tests/test_ranked_feed.py",
+    "tests/test_reels_api.py",
+)
+
+
+def test_read_path_modules_on_cluster(redis_cluster, server_urls):
+    """``pytest <read-path modules>`` in a subprocess with TEST_REDIS_URL pointing at the
+    cluster (and the queue on the single Redis). Set RELIABILITY_CLUSTER_MODULES to a
+    comma list of module paths to choose others, or to "none" to skip (~90 s)."""
+    chosen = os.environ.get("RELIABILITY_CLUSTER_MODULES", "")
+    if chosen == "none":
+        pytest.skip("RELIABILITY_CLUSTER_MODULES=none")
+    modules = [m for m in (chosen.split(",") if chosen else READ_PATH_MODULES)
+               if (ROOT / m).exists()]
+    db_url, single_redis = server_urls
+    env = {**os.environ, "TEST_DATABASE_URL": db_url, "TEST_REDIS_URL": redis_cluster.url,
+           "TEST_RQ_REDIS_URL": single_redis}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
+         "--tb=line", "-W", "ignore::pytest.PytestUnraisableExceptionWarning", *modules],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    summary = [line for line in result.stdout.splitlines()
+               if " passed" in line or " failed" in line or line.startswith(("FAILED", "E "))]
+    print("\n[cluster] " + "\n          ".join(summary[-20:]))
+    assert result.returncode == 0, "\n".join(summary[-20:])

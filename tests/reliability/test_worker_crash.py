@@ -50,7 +50,7 @@ def items_per_user(app) -> dict[int, int]:
 
 
 def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue_redis,
-                                        recorder):
+                                        recorder, tmp_path):
     settings = reliability_settings(database_url, redis_url, rq_redis_url=queue_redis.url,
                                     activity_fanout_chunk=len(USERS),
                                     activity_retry_intervals=(0,))
@@ -65,19 +65,23 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
     env = worker_env(settings)
     started = StartedJobRegistry(queue=queue)
 
-    worker = subprocess.Popen([flask, "--app", "service", "worker"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen([flask, "--app", "service", "worker"], cwd=ROOT, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     chunk_id = None
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and worker.poll() is None:
             running = [j for j in started.get_job_ids() if j.endswith("-0")]
             if running:
                 chunk_id = running[0]
                 break
             time.sleep(0.01)
-        assert chunk_id, "the chunk job never started"
+        failed = [queue.fetch_job(i) for i in queue.failed_job_registry.get_job_ids()]
+        failed = [(j.id, (j.exc_info or "")[-300:]) for j in failed if j is not None]
+        assert chunk_id, f"the chunk job never started: {failed} {log.read_text()[-1500:]}"
         time.sleep(0.3)  # well inside the chunk's transaction
     finally:
         os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
