@@ -48,27 +48,24 @@ def counts_by_type(queues: list[Queue], limit: int = 1000) -> Counter[tuple[str,
     return counts
 
 
-def requeue(queues: list[Queue], job_id: str | None = None) -> int:
-    """Requeue one failed job (``job_id``) or all of them; returns how many."""
+def _each_failed(queues: list[Queue], job_id: str | None, act) -> int:
     n = 0
     for queue in queues:
         registry = queue.failed_job_registry
-        ids = [job_id] if job_id else registry.get_job_ids()
-        for jid in ids:
+        for jid in [job_id] if job_id else registry.get_job_ids():
             if jid in registry:
-                registry.requeue(jid)
+                act(registry, jid)
                 n += 1
     return n
+
+
+def requeue(queues: list[Queue], job_id: str | None = None) -> int:
+    """Requeue one failed job (``job_id``) or all of them; returns how many."""
+    return _each_failed(queues, job_id, lambda registry, jid: registry.requeue(jid))
 
 
 def delete(queues: list[Queue], job_id: str | None = None) -> int:
     """Delete one failed job or all of them; returns how many."""
-    n = 0
-    for queue in queues:
-        registry = queue.failed_job_registry
-        ids = [job_id] if job_id else registry.get_job_ids()
-        for jid in ids:
-            if jid in registry:
-                registry.remove(jid, delete_job=True)
-                n += 1
-    return n
+    return _each_failed(
+        queues, job_id, lambda registry, jid: registry.remove(jid, delete_job=True)
+    )
