@@ -17,7 +17,7 @@ import pytest
 from rq import SimpleWorker
 from sqlalchemy import text
 
-from cache import activity_feed, memberships, read_state, recent_reels, stats
+from cache import activity_feed, read_state, recent_reels, stats
 from cache import community_feed as cf
 from cache.keyspace_admin import clear_keyspace
 from jobs import read_paths, rebuild, reconcile, scheduler, warm

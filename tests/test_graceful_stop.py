@@ -1,0 +1,72 @@
+"""Graceful stop of the web (issue 6): under the project's gunicorn.conf.py, a request in
+flight when the master gets SIGTERM still completes (``graceful_timeout``), and the master
+then exits. The app is a two-line slow WSGI app: what is tested is the server config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW_APP = '''
+import time
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(2.0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"finished"]
+'''
+
+
+def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path),
+           "PYTHONPATH": str(tmp_path)}
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-c",
+             str(ROOT / "gunicorn.conf.py"),
+             "slow_app:app"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err,
+            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("gunicorn did not start: " + log.read_text()[-2000:])
+        result: dict[str, object] = {}
+
+        def slow() -> None:
+            response = requests.get(f"{base}/slow", timeout=10)
+            result["status"], result["body"] = response.status_code, response.text
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.5)  # the request is in flight
+        proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=10)
+        assert result == {"status": 200, "body": "finished"}
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
