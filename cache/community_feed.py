@@ -157,8 +157,9 @@ def post_created(posts_change: Change, author_change: Change, ck: CommunityKeys,
     posts_change.op("DEL", ck.counts)
     akey = ck.author(author_id)
     author_change.op("ZADD", akey, created_us, m)
-    # Rank 0 is the sentinel (score 0) while the set is complete: keep the newest N posts.
-    author_change.op("ZREMRANGEBYRANK", akey, 1, -(author_size + 1))
+    # Like the recent set: past N members the trim takes the sentinel (score 0, rank 0)
+    # first, so a trimmed set is marked incomplete and walks continue in Postgres.
+    author_change.op("ZREMRANGEBYRANK", akey, 0, -(author_size + 1))
 
 
 def post_deleted(posts_change: Change, author_change: Change, ck: CommunityKeys,

@@ -22,6 +22,12 @@ from cache.versioned import Scripts, publish_keys
 T = TypeVar("T")
 
 
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class LeaseHeld(Exception):
     """Another process is filling these keys right now."""
 
@@ -59,11 +65,15 @@ class Filler:
         load: Callable[[], T],
         stage: Callable[[Any, dict[str, str], T], None],
         ttl: int | None = None,
+        only_if_missing: bool = False,
     ) -> T:
         """Load from Postgres and publish into ``keys`` if the version did not move.
 
         ``stage(pipe, temps, data)`` writes ``data`` into the temporary keys ``temps[key]``.
         ``ttl`` is the published keys' TTL in seconds (default: the cache's idle TTL).
+        ``only_if_missing``: for a fill after a miss: if ``keys[0]`` exists by the time
+        the lease is taken (a concurrent fill landed), raise ``LeaseHeld`` instead of
+        loading again, so callers read it. Forced refreshes leave it False.
         Returns the loaded data. Raises ``LeaseHeld`` if another filler holds the lease
         and ``CacheUnavailable`` if Redis fails.
         """
@@ -73,13 +83,20 @@ class Filler:
         vkey = cache.keys.version(scope)
 
         def take_lease(r: Any) -> list[Any]:
-            # One round trip: the lease and the version copy (same slot: same tag).
+            # One round trip: the lease, the version copy (same slot: same tag), and a
+            # second look at the key: a fill may have landed since our caller's miss.
             pipe = r.pipeline(transaction=False)
             pipe.set(lease, token, nx=True, px=cache.lease_ttl_ms)
             pipe.get(vkey)
+            pipe.exists(keys[0])
             return pipe.execute()
 
-        got, raw_version = cache.run(path, take_lease)
+        got, raw_version, filled = cache.run(path, take_lease)
+        if got and filled and only_if_missing:
+            # Someone else's fill landed meanwhile: don't load again; callers treat this
+            # like a held lease and read the key.
+            cache.run(path, lambda r: r.eval(_RELEASE_LUA, 1, lease, token))
+            raise LeaseHeld(keys[0])
         if not got:
             raise LeaseHeld(keys[0])
         # Read before the load (see versioned.py); a lost copy is reloaded from Postgres.
@@ -119,7 +136,7 @@ class Filler:
         ``CacheUnavailable`` if Redis fails.
         """
         try:
-            return self.fill(path, scope, keys, load, stage)
+            return self.fill(path, scope, keys, load, stage, only_if_missing=True)
         except LeaseHeld:
             deadline = time.monotonic() + self.cache.lease_wait_ms / 1000
             while time.monotonic() < deadline:

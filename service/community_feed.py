@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -281,17 +283,32 @@ class RecentSource(Source):
             rng = cf.range_after(app.cache, PATH, [ck.recent], after, n)[0]
             if rng.entries is None:
                 self.outcome = "miss"
-                self._fill(ck)
-                rng = cf.range_after(app.cache, PATH, [ck.recent], after, n)[0]
-            if rng.entries is None:
-                raise CacheUnavailable(PATH)
-        except (CacheUnavailable, LeaseHeld):
+                # If another request holds the lease, wait for its fill below.
+                with contextlib.suppress(LeaseHeld):
+                    self._fill(ck)
+                rng = self._wait_for_fill(ck, after, n)
+        except CacheUnavailable:
             self.outcome = "fallback"
             return _recent_pg(after, n)
         keys = rng.entries
         if len(keys) < n and not rng.complete:
             keys += _recent_pg(keys[-1] if keys else after, n - len(keys))
         return keys
+
+    @staticmethod
+    def _wait_for_fill(ck: cf.CommunityKeys, after: Key | None, n: int) -> cf.KeyRange:
+        """The recent set once a fill (ours or a concurrent one) landed, polled for up to
+        ``lease_wait_ms``: a stampede of misses costs one load, not one per request.
+        Raises ``CacheUnavailable`` (-> Postgres) if it does not land in time."""
+        app = state()
+        deadline = time.monotonic() + app.cache.lease_wait_ms / 1000
+        while True:
+            rng = cf.range_after(app.cache, PATH, [ck.recent], after, n)[0]
+            if rng.entries is not None:
+                return rng
+            if time.monotonic() >= deadline:
+                raise CacheUnavailable(PATH)
+            time.sleep(0.01)
 
     def _fill(self, ck: cf.CommunityKeys) -> None:
         app = state()
@@ -303,7 +320,7 @@ class RecentSource(Source):
         def stage(pipe: Any, temps: dict[str, str], keys: list[Key]) -> None:
             cf.stage_sorted(pipe, temps[ck.recent], keys[:size], complete=len(keys) <= size)
 
-        app.filler.fill(PATH, cf.posts_scope(), [ck.recent], load, stage)
+        app.filler.fill(PATH, cf.posts_scope(), [ck.recent], load, stage, only_if_missing=True)
 
 
 def followees_of(user_id: int) -> list[int]:

@@ -228,3 +228,16 @@ def test_fill_costs_two_round_trips(state, monkeypatch):
     )
     state.filler.fill("test", SCOPE, [key(state)], lambda: {"v": "1"}, stage_hash)
     assert len(calls) == 2
+
+
+def test_fill_after_a_miss_does_not_reload_a_key_that_landed(state):
+    state.filler.fill("test", SCOPE, [key(state)], lambda: {"first": "1"}, stage_hash)
+    loads = []
+    with pytest.raises(LeaseHeld):  # the key is there now: read it, don't load again
+        state.filler.fill("test", SCOPE, [key(state)], lambda: loads.append(1) or {},
+                          stage_hash, only_if_missing=True)
+    assert loads == []
+    assert state.cache.redis.exists(state.cache.keys.lease(key(state))) == 0  # released
+    # A forced refresh still replaces it.
+    state.filler.fill("test", SCOPE, [key(state)], lambda: {"second": "2"}, stage_hash)
+    assert redis_hash(state) == {"second": "2"}

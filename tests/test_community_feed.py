@@ -166,3 +166,23 @@ def test_trending_rebuild_job_registered_and_rebuilds(client, auth, state):
     assert [int(m) for m in members] == sorted(ps, reverse=True)
     client.post(f"/community/posts/{ps[0]}/like", headers=auth(9))  # live re-score
     assert int(state.cache.redis.zrevrange(ck.trending, 0, 0)[0]) == ps[0]
+
+
+def test_following_walk_past_a_trimmed_author_set(settings):
+    """An author with more posts than AUTHOR_CACHE_SIZE: the cached set is trimmed, loses
+    its "complete" mark, and the walk continues in Postgres: no post is missed."""
+    from service import create_app
+    from tests.conftest import bearer
+
+    app = create_app({"SETTINGS": settings.replace(author_cache_size=3), "TESTING": True})
+    client = app.test_client()
+    try:
+        ids, _ = walk(client, bearer(1), feed_type="following", limit=2)  # fills, empty
+        assert client.post("/community/users/10/follow", headers=bearer(1)).status_code == 200
+        walk(client, bearer(1), feed_type="following", limit=2)  # author set cached
+        posts = [make_post(client, bearer, 10)["id"] for _ in range(7)]  # trimmed via ops
+        ids, body = walk(client, bearer(1), feed_type="following", limit=2)
+        assert ids == sorted(posts, reverse=True)
+        assert body["total_count"] == 7
+    finally:
+        app.extensions["hc"].close()
