@@ -128,15 +128,17 @@ class Filler:
         load: Callable[[], T],
         stage: Callable[[Any, dict[str, str], T], None],
         poll: Callable[[Any], T],
+        refresh: bool = False,
     ) -> T:
         """``fill``; if another process holds the lease, poll ``poll(redis)`` (``NO_VALUE``
         until that fill lands) for up to ``lease_wait_ms``, then load without writing.
 
-        So a stampede of misses on one key costs one load, not one per request. Raises
-        ``CacheUnavailable`` if Redis fails.
+        So a stampede of misses on one key costs one load, not one per request. A miss
+        finding the key already filled reads it; ``refresh=True`` (rebuild, repair)
+        replaces it. Raises ``CacheUnavailable`` if Redis fails.
         """
         try:
-            return self.fill(path, scope, keys, load, stage, only_if_missing=True)
+            return self.fill(path, scope, keys, load, stage, only_if_missing=not refresh)
         except LeaseHeld:
             deadline = time.monotonic() + self.cache.lease_wait_ms / 1000
             while time.monotonic() < deadline:

@@ -57,11 +57,13 @@ def parse_groups(reply: Iterable[bytes]) -> Any:
     return frozenset(ids)
 
 
-def fill(filler: Filler, user_id: int, load: Callable[[], list[int]]) -> frozenset[int]:
+def fill(filler: Filler, user_id: int, load: Callable[[], list[int]],
+         refresh: bool = False) -> frozenset[int]:
     """Rebuild the cached set from ``load()`` (the user's group ids from Postgres).
 
     If another process is filling it, waits briefly for that fill (then reads Postgres
-    without writing). Raises ``CacheUnavailable`` if Redis fails.
+    without writing). After a miss an existing set is read; ``refresh=True`` replaces it.
+    Raises ``CacheUnavailable`` if Redis fails.
     """
     set_key = key(filler.cache.keys, user_id)
 
@@ -72,4 +74,5 @@ def fill(filler: Filler, user_id: int, load: Callable[[], list[int]]) -> frozens
         return parse_groups(r.smembers(set_key))
 
     stats.count(PATH, "miss")
-    return frozenset(filler.fill_or_wait(PATH, scope(user_id), [set_key], load, stage, poll))
+    return frozenset(filler.fill_or_wait(PATH, scope(user_id), [set_key], load, stage, poll,
+                                         refresh=refresh))

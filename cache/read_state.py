@@ -201,32 +201,38 @@ class ReadStates:
     # Fills: single flight; a loser of the lease waits for the winner's fill (briefly).
 
     def _fill(self, path: str, fill_scope: Scope, fill_key: str, load: Callable[[], T],
-              stage: Callable[[Any, dict[str, str], T], None], parse: Callable[[bytes], T]
-              ) -> T:
+              stage: Callable[[Any, dict[str, str], T], None], parse: Callable[[bytes], T],
+              refresh: bool = False) -> T:
         stats.count(path, "miss")
 
         def poll(r: Any) -> Any:
             raw = r.get(fill_key)
             return NO_VALUE if raw is None else parse(raw)
 
-        return self.filler.fill_or_wait(path, fill_scope, [fill_key], load, stage, poll)
+        return self.filler.fill_or_wait(path, fill_scope, [fill_key], load, stage, poll,
+                                        refresh=refresh)
 
-    def fill_state(self, user_id: int, group_id: int, path: str = PATH_UNREAD) -> ReadState:
+    def fill_state(self, user_id: int, group_id: int, path: str = PATH_UNREAD,
+                   refresh: bool = False) -> ReadState:
+        """Fill the user's read state in the group after a miss (``refresh``: replace it)."""
         rs_key = key(self.cache.keys, user_id, group_id)
         return self._fill(
             path, scope(user_id, group_id), rs_key,
             lambda: self._load_state(user_id, group_id),
             lambda pipe, temps, state: pipe.set(temps[rs_key], state.to_raw()),
             ReadState.from_raw,
+            refresh,
         )
 
-    def fill_live(self, group_id: int) -> bytes:
+    def fill_live(self, group_id: int, refresh: bool = False) -> bytes:
+        """Fill the group's live bitmap after a miss (``refresh``: replace it)."""
         lkey = live_key(self.cache.keys, group_id)
         return self._fill(
             PATH_LIVE, live_scope(group_id), lkey,
             lambda: self._load_live(group_id),
             lambda pipe, temps, data: pipe.set(temps[lkey], data),
             bytes,
+            refresh,
         )
 
     def _member(self, user_id: int, group_id: int, cached: Any) -> bool:

@@ -207,18 +207,18 @@ def _read_states(state: AppState) -> ReadStates:
 
 def rebuild_views(state: AppState, user_id: int) -> None:
     memberships.fill(state.filler, user_id,
-                     lambda: _sql(state, gf_store.member_group_ids, user_id))
+                     lambda: _sql(state, gf_store.member_group_ids, user_id), refresh=True)
     states = _read_states(state)
     for gid in _member_groups(state, user_id):
-        states.fill_state(user_id, gid)
-        states.fill_live(gid)
+        states.fill_state(user_id, gid, refresh=True)
+        states.fill_live(gid, refresh=True)
 
 
 def rebuild_views_group(state: AppState, group_id: int) -> None:
     states = _read_states(state)
-    states.fill_live(group_id)
+    states.fill_live(group_id, refresh=True)
     for uid in _sql(state, store.group_member_ids, group_id):
-        states.fill_state(uid, group_id)
+        states.fill_state(uid, group_id, refresh=True)
 
 
 def warm_views(state: AppState, user_id: int) -> None:
