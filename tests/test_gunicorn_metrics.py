@@ -24,6 +24,12 @@ def _total(body: str, endpoint: str) -> float:
     return sum(float(v) for v in re.findall(pattern, body))
 
 
+def _workers(base: str) -> float:
+    body = requests.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=10).text
+    found = re.search(r"^web_worker_processes (\S+)$", body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 @pytest.fixture
 def gunicorn(settings, tmp_path):
     port = free_port()
@@ -58,6 +64,10 @@ def gunicorn(settings, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             pytest.fail("gunicorn did not start: " + proc.stderr.read().decode()[-2000:])
+        # Workers boot one by one: wait until both have loaded the app and reported in.
+        while _workers(base) < 2:
+            assert time.monotonic() < deadline, "the second gunicorn worker did not boot"
+            time.sleep(0.2)
         yield base
     finally:
         if proc.poll() is None:
@@ -77,4 +87,4 @@ def test_metrics_add_up_across_workers(gunicorn):
                             timeout=10).text
         assert _total(body, "ops.readyz") == n
         workers = re.search(r"^web_worker_processes (\S+)$", body, re.M)
-        assert workers and float(workers.group(1)) == 2
+        assert workers and float(workers.group(1)) == 2  # both still live
