@@ -58,6 +58,14 @@ def markdown(result: dict) -> str:
         "| | | | | 1.00 | | | | | |"
     )
     out = ["\n".join(lines)]
+    dropped = {c: sum((ep.get(c) or {}).get("warm_jobs_dropped") or 0
+                      for ep in result["endpoints"].values()) for c in ("a", "b")}
+    dropped["a"] += (ceiling or {}).get("warm_jobs_dropped") or 0  # (c) runs on (a)'s service
+    if any(dropped.values()):
+        out.append(f"Warm jobs queued by the active users' first requests, dropped before the "
+                   f"measured runs because the warm-up had loaded the same keys: "
+                   f"{dropped['a']} in (a), {dropped['b']} in (b). Measured runs are steady "
+                   f"state for active users.")
     mem = result.get("memory") or {}
     redis_mem = mem.get("redis") or {}
     pg = mem.get("postgres") or {}
