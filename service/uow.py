@@ -80,7 +80,7 @@ class UnitOfWork:
         except CacheUnavailable:
             return  # the relay applies it once Redis answers
         try:
-            cache_state.delete_outbox(self.session, [outbox_id])
+            cache_state.delete_outbox(self.session, [outbox_id], durable=False)
             self.session.commit()
         except SQLAlchemyError:
             # Harmless: replaying an applied change is a no-op; the relay deletes it.

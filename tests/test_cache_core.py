@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from sqlalchemy import text
 
 from cache.client import NO_VALUE, CacheUnavailable
 from cache.fill import LeaseHeld, read_through
@@ -57,6 +58,17 @@ def test_fill_then_apply(state):
     assert redis_hash(state) == {"base": "x"}
     write(state, "a", "1")
     assert redis_hash(state) == {"base": "x", "a": "1"}
+
+
+def test_applied_change_leaves_no_outbox_row_and_the_data_commit_stays_durable(state):
+    state.filler.fill("test", SCOPE, [key(state)], lambda: {"base": "x"}, stage_hash)
+    write(state, "a", "1")
+    assert redis_hash(state) == {"base": "x", "a": "1"}
+    with state.db.session() as s:
+        assert cache_state.outbox_size(s) == 0
+        # The outbox delete commits with synchronous_commit off for its own transaction
+        # only (SET LOCAL): the session's next transaction is durable again.
+        assert s.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
 
 
 def test_lost_change_invalidates(state):
