@@ -22,7 +22,8 @@ from benchlib import profile, scrape  # noqa: E402
 from benchlib.endpoints import CEILING, ENDPOINTS, normalise, routes_of  # noqa: E402
 
 RUN_FIELDS = ("rps", "p50_ms", "p99_ms", "requests", "non_2xx", "hit_rate",
-              "redis_round_trips_per_request", "sql_queries_per_request", "cpu_cores")
+              "redis_round_trips_per_request", "sql_queries_per_request", "cpu_cores",
+              "warm_jobs_dropped")
 
 
 def test_every_benchmarked_route_is_in_the_openapi_document(client):
@@ -117,6 +118,10 @@ def test_quick_run_output_is_complete(server_urls, tmp_path):
             assert ep["label"] in table
         assert ep["ratio_a_b"] is not None and ep["ratio_a_c"] is not None, name
     assert result["ceiling"]["c"]["status"] == "ok"
+    assert len(result["ceiling"]["c"]["runs_rps"]) == 2 and "Ceiling measured before" in table
+    # Every active user signed in before the first measured run; the warm jobs that
+    # queued (no worker here) were dropped rather than left to compete with (a).
+    assert "Warm jobs queued by the active users' first requests" in table
     memory = result["memory"]
     assert memory["redis"]["bytes_per_active_user_mean"] is not None
     assert memory["redis"]["tracked_views"]["reel_view"] is not None

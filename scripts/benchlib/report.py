@@ -58,6 +58,11 @@ def markdown(result: dict) -> str:
         "| | | | | 1.00 | | | | | |"
     )
     out = ["\n".join(lines)]
+    runs = [r for r in (ceiling or {}).get("runs_rps") or [] if r]
+    if len(runs) > 1:
+        out.append("Ceiling measured before and after (a)'s endpoints: "
+                   + " and ".join(f"{r:.0f}" for r in runs)
+                   + " req/s; the table uses the faster run.")
     dropped = {c: sum((ep.get(c) or {}).get("warm_jobs_dropped") or 0
                       for ep in result["endpoints"].values()) for c in ("a", "b")}
     dropped["a"] += (ceiling or {}).get("warm_jobs_dropped") or 0  # (c) runs on (a)'s service

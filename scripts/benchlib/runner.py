@@ -259,10 +259,18 @@ class Bench:
                 ("GET", "/api/reels/recently-viewed?page=1&per_page=1", fx.tokens[u], "")
                 for u in fx.users])
             if config == "a":
-                result["ceiling"]["c"] = self.measure(CEILING, svc, fx, routes)
+                first = self.measure(CEILING, svc, fx, routes)
             for ep in self._selected():
                 result["endpoints"][ep.name][config] = self.measure(ep, svc, fx, routes)
             if config == "a":
+                # The ceiling is measured before and after the endpoints; the faster run is
+                # (c) (the other was slowed by something outside the service: shared host).
+                runs = [first, self.measure(CEILING, svc, fx, routes)]
+                ok = [r for r in runs if r.get("status") == "ok"]
+                best = max(ok, key=lambda r: r["rps"]) if ok else first
+                result["ceiling"]["c"] = {
+                    **best, "runs_rps": [r.get("rps") for r in runs],
+                    "warm_jobs_dropped": sum(r.get("warm_jobs_dropped") or 0 for r in runs)}
                 say("measuring Redis memory per active user and per tracked view")
                 result["memory"]["redis"] = memory.redis_memory(
                     srv.redis_url, self.opts.key_prefix, fx.users, db_url)
