@@ -38,7 +38,11 @@ class UnitOfWork:
     def __init__(self, db: Database, applier: Applier) -> None:
         self.db = db
         self.applier = applier
-        self.session: Session = db.sessions()
+        # One pooled connection for the whole unit: the outbox delete after commit reuses
+        # it instead of checking out another (pre-ping, reset), a third of that delete's
+        # cost in a reel view's profile.
+        self.connection = db.engine.connect()
+        self.session: Session = Session(bind=self.connection, expire_on_commit=False)
         self.changes: list[Change] = []
         self.committed = False
 
@@ -51,9 +55,12 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.committed:
-            self.session.rollback()
-        self.session.close()
+        try:
+            if not self.committed:
+                self.session.rollback()
+            self.session.close()
+        finally:
+            self.connection.close()
 
     def change(self, scope: Scope, keys: list[str] | None = None) -> Change:
         """Bump ``scope``'s version in this transaction; returns the Change to fill with ops."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import CacheVersion, OutboxEntry
@@ -35,11 +35,17 @@ def get_version(session: Session, name: str) -> int:
     return int(value or 0)
 
 
+# Core statements on the table, not ORM add/flush and ORM bulk delete: every write request
+# runs both, and the ORM paths cost about 30% of a reel view's Python time (py-spy, bench).
+_OUTBOX = OutboxEntry.__table__
+
+
 def add_outbox(session: Session, changes: list[dict[str, Any]]) -> int:
-    entry = OutboxEntry(changes=changes)
-    session.add(entry)
-    session.flush()
-    return entry.id
+    return int(
+        session.execute(
+            insert(_OUTBOX).values(changes=changes).returning(_OUTBOX.c.id)
+        ).scalar_one()
+    )
 
 
 def delete_outbox(session: Session, ids: Sequence[int], durable: bool = True) -> None:
@@ -54,7 +60,7 @@ def delete_outbox(session: Session, ids: Sequence[int], durable: bool = True) ->
         return
     if not durable:
         session.execute(text("SET LOCAL synchronous_commit = off"))
-    session.execute(delete(OutboxEntry).where(OutboxEntry.id.in_(ids)))
+    session.execute(delete(_OUTBOX).where(_OUTBOX.c.id.in_(list(ids))))
 
 
 def pending_outbox(
