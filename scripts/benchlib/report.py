@@ -29,12 +29,20 @@ def _cell(run: dict | None, field: str, fmt: str = "{:.0f}") -> str:
     return _num(run.get(field), fmt)
 
 
+def _web_cores(run: dict | None) -> str:
+    """CPU cores the web processes used during the run: well under the machine's cores
+    while latency is high means the run waited (locks, I/O, or a busy shared host)."""
+    cores = ((run or {}).get("cpu_cores") or {}).get("web")
+    return "–" if cores is None else f"{cores:.2f}"
+
+
 def markdown(result: dict) -> str:
     """The tables a reader needs: load per endpoint and config, then memory."""
     lines = [
         "| endpoint | a req/s | a p50 ms | a p99 ms | b req/s | b p50 ms | b p99 ms | a/b | a/c "
-        "| hit % (a) | Redis RT/req (a) | SQL/req (a) | SQL/req (b) | non-2xx (a/b) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| hit % (a) | Redis RT/req (a) | SQL/req (a) | SQL/req (b) | non-2xx (a/b) "
+        "| web cores (a/b) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     ceiling = result["ceiling"].get("c")
     for ep in result["endpoints"].values():
@@ -50,12 +58,13 @@ def markdown(result: dict) -> str:
             _cell(a, "sql_queries_per_request", "{:.2f}"),
             _cell(b, "sql_queries_per_request", "{:.2f}"),
             "/".join(_cell(r, "non_2xx") for r in (a, b)),
+            "/".join(_web_cores(r) for r in (a, b)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(
         f"| **ceiling** (c) `GET /healthz` | {_cell(ceiling, 'rps')} | "
         f"{_cell(ceiling, 'p50_ms', '{:.1f}')} | {_cell(ceiling, 'p99_ms', '{:.1f}')} "
-        "| | | | | 1.00 | | | | | |"
+        f"| | | | | 1.00 | | | | | | {_web_cores(ceiling)} |"
     )
     out = ["\n".join(lines)]
     runs = [r for r in (ceiling or {}).get("runs_rps") or [] if r]
