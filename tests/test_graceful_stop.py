@@ -19,9 +19,10 @@ from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_APP = '''
-import time
+import pathlib, time
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
+        pathlib.Path("slow-started").touch()
         time.sleep(2.0)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"finished"]
@@ -61,7 +62,12 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
 
         thread = threading.Thread(target=slow)
         thread.start()
-        time.sleep(0.5)  # the request is in flight
+        started = tmp_path / "slow-started"
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the slow request never reached the app"
+        time.sleep(0.1)  # the request is in flight: 1.9 s of it remain
         proc.send_signal(signal.SIGTERM)
         thread.join(timeout=10)
         assert result == {"status": 200, "body": "finished"}

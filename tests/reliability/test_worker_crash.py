@@ -65,6 +65,13 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
     env = worker_env(settings)
     started = StartedJobRegistry(queue=queue)
 
+    # The chunk must be killed inside its transaction, however fast this machine runs it:
+    # a SHARE lock on ``activities`` (reads pass, inserts wait) holds the job at its INSERT,
+    # after it has locked its users' version rows. The test kills the worker only once a
+    # backend is seen waiting on that lock, so the kill always lands mid-transaction.
+    blocker = state.db.engine.connect()
+    blocker.execute(text("LOCK TABLE activities IN SHARE MODE"))
+    me = blocker.execute(text("SELECT pg_backend_pid()")).scalar_one()
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen([flask, "--app", "service", "worker"], cwd=ROOT, env=env,
@@ -73,21 +80,31 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
     chunk_id = None
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and worker.poll() is None:
-            running = [j for j in started.get_job_ids() if j.endswith("-0")]
-            if running:
-                chunk_id = running[0]
-                break
-            time.sleep(0.01)
+        with state.db.engine.connect() as probe:
+            while time.monotonic() < deadline and worker.poll() is None:
+                waiting = probe.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"
+                ), {"me": me}).scalar_one()
+                probe.rollback()
+                running = [j for j in started.get_job_ids() if j.endswith("-0")]
+                if waiting and running:
+                    chunk_id = running[0]
+                    break
+                time.sleep(0.01)
         failed = [queue.fetch_job(i) for i in queue.failed_job_registry.get_job_ids()]
         failed = [(j.id, (j.exc_info or "")[-300:]) for j in failed if j is not None]
-        assert chunk_id, f"the chunk job never started: {failed} {log.read_text()[-1500:]}"
-        time.sleep(0.3)  # well inside the chunk's transaction
+        tail = log.read_text()[-1500:]
+        assert chunk_id, f"the chunk job never reached its INSERT: {failed} {tail}"
     finally:
         os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
         worker.wait(10)
+        # Its backend, stuck in the lock wait, learns of the dead client only after the wait
+        # ends; it can never commit (no COMMIT can arrive) and rolls back on the closed socket.
+        blocker.rollback()
+        blocker.close()
     with recorder.phase("worker killed mid-job") as phase:
         phase.notes["items_at_kill"] = sum(items_per_user(app).values())
+        assert phase.notes["items_at_kill"] == 0, "the killed chunk's transaction committed"
         # What RQ's maintenance pass does once the dead worker's heartbeat has expired.
         for member in queue.connection.zrange(started.key, 0, -1):
             queue.connection.zadd(started.key, {member: 1})
