@@ -21,8 +21,8 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "heads") -> None:
-    """Apply migrations up to ``revision`` (default: every head; sections branch from 0001).
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (default: the one head).
 
     Raises SQLAlchemy errors if the database is unreachable.
     """
