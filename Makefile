@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 # Stops embedded servers left running under DATA_DIR (default ./.data), e.g. after a crash.
 stop-embedded: $(STAMP)
-	$(BIN)/python -m service.embedded stop
+	$(BIN)/python scripts/embedded.py stop
 
 venv: $(STAMP)
 

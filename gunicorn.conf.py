@@ -13,6 +13,12 @@ Environment:
 import glob
 import os
 
+from service.settings import require_server_urls
+
+# Refuse to start, with one line, before anything is created on disk: the app never starts
+# servers of its own (`make run` provides embedded ones for development).
+require_server_urls(os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", ""))
+
 # Must be in the environment before anything imports prometheus_client (which reads it at
 # import time): this file is loaded by the master before the app, and workers inherit it.
 # Only the web's processes use this dir; RQ workers fork per job and must keep out of it.

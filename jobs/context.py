@@ -1,8 +1,9 @@
 """The dependencies a job runs with.
 
 RQ imports job functions by path in the worker process; they call ``get_state()``, which
-bootstraps once per process from the environment (or returns what ``use_state`` set, as
-the web app and the tests do when they run jobs in-process).
+bootstraps once per process from the environment (DATABASE_URL and REDIS_URL required), or
+returns what ``use_state`` set, as the web app and the tests do when they run jobs
+in-process.
 """
 
 from __future__ import annotations
@@ -27,10 +28,5 @@ def get_state() -> AppState:
             from service.bootstrap import bootstrap
             from service.settings import Settings
 
-            settings = Settings.from_env()
-            if not settings.database_url or not settings.redis_url:
-                from service.embedded import ensure_servers
-
-                settings = ensure_servers(settings)
-            _state = bootstrap(settings)
+            _state = bootstrap(Settings.from_env().require_servers())
         return _state

@@ -45,8 +45,10 @@ def configure_logging(level: str) -> None:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``test_config`` may carry ``SETTINGS`` (a ``Settings``) and Flask keys.
 
-    With no DATABASE_URL / REDIS_URL, embedded servers under DATA_DIR are started (or
-    reattached). Raises ``ValueError`` on invalid configuration.
+    Starts no servers: with DATABASE_URL or REDIS_URL unset it raises
+    ``ServersNotConfigured`` (a ``SystemExit`` with one line naming the variable; ``make
+    run`` provides embedded servers for development). Raises ``ValueError`` on invalid
+    configuration.
     """
     import importlib
 
@@ -57,11 +59,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     test_config = dict(test_config or {})
     settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
+    settings.require_servers()
     configure_logging(settings.log_level)
-    if not settings.database_url or not settings.redis_url:
-        from service.embedded import ensure_servers
-
-        settings = ensure_servers(settings)
 
     app = Flask(__name__)
     app.json = JsonProvider(app)

@@ -57,7 +57,7 @@ class AppState:
 def bootstrap(settings: Settings) -> AppState:
     """Build the service's dependencies. ``settings`` must carry both URLs."""
     if not settings.database_url or not settings.redis_url:
-        raise ValueError("bootstrap needs DATABASE_URL and REDIS_URL (see service.embedded)")
+        raise ValueError("bootstrap needs DATABASE_URL and REDIS_URL")
     db = Database(settings.database_url, settings.db_pool_size, settings.db_pool_timeout)
     client = connect(
         settings.redis_url, settings.redis_read_timeout, settings.redis_connect_timeout

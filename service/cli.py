@@ -1,24 +1,35 @@
 """Commands on ``app.cli`` (``flask --app service <command>``): thin wrappers; the work is
-in plain functions so tests call those."""
+in plain functions so tests call those.
+
+``token`` is the exception: it is a Flask CLI plugin (the ``flask.commands`` entry point in
+pyproject.toml), which Flask finds without loading the app, so it needs only JWT_SECRET and
+no database or Redis.
+"""
 
 from __future__ import annotations
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 
 from service.auth import make_token
+from service.settings import Settings
 from service.state import state
 
 
-def init_app(app: Flask) -> None:
-    @app.cli.command("token")
-    @click.option("--user", "user_id", type=click.IntRange(1, 2**63 - 1), required=True)
-    @click.option("--admin", is_flag=True, help="Add role=admin.")
-    @click.option("--ttl", type=click.IntRange(1), default=24 * 3600, show_default=True)
-    def token(user_id: int, admin: bool, ttl: int) -> None:
-        """Print a signed token for USER."""
-        click.echo(make_token(current_app.config["JWT_SECRET"], user_id, admin, ttl))
+@click.command("token")
+@click.option("--user", "user_id", type=click.IntRange(1, 2**63 - 1), required=True)
+@click.option("--admin", is_flag=True, help="Add role=admin.")
+@click.option("--ttl", type=click.IntRange(1), default=24 * 3600, show_default=True)
+def token(user_id: int, admin: bool, ttl: int) -> None:
+    """Print a token for USER signed with JWT_SECRET (needs no database)."""
+    try:
+        secret = Settings.from_env().jwt_secret
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(make_token(secret, user_id, admin, ttl))
 
+
+def init_app(app: Flask) -> None:
     @app.cli.command("migrate")
     def migrate() -> None:
         """Apply database migrations (alembic upgrade head)."""

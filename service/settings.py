@@ -18,6 +18,30 @@ log = logging.getLogger(__name__)
 
 DEV_JWT_SECRET = "dev-insecure-secret-change-me"
 
+# The servers every process needs; nothing here starts them (``make run`` does, for
+# development: scripts/embedded.py).
+SERVER_URL_VARS = ("DATABASE_URL", "REDIS_URL")
+
+
+class ServersNotConfigured(SystemExit):
+    """A server URL is unset. A ``SystemExit`` so that every entry point (``create_app`` under
+    gunicorn or ``flask``, the worker, the scheduler) stops at once with its one-line
+    message and a non-zero status, rather than a traceback or a silently created database."""
+
+
+def require_server_urls(database_url: str, redis_url: str) -> None:
+    """Raise ``ServersNotConfigured`` naming each unset variable and how to get servers."""
+    missing = [
+        var for var, url in zip(SERVER_URL_VARS, (database_url, redis_url), strict=True) if not url
+    ]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ServersNotConfigured(
+            f"error: {' and '.join(missing)} {verb} not set. Point it at your server "
+            "(see README.md, Configuration), or run `make run`, which starts embedded "
+            "PostgreSQL and Redis for development and sets both."
+        )
+
 # Days an activity of each type is kept before retention cleanup removes it.
 DEFAULT_ACTIVITY_RETENTION_DAYS: dict[str, int] = {
     "fast_reminder": 30,
@@ -62,7 +86,8 @@ def _weights(raw: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Settings:
-    # Connections. Empty URL = start an embedded server under data_dir.
+    # Connections. Required by every process (``require_servers``); only ``make run``, the
+    # bench and the test fixtures start embedded servers under data_dir for empty ones.
     database_url: str = ""
     redis_url: str = ""
     rq_redis_url: str = ""  # empty = same as redis_url
@@ -125,6 +150,11 @@ class Settings:
     @property
     def cache_enabled(self) -> bool:
         return self.cache_mode != "off"
+
+    def require_servers(self) -> Settings:
+        """Return self; raise ``ServersNotConfigured`` if DATABASE_URL or REDIS_URL is unset."""
+        require_server_urls(self.database_url, self.redis_url)
+        return self
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

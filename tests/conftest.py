@@ -1,7 +1,8 @@
 """Fixtures: real Postgres and real Redis, isolated per test.
 
-Servers: ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` when set (CI points them at the
-machine's servers), embedded ones otherwise (started once per session in a temp dir).
+Servers: ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` when set, else embedded ones
+(scripts/embedded.py) that this session starts, owns and stops. A test that runs pytest or
+a script in a subprocess hands it these URLs; a test that breaks a server starts its own.
 Isolation: a migrated template database is made once per session; each test gets its own
 copy (``CREATE DATABASE ... TEMPLATE``) and its own Redis key prefix.
 """
@@ -9,8 +10,12 @@ copy (``CREATE DATABASE ... TEMPLATE``) and its own Redis key prefix.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,27 +26,42 @@ from service import create_app
 from service.auth import make_token
 from service.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # `import embedded`: scripts/embedded.py, a dev tool
+
 JWT_SECRET = "test-secret-" + "x" * 20
 
 
+def server_dir(prefix: str) -> Path:
+    """A fresh directory for an embedded server's data, outside pytest's basetemp.
+
+    Any pytest run (a test's subprocess, another session) resets ``/tmp/pytest-of-<user>``
+    to mode 0700; as root, Postgres runs as its own system user and would then lose its
+    data directory under our feet. A short path also keeps the Redis socket under 107 bytes.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def server_urls(tmp_path_factory) -> Iterator[tuple[str, str]]:
+def server_urls() -> Iterator[tuple[str, str]]:
     db_url = os.environ.get("TEST_DATABASE_URL", "")
     redis_url = os.environ.get("TEST_REDIS_URL", "")
-    started = []
-    data_dir = tmp_path_factory.mktemp("servers")
-    if not db_url or not redis_url:
-        from service import embedded
+    if db_url and redis_url:
+        yield db_url, redis_url
+        return
+    import embedded
 
-        if not db_url:
-            db_url = embedded.start_postgres(str(data_dir))
-            started.append(embedded.stop_postgres)
-        if not redis_url:
-            redis_url = embedded.start_redis(str(data_dir))
-            started.append(embedded.stop_redis)
-    yield db_url, redis_url
-    for stop in started:
-        stop(str(data_dir))
+    data_dir = server_dir("hc-test-servers-")
+    started: list[str] = []
+    try:
+        given = Settings(database_url=db_url, redis_url=redis_url, data_dir=str(data_dir))
+        servers = embedded.ensure_servers(given, started=started)
+        yield servers.database_url, servers.redis_url
+    finally:
+        embedded.stop_servers(data_dir, started)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _admin_engine(db_url: str):

@@ -6,17 +6,19 @@ instead of hanging if a server never answers.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import embedded  # scripts/embedded.py (see tests/conftest.py)
 import pytest
 import redis
 import sqlalchemy as sa
 
-from service import embedded
 from service.settings import Settings
+from tests.conftest import server_dir
 
 TIME_BUDGET_S = 30
 
@@ -58,8 +60,15 @@ def _read_row(url: str) -> str | None:
         engine.dispose()
 
 
-def test_servers_keep_data_across_restart(tmp_path: Path, time_budget: None) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def own_dir() -> Iterator[Path]:
+    path = server_dir("hc-test-emb-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_servers_keep_data_across_restart(own_dir: Path, time_budget: None) -> None:
+    data_dir = own_dir / "data"
     try:
         started: list[str] = []
         settings = embedded.ensure_servers(Settings(data_dir=str(data_dir)), started=started)

@@ -34,7 +34,10 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
     port = free_port()
     env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path),
-           "PYTHONPATH": str(tmp_path)}
+           "PYTHONPATH": str(tmp_path),
+           # gunicorn.conf.py refuses to start without them; the slow app uses neither.
+           "DATABASE_URL": "postgresql+psycopg://unused@127.0.0.1:1/unused",
+           "REDIS_URL": "redis://127.0.0.1:1/0"}
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(

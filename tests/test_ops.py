@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 
 from service import create_app
+from service.cli import token as token_command
+from tests.conftest import JWT_SECRET
 from tests.servers import RedisProcess
 
 
@@ -62,8 +65,9 @@ def test_metrics_exposes_requests_and_cache_counters(client):
     assert "cache_events_total" in body or "# HELP cache_events_total" in body
 
 
-def test_cli_token_is_valid(app, client):
-    result = app.test_cli_runner().invoke(args=["token", "--user", "42", "--admin"])
+def test_cli_token_is_valid(client):
+    result = CliRunner().invoke(token_command, ["--user", "42", "--admin"],
+                                env={"JWT_SECRET": JWT_SECRET})
     assert result.exit_code == 0, result.output
     token = result.output.strip()
     r = client.post("/api/v1/groups/", json={"name": "g"},
@@ -71,8 +75,8 @@ def test_cli_token_is_valid(app, client):
     assert r.status_code == 201
 
 
-def test_cli_token_rejects_bad_user(app):
-    result = app.test_cli_runner().invoke(args=["token", "--user", "0"])
+def test_cli_token_rejects_bad_user():
+    result = CliRunner().invoke(token_command, ["--user", "0"], env={"JWT_SECRET": JWT_SECRET})
     assert result.exit_code != 0
 
 

