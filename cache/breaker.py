@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from cache.stats import BREAKER_OPEN
+
 log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -38,6 +40,7 @@ class Breaker:
         # the hook makes the cache consistent again (drains the outbox). If it raises,
         # the breaker stays open.
         self.on_close = on_close
+        BREAKER_OPEN.set(0)
 
     @property
     def state(self) -> str:
@@ -76,6 +79,7 @@ class Breaker:
                 self._state = CLOSED
                 self._errors = 0
                 self._probing = False
+                BREAKER_OPEN.set(0)
                 log.warning("cache redis is back: breaker closed, reads use the cache again")
 
     def failure(self) -> None:
@@ -88,6 +92,7 @@ class Breaker:
                 self._state = OPEN
                 self._opened_at = self._clock()
                 self._probing = False
+                BREAKER_OPEN.set(1)
                 if was == CLOSED:
                     log.warning(
                         "cache redis failing (%d errors): breaker open, reads go to Postgres",

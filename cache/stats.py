@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 CACHE_EVENTS = Counter(
     "cache_events_total", "Cache outcomes per read path", ["path", "outcome"]
@@ -24,6 +24,12 @@ OUTBOX_APPLIED = Counter(
     "cache_outbox_applied_total", "Outbox changes applied to Redis", ["by"]
 )
 REDIS_CALLS = Counter("redis_round_trips_total", "Round trips to the cache Redis", ["path"])
+# Per process; under gunicorn the scrape shows the highest of the live workers' values.
+BREAKER_OPEN = Gauge(
+    "cache_breaker_open",
+    "1 while the cache breaker is open or probing (reads go to Postgres), else 0",
+    multiprocess_mode="livemax",
+)
 
 
 def count(path: str, outcome: str) -> None:

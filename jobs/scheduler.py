@@ -19,6 +19,7 @@ import redis
 
 from jobs import activity_feed, community_feed, reconcile
 from service.bootstrap import AppState
+from service.error_tracking import checkin
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def run_once(state: AppState, job: Periodic) -> bool:
     if not lock.acquire():
         return False
     try:
-        job.run(state)
+        with checkin(job.name, job.interval):  # Sentry Crons, when SENTRY_DSN is set
+            job.run(state)
     except Exception:  # noqa: BLE001 - one failing job must not stop the scheduler
         log.exception("scheduled job %s failed", job.name)
     finally:

@@ -53,7 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import importlib
 
     from service import api as api_module
-    from service import cli, errors, input_guard, metrics, warming
+    from service import cli, error_tracking, errors, input_guard, metrics, warming
     from service.bootstrap import bootstrap
     from service.fields import IdConverter
 
@@ -61,6 +61,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
     settings.require_servers()
     configure_logging(settings.log_level)
+    error_tracking.init_error_tracking(settings, "web")
 
     app = Flask(__name__)
     app.json = JsonProvider(app)

@@ -70,8 +70,10 @@ def init_app(app: Flask) -> None:
         from rq import Worker
 
         from jobs.context import use_state
+        from service.error_tracking import init_error_tracking
 
         app_state = state()
+        init_error_tracking(app_state.settings, "worker")
         use_state(app_state)
         Worker(app_state.queues(), connection=app_state.queue_redis).work(
             burst=burst, with_scheduler=True
@@ -109,7 +111,9 @@ def init_app(app: Flask) -> None:
     def scheduler() -> None:
         """Run periodic jobs (outbox relay, retention, reconciliation) until stopped."""
         from jobs.scheduler import run_forever
+        from service.error_tracking import init_error_tracking
 
+        init_error_tracking(state().settings, "scheduler")
         run_forever(state())
 
     from service.activity_feed import init_cli as activity_feed_cli

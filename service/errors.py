@@ -153,7 +153,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(DBAPIError, db_error)
 
     def internal_error(error: Exception):
-        log.exception("unhandled error", exc_info=error)
+        log.exception("unhandled error", exc_info=error)  # also Sentry's event, when set up
         response = jsonify(error_body("Internal server error", "internal_error"))
         response.status_code = 500
         return response

@@ -73,6 +73,34 @@ class QueueCollector(Collector):
         yield failed
 
 
+class OutboxCollector(Collector):
+    """The outbox backlog, read from Postgres at scrape time (one statement): rows not yet
+    applied to Redis and the age of the oldest, beside the relay interval, so an alert can
+    say "older than twice the relay interval" without knowing the configuration."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.app.extensions["hc"]
+        interval = GaugeMetricFamily(
+            "cache_outbox_relay_interval_seconds", "Seconds between outbox relay runs"
+        )
+        interval.add_metric([], state.settings.outbox_relay_interval)
+        yield interval
+        try:
+            from storage.cache_state import outbox_backlog
+
+            with state.db.session() as session:
+                rows, age = outbox_backlog(session)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Postgres is down
+            return
+        yield GaugeMetricFamily("cache_outbox_pending", "Outbox rows not yet applied to Redis",
+                                value=rows)
+        yield GaugeMetricFamily("cache_outbox_oldest_age_seconds",
+                                "Age of the oldest outbox row (0 when empty)", value=age)
+
+
 def _registry(app: Flask) -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -84,6 +112,7 @@ def _registry(app: Flask) -> CollectorRegistry:
         for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001
             registry.register(collector)
     registry.register(QueueCollector(app))
+    registry.register(OutboxCollector(app))
     from jobs.reconcile import RepairsCollector
 
     registry.register(RepairsCollector(app))

@@ -142,6 +142,9 @@ class Settings:
     )
     # Ops.
     log_level: str = "INFO"
+    sentry_dsn: str = ""  # empty = no error tracking (service/error_tracking.py)
+    sentry_environment: str = "production"
+    sentry_traces_sample_rate: float = 0.0  # share of requests traced (0 = errors only)
 
     @property
     def queue_redis_url(self) -> str:
@@ -229,4 +232,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "TRENDING_SNAPSHOT_REUSE": ("trending_snapshot_reuse", int),
     "RANKING_WEIGHTS": ("ranking_weights", _weights),
     "LOG_LEVEL": ("log_level", str),
+    "SENTRY_DSN": ("sentry_dsn", str),
+    "SENTRY_ENVIRONMENT": ("sentry_environment", str),
+    "SENTRY_TRACES_SAMPLE_RATE": ("sentry_traces_sample_rate", float),
 }

@@ -82,3 +82,11 @@ def pending_outbox(
 
 def outbox_size(session: Session) -> int:
     return int(session.execute(text("SELECT count(*) FROM cache_outbox")).scalar_one())
+
+
+def outbox_backlog(session: Session) -> tuple[int, float]:
+    """``(rows, age of the oldest in seconds)`` of the outbox; ``(0, 0.0)`` when empty."""
+    rows, age = session.execute(
+        text("SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at)) FROM cache_outbox")
+    ).one()
+    return int(rows), float(age or 0.0)

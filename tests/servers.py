@@ -1,14 +1,23 @@
-"""Throwaway servers for tests that need to stop or break them."""
+"""Throwaway servers for tests that need to stop or break them, and the service under
+gunicorn as the Procfile runs it."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -59,3 +68,41 @@ class RedisProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], log: Path, ready: Callable[[str], bool] | None = None,
+             timeout: float = 60) -> Iterator[str]:
+    """``gunicorn -c gunicorn.conf.py 'service:create_app()'`` with ``env`` over this
+    environment, stderr to ``log``; yields its base URL once ``/healthz`` answers and
+    ``ready(base)`` (if given) is true. SIGTERM at exit, SIGKILL if it does not stop."""
+    port = free_port()
+    full = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", **env}
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
+             "service:create_app()"],
+            cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200 and (
+                        ready is None or ready(base)):
+                    break
+            except requests.RequestException:  # not listening yet, or still booting
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not start: " + log.read_text()[-2000:])
+            time.sleep(0.2)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
