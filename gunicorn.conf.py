@@ -13,11 +13,13 @@ Environment:
 import glob
 import os
 
-from service.settings import require_server_urls
+from service.settings import require_jwt_secret, require_server_urls
 
 # Refuse to start, with one line, before anything is created on disk: the app never starts
-# servers of its own (`make run` provides embedded ones for development).
+# servers of its own and never signs with a default secret (`make run` provides embedded
+# servers and a development secret).
 require_server_urls(os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", ""))
+require_jwt_secret(os.environ.get("JWT_SECRET", ""))
 
 # Must be in the environment before anything imports prometheus_client (which reads it at
 # import time): this file is loaded by the master before the app, and workers inherit it.

@@ -55,11 +55,26 @@ def activity_for_event(event_id: int) -> int | None:
     return ops.activity_for_event(get_state(), event_id)
 
 
+class QueueFull(Exception):
+    """The activity queue holds ``ACTIVITY_QUEUE_MAX_DEPTH`` jobs or more: refuse new work
+    rather than let a burst of fan-outs queue without bound."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} jobs waiting")
+        self.depth = depth
+
+
 def enqueue_fan_out(
     app_state: AppState, user_ids: list[int], created_at: datetime, item: dict[str, Any]
 ) -> str:
-    """Queue a fan-out (split into chunk jobs by the worker); returns its job id."""
-    job = _queue(app_state).enqueue(
+    """Queue a fan-out (split into chunk jobs by the worker); returns its job id. Raises
+    ``QueueFull`` when the activity queue is at its depth cap, ``RedisError`` when it is
+    down."""
+    queue = _queue(app_state)
+    depth = queue.count
+    if depth >= app_state.settings.activity_queue_max_depth:
+        raise QueueFull(depth)
+    job = queue.enqueue(
         fan_out, user_ids, created_at.isoformat(), item,
         job_id=f"fanout-{uuid.uuid4().hex}", retry=_retry(app_state),
     )

@@ -1,9 +1,9 @@
 """The dependencies a job runs with.
 
 RQ imports job functions by path in the worker process; they call ``get_state()``, which
-bootstraps once per process from the environment (DATABASE_URL and REDIS_URL required), or
-returns what ``use_state`` set, as the web app and the tests do when they run jobs
-in-process.
+bootstraps once per process from the environment (DATABASE_URL, REDIS_URL and JWT_SECRET
+required), or returns what ``use_state`` set, as the web app and the tests do when they run
+jobs in-process.
 """
 
 from __future__ import annotations
@@ -28,5 +28,5 @@ def get_state() -> AppState:
             from service.bootstrap import bootstrap
             from service.settings import Settings
 
-            _state = bootstrap(Settings.from_env().require_servers())
+            _state = bootstrap(Settings.from_env().require_runtime())
         return _state

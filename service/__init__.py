@@ -45,10 +45,10 @@ def configure_logging(level: str) -> None:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``test_config`` may carry ``SETTINGS`` (a ``Settings``) and Flask keys.
 
-    Starts no servers: with DATABASE_URL or REDIS_URL unset it raises
-    ``ServersNotConfigured`` (a ``SystemExit`` with one line naming the variable; ``make
-    run`` provides embedded servers for development). Raises ``ValueError`` on invalid
-    configuration.
+    Starts no servers: with DATABASE_URL or REDIS_URL unset, or JWT_SECRET shorter than
+    32 bytes, it raises ``NotConfigured`` (a ``SystemExit`` with one line naming the
+    variable; ``make run`` provides embedded servers and a development secret). Raises
+    ``ValueError`` on invalid configuration.
     """
     import importlib
 
@@ -59,7 +59,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     test_config = dict(test_config or {})
     settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
-    settings.require_servers()
+    settings.require_runtime()
     configure_logging(settings.log_level)
     error_tracking.init_error_tracking(settings, "web")
 

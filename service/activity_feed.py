@@ -275,22 +275,31 @@ def create_event(body):
 @bp.response(202, FanoutOut)
 def fan_out(body):
     """Give one item to many users (up to MAX_FANOUT_USERS), done by workers in chunks."""
-    from jobs.activity_feed import enqueue_fan_out
+    from jobs.activity_feed import QueueFull, enqueue_fan_out
 
     user_ids = list(dict.fromkeys(body.pop("user_ids")))
     try:
         job_id = enqueue_fan_out(state(), user_ids, datetime.now(UTC), body)
+    except QueueFull as exc:
+        raise ServiceUnavailable(
+            f"Too many activity jobs waiting ({exc.depth}), retry later", code="queue_full",
+            retry_after=FULL_QUEUE_RETRY_AFTER) from exc
     except RedisError as exc:
         raise ServiceUnavailable("Job queue is unavailable, retry shortly",
                                  code="queue_unavailable") from exc
     return {"job_id": job_id, "user_count": len(user_ids)}
 
 
+FULL_QUEUE_RETRY_AFTER = 30  # seconds: a full queue drains in tens of seconds, not one
+
+
 def _page_url(page: int) -> str:
     args = [(k, v) for k, v in request.args.items(multi=True) if k != "page"]
     if page > 1:
         args.append(("page", str(page)))
-    return request.base_url + ("?" + urlencode(args) if args else "")
+    # PUBLIC_BASE_URL, never the request's Host (a client-chosen Host would be reflected).
+    base = state().settings.public_base_url + request.path
+    return base + ("?" + urlencode(args) if args else "")
 
 
 @bp.route("/api/events/activity-feed/", methods=["GET"])

@@ -18,8 +18,7 @@ import jwt
 from flask import current_app, g, request
 
 from service.errors import Forbidden, Unauthorized
-
-MAX_ID = 2**63 - 1
+from service.fields import CANONICAL_ID, MAX_ID
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,9 @@ def decode_token(token: str, secret: str) -> Caller:
     if isinstance(sub, bool) or not isinstance(sub, int | str):
         raise Unauthorized("Invalid token subject", code="invalid_token")
     if isinstance(sub, str):
-        if not sub.isascii() or not sub.isdigit():
+        # Canonical ASCII digits only: no sign, no leading zero, no fullwidth digits, and
+        # short enough for int() (which refuses over 4,300 digits) and for MAX_ID.
+        if not CANONICAL_ID.fullmatch(sub):
             raise Unauthorized("Invalid token subject", code="invalid_token")
         sub = int(sub)
     if not 1 <= sub <= MAX_ID:

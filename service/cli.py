@@ -8,11 +8,13 @@ no database or Redis.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from flask import Flask
 
 from service.auth import make_token
-from service.settings import Settings
+from service.settings import DEV_SECRET_FILE, Settings
 from service.state import state
 
 
@@ -21,11 +23,20 @@ from service.state import state
 @click.option("--admin", is_flag=True, help="Add role=admin.")
 @click.option("--ttl", type=click.IntRange(1), default=24 * 3600, show_default=True)
 def token(user_id: int, admin: bool, ttl: int) -> None:
-    """Print a token for USER signed with JWT_SECRET (needs no database)."""
+    """Print a token for USER signed with JWT_SECRET, else with the development secret that
+    `make run` keeps in $DATA_DIR/jwt-secret (needs no database)."""
     try:
-        secret = Settings.from_env().jwt_secret
+        settings = Settings.from_env()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    secret = settings.jwt_secret
+    dev_file = Path(settings.data_dir) / DEV_SECRET_FILE
+    if not secret and dev_file.exists():
+        secret = dev_file.read_text().strip()
+        click.echo(f"(signed with the development secret in {dev_file})", err=True)
+    if not secret:
+        raise click.ClickException(
+            f"JWT_SECRET is not set and there is no {dev_file} (`make run` creates it)")
     click.echo(make_token(secret, user_id, admin, ttl))
 
 
@@ -53,9 +64,14 @@ def init_app(app: Flask) -> None:
 
         if_empty = options.pop("if_empty")
         with state().db.session() as session:
-            if if_empty and has_data(session):
-                click.echo("database already has data: demo seed skipped")
-                return
+            if has_data(session):
+                if if_empty:
+                    click.echo("database already has data: demo seed skipped")
+                    return
+                # The demo's ids, dense positions and counters assume empty tables.
+                raise click.ClickException(
+                    "the database already has data: seed-demo loads into an empty database "
+                    "only (use --if-empty to skip quietly, or a fresh DATA_DIR / database)")
         from cache.keyspace_admin import clear_keyspace
 
         counts = seed(state().db, DemoSizes(**options), progress=True)

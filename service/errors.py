@@ -72,6 +72,10 @@ class Unauthorized(ApiError):
 class ServiceUnavailable(ApiError):
     status, code = 503, "service_unavailable"
 
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
 
 def error_body(message: str, code: str, details: dict[str, Any] | None = None) -> dict:
     body: dict[str, Any] = {"error": message, "code": code}
@@ -126,7 +130,7 @@ def api_error_response(error: ApiError):
     response = jsonify(body)
     response.status_code = error.status
     if error.status == 503:
-        response.headers["Retry-After"] = "1"
+        response.headers["Retry-After"] = str(getattr(error, "retry_after", 1))
     return response
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from marshmallow import fields, validate
 from werkzeug.routing import BaseConverter, ValidationError
 
 MAX_ID = 2**63 - 1
+# An id as text: ASCII digits (``\d`` would admit fullwidth and other Unicode digits), no
+# leading zero, at most as many digits as MAX_ID. Other spellings are not the id: 404/401.
+CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
 
 
 class IdConverter(BaseConverter):
     """``<id:name>``: a positive 64-bit integer; anything else does not match (404)."""
 
-    regex = r"\d{1,20}"
+    regex = CANONICAL_ID.pattern
 
     def to_python(self, value: str) -> int:
         number = int(value)

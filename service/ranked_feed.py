@@ -200,7 +200,8 @@ def _page_url(page: int | None) -> str | None:
         return None
     args = {k: v for k, v in request.args.items() if k not in {"page", "invalidate_cache"}}
     args["page"] = str(page)
-    return f"{request.base_url}?{urlencode(args)}"
+    # PUBLIC_BASE_URL, never the request's Host (a client-chosen Host would be reflected).
+    return f"{state().settings.public_base_url}{request.path}?{urlencode(args)}"
 
 
 def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:

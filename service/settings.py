@@ -16,30 +16,45 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEV_JWT_SECRET = "dev-insecure-secret-change-me"
-
 # The servers every process needs; nothing here starts them (``make run`` does, for
 # development: scripts/embedded.py).
 SERVER_URL_VARS = ("DATABASE_URL", "REDIS_URL")
+MIN_JWT_SECRET_BYTES = 32
+# `make run` (scripts/run) keeps a generated development secret here, under DATA_DIR, and
+# hands it to its processes as JWT_SECRET; `flask token` falls back to it. The service
+# itself never reads it.
+DEV_SECRET_FILE = "jwt-secret"
 
 
-class ServersNotConfigured(SystemExit):
-    """A server URL is unset. A ``SystemExit`` so that every entry point (``create_app`` under
-    gunicorn or ``flask``, the worker, the scheduler) stops at once with its one-line
-    message and a non-zero status, rather than a traceback or a silently created database."""
+class NotConfigured(SystemExit):
+    """A required setting is missing or unsafe. A ``SystemExit`` so that every entry point
+    (``create_app`` under gunicorn or ``flask``, the worker, the scheduler) stops at once
+    with its one-line message and a non-zero status, rather than a traceback, a silently
+    created database or a service that accepts tokens signed with a public secret."""
 
 
 def require_server_urls(database_url: str, redis_url: str) -> None:
-    """Raise ``ServersNotConfigured`` naming each unset variable and how to get servers."""
+    """Raise ``NotConfigured`` naming each unset variable and how to get servers."""
     missing = [
         var for var, url in zip(SERVER_URL_VARS, (database_url, redis_url), strict=True) if not url
     ]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
-        raise ServersNotConfigured(
+        raise NotConfigured(
             f"error: {' and '.join(missing)} {verb} not set. Point it at your server "
             "(see README.md, Configuration), or run `make run`, which starts embedded "
             "PostgreSQL and Redis for development and sets both."
+        )
+
+
+def require_jwt_secret(secret: str) -> None:
+    """Raise ``NotConfigured`` unless ``secret`` has at least ``MIN_JWT_SECRET_BYTES``."""
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise NotConfigured(
+            f"error: JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} bytes (it signs "
+            "every token); make one with: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'. `make run` keeps a development secret in "
+            "$DATA_DIR/jwt-secret."
         )
 
 # Days an activity of each type is kept before retention cleanup removes it.
@@ -92,8 +107,9 @@ class Settings:
     redis_url: str = ""
     rq_redis_url: str = ""  # empty = same as redis_url
     data_dir: str = "./.data"
-    # Security.
-    jwt_secret: str = DEV_JWT_SECRET
+    # Security. Required, at least MIN_JWT_SECRET_BYTES (``require_runtime``).
+    jwt_secret: str = ""
+    public_base_url: str = "http://127.0.0.1:8000"  # links (next/previous); from_env: PORT
     # Web.
     web_concurrency: int = 2
     db_pool_size: int = 10
@@ -124,6 +140,7 @@ class Settings:
     activity_queue: str = "default"  # RQ queue of activity jobs (a worker must listen)
     activity_retry_intervals: tuple[int, ...] = (10, 30, 60)  # seconds between 3 retries
     activity_fanout_chunk: int = 200  # users per fan-out job
+    activity_queue_max_depth: int = 500  # fan-outs refused (503) while this many jobs wait
     # Read paths.
     max_recent_reel_views: int = 50
     # Community feed (section 3): see cache/community_feed.py.
@@ -154,9 +171,11 @@ class Settings:
     def cache_enabled(self) -> bool:
         return self.cache_mode != "off"
 
-    def require_servers(self) -> Settings:
-        """Return self; raise ``ServersNotConfigured`` if DATABASE_URL or REDIS_URL is unset."""
+    def require_runtime(self) -> Settings:
+        """Return self; raise ``NotConfigured`` if DATABASE_URL or REDIS_URL is unset or
+        JWT_SECRET is shorter than ``MIN_JWT_SECRET_BYTES``."""
         require_server_urls(self.database_url, self.redis_url)
+        require_jwt_secret(self.jwt_secret)
         return self
 
     def replace(self, **changes: Any) -> Settings:
@@ -182,12 +201,12 @@ class Settings:
             raise ValueError("CACHE_MODE must be 'on' or 'off'")
         if not 1 <= settings.max_recent_reel_views <= 127:  # + a sentinel: <= 128, listpack
             raise ValueError("MAX_RECENT_REEL_VIEWS must be from 1 to 127")
-        if settings.jwt_secret == DEV_JWT_SECRET:
-            log.warning(
-                "JWT_SECRET is not set: using the insecure development secret. "
-                "Set JWT_SECRET before exposing this service."
-            )
-        return settings
+        if "PUBLIC_BASE_URL" not in env and "public_base_url" not in overrides:
+            port = env.get("PORT") or "8000"
+            settings = settings.replace(public_base_url=f"http://127.0.0.1:{port}")
+        if not settings.public_base_url.startswith(("http://", "https://")):
+            raise ValueError("PUBLIC_BASE_URL must start with http:// or https://")
+        return settings.replace(public_base_url=settings.public_base_url.rstrip("/"))
 
 
 _ENV_VARS: dict[str, tuple[str, Any]] = {
@@ -196,6 +215,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "RQ_REDIS_URL": ("rq_redis_url", str),
     "DATA_DIR": ("data_dir", str),
     "JWT_SECRET": ("jwt_secret", str),
+    "PUBLIC_BASE_URL": ("public_base_url", str),
     "WEB_CONCURRENCY": ("web_concurrency", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_POOL_TIMEOUT": ("db_pool_timeout", float),
@@ -222,6 +242,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
         "activity_retry_intervals", lambda raw: tuple(int(p) for p in raw.split(",") if p.strip())
     ),
     "ACTIVITY_FANOUT_CHUNK": ("activity_fanout_chunk", int),
+    "ACTIVITY_QUEUE_MAX_DEPTH": ("activity_queue_max_depth", int),
     "MAX_RECENT_REEL_VIEWS": ("max_recent_reel_views", int),
     "RECENT_CACHE_SIZE": ("recent_cache_size", int),
     "AUTHOR_CACHE_SIZE": ("author_cache_size", int),

@@ -36,8 +36,16 @@ class DemoSizes:
     seed: int = 42
 
 
+# Every table the demo fills with ids of its own: data in any of them (made through the API,
+# say) would collide with the demo's ids and dense positions.
+_SEEDED_TABLES = ("users", "groups", "feed_items", "events", "activities", "posts", "reels",
+                  "collectives")
+
+
 def has_data(session: Session) -> bool:
-    return bool(session.execute(text("SELECT EXISTS (SELECT 1 FROM users)")).scalar_one())
+    """True if any table the demo fills already has a row."""
+    exists = " OR ".join(f"EXISTS (SELECT 1 FROM {t})" for t in _SEEDED_TABLES)
+    return bool(session.execute(text(f"SELECT {exists}")).scalar_one())
 
 
 def _copy(cursor, table: str, columns: tuple[str, ...], rows, bar: tqdm) -> int:

@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from service import create_app
-from service.settings import ServersNotConfigured, Settings
+from service.settings import NotConfigured, Settings
 from tests.conftest import JWT_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def run(cmd: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[
 )
 def test_create_app_names_the_missing_variable(tmp_path, given, named):
     settings = Settings(data_dir=str(tmp_path / "data"), jwt_secret=JWT_SECRET, **given)
-    with pytest.raises(ServersNotConfigured) as raised:
+    with pytest.raises(NotConfigured) as raised:
         create_app({"SETTINGS": settings})
     assert named in str(raised.value.code)
     assert "make run" in str(raised.value.code)
@@ -64,6 +64,36 @@ def test_processes_exit_at_once_without_server_urls(tmp_path, cmd):
         done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # no ./.data, no metrics dir, nothing
+
+
+@pytest.mark.parametrize("secret", ["", "short", "x" * 31])
+def test_service_refuses_a_missing_or_short_jwt_secret(tmp_path, secret):
+    settings = Settings(database_url="postgresql+psycopg://x@127.0.0.1/x",
+                        redis_url="redis://127.0.0.1:1/0", jwt_secret=secret)
+    with pytest.raises(NotConfigured) as raised:
+        create_app({"SETTINGS": settings})
+    assert "JWT_SECRET must be set to at least 32 bytes" in str(raised.value.code)
+    env = {"DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/0",
+           "JWT_SECRET": secret}
+    for cmd in (["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"],
+                ["flask", "--app", "service", "worker", "--burst"]):
+        done = run([str(BIN / cmd[0]), *cmd[1:]], tmp_path, **env)
+        assert done.returncode != 0 and "JWT_SECRET must be set" in done.stderr, cmd
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_flask_token_uses_the_development_secret_of_make_run(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "jwt-secret").write_text("d" * 64 + "\n")
+    done = run([str(BIN / "flask"), "--app", "service", "token", "--user", "3"], tmp_path,
+               JWT_SECRET="", DATA_DIR=str(data))
+    assert done.returncode == 0, done.stderr
+    assert jwt.decode(done.stdout.strip(), "d" * 64, algorithms=["HS256"])["sub"] == "3"
+    assert "development secret" in done.stderr
+    missing = run([str(BIN / "flask"), "--app", "service", "token", "--user", "3"], tmp_path,
+                  JWT_SECRET="", DATA_DIR=str(tmp_path / "none"))
+    assert missing.returncode != 0 and "JWT_SECRET is not set" in missing.stderr
 
 
 def test_flask_token_needs_no_database(tmp_path):

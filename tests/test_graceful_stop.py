@@ -37,7 +37,7 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
            "PYTHONPATH": str(tmp_path),
            # gunicorn.conf.py refuses to start without them; the slow app uses neither.
            "DATABASE_URL": "postgresql+psycopg://unused@127.0.0.1:1/unused",
-           "REDIS_URL": "redis://127.0.0.1:1/0"}
+           "REDIS_URL": "redis://127.0.0.1:1/0", "JWT_SECRET": "s" * 32}
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(

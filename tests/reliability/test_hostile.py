@@ -21,6 +21,7 @@ import jwt
 import pytest
 from sqlalchemy import text
 
+from service import create_app
 from tests.conftest import JWT_SECRET, bearer
 
 OWNER, MEMBER, STRANGER = 501, 502, 777
@@ -174,6 +175,24 @@ def _token(claims: dict, key: str = JWT_SECRET, alg: str = "HS256") -> str:
     return jwt.encode(claims, key, algorithm=alg)
 
 
+def _raw_token(claims: dict, replace: dict[str, str]) -> str:
+    """A correctly signed token whose payload JSON is edited as text (a 5,000-digit
+    integer cannot be built as a Python int and serialised)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    payload = json.dumps(claims)
+    for old, new in replace.items():
+        payload = payload.replace(old, new)
+    signing = f"{b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64(payload.encode())}"
+    signature = hmac.new(JWT_SECRET.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{b64(signature)}"
+
+
 def _none_token(claims: dict) -> str:
     import base64
 
@@ -196,6 +215,12 @@ BAD_TOKENS = {
     "sub-zero": lambda exp: _token({"sub": "0", "exp": exp}),
     "sub-huge": lambda exp: _token({"sub": str(2**64), "exp": exp}),
     "sub-bool": lambda exp: _token({"sub": True, "exp": exp}),
+    "sub-4301-digits": lambda exp: _token({"sub": "9" * 4301, "exp": exp}),  # int() refuses
+    "sub-5000-digit-int": lambda exp: _raw_token({"sub": "SUB", "exp": exp},
+                                                 {'"SUB"': "9" * 5000}),
+    "sub-leading-zero": lambda exp: _token({"sub": "01", "exp": exp}),
+    "sub-fullwidth": lambda exp: _token({"sub": "\uff11", "exp": exp}),
+    "sub-plus-sign": lambda exp: _token({"sub": "+1", "exp": exp}),
     "alg-hs512": lambda exp: _token({"sub": "1", "exp": exp}, alg="HS512"),
     "garbage": lambda exp: "not.a.jwt",
 }
@@ -213,6 +238,37 @@ def test_bad_tokens_refused(client):
             r = client.open(path, method=method, headers=headers, json={"name": "x"})
             assert r.status_code == 401, (name, path, r.status_code)
             assert r.is_json and r.json["code"], name
+
+
+def test_non_canonical_path_ids_are_404(client, world):
+    """Only ASCII digits without a leading zero are an id: fullwidth digits, leading zeros
+    and a sign name no object (404), never another spelling of one."""
+    headers, post = bearer(MEMBER), world["post_id"]
+    canonical = client.get(f"/community/posts/{post}/engagement", headers=headers)
+    assert canonical.status_code == 200, canonical.get_data(as_text=True)
+    for spelling in ("\uff10" * 2 + "\uff11", f"0{post}", f"00{post}", f"+{post}",
+                     "\u0661", "9" * 4301):
+        r = client.get(f"/community/posts/{spelling}/engagement", headers=headers)
+        assert r.status_code == 404 and r.is_json, (spelling, r.status_code)
+
+
+def test_links_never_reflect_the_host_header(client):
+    """next / previous start with PUBLIC_BASE_URL whatever Host the client sends."""
+    for i in range(2):
+        assert client.post("/api/events/", headers=ADMIN, json={
+            "user_id": 1, "event_type": "event", "title": f"t{i}"}).status_code == 201
+        assert client.post("/community/posts", headers=bearer(2),
+                           json={"title": f"p{i}"}).status_code == 201
+    for path in ("/api/events/activity-feed/?page_size=1", "/api/posts/?page_size=1"):
+        r = client.get(path, headers={**bearer(1), "Host": "evil.example",
+                                      "X-Forwarded-Host": "evil.example"})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        body = r.get_json()
+        links = [body["next"], body.get("previous")]
+        assert body["next"], body
+        for link in filter(None, links):
+            assert link.startswith("http://127.0.0.1:8000/"), link
+            assert "evil" not in link
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -346,3 +402,34 @@ def test_nul_refused_and_unicode_round_trips(app, client, world):
     r = client.post("/community/posts", headers=bearer(OWNER),
                     data=b'{"title": "\\ud800"}', content_type="application/json")
     assert r.status_code in (201, 400), r.status_code
+
+
+def test_fan_out_queue_has_a_depth_cap(settings):
+    """A burst of fan-outs is refused with 503 + Retry-After once the activity queue holds
+    ACTIVITY_QUEUE_MAX_DEPTH jobs (no worker runs here, so nothing drains)."""
+    app = create_app({"SETTINGS": settings.replace(activity_queue_max_depth=3), "TESTING": True})
+    client = app.test_client()
+    body = {"user_ids": list(range(1, 2001)), "activity_type": "fast_reminder", "title": "r"}
+    codes = [client.post("/api/events/activity-feed/items/", headers=ADMIN, json=body)
+             for _ in range(5)]
+    assert [r.status_code for r in codes] == [202, 202, 202, 503, 503]
+    refused = codes[3]
+    assert refused.is_json and refused.json["code"] == "queue_full"
+    assert refused.headers["Retry-After"] == "30"
+    state = app.extensions["hc"]
+    assert state.queue(state.settings.activity_queue).count == 3  # nothing half-queued
+    state.close()
+
+
+def test_seed_demo_refuses_a_database_with_data(app, client):
+    assert client.post("/api/v1/groups/", headers=ADMIN, json={"name": "mine"}).status_code == 201
+    before = fingerprint(app)
+    runner = app.test_cli_runner()
+    refused = runner.invoke(args=["seed-demo", "--users", "5", "--groups", "1", "--items", "5",
+                                  "--posts", "5", "--reels", "2", "--views", "5"])
+    assert refused.exit_code != 0
+    assert "already has data" in refused.output and "--if-empty" in refused.output
+    assert isinstance(refused.exception, SystemExit)  # a clean CLI error, no traceback
+    skipped = runner.invoke(args=["seed-demo", "--if-empty"])
+    assert skipped.exit_code == 0 and "skipped" in skipped.output
+    assert fingerprint(app) == before
