@@ -26,7 +26,7 @@ from cache import recent_reels
 from service.auth import login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime
-from service.schemas import ErrorSchema
+from service.schemas import TOGGLE_CHANGED, ErrorSchema
 from service.state import state
 from storage import reels as storage
 from storage.reels import ListEntry, ViewWrite, datetime_to_ms, ms_to_datetime
@@ -173,11 +173,11 @@ class RecentReelsOut(Schema):
 
 
 class ReelLikedOut(Schema):
-    liked = fields.Boolean(required=True)
+    liked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class ReelUnlikedOut(Schema):
-    unliked = fields.Boolean(required=True)
+    unliked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 # --- service functions ----------------------------------------------------------------------
@@ -365,12 +365,13 @@ def recently_viewed(query: dict):
 @bp.alt_response(400, schema=ErrorSchema, description="Reel not available")
 @bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
 def like_reel(reel_id: int):
-    """Like a reel (idempotent): ``{"liked": true}`` once the caller likes it."""
+    """Like a reel: ``{"liked": true}`` if this call added the like, ``false`` if the
+    caller already liked it (the count moves once)."""
     with state().uow() as uow:
         _reel_for_like(uow.session, reel_id, must_be_available=True)
-        storage.like(uow.session, g.user.id, reel_id)
+        added = storage.like(uow.session, g.user.id, reel_id)
         uow.commit()
-    return {"liked": True}
+    return {"liked": added}
 
 
 @bp.route("/api/reels/<id:reel_id>/like", methods=["DELETE"])
@@ -378,9 +379,10 @@ def like_reel(reel_id: int):
 @bp.response(200, ReelUnlikedOut)
 @bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
 def unlike_reel(reel_id: int):
-    """Remove the caller's like (idempotent): ``{"unliked": true}``."""
+    """Remove the caller's like: ``{"unliked": true}`` if this call removed it, ``false``
+    if there was none."""
     with state().uow() as uow:
         _reel_for_like(uow.session, reel_id, must_be_available=False)
-        storage.unlike(uow.session, g.user.id, reel_id)
+        removed = storage.unlike(uow.session, g.user.id, reel_id)
         uow.commit()
-    return {"unliked": True}
+    return {"unliked": removed}

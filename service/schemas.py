@@ -6,6 +6,10 @@ from marshmallow import Schema, fields, validate
 
 from service.fields import Id, UtcDateTime
 
+# Every toggle's answer (API.md, Conventions): whether this call changed anything.
+TOGGLE_CHANGED = ("true if this call changed anything (added or removed), false if it was "
+                  "already so: a repeat is harmless and answers false")
+
 
 class ErrorSchema(Schema):
     error = fields.String(required=True)

@@ -396,20 +396,23 @@ def test_only_newest_n_kept(client, auth, clock, state, settings):
 # --- likes ------------------------------------------------------------------------------------
 
 
-def test_like_unlike_idempotent_and_shown(client, auth, reels, state):
+def test_like_unlike_answer_whether_this_call_changed_anything(client, auth, reels, state):
     h = auth(7)
     url = f"/api/reels/{reels[0]}/like"
-    for _ in range(2):
-        r = client.post(url, headers=h)
-        assert r.status_code == 200 and r.get_json() == {"liked": True}
+    answers = [client.post(url, headers=h) for _ in range(2)]
+    assert [(r.status_code, r.get_json()) for r in answers] == [
+        (200, {"liked": True}), (200, {"liked": False})]
     client.post(f"/api/reels/{reels[0]}/view", headers=h)
     [item] = recent(client, h)["reels"]
     assert item["is_liked"] is True and item["likes_count"] == 1
-    for _ in range(2):
-        r = client.delete(url, headers=h)
-        assert r.status_code == 200 and r.get_json() == {"unliked": True}
+    answers = [client.delete(url, headers=h) for _ in range(2)]
+    assert [(r.status_code, r.get_json()) for r in answers] == [
+        (200, {"unliked": True}), (200, {"unliked": False})]
     [item] = recent(client, h)["reels"]
     assert item["is_liked"] is False and item["likes_count"] == 0
+    # Unliking a reel never liked changes nothing.
+    assert client.delete(f"/api/reels/{reels[1]}/like", headers=h).get_json() == {
+        "unliked": False}
 
 
 def test_like_errors(client, auth, admin_headers):
