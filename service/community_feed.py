@@ -130,7 +130,8 @@ def _post_json(row: posts.PostRow) -> dict[str, Any]:
         "id": p.id, "author_id": p.author_id, "title": p.title,
         "description": p.description, "tags": list(p.tags or []), "post_type": p.post_type,
         "asset_type": p.asset_type, "asset_url": p.asset_url,
-        "collective_id": p.collective_id, "show_prompt": p.show_prompt, "prompt": p.prompt,
+        "collective_id": p.collective_id, "show_prompt": p.show_prompt,
+        "prompt": p.prompt if p.show_prompt else None,  # a hidden prompt never leaves
         "is_featured": p.is_featured, "created_at": p.created_at,
         "like_count": p.like_count, "comment_count": p.comment_count,
         "view_count": p.view_count,

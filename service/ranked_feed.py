@@ -184,7 +184,7 @@ def _post_out(row: dict[str, Any]) -> dict[str, Any]:
         "asset_url": row["asset_url"],
         "collective_id": row["collective_id"],
         "show_prompt": row["show_prompt"],
-        "prompt": row["prompt"],
+        "prompt": row["prompt"] if row["show_prompt"] else None,  # hidden: never leaves
         "is_featured": row["is_featured"],
         "like_count": row["like_count"],
         "comment_count": row["comment_count"],

@@ -59,7 +59,9 @@ class PostFieldsOut(Schema):
     asset_url = fields.String(allow_none=True)
     collective_id = fields.Integer(allow_none=True)
     show_prompt = fields.Boolean()
-    prompt = fields.String(allow_none=True)
+    prompt = fields.String(allow_none=True, metadata={
+        "description": "the prompt when show_prompt is true, else null (a hidden prompt "
+                       "never leaves the service)"})
     is_featured = fields.Boolean()
     created_at = UtcDateTime()
     like_count = fields.Integer(metadata={"description": "likes (= hearts)"})
