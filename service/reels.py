@@ -65,7 +65,9 @@ def _view_duration() -> fields.Integer:
         allow_none=True,
         validate=validate.Range(0, MAX_VIEW_DURATION, error=_DURATION_ERROR),
         error_messages={"invalid": _DURATION_ERROR},
-        metadata={"description": "Seconds watched; capped at the reel's duration"},
+        metadata={"description": "Seconds watched; capped at the reel's duration. Left "
+                                 "out or null: the last known duration is kept (null on a "
+                                 "first view)"},
     )
 
 
@@ -147,7 +149,10 @@ class RecentReelOut(Schema):
     video_url = fields.String()
     description = fields.String(allow_none=True)
     viewed_at = UtcDateTime()
-    view_duration = fields.Integer()
+    view_duration = fields.Integer(
+        allow_none=True,
+        metadata={"description": "seconds of the last view that sent one (a view without "
+                                 "view_duration keeps it); null if none did"})
     likes_count = fields.Integer()
     views_count = fields.Integer()
     is_liked = fields.Boolean()
@@ -217,7 +222,8 @@ def track_views(
             elif not reel.is_available:
                 rejected[i] = Rejection(r.reel_id, REEL_NOT_AVAILABLE)
             else:
-                duration = min(r.view_duration or 0, reel.duration)
+                duration = (None if r.view_duration is None
+                            else min(r.view_duration, reel.duration))
                 accepted.append(ViewWrite(r.reel_id, r.viewed_at_ms, duration))
         if accepted:
             recorded = storage.record_views(uow.session, user_id, accepted, capacity)
