@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from croniter import croniter
+
 log = logging.getLogger(__name__)
 
 DEV_JWT_SECRET = "dev-insecure-secret-change-me"
@@ -47,6 +49,14 @@ def _bool(raw: str) -> bool:
     if value in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _cron(raw: str) -> str:
+    """A 5-field cron expression (``minute hour day month weekday``), read in UTC."""
+    value = " ".join(raw.split())
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"not a 5-field cron expression: {raw!r}")
+    return value
 
 
 def _weights(raw: str) -> dict[str, float]:
@@ -99,6 +109,7 @@ class Settings:
     activity_queue: str = "default"  # RQ queue of activity jobs (a worker must listen)
     activity_retry_intervals: tuple[int, ...] = (10, 30, 60)  # seconds between 3 retries
     activity_fanout_chunk: int = 200  # users per fan-out job
+    activity_cleanup_cron: str = "0 2 * * *"  # daily retention cleanup, cron in UTC: 02:00
     # Read paths.
     max_recent_reel_views: int = 50
     # Community feed (section 3): see cache/community_feed.py.
@@ -189,6 +200,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
         "activity_retry_intervals", lambda raw: tuple(int(p) for p in raw.split(",") if p.strip())
     ),
     "ACTIVITY_FANOUT_CHUNK": ("activity_fanout_chunk", int),
+    "ACTIVITY_CLEANUP_CRON": ("activity_cleanup_cron", _cron),
     "MAX_RECENT_REEL_VIEWS": ("max_recent_reel_views", int),
     "RECENT_CACHE_SIZE": ("recent_cache_size", int),
     "AUTHOR_CACHE_SIZE": ("author_cache_size", int),
