@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from croniter import croniter
 
@@ -59,6 +60,27 @@ def _cron(raw: str) -> str:
     return value
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """A comma list of origins, each ``http(s)://host[:port]`` (no path, no ``*``),
+    returned lower-cased in the order given, without repeats."""
+    origins: list[str] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            url = urlsplit(part)
+            port_ok = url.port is None or url.port > 0  # .port raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not an origin: {part!r}") from exc
+        if (url.scheme not in {"http", "https"} or not url.hostname or not port_ok
+                or url.username is not None or url.password is not None
+                or url.path not in {"", "/"} or url.query or url.fragment
+                or "*" in part):
+            raise ValueError(f"not an origin (scheme://host[:port]): {part!r}")
+        origin = f"{url.scheme}://{url.netloc}".lower()
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
 def _weights(raw: str) -> dict[str, float]:
     """Parse ``recency=0.2,social=0.3`` over the defaults."""
     weights = dict(DEFAULT_RANKING_WEIGHTS)
@@ -84,6 +106,9 @@ class Settings:
     db_pool_size: int = 10
     db_pool_timeout: float = 2.0  # seconds waiting for a pooled connection before a 503
     max_body_bytes: int = 1024 * 1024
+    # Browser origins allowed by CORS (service/cors.py), e.g. ("https://app.example.com",);
+    # empty: no CORS headers at all. Never "*".
+    cors_allowed_origins: tuple[str, ...] = ()
     # Cache behaviour.
     cache_mode: str = "on"  # "off" = every read from Postgres (benchmark baseline)
     key_prefix: str = "hc:"  # every Redis key starts with this (tests give each test its own)
@@ -177,6 +202,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "WEB_CONCURRENCY": ("web_concurrency", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_POOL_TIMEOUT": ("db_pool_timeout", float),
+    "CORS_ALLOWED_ORIGINS": ("cors_allowed_origins", _origins),
     "CACHE_MODE": ("cache_mode", str),
     "CACHE_KEY_PREFIX": ("key_prefix", str),
     "REDIS_READ_TIMEOUT": ("redis_read_timeout", float),
