@@ -20,8 +20,6 @@ from jobs.context import get_state
 from service import activity_feed_ops as ops
 from service.bootstrap import AppState
 
-RETENTION_INTERVAL = 24 * 3600  # seconds: retention runs daily
-
 
 def _retry(app_state: AppState) -> Retry:
     return Retry(max=3, interval=list(app_state.settings.activity_retry_intervals) or 0)
@@ -111,10 +109,13 @@ def run_retention() -> dict[str, int]:
 
 
 def retention_periodic(app_state: AppState):
-    """The scheduler's daily entry: enqueue ``run_retention`` on the activity queue."""
+    """The scheduler's daily entry, at ``ACTIVITY_CLEANUP_CRON`` (default ``0 2 * * *``:
+    02:00 UTC, the source document's crontab): enqueue ``run_retention`` on the activity
+    queue."""
     from jobs.scheduler import Periodic
 
     def enqueue(s: AppState) -> None:
         _queue(s).enqueue(run_retention, retry=_retry(s), job_timeout=3600)
 
-    return Periodic("activity-retention", RETENTION_INTERVAL, enqueue)
+    return Periodic("activity-retention", 0, enqueue,
+                    cron=app_state.settings.activity_cleanup_cron)

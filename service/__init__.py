@@ -53,7 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import importlib
 
     from service import api as api_module
-    from service import cli, error_tracking, errors, input_guard, metrics, warming
+    from service import cli, cors, error_tracking, errors, input_guard, metrics, warming
     from service.bootstrap import bootstrap
     from service.fields import IdConverter
 
@@ -74,6 +74,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
 
     app.extensions["hc"] = bootstrap(settings)
+    cors.init_app(app, settings)
     api = api_module.make_api(app)
     errors.register(app)
     input_guard.init_app(app)

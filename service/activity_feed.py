@@ -36,13 +36,16 @@ DISPLAY_NAMES = {
     "fast_join": "Joined Fast",
     "fast_leave": "Left Fast",
     "devotional_available": "Devotional Available",
-    "milestone": "Milestone",
+    "milestone": "Milestone Reached",
     "fast_reminder": "Fast Reminder",
     "devotional_reminder": "Devotional Reminder",
 }
 MAX_PAGE_SIZE = 100
 MAX_DATA_BYTES = 8 * 1024
 MAX_DAYS_BACK = 3650
+# archive-activity-feeds without --older-than-days: the source document's
+# ``archive_old_items(archive_older_than_days=365)``.
+DEFAULT_ARCHIVE_DAYS = 365
 
 
 # --- display -------------------------------------------------------------------------------
@@ -357,7 +360,8 @@ def generate(body):
     """Backfill a user's items from recorded events; never twice for one event."""
     report = ops.backfill(state(), [body["user_id"]], body["days_back"])
     return {
-        "message": f"Created {report.created} activity items",
+        "message": (f"Generated {report.created} activity feed items for user "
+                    f"{body['user_id']}"),
         "created_count": report.created,
         "date_range": {"start": _iso(report.start), "end": _iso(report.end)},
     }
@@ -389,9 +393,10 @@ def init_cli(app: Flask) -> None:
         click.echo(f"{verb} {report.total} activity items{users}")
 
     @app.cli.command("archive-activity-feeds")
-    @click.option("--older-than-days", type=click.IntRange(1), required=True)
+    @click.option("--older-than-days", type=click.IntRange(1), default=DEFAULT_ARCHIVE_DAYS,
+                  show_default=True)
     def archive_command(older_than_days: int) -> None:
-        """Move activity items older than N days to activities_archive."""
+        """Move activity items older than N days (default 365) to activities_archive."""
         report = ops.archive(state(), older_than_days)
         click.echo(f"Archived {report.moved} activity items of {report.users} users "
                    f"created before {_iso(report.cutoff)}")

@@ -38,7 +38,7 @@ from service import posts_service
 from service.auth import login_optional, login_required
 from service.errors import ApiError
 from service.fields import Id, UtcDateTime
-from service.schemas import PostFieldsOut
+from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
 from storage import community_feed as cf_sql
 from storage import posts
@@ -103,15 +103,15 @@ class CommentOut(Schema):
 
 
 class LikedOut(Schema):
-    liked = fields.Boolean()
+    liked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class UnlikedOut(Schema):
-    unliked = fields.Boolean()
+    unliked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class FollowingOut(Schema):
-    following = fields.Boolean()
+    following = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class EngagementOut(Schema):
@@ -130,7 +130,8 @@ def _post_json(row: posts.PostRow) -> dict[str, Any]:
         "id": p.id, "author_id": p.author_id, "title": p.title,
         "description": p.description, "tags": list(p.tags or []), "post_type": p.post_type,
         "asset_type": p.asset_type, "asset_url": p.asset_url,
-        "collective_id": p.collective_id, "show_prompt": p.show_prompt, "prompt": p.prompt,
+        "collective_id": p.collective_id, "show_prompt": p.show_prompt,
+        "prompt": p.prompt if p.show_prompt else None,  # a hidden prompt never leaves
         "is_featured": p.is_featured, "created_at": p.created_at,
         "like_count": p.like_count, "comment_count": p.comment_count,
         "view_count": p.view_count,
@@ -170,16 +171,18 @@ def delete_post(post_id: int):
 @login_required
 @bp.response(200, LikedOut)
 def like(post_id: int):
-    posts_service.like_post(g.user.id, post_id, True)
-    return {"liked": True}
+    """Like a post: ``{"liked": true}`` if this call added the like, ``false`` if the
+    caller already liked it."""
+    return {"liked": posts_service.like_post(g.user.id, post_id, True)}
 
 
 @bp.route("/community/posts/<id:post_id>/like", methods=["DELETE"])
 @login_required
 @bp.response(200, UnlikedOut)
 def unlike(post_id: int):
-    posts_service.like_post(g.user.id, post_id, False)
-    return {"unliked": True}
+    """Remove a like: ``{"unliked": true}`` if this call removed it, ``false`` if there
+    was none."""
+    return {"unliked": posts_service.like_post(g.user.id, post_id, False)}
 
 
 @bp.route("/community/posts/<id:post_id>/view", methods=["POST"])
@@ -208,14 +211,15 @@ def engagement(post_id: int):
 def _follow(user_id: int, following: bool) -> dict[str, bool]:
     if user_id == g.user.id:
         raise ApiError("You cannot follow yourself", code="self_follow")
-    posts_service.set_follow(g.user.id, user_id, following)
-    return {"following": following}
+    return {"following": posts_service.set_follow(g.user.id, user_id, following)}
 
 
 @bp.route("/community/users/<id:user_id>/follow", methods=["POST"])
 @login_required
 @bp.response(200, FollowingOut)
 def follow(user_id: int):
+    """Follow a user: ``{"following": true}`` if this call started following, ``false``
+    if the caller already followed them."""
     return _follow(user_id, True)
 
 
@@ -223,6 +227,8 @@ def follow(user_id: int):
 @login_required
 @bp.response(200, FollowingOut)
 def unfollow(user_id: int):
+    """Unfollow a user: ``{"following": true}`` if this call stopped following (the answer
+    says whether the call changed anything), ``false`` if the caller did not follow them."""
     return _follow(user_id, False)
 
 

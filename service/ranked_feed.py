@@ -28,7 +28,7 @@ from service.auth import login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, isoformat
 from service.posts_service import like_post
-from service.schemas import PostFieldsOut
+from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
 
@@ -82,19 +82,19 @@ class RankedPageOut(Schema):
 
 
 class HeartOut(Schema):
-    hearted = fields.Boolean(required=True)
+    hearted = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class PraiseTrophyOut(Schema):
-    added = fields.Boolean(required=True)
+    added = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class FellowOut(Schema):
-    fellow = fields.Boolean(required=True)
+    fellow = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class CollectiveMemberOut(Schema):
-    member = fields.Boolean(required=True)
+    member = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class PreferencesIn(Schema):
@@ -184,7 +184,7 @@ def _post_out(row: dict[str, Any]) -> dict[str, Any]:
         "asset_url": row["asset_url"],
         "collective_id": row["collective_id"],
         "show_prompt": row["show_prompt"],
-        "prompt": row["prompt"],
+        "prompt": row["prompt"] if row["show_prompt"] else None,  # hidden: never leaves
         "is_featured": row["is_featured"],
         "like_count": row["like_count"],
         "comment_count": row["comment_count"],
@@ -281,7 +281,9 @@ def _require_live_post(session, post_id: int) -> None:
 
 @bp.route("/api/posts/<id:post_id>/heart/")
 class Heart(MethodView):
-    """A heart is a community like (same row, same counter)."""
+    """A heart is a community like (same row, same counter). Both methods answer whether
+    this call changed anything: ``{"hearted": true}`` when POST added the heart or DELETE
+    removed it, ``false`` on a repeat."""
 
     @login_required
     @bp.response(200, HeartOut)
@@ -296,9 +298,9 @@ class Heart(MethodView):
 
 def _set_heart(user_id: int, post_id: int, hearted: bool) -> bool:
     """A heart is a community like: ``like_post`` writes it and bumps the viewer's calc
-    version in the same transaction when it changed (raises ``NotFound``)."""
-    like_post(user_id, post_id, hearted)
-    return hearted
+    version in the same transaction when it changed; True if this call changed it
+    (raises ``NotFound``)."""
+    return like_post(user_id, post_id, hearted)
 
 
 def _add_fact(post_id: int, add) -> dict[str, bool]:
@@ -330,7 +332,9 @@ def trophy(post_id: int):
 
 @bp.route("/api/fellows/<id:user_id>/")
 class Fellows(MethodView):
-    """Fellowship is mutual: both rows are written or removed, both users' feeds change."""
+    """Fellowship is mutual: both rows are written or removed, both users' feeds change.
+    ``{"fellow": true}`` when this call made (POST) or ended (DELETE) the fellowship,
+    ``false`` on a repeat."""
 
     @login_required
     @bp.response(200, FellowOut)
@@ -348,15 +352,19 @@ def _set_fellow(me: int, other: int, fellow: bool) -> bool:
         raise ApiError("You cannot be your own fellow", code="self_fellow")
     with state().uow() as uow:
         write = store.add_fellow if fellow else store.remove_fellow
-        if write(uow.session, me, other):
+        changed = write(uow.session, me, other)
+        if changed:
             for user_id in sorted((me, other)):  # one lock order: no deadlocks
                 touch(uow, user_id)
         uow.commit()
-    return fellow
+    return changed
 
 
 @bp.route("/api/collectives/<id:collective_id>/join/")
 class Join(MethodView):
+    """``{"member": true}`` when this call joined (POST) or left (DELETE) the collective,
+    ``false`` on a repeat."""
+
     @login_required
     @bp.response(200, CollectiveMemberOut)
     def post(self, collective_id: int):
@@ -373,10 +381,11 @@ def _set_member(user_id: int, collective_id: int, member: bool) -> bool:
         if not store.collective_exists(uow.session, collective_id):
             raise NotFound("Collective not found")
         write = store.join_collective if member else store.leave_collective
-        if write(uow.session, user_id, collective_id):
+        changed = write(uow.session, user_id, collective_id)
+        if changed:
             touch(uow, user_id)
         uow.commit()
-    return member
+    return changed
 
 
 @bp.route("/api/user/preferences/")

@@ -26,7 +26,7 @@ from cache import recent_reels
 from service.auth import login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime
-from service.schemas import ErrorSchema
+from service.schemas import TOGGLE_CHANGED, ErrorSchema
 from service.state import state
 from storage import reels as storage
 from storage.reels import ListEntry, ViewWrite, datetime_to_ms, ms_to_datetime
@@ -65,7 +65,9 @@ def _view_duration() -> fields.Integer:
         allow_none=True,
         validate=validate.Range(0, MAX_VIEW_DURATION, error=_DURATION_ERROR),
         error_messages={"invalid": _DURATION_ERROR},
-        metadata={"description": "Seconds watched; capped at the reel's duration"},
+        metadata={"description": "Seconds watched; capped at the reel's duration. Left "
+                                 "out or null: the last known duration is kept (null on a "
+                                 "first view)"},
     )
 
 
@@ -147,7 +149,10 @@ class RecentReelOut(Schema):
     video_url = fields.String()
     description = fields.String(allow_none=True)
     viewed_at = UtcDateTime()
-    view_duration = fields.Integer()
+    view_duration = fields.Integer(
+        allow_none=True,
+        metadata={"description": "seconds of the last view that sent one (a view without "
+                                 "view_duration keeps it); null if none did"})
     likes_count = fields.Integer()
     views_count = fields.Integer()
     is_liked = fields.Boolean()
@@ -173,11 +178,11 @@ class RecentReelsOut(Schema):
 
 
 class ReelLikedOut(Schema):
-    liked = fields.Boolean(required=True)
+    liked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 class ReelUnlikedOut(Schema):
-    unliked = fields.Boolean(required=True)
+    unliked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
 # --- service functions ----------------------------------------------------------------------
@@ -217,7 +222,8 @@ def track_views(
             elif not reel.is_available:
                 rejected[i] = Rejection(r.reel_id, REEL_NOT_AVAILABLE)
             else:
-                duration = min(r.view_duration or 0, reel.duration)
+                duration = (None if r.view_duration is None
+                            else min(r.view_duration, reel.duration))
                 accepted.append(ViewWrite(r.reel_id, r.viewed_at_ms, duration))
         if accepted:
             recorded = storage.record_views(uow.session, user_id, accepted, capacity)
@@ -365,12 +371,13 @@ def recently_viewed(query: dict):
 @bp.alt_response(400, schema=ErrorSchema, description="Reel not available")
 @bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
 def like_reel(reel_id: int):
-    """Like a reel (idempotent): ``{"liked": true}`` once the caller likes it."""
+    """Like a reel: ``{"liked": true}`` if this call added the like, ``false`` if the
+    caller already liked it (the count moves once)."""
     with state().uow() as uow:
         _reel_for_like(uow.session, reel_id, must_be_available=True)
-        storage.like(uow.session, g.user.id, reel_id)
+        added = storage.like(uow.session, g.user.id, reel_id)
         uow.commit()
-    return {"liked": True}
+    return {"liked": added}
 
 
 @bp.route("/api/reels/<id:reel_id>/like", methods=["DELETE"])
@@ -378,9 +385,10 @@ def like_reel(reel_id: int):
 @bp.response(200, ReelUnlikedOut)
 @bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
 def unlike_reel(reel_id: int):
-    """Remove the caller's like (idempotent): ``{"unliked": true}``."""
+    """Remove the caller's like: ``{"unliked": true}`` if this call removed it, ``false``
+    if there was none."""
     with state().uow() as uow:
         _reel_for_like(uow.session, reel_id, must_be_available=False)
-        storage.unlike(uow.session, g.user.id, reel_id)
+        removed = storage.unlike(uow.session, g.user.id, reel_id)
         uow.commit()
-    return {"unliked": True}
+    return {"unliked": removed}

@@ -6,6 +6,10 @@ from marshmallow import Schema, fields, validate
 
 from service.fields import Id, UtcDateTime
 
+# Every toggle's answer (API.md, Conventions): whether this call changed anything.
+TOGGLE_CHANGED = ("true if this call changed anything (added or removed), false if it was "
+                  "already so: a repeat is harmless and answers false")
+
 
 class ErrorSchema(Schema):
     error = fields.String(required=True)
@@ -55,7 +59,9 @@ class PostFieldsOut(Schema):
     asset_url = fields.String(allow_none=True)
     collective_id = fields.Integer(allow_none=True)
     show_prompt = fields.Boolean()
-    prompt = fields.String(allow_none=True)
+    prompt = fields.String(allow_none=True, metadata={
+        "description": "the prompt when show_prompt is true, else null (a hidden prompt "
+                       "never leaves the service)"})
     is_featured = fields.Boolean()
     created_at = UtcDateTime()
     like_count = fields.Integer(metadata={"description": "likes (= hearts)"})

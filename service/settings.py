@@ -13,6 +13,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from croniter import croniter
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,35 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
+def _cron(raw: str) -> str:
+    """A 5-field cron expression (``minute hour day month weekday``), read in UTC."""
+    value = " ".join(raw.split())
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"not a 5-field cron expression: {raw!r}")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """A comma list of origins, each ``http(s)://host[:port]`` (no path, no ``*``),
+    returned lower-cased in the order given, without repeats."""
+    origins: list[str] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            url = urlsplit(part)
+            port_ok = url.port is None or url.port > 0  # .port raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not an origin: {part!r}") from exc
+        if (url.scheme not in {"http", "https"} or not url.hostname or not port_ok
+                or url.username is not None or url.password is not None
+                or url.path not in {"", "/"} or url.query or url.fragment
+                or "*" in part):
+            raise ValueError(f"not an origin (scheme://host[:port]): {part!r}")
+        origin = f"{url.scheme}://{url.netloc}".lower()
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
 def _weights(raw: str) -> dict[str, float]:
     """Parse ``recency=0.2,social=0.3`` over the defaults."""
     weights = dict(DEFAULT_RANKING_WEIGHTS)
@@ -115,6 +147,9 @@ class Settings:
     db_pool_size: int = 10
     db_pool_timeout: float = 2.0  # seconds waiting for a pooled connection before a 503
     max_body_bytes: int = 1024 * 1024
+    # Browser origins allowed by CORS (service/cors.py), e.g. ("https://app.example.com",);
+    # empty: no CORS headers at all. Never "*".
+    cors_allowed_origins: tuple[str, ...] = ()
     # Cache behaviour.
     cache_mode: str = "on"  # "off" = every read from Postgres (benchmark baseline)
     key_prefix: str = "hc:"  # every Redis key starts with this (tests give each test its own)
@@ -141,6 +176,7 @@ class Settings:
     activity_retry_intervals: tuple[int, ...] = (10, 30, 60)  # seconds between 3 retries
     activity_fanout_chunk: int = 200  # users per fan-out job
     activity_queue_max_depth: int = 500  # fan-outs refused (503) while this many jobs wait
+    activity_cleanup_cron: str = "0 2 * * *"  # daily retention cleanup, cron in UTC: 02:00
     # Read paths.
     max_recent_reel_views: int = 50
     # Community feed (section 3): see cache/community_feed.py.
@@ -219,6 +255,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "WEB_CONCURRENCY": ("web_concurrency", int),
     "DB_POOL_SIZE": ("db_pool_size", int),
     "DB_POOL_TIMEOUT": ("db_pool_timeout", float),
+    "CORS_ALLOWED_ORIGINS": ("cors_allowed_origins", _origins),
     "CACHE_MODE": ("cache_mode", str),
     "CACHE_KEY_PREFIX": ("key_prefix", str),
     "REDIS_READ_TIMEOUT": ("redis_read_timeout", float),
@@ -243,6 +280,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     ),
     "ACTIVITY_FANOUT_CHUNK": ("activity_fanout_chunk", int),
     "ACTIVITY_QUEUE_MAX_DEPTH": ("activity_queue_max_depth", int),
+    "ACTIVITY_CLEANUP_CRON": ("activity_cleanup_cron", _cron),
     "MAX_RECENT_REEL_VIEWS": ("max_recent_reel_views", int),
     "RECENT_CACHE_SIZE": ("recent_cache_size", int),
     "AUTHOR_CACHE_SIZE": ("author_cache_size", int),

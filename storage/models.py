@@ -371,7 +371,7 @@ class ReelView(Base):
         ForeignKey("reels.id", ondelete="CASCADE"), primary_key=True
     )
     viewed_at: Mapped[datetime] = _now()
-    view_duration: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    view_duration: Mapped[int | None] = mapped_column(Integer)  # seconds; null: never sent
     __table_args__ = (Index("ix_reel_views_user_time", "user_id", "viewed_at", "reel_id"),)
 
 

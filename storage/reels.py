@@ -50,11 +50,12 @@ class ReelInfo:
 
 @dataclass(frozen=True)
 class ViewWrite:
-    """One validated view to record; ``view_duration`` already capped at the reel's."""
+    """One validated view to record; ``view_duration`` already capped at the reel's,
+    ``None`` when the client did not send one (the last known duration is kept)."""
 
     reel_id: int
     viewed_at_ms: int
-    view_duration: int
+    view_duration: int | None
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class ReelDetails:
     description: str | None
     likes_count: int
     views_count: int
-    view_duration: int
+    view_duration: int | None
     is_liked: bool
 
 
@@ -116,11 +117,23 @@ def lock_reels(session: Session, reel_ids: Iterable[int]) -> dict[int, ReelInfo]
     return {row.id: ReelInfo(*row) for row in rows}
 
 
+# The duration written is the newest known one, in viewed_at order: the view's own if it
+# has one, else the batch's newest view of that reel with one (``known_*``) unless the
+# stored row is newer, else the stored one (null on a first view). The stored row is read
+# in the same statement; the user's version row (locked by the caller) serialises writers.
 _UPSERT = text(
     "INSERT INTO reel_views AS rv (user_id, reel_id, viewed_at, view_duration) "
-    "SELECT :user_id, v.reel_id, v.viewed_at, v.view_duration FROM unnest("
+    "SELECT :user_id, v.reel_id, v.viewed_at,"
+    "  CASE WHEN v.view_duration IS NOT NULL THEN v.view_duration"
+    "       WHEN v.known_at IS NOT NULL AND (cur.viewed_at IS NULL OR v.known_at >= cur.viewed_at)"
+    "       THEN v.known_duration"
+    "       ELSE cur.view_duration END "
+    "FROM unnest("
     "  CAST(:reel_ids AS bigint[]), CAST(:viewed_ats AS timestamptz[]),"
-    "  CAST(:durations AS integer[])) AS v(reel_id, viewed_at, view_duration) "
+    "  CAST(:durations AS integer[]), CAST(:known_ats AS timestamptz[]),"
+    "  CAST(:known_durations AS integer[]))"
+    "  AS v(reel_id, viewed_at, view_duration, known_at, known_duration) "
+    "LEFT JOIN reel_views cur ON cur.user_id = :user_id AND cur.reel_id = v.reel_id "
     "ON CONFLICT (user_id, reel_id) DO UPDATE "
     "SET viewed_at = excluded.viewed_at, view_duration = excluded.view_duration "
     "WHERE excluded.viewed_at >= rv.viewed_at "
@@ -147,7 +160,8 @@ def record_views(
     """Record ``views`` of existing reels (locked by ``lock_reels``) for ``user_id``.
 
     - one row per (user, reel): a view at least as new as the stored one replaces its
-      ``viewed_at`` and ``view_duration``; an older one never overtakes it;
+      ``viewed_at`` and ``view_duration``; an older one never overtakes it; a view without
+      a duration keeps the newest known one (stored, or earlier in this batch), null if none;
     - every view counts once in its reel's ``views_count``, overtaking or not;
     - the user's rows beyond the newest ``keep`` are deleted in this same transaction.
 
@@ -159,6 +173,7 @@ def record_views(
     while this user's version row is locked anyway, i.e. no extra contention.
     """
     newest: dict[int, ViewWrite] = {}
+    known: dict[int, ViewWrite] = {}  # per reel, the newest view that has a duration
     counts: dict[int, int] = {}
     for view in views:
         counts[view.reel_id] = counts.get(view.reel_id, 0) + 1
@@ -166,7 +181,12 @@ def record_views(
         # One statement may touch a row once: keep the newest view per reel (last on ties).
         if kept is None or view.viewed_at_ms >= kept.viewed_at_ms:
             newest[view.reel_id] = view
+        if view.view_duration is not None:
+            had = known.get(view.reel_id)
+            if had is None or view.viewed_at_ms >= had.viewed_at_ms:
+                known[view.reel_id] = view
     rows = list(newest.values())
+    carried = [known.get(v.reel_id) for v in rows]
     changed = session.execute(
         _UPSERT,
         {
@@ -174,6 +194,9 @@ def record_views(
             "reel_ids": [v.reel_id for v in rows],
             "viewed_ats": [ms_to_datetime(v.viewed_at_ms) for v in rows],
             "durations": [v.view_duration for v in rows],
+            "known_ats": [None if k is None else ms_to_datetime(k.viewed_at_ms)
+                          for k in carried],
+            "known_durations": [None if k is None else k.view_duration for k in carried],
         },
     ).all()
     session.execute(
@@ -207,7 +230,7 @@ def page_details(session: Session, user_id: int, reel_ids: Sequence[int]) -> dic
     rows = session.execute(
         text(
             "SELECT r.id, r.video_url, r.description, r.likes_count, r.views_count,"
-            "       COALESCE(v.view_duration, 0) AS view_duration,"
+            "       v.view_duration,"
             "       (l.user_id IS NOT NULL) AS is_liked "
             "FROM reels r "
             "LEFT JOIN reel_views v ON v.user_id = :user_id AND v.reel_id = r.id "

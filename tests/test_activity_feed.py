@@ -63,6 +63,27 @@ def test_unknown_event_type_makes_an_event_item(client, admin_headers, auth):
     assert item["activity_type"] == "event" and item["activity_type_display"] == "Event"
 
 
+API_DISPLAY_NAMES = {  # API.md section 2, word for word
+    "event": "Event", "fast_start": "Fast Started", "fast_join": "Joined Fast",
+    "fast_leave": "Left Fast", "devotional_available": "Devotional Available",
+    "milestone": "Milestone Reached", "fast_reminder": "Fast Reminder",
+    "devotional_reminder": "Devotional Reminder",
+}
+
+
+def test_every_type_shows_its_display_name(client, admin_headers, auth):
+    for activity_type in API_DISPLAY_NAMES:
+        assert _event(client, admin_headers, user_id=6, event_type=activity_type
+                      ).status_code == 201
+    for _ in range(2):  # the second read comes from the cached recent list
+        results = client.get(FEED + "?page_size=100", headers=auth(6)).get_json()["results"]
+        assert {r["activity_type"]: r["activity_type_display"] for r in results} == \
+            API_DISPLAY_NAMES
+    recent = client.get(FEED + "summary/", headers=auth(6)).get_json()["recent_activity"]
+    assert all(r["activity_type_display"] == API_DISPLAY_NAMES[r["activity_type"]]
+               for r in recent) and len(recent) == 5
+
+
 def test_event_needs_admin(client, auth):
     assert client.post("/api/events/", json={}).status_code == 401
     r = client.post("/api/events/", json={"user_id": 5, "event_type": "x", "title": "t"},
@@ -263,7 +284,8 @@ def test_generate_backfills_never_twice(client, admin_headers, auth, state):
                     headers=admin_headers)
     assert r.status_code == 200
     body = r.get_json()
-    assert body["created_count"] == 2 and body["message"] == "Created 2 activity items"
+    assert body["created_count"] == 2
+    assert body["message"] == "Generated 2 activity feed items for user 11"
     start = datetime.fromisoformat(body["date_range"]["start"])
     end = datetime.fromisoformat(body["date_range"]["end"])
     assert timedelta(days=59, hours=23) < end - start <= timedelta(days=60)

@@ -180,7 +180,22 @@ def test_archive_command(app, client, auth, state):
         assert s.execute(text("SELECT count(*) FROM activities_archive")).scalar_one() == 6
     assert _items(state, 21) == 2
     assert api_summary(client, auth(21)) == truth_summary(state, 21)
-    assert app.test_cli_runner().invoke(args=["archive-activity-feeds"]).exit_code != 0
+    bad = app.test_cli_runner().invoke(args=["archive-activity-feeds", "--older-than-days", "0"])
+    assert bad.exit_code != 0
+
+
+def test_archive_command_defaults_to_365_days(app, client, auth, state):
+    _seed_ages(state)
+    for user in (21, 22):
+        make_item(state, user, "event", days_ago=364)
+        make_item(state, user, "event", days_ago=366)
+    out = app.test_cli_runner().invoke(args=["archive-activity-feeds"]).output
+    # Per user: the 400-day milestone and the 366-day event; the 364-day one stays.
+    assert "Archived 4 activity items of 2 users" in out
+    with state.db.session() as s:
+        assert s.execute(text("SELECT count(*) FROM activities_archive")).scalar_one() == 4
+    assert _items(state, 21) == 5
+    assert api_summary(client, auth(21)) == truth_summary(state, 21)
 
 
 def test_populate_command(app, client, auth, state):
@@ -204,14 +219,32 @@ def test_populate_command(app, client, auth, state):
     assert runner.invoke(args=["populate-activity-feeds", "--days-back", "0"]).exit_code != 0
 
 
-def test_cleanup_is_scheduled_daily(state):
+def test_cleanup_is_scheduled_daily_at_2am(state):
     from jobs.scheduler import default_jobs, run_once
 
     job = next(j for j in default_jobs(state) if j.name == "activity-retention")
-    assert job.interval == 24 * 3600
+    assert job.cron == "0 2 * * *" == state.settings.activity_cleanup_cron
     _seed_ages(state)
     assert run_once(state, job) is True
-    assert run_once(state, job) is False  # once per interval, however many schedulers
+    assert run_once(state, job) is False  # once per occurrence, however many schedulers
     run_jobs(state)
     assert _items(state, 21) == 2
     assert truth_summary(state, 21)["activity_types"] == {"fast_reminder": 1, "milestone": 1}
+
+
+def test_cleanup_cron_setting(settings):
+    from jobs.activity_feed import retention_periodic
+    from service.settings import Settings
+
+    assert Settings.from_env({}).activity_cleanup_cron == "0 2 * * *"
+    assert Settings.from_env({"ACTIVITY_CLEANUP_CRON": " 30  3 * * 1 "}
+                             ).activity_cleanup_cron == "30 3 * * 1"
+    for bad in ("", "0 2 * *", "61 2 * * *", "0 2 * * * *", "daily"):
+        with pytest.raises(ValueError, match="ACTIVITY_CLEANUP_CRON"):
+            Settings.from_env({"ACTIVITY_CLEANUP_CRON": bad})
+    app = create_app({"SETTINGS": settings.replace(activity_cleanup_cron="15 4 * * *"),
+                      "TESTING": True})
+    try:
+        assert retention_periodic(app.extensions["hc"]).cron == "15 4 * * *"
+    finally:
+        app.extensions["hc"].close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from sqlalchemy import text
 
 from storage.models import User
+from tests.conftest import bearer
 
 
 def make_post(client, auth, user_id, **body):
@@ -66,19 +70,80 @@ def test_delete_author_or_admin(client, auth, admin_headers):
         assert ids == [] and body["total_count"] == 0
 
 
-def test_like_unlike_idempotent_and_engagement(client, auth):
+def test_like_unlike_answer_whether_this_call_changed_anything(client, auth):
     p = make_post(client, auth, 1)
     url = f"/community/posts/{p['id']}"
-    for _ in range(2):
-        assert client.post(url + "/like", headers=auth(2)).get_json() == {"liked": True}
+    # Unliking a post never liked changes nothing.
+    assert client.delete(url + "/like", headers=auth(2)).get_json() == {"unliked": False}
+    answers = [client.post(url + "/like", headers=auth(2)).get_json() for _ in range(2)]
+    assert answers == [{"liked": True}, {"liked": False}]
     e = client.get(url + "/engagement", headers=auth(2)).get_json()
     assert e == {"like_count": 1, "comment_count": 0, "view_count": 0, "is_liked": True}
     assert client.get(url + "/engagement").get_json()["is_liked"] is False
-    for _ in range(2):
-        assert client.delete(url + "/like", headers=auth(2)).get_json() == {"unliked": True}
+    answers = [client.delete(url + "/like", headers=auth(2)).get_json() for _ in range(2)]
+    assert answers == [{"unliked": True}, {"unliked": False}]
     assert client.get(url + "/engagement").get_json()["like_count"] == 0
     assert client.post("/community/posts/999999/like", headers=auth(2)).status_code == 404
     assert client.post(url + "/like").status_code == 401
+
+
+def _race(app, calls: list[tuple[int, str, str]], per_thread: int) -> dict[int, list]:
+    """Run each (user, method, url) call ``per_thread`` times in its own thread, all
+    threads released at once; returns each user's (status, body) answers."""
+    answers: dict[int, list] = {user: [] for user, _, _ in calls}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+    lock = threading.Lock()
+
+    def worker(user: int, method: str, url: str) -> None:
+        client = app.test_client()
+        try:
+            barrier.wait()
+            for _ in range(per_thread):
+                r = client.open(url, method=method, headers=bearer(user))
+                with lock:
+                    answers[user].append((r.status_code, r.get_json()))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    return answers
+
+
+def test_concurrent_likes_exactly_one_true_per_user_and_exact_count(app, client, auth, state):
+    post_id = make_post(client, auth, 1)["id"]
+    url = f"/community/posts/{post_id}/like"
+    users = range(100, 108)
+
+    def like_count() -> int:
+        with state.db.session() as s:
+            counter = s.execute(text("SELECT like_count FROM posts WHERE id = :p"),
+                                {"p": post_id}).scalar_one()
+            rows = s.execute(text("SELECT count(*) FROM post_likes WHERE post_id = :p"),
+                             {"p": post_id}).scalar_one()
+        assert counter == rows
+        return counter
+
+    # 8 threads, each its own user, each liking the post twice.
+    answers = _race(app, [(u, "POST", url) for u in users], per_thread=2)
+    for user in users:
+        assert sorted(answers[user], key=str) == [(200, {"liked": False}),
+                                                  (200, {"liked": True})], user
+    assert like_count() == 8
+    engagement = client.get(f"/community/posts/{post_id}/engagement").get_json()
+    assert engagement["like_count"] == 8
+    # Each user's two unlikes sent at the same moment from two threads: one removes it.
+    answers = _race(app, [(u, "DELETE", url) for u in users[:4] for _ in range(2)],
+                    per_thread=1)
+    for user in users[:4]:
+        assert sorted(answers[user], key=str) == [(200, {"unliked": False}),
+                                                  (200, {"unliked": True})], user
+    assert like_count() == 4
 
 
 def test_views_debounced_and_comments(client, auth, state):
@@ -112,9 +177,13 @@ def test_follow_and_following_feed(client, auth):
     for u in (10, 12):
         r = client.post(f"/community/users/{u}/follow", headers=auth(1))
         assert r.get_json() == {"following": True}
+    again = client.post("/community/users/10/follow", headers=auth(1))
+    assert again.status_code == 200 and again.get_json() == {"following": False}
     ids, body = walk(client, auth(1), feed_type="following", limit=2)
     assert ids == sorted(a + c, reverse=True) and body["total_count"] == 5
-    client.delete("/community/users/12/follow", headers=auth(1))
+    answers = [client.delete("/community/users/12/follow", headers=auth(1)).get_json()
+               for _ in range(2)]
+    assert answers == [{"following": True}, {"following": False}]
     ids, _ = walk(client, auth(1), feed_type="following", limit=2)
     assert ids == sorted(a, reverse=True)
     new = make_post(client, auth, 10)["id"]

@@ -155,6 +155,9 @@ def test_failed_job_and_scheduled_checkins_arrive(tracked, envelopes, redis_url)
     [(_, failed)] = envelopes.wait_for(checkin("hc-test-failing", "error"))
     assert failed["monitor_config"]["schedule"]["value"] == 10
     envelopes.wait_for(is_error("RuntimeError"))
+    assert run_once(state, Periodic("hc-test-cron", 0, lambda _s: None, cron="0 2 * * *"))
+    [(_, cron)] = envelopes.wait_for(checkin("hc-test-cron", "ok"))
+    assert cron["monitor_config"]["schedule"] == {"type": "crontab", "value": "0 2 * * *"}
     app.extensions["hc"].close()
 
 

@@ -99,13 +99,16 @@ def test_viewed_posts_rank_lower(client, auth, state, posts):
 def test_heart_is_a_like(client, auth, state, posts):
     pid = posts["ids"][0]
     assert client.post(f"/api/posts/{pid}/heart/").status_code == 401
-    for _ in range(2):
-        r = client.post(f"/api/posts/{pid}/heart/", headers=auth(9))
-        assert r.status_code == 200 and r.get_json() == {"hearted": True}
+    answers = [client.post(f"/api/posts/{pid}/heart/", headers=auth(9)) for _ in range(2)]
+    assert [(r.status_code, r.get_json()) for r in answers] == [
+        (200, {"hearted": True}), (200, {"hearted": False})]
     assert count(state, "SELECT like_count FROM posts WHERE id = :p", p=pid) == 1
     assert count(state, "SELECT count(*) FROM post_likes WHERE post_id = :p", p=pid) == 1
-    r = client.delete(f"/api/posts/{pid}/heart/", headers=auth(9))
-    assert r.get_json() == {"hearted": False}
+    # The same like as the community feed's: liking a hearted post changes nothing.
+    assert client.post(f"/community/posts/{pid}/like", headers=auth(9)).get_json() == {
+        "liked": False}
+    answers = [client.delete(f"/api/posts/{pid}/heart/", headers=auth(9)) for _ in range(2)]
+    assert [r.get_json() for r in answers] == [{"hearted": True}, {"hearted": False}]
     assert count(state, "SELECT like_count FROM posts WHERE id = :p", p=pid) == 0
     for method in (client.post, client.delete):
         assert method(f"/api/posts/{posts['deleted']}/heart/", headers=auth(9)).status_code == 404
@@ -165,12 +168,15 @@ def test_counts_exact_under_concurrency(app, auth, state, posts):
 
 def test_fellows_are_mutual(client, auth, state):
     assert client.post("/api/fellows/5/", headers=auth(4)).get_json() == {"fellow": True}
-    assert client.post("/api/fellows/5/", headers=auth(4)).get_json() == {"fellow": True}
+    assert client.post("/api/fellows/5/", headers=auth(4)).get_json() == {"fellow": False}
+    # Mutual: the other side's request finds the fellowship already there.
+    assert client.post("/api/fellows/4/", headers=auth(5)).get_json() == {"fellow": False}
     rows = count(state, "SELECT count(*) FROM fellows WHERE (user_id, fellow_id) IN "
                         "((4, 5), (5, 4))")
     assert rows == 2
-    assert client.delete("/api/fellows/4/", headers=auth(5)).get_json() == {"fellow": False}
+    assert client.delete("/api/fellows/4/", headers=auth(5)).get_json() == {"fellow": True}
     assert count(state, "SELECT count(*) FROM fellows") == 0
+    assert client.delete("/api/fellows/5/", headers=auth(4)).get_json() == {"fellow": False}
     r = client.post("/api/fellows/4/", headers=auth(4))
     assert r.status_code == 400 and r.get_json()["code"] == "self_fellow"
     assert client.post("/api/fellows/0/", headers=auth(4)).status_code == 404
@@ -178,15 +184,15 @@ def test_fellows_are_mutual(client, auth, state):
 
 def test_collective_join_and_leave(client, auth, state, posts):
     coll = posts["collective"]
-    for _ in range(2):
-        r = client.post(f"/api/collectives/{coll}/join/", headers=auth(9))
-        assert r.get_json() == {"member": True}
+    answers = [client.post(f"/api/collectives/{coll}/join/", headers=auth(9)) for _ in range(2)]
+    assert [r.get_json() for r in answers] == [{"member": True}, {"member": False}]
     assert count(state, "SELECT count(*) FROM collective_members WHERE user_id = 9") == 1
     r = client.get("/api/posts/?explain=true", headers=auth(9)).get_json()["results"]
     in_coll = next(p for p in r if p["collective_id"] == coll)
     assert in_coll["score_components"]["collective"] == 30
-    assert client.delete(f"/api/collectives/{coll}/join/", headers=auth(9)).get_json() == {
-        "member": False}
+    answers = [client.delete(f"/api/collectives/{coll}/join/", headers=auth(9))
+               for _ in range(2)]
+    assert [r.get_json() for r in answers] == [{"member": True}, {"member": False}]
     assert count(state, "SELECT count(*) FROM collective_members WHERE user_id = 9") == 0
     assert client.post("/api/collectives/99999/join/", headers=auth(9)).status_code == 404
     assert client.delete("/api/collectives/99999/join/", headers=auth(9)).status_code == 404

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
+from cache import recent_reels
 from storage.reels import datetime_to_ms, ms_to_datetime
 
 BASE_MS = 1_750_000_000_000  # 2025-06-15: the fake clock's start
@@ -144,12 +145,58 @@ def test_view_duration_capped_at_reel_duration(client, auth, reels, state):
     assert pg_rows(state, 7)[0][2] == 30
 
 
-def test_view_duration_optional(client, auth, reels, state):
+def test_view_duration_optional_null_on_a_first_view(client, auth, reels, state):
     for user, body in enumerate([None, {}, {"view_duration": None}, {"view_duration": 0}]):
         kwargs = {} if body is None else {"json": body}
         r = client.post(f"/api/reels/{reels[0]}/view", headers=auth(user + 1), **kwargs)
         assert r.status_code == 200, body
-        assert pg_rows(state, user + 1)[0][2] == 0
+        want = 0 if body == {"view_duration": 0} else None
+        assert pg_rows(state, user + 1)[0][2] == want
+        [listed] = recent(client, auth(user + 1))["reels"]
+        assert listed["view_duration"] == want
+
+
+def test_view_without_duration_keeps_the_last_known(client, auth, reels, state, clock):
+    """Single and batch views, read warm from Redis, from Postgres, and after a flush."""
+    h = auth(7)
+    single = f"/api/reels/{reels[0]}/view"
+
+    def shown() -> list[tuple[int, int | None]]:
+        return [(x["reel_id"], x["view_duration"]) for x in recent(client, h)["reels"]]
+
+    assert client.post(single, json={"view_duration": 12}, headers=h).status_code == 200
+    assert shown() == [(reels[0], 12)]  # the list is cached from here on
+    for body in (None, {}, {"view_duration": None}):
+        clock.tick(1000)
+        kwargs = {} if body is None else {"json": body}
+        assert client.post(single, headers=h, **kwargs).status_code == 200
+        assert shown() == [(reels[0], 12)], body
+        assert pg_rows(state, 7) == [(reels[0], clock.now, 12)]
+    clock.tick(1000)
+    r = client.post("/api/reels/views", json={"views": [{"reel_id": reels[0]}]}, headers=h)
+    assert r.get_json()["tracked"] == 1
+    assert shown() == [(reels[0], 12)] and pg_rows(state, 7)[0][1:] == (clock.now, 12)
+    # A duration still replaces it, 0 included.
+    assert client.post(single, json={"view_duration": 0}, headers=h).status_code == 200
+    assert shown() == [(reels[0], 0)]
+    # In one batch: the newest view has none, so the newest one with a duration counts.
+    clock.tick(1000)
+    views = [{"reel_id": reels[1], "viewed_at": iso(clock.now - 300), "view_duration": 4},
+             {"reel_id": reels[1], "viewed_at": iso(clock.now - 200), "view_duration": 5},
+             {"reel_id": reels[1], "viewed_at": iso(clock.now - 100)},
+             {"reel_id": reels[2]}]
+    assert client.post("/api/reels/views", json={"views": views}, headers=h).get_json()[
+        "tracked"] == 4
+    assert shown() == [(reels[2], None), (reels[1], 5), (reels[0], 0)]
+    # ...but not a duration older than the stored view (it arrived late): it is kept.
+    clock.tick(1000)
+    late = [{"reel_id": reels[0], "viewed_at": iso(clock.now - 5000), "view_duration": 9},
+            {"reel_id": reels[0]}]
+    client.post("/api/reels/views", json={"views": late}, headers=h)
+    assert shown()[0] == (reels[0], 0)
+    assert [(row[0], row[2]) for row in pg_rows(state, 7)] == shown()
+    state.cache.redis.delete(recent_reels.key(state.cache.keys, 7))  # rebuilt from Postgres
+    assert shown() == [(reels[0], 0), (reels[2], None), (reels[1], 5)]
 
 
 def test_bad_view_duration_400(client, auth, reels, state):
@@ -396,20 +443,23 @@ def test_only_newest_n_kept(client, auth, clock, state, settings):
 # --- likes ------------------------------------------------------------------------------------
 
 
-def test_like_unlike_idempotent_and_shown(client, auth, reels, state):
+def test_like_unlike_answer_whether_this_call_changed_anything(client, auth, reels, state):
     h = auth(7)
     url = f"/api/reels/{reels[0]}/like"
-    for _ in range(2):
-        r = client.post(url, headers=h)
-        assert r.status_code == 200 and r.get_json() == {"liked": True}
+    answers = [client.post(url, headers=h) for _ in range(2)]
+    assert [(r.status_code, r.get_json()) for r in answers] == [
+        (200, {"liked": True}), (200, {"liked": False})]
     client.post(f"/api/reels/{reels[0]}/view", headers=h)
     [item] = recent(client, h)["reels"]
     assert item["is_liked"] is True and item["likes_count"] == 1
-    for _ in range(2):
-        r = client.delete(url, headers=h)
-        assert r.status_code == 200 and r.get_json() == {"unliked": True}
+    answers = [client.delete(url, headers=h) for _ in range(2)]
+    assert [(r.status_code, r.get_json()) for r in answers] == [
+        (200, {"unliked": True}), (200, {"unliked": False})]
     [item] = recent(client, h)["reels"]
     assert item["is_liked"] is False and item["likes_count"] == 0
+    # Unliking a reel never liked changes nothing.
+    assert client.delete(f"/api/reels/{reels[1]}/like", headers=h).get_json() == {
+        "unliked": False}
 
 
 def test_like_errors(client, auth, admin_headers):

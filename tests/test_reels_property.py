@@ -48,19 +48,30 @@ def reels(client, admin_headers, state) -> list[int]:
 
 class Model:
     """Newest N distinct reels: per reel its newest view (a view at least as new wins),
-    ordered by time, ties by the id's text (Redis's order for equal scores)."""
+    ordered by time, ties by the id's text (Redis's order for equal scores). A view
+    without a duration keeps the reel's last known one (None on a first view); a reel
+    trimmed from the list is forgotten, duration included."""
 
     def __init__(self) -> None:
-        self.best: dict[int, tuple[int, int]] = {}
+        self.best: dict[int, tuple[int, int | None]] = {}
         self.counts: dict[int, int] = {}
 
     def view(self, reel: int, ms: int, duration: int | None) -> None:
         self.counts[reel] = self.counts.get(reel, 0) + 1
-        duration = min(duration or 0, REEL_DURATION)
+        if duration is not None:
+            duration = min(duration, REEL_DURATION)
         if reel not in self.best or ms >= self.best[reel][0]:
-            self.best[reel] = (ms, duration)
+            last = self.best[reel][1] if reel in self.best else None
+            self.best[reel] = (ms, last if duration is None else duration)
 
-    def listing(self) -> list[tuple[int, int, int]]:
+    def request(self, views: list[tuple[int, int, int | None]]) -> None:
+        """One request's views of existing reels: they apply in time order (the same
+        time: in request order), then the list is trimmed to N."""
+        for reel, ms, duration in sorted(views, key=lambda v: v[1]):
+            self.view(reel, ms, duration)
+        self.best = {reel: self.best[reel] for reel, _, _ in self.listing()}
+
+    def listing(self) -> list[tuple[int, int, int | None]]:
         ordered = sorted(self.best.items(), key=lambda kv: (kv[1][0], str(kv[0]).encode()),
                          reverse=True)
         return [(reel, ms, d) for reel, (ms, d) in ordered[:N]]
@@ -104,7 +115,7 @@ def test_list_always_equals_model_and_postgres(client, auth, state, clock, reels
                             headers=headers)
             assert r.status_code == (200 if i < 8 else 400 if i == 8 else 404)
             if i < 8:
-                model.view(reels[i], clock.now, duration)
+                model.request([(reels[i], clock.now, duration)])
         elif step[0] == "batch":
             _, items, dt = step
             clock.tick(dt)
@@ -118,9 +129,8 @@ def test_list_always_equals_model_and_postgres(client, auth, state, clock, reels
                                ).get_json()
             assert body["tracked"] == sum(i < 8 for i, _, _ in items)
             assert len(body["rejected"]) == len(items) - body["tracked"]
-            for i, ago, duration in items:
-                if i < 8:
-                    model.view(reels[i], clock.now - (ago or 0), duration)
+            model.request([(reels[i], clock.now - (ago or 0), duration)
+                           for i, ago, duration in items if i < 8])
         elif step[0] == "flush":  # everything of this test in Redis is lost
             redis = state.cache.redis
             keys = list(redis.scan_iter(match=f"{key_prefix}*", count=1000))
