@@ -11,7 +11,10 @@ Environment:
 """
 
 import glob
+import json
 import os
+
+from gunicorn import util
 
 from service.settings import require_jwt_secret, require_server_urls
 
@@ -75,3 +78,22 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def _json_error(sock, status_int, reason, mesg):
+    """The contract's JSON error for requests gunicorn refuses before the app sees them
+    (bad framing 400, URI too long 414, header fields too large 431, ...). gunicorn writes
+    an HTML page there, and its one place to change that is ``util.write_error``."""
+    from service.errors import CODES
+
+    body = json.dumps({
+        "error": reason,
+        "code": CODES.get(status_int, "bad_request"),
+        "details": {"server": mesg[:200]} if mesg else {},
+    }).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+util.write_error = _json_error

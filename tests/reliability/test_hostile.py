@@ -433,3 +433,46 @@ def test_seed_demo_refuses_a_database_with_data(app, client):
     skipped = runner.invoke(args=["seed-demo", "--if-empty"])
     assert skipped.exit_code == 0 and "skipped" in skipped.output
     assert fingerprint(app) == before
+
+
+# --- the web server itself (gunicorn as the Procfile runs it) ---------------------------------
+
+
+def _raw(base: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(data)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def test_server_level_errors_are_the_contract_json(settings, tmp_path):
+    """Requests gunicorn refuses before the app sees them (bad framing, a URL over its
+    request-line limit, a header over its field limit) still get the JSON error body."""
+    from tests.servers import gunicorn
+
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "JWT_SECRET": JWT_SECRET, "CACHE_KEY_PREFIX": settings.key_prefix,
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path),
+           "LOG_LEVEL": "WARNING"}
+    cases = {
+        "bad framing": (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        "long url": (b"GET /healthz?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+                     "uri_too_long"),
+        "big header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                       + b"x" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large"),
+    }
+    with gunicorn(env, tmp_path / "gunicorn.log") as base:
+        for name, (data, status, code) in cases.items():
+            got, headers, body = _raw(base, data)
+            assert got == status, (name, got, body[:200])
+            assert headers["content-type"] == "application/json", (name, headers)
+            parsed = json.loads(body)
+            assert parsed["code"] == code and parsed["error"], (name, parsed)
