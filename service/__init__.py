@@ -53,7 +53,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import importlib
 
     from service import api as api_module
-    from service import cli, cors, error_tracking, errors, input_guard, metrics, warming
+    from service import (
+        cli,
+        cors,
+        error_tracking,
+        errors,
+        input_guard,
+        metrics,
+        rate_limit,
+        warming,
+    )
     from service.bootstrap import bootstrap
     from service.fields import IdConverter
 
@@ -74,7 +83,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
 
     app.extensions["hc"] = bootstrap(settings)
+    if settings.trusted_proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
     cors.init_app(app, settings)
+    rate_limit.init_app(app, settings, app.extensions["hc"].cache.redis)
     api = api_module.make_api(app)
     errors.register(app)
     input_guard.init_app(app)

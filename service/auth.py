@@ -64,16 +64,38 @@ def decode_token(token: str, secret: str) -> Caller:
     return Caller(sub, claims.get("role") == "admin")
 
 
-def _caller_from_request(required: bool) -> Caller | None:
-    header = request.headers.get("Authorization", "")
-    if not header:
-        if required:
-            raise Unauthorized("Authentication required", code="authentication_required")
-        return None
+def _decode_header(header: str) -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Authorization header must be 'Bearer <token>'", code="invalid_token")
     return decode_token(token.strip(), current_app.config["JWT_SECRET"])
+
+
+def _caller_or_error() -> Caller | Unauthorized | None:
+    """The request's caller (None without a header), or the reason its token is refused;
+    decoded once per request (the rate limiter asks before the route does)."""
+    if "_auth" not in g:
+        header = request.headers.get("Authorization", "")
+        try:
+            g._auth = _decode_header(header) if header else None
+        except Unauthorized as exc:
+            g._auth = exc
+    return g._auth
+
+
+def peek_caller() -> Caller | None:
+    """The caller if the request carries a valid token, else None; never raises."""
+    found = _caller_or_error()
+    return found if isinstance(found, Caller) else None
+
+
+def _caller_from_request(required: bool) -> Caller | None:
+    found = _caller_or_error()
+    if isinstance(found, Unauthorized):
+        raise found
+    if found is None and required:
+        raise Unauthorized("Authentication required", code="authentication_required")
+    return found
 
 
 def _secured(fn: Callable, wrapper: Callable, optional: bool) -> Callable:

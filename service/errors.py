@@ -133,8 +133,9 @@ def api_error_response(error: ApiError):
     )
     response = jsonify(body)
     response.status_code = error.status
-    if error.status == 503:
-        response.headers["Retry-After"] = str(getattr(error, "retry_after", 1))
+    retry_after = getattr(error, "retry_after", 1 if error.status == 503 else None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

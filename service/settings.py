@@ -193,6 +193,13 @@ class Settings:
     activity_retention_days: dict[str, int] = field(
         default_factory=lambda: dict(DEFAULT_ACTIVITY_RETENTION_DAYS)
     )
+    # Rate limits (service/rate_limit.py): requests per window; 0 = off.
+    rate_limit_anonymous: int = 300  # per client address
+    rate_limit_user: int = 3000  # per signed-in user
+    rate_limit_fanout: int = 10  # admin activity fan-outs per caller
+    rate_limit_window: int = 60  # seconds
+    rate_limit_sync_interval: float = 0.5  # seconds between a process's counter syncs
+    trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For gives the client address
     # Ops.
     log_level: str = "INFO"
     sentry_dsn: str = ""  # empty = no error tracking (service/error_tracking.py)
@@ -290,6 +297,12 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "TRENDING_SNAPSHOT_TTL": ("trending_snapshot_ttl", int),
     "TRENDING_SNAPSHOT_REUSE": ("trending_snapshot_reuse", int),
     "RANKING_WEIGHTS": ("ranking_weights", _weights),
+    "RATE_LIMIT_ANONYMOUS": ("rate_limit_anonymous", int),
+    "RATE_LIMIT_USER": ("rate_limit_user", int),
+    "RATE_LIMIT_FANOUT": ("rate_limit_fanout", int),
+    "RATE_LIMIT_WINDOW": ("rate_limit_window", int),
+    "RATE_LIMIT_SYNC_INTERVAL": ("rate_limit_sync_interval", float),
+    "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
     "LOG_LEVEL": ("log_level", str),
     "SENTRY_DSN": ("sentry_dsn", str),
     "SENTRY_ENVIRONMENT": ("sentry_environment", str),

@@ -103,7 +103,7 @@ def test_alerts_fire_on_a_redis_outage_and_clear(database_url, tmp_path):
     redis_server = FaultyRedis(tmp_path).start()
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
            "JWT_SECRET": JWT_SECRET, "GUNICORN_THREADS": "4",
-           "BREAKER_COOLDOWN": "0.5", "LOG_LEVEL": "WARNING",
+           "BREAKER_COOLDOWN": "0.5", "LOG_LEVEL": "WARNING", "RATE_LIMIT_USER": "0",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path)}
     rules = tmp_path / "alerts.yml"
     rules.write_text(shortened((OPS / "prometheus" / "alerts.yml").read_text()))

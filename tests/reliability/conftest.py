@@ -140,6 +140,7 @@ def reliability_settings(database_url: str, redis_url: str, **changes) -> Settin
         db_pool_size=10,
         breaker_cooldown=0.5,
         log_level="WARNING",
+        rate_limit_anonymous=0, rate_limit_user=0, rate_limit_fanout=0,
     )
     return base.replace(**changes)
 
