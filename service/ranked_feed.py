@@ -31,6 +31,7 @@ from service.posts_service import like_post
 from service.schemas import PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
+from storage.profiles import author_json
 
 bp = Blueprint("ranked_feed", __name__, description="Personalized ranked feed (section 4)")
 
@@ -173,9 +174,10 @@ def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
 def _post_out(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
+        "user_id": row["author_id"],
         "author_id": row["author_id"],
-        "author": {"id": row["author_id"],
-                   "display_name": row["author_display_name"] or f"User {row['author_id']}"},
+        "author": author_json(row["author_id"], row["author_display_name"],
+                              row["author_avatar_url"], row["author_tier"]),
         "title": row["title"],
         "description": row["description"],
         "tags": list(row["tags"] or []),
@@ -186,12 +188,14 @@ def _post_out(row: dict[str, Any]) -> dict[str, Any]:
         "show_prompt": row["show_prompt"],
         "prompt": row["prompt"],
         "is_featured": row["is_featured"],
+        "inspired_by_post_id": row["inspired_by_post_id"],
         "like_count": row["like_count"],
         "comment_count": row["comment_count"],
         "view_count": row["view_count"],
         "praise_count": row["praise_count"],
         "trophy_count": row["trophy_count"],
         "created_at": isoformat(row["created_at"]),
+        "updated_at": isoformat(row["updated_at"]),
     }
 
 

@@ -37,15 +37,21 @@ class ReadyOut(Schema):
 
 
 class AuthorOut(Schema):
-    id = fields.Integer()
-    display_name = fields.String()
+    """A post's author: their profile, or the defaults ("Unknown", null, "free")."""
+
+    id = fields.Integer(required=True)
+    display_name = fields.String(required=True)
+    avatar_url = fields.String(required=True, allow_none=True)
+    subscription_tier = fields.String(required=True,
+                                      validate=validate.OneOf(["free", "plus", "pro"]))
 
 
 class PostFieldsOut(Schema):
     """A post as both feeds show it (sections 3 and 4 share one posts table)."""
 
     id = fields.Integer()
-    author_id = fields.Integer()
+    user_id = fields.Integer(metadata={"description": "the author (seed 002)"})
+    author_id = fields.Integer(metadata={"description": "synonym of user_id"})
     author = fields.Nested(AuthorOut)
     title = fields.String()
     description = fields.String(allow_none=True)
@@ -57,7 +63,9 @@ class PostFieldsOut(Schema):
     show_prompt = fields.Boolean()
     prompt = fields.String(allow_none=True)
     is_featured = fields.Boolean()
+    inspired_by_post_id = fields.Integer(allow_none=True)
     created_at = UtcDateTime()
+    updated_at = UtcDateTime()
     like_count = fields.Integer(metadata={"description": "likes (= hearts)"})
     comment_count = fields.Integer()
     view_count = fields.Integer()

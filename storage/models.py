@@ -50,13 +50,26 @@ def _id() -> Mapped[int]:
 # --- people -----------------------------------------------------------------------------
 
 
+SUBSCRIPTION_TIERS = ("free", "plus", "pro")
+
+
 class User(Base):
-    """A user known to the service. Rows are created on first sight of a token's ``sub``."""
+    """A user's profile (seed 002's author): written by the profile endpoints (or imported).
+
+    Users need no row: one without a row shows ``storage.profiles.DEFAULT_*`` in every feed.
+    """
 
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     display_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    avatar_url: Mapped[str | None] = mapped_column(String(2048))
+    subscription_tier: Mapped[str] = mapped_column(String(10), nullable=False,
+                                                   server_default="free")
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    __table_args__ = (
+        CheckConstraint("subscription_tier IN ('free', 'plus', 'pro')", name="tier"),
+    )
 
 
 # --- section 1: groups and their feed ------------------------------------------------------
@@ -224,6 +237,9 @@ class Post(Base):
     show_prompt: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     prompt: Mapped[str | None] = mapped_column(Text)
     is_featured: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
+    inspired_by_post_id: Mapped[int | None] = mapped_column(
+        ForeignKey("posts.id", ondelete="SET NULL")
+    )
     # Counters follow committed row changes in the same transaction.
     like_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     comment_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
@@ -231,6 +247,7 @@ class Post(Base):
     praise_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     trophy_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
         Index(

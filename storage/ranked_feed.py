@@ -29,10 +29,12 @@ from storage.models import (
 )
 
 POST_COLUMNS = (
-    "p.id, p.author_id, u.display_name AS author_display_name, p.title, p.description, "
+    "p.id, p.author_id, u.display_name AS author_display_name, "
+    "u.avatar_url AS author_avatar_url, u.subscription_tier AS author_tier, "
+    "p.title, p.description, "
     "p.tags, p.post_type, p.asset_type, p.asset_url, p.collective_id, p.show_prompt, "
-    "p.prompt, p.is_featured, p.like_count, p.comment_count, p.view_count, p.praise_count, "
-    "p.trophy_count, p.created_at"
+    "p.prompt, p.is_featured, p.inspired_by_post_id, p.like_count, p.comment_count, "
+    "p.view_count, p.praise_count, p.trophy_count, p.created_at, p.updated_at"
 )
 
 # Posts the viewer may see: live, author not blocked, collective not muted.

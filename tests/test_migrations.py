@@ -1,4 +1,5 @@
-"""Alembic history: exactly one head, so ``upgrade head`` (the Procfile's release) is unambiguous."""
+"""Alembic history: exactly one head, so ``upgrade head`` (the Procfile's release) is
+unambiguous."""
 
 from __future__ import annotations
 

@@ -48,7 +48,9 @@ def test_anonymous_gets_chronological(client, posts):
         post = body["results"][0]
         assert post["score"] is None and post["created_at"].endswith("Z")
         author = post["author_id"]
-        assert post["author"] == {"id": author, "display_name": f"User {author}"}
+        assert post["author"] == {"id": author, "display_name": "Unknown",
+                                  "avatar_url": None, "subscription_tier": "free"}
+        assert post["user_id"] == author and post["updated_at"].endswith("Z")
 
 
 def test_signed_in_default_is_personalized(client, auth, posts):
