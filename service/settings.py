@@ -112,6 +112,7 @@ class Settings:
     ranking_weights: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_RANKING_WEIGHTS)
     )
+    ranking_log_sample: float = 0.01  # share of ranked pages logged as a decision line
     activity_retention_days: dict[str, int] = field(
         default_factory=lambda: dict(DEFAULT_ACTIVITY_RETENTION_DAYS)
     )
@@ -147,6 +148,8 @@ class Settings:
         settings = cls(**values)
         if settings.cache_mode not in {"on", "off"}:
             raise ValueError("CACHE_MODE must be 'on' or 'off'")
+        if not 0.0 <= settings.ranking_log_sample <= 1.0:
+            raise ValueError("RANKING_LOG_SAMPLE must be from 0 to 1")
         if not 1 <= settings.max_recent_reel_views <= 127:  # + a sentinel: <= 128, listpack
             raise ValueError("MAX_RECENT_REEL_VIEWS must be from 1 to 127")
         if settings.jwt_secret == DEV_JWT_SECRET:
@@ -198,5 +201,6 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "TRENDING_SNAPSHOT_TTL": ("trending_snapshot_ttl", int),
     "TRENDING_SNAPSHOT_REUSE": ("trending_snapshot_reuse", int),
     "RANKING_WEIGHTS": ("ranking_weights", _weights),
+    "RANKING_LOG_SAMPLE": ("ranking_log_sample", float),
     "LOG_LEVEL": ("log_level", str),
 }

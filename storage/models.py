@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     func,
@@ -354,6 +355,10 @@ class UserPreferences(Base):
     preferred_post_types: Mapped[list[str]] = mapped_column(
         ARRAY(String(50)), nullable=False, server_default="{}"
     )
+    # Stored and returned (seed 003's UserPreference); no score component uses it yet.
+    preferred_artist_types: Mapped[list[str]] = mapped_column(
+        ARRAY(String(50)), nullable=False, server_default="{}"
+    )
     muted_collectives: Mapped[list[int]] = mapped_column(
         ARRAY(BigInteger), nullable=False, server_default="{}"
     )
@@ -361,6 +366,23 @@ class UserPreferences(Base):
         ARRAY(BigInteger), nullable=False, server_default="{}"
     )
     updated_at: Mapped[datetime] = _now()
+
+
+class RankingConfig(Base):
+    """The admin's personalized-ranking controls (at most one row, id 1).
+
+    No row: ranking enabled, weights from ``RANKING_WEIGHTS``. ``weights`` holds only the
+    weights an admin set (the others keep following the configuration). Cache version:
+    ``cache_versions`` row ``rank|config`` (``cache.ranked_feed.config_scope``).
+    """
+
+    __tablename__ = "ranking_config"
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    weights: Mapped[dict] = mapped_column(JSONB, nullable=False,
+                                          server_default=text("'{}'::jsonb"))
+    updated_at: Mapped[datetime] = _now()
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
 
 # --- section 5: reels --------------------------------------------------------------------

@@ -195,7 +195,8 @@ def test_collective_join_and_leave(client, auth, state, posts):
 
 
 def test_preferences(client, auth, posts):
-    empty = {"preferred_post_types": [], "muted_collectives": [], "blocked_users": []}
+    empty = {"preferred_post_types": [], "preferred_artist_types": [],
+             "muted_collectives": [], "blocked_users": []}
     assert client.get("/api/user/preferences/", headers=auth(9)).get_json() == empty
     assert client.get("/api/user/preferences/").status_code == 401
     r = client.put("/api/user/preferences/", headers=auth(9),
@@ -203,10 +204,11 @@ def test_preferences(client, auth, posts):
                          "blocked_users": [3]})
     assert r.status_code == 200
     assert r.get_json() == {"preferred_post_types": ["post", "prayer"],
+                            "preferred_artist_types": [],
                             "muted_collectives": [], "blocked_users": [3]}
     r = client.put("/api/user/preferences/", headers=auth(9),
                    json={"muted_collectives": [posts["collective"]]})
-    stored = {"preferred_post_types": ["post", "prayer"],
+    stored = {"preferred_post_types": ["post", "prayer"], "preferred_artist_types": [],
               "muted_collectives": [posts["collective"]], "blocked_users": [3]}
     assert r.get_json() == stored  # fields left out keep their value
     assert client.get("/api/user/preferences/", headers=auth(9)).get_json() == stored
