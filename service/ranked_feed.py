@@ -83,10 +83,11 @@ class RankedPostOut(PostFieldsOut):
     score = fields.Float(allow_none=True,
                          metadata={"description": "personalized score; null when chronological"})
     score_components = fields.Dict(
+        allow_none=True,
         metadata={"description": "with explain=true: the raw components (recency, social, "
                                  "interaction, engagement, collective, post_type), viewed "
                                  "and viewed_factor; score = Σ weight·component × "
-                                 "viewed_factor"})
+                                 "viewed_factor; null when chronological"})
 
 
 class RankedPageOut(Schema):

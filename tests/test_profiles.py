@@ -76,6 +76,15 @@ def test_own_profile_bad_input_is_400_naming_the_field_and_writes_nothing(
         "id": 5, **DEFAULT, "display_name": "Before"}
 
 
+def test_profile_text_round_trips_and_nul_is_refused(client, auth):
+    name = "Zoë 🚀 مرحبا" + "x" * 89  # 100 characters, more bytes
+    r = client.put("/api/user/profile/", json={"display_name": name}, headers=auth(5))
+    assert r.status_code == 200 and r.get_json()["display_name"] == name
+    r = client.put("/api/user/profile/", json={"display_name": "a\x00b"}, headers=auth(5))
+    assert r.status_code == 400
+    assert client.get("/api/user/profile/", headers=auth(5)).get_json()["display_name"] == name
+
+
 def test_admin_sets_anyones_profile_and_tier(client, auth, admin_headers):
     url = "/api/users/42/profile/"
     assert client.put(url, json={"subscription_tier": "pro"}, headers=auth(42)).status_code == 403
