@@ -9,6 +9,13 @@ afresh. Other people's activity (new posts, their likes and comments) reaches a 
 ranking when its page cache expires (``PAGE_CACHE_TTL``, 5 minutes) or on
 ``invalidate_cache=true``; deleted posts, blocked authors and muted collectives are
 filtered out of every page, cached or not.
+
+An admin's ranking controls (``/api/admin/ranking/``: on/off and weights over
+``RANKING_WEIGHTS``) live in Postgres; their version keys every cached ranking and is
+read with the viewer's calc version in one round trip (``cache.ranked_feed``), so a change
+is in force at every process's next page. Switched off, every caller gets the
+chronological order. ``RANKING_LOG_SAMPLE`` of the ranked pages are logged as one JSON
+line on ``service.ranking`` (viewer, page, weights, the top posts and their components).
 """
 
 from __future__ import annotations
@@ -548,7 +555,8 @@ class Ranking(MethodView):
         Postgres; every process ranks with it from the caller's next page (no restart, no
         page cached under the old controls is served)."""
         if not body:
-            return self.get()
+            controls = load_controls()
+            return _controls_out(controls.enabled, controls.weights)
         with state().uow() as uow:
             enabled, weights = store.save_ranking_controls(
                 uow.session, body.get("enabled"), body.get("weights", {}))

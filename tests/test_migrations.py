@@ -1,5 +1,4 @@
-"""Alembic history: exactly one head, so ``upgrade head`` (the Procfile's release) is
-unambiguous."""
+"""Alembic history: one head, so `upgrade head` (the Procfile's release) is unambiguous."""
 
 from __future__ import annotations
 
