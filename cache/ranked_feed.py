@@ -5,9 +5,18 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
 - **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>`` (5 min), ``rf:stats:<v>`` (10 min):
   the viewer's fellows, joined collectives and interaction counts (per author, per post
   type), JSON strings;
-- **ranking** ``rf:rank:<v>`` (5 min): a list whose head is ``{"n": count}`` and whose
+- **ranking** ``rf:rank:<v>:<c>`` (5 min): a list whose head is ``{"n": count}`` and whose
   entries are the viewer's ranked candidates ``[id, score, [6 components], viewed]``;
-  a page is one ``LRANGE`` of it.
+  a page is one ``LRANGE`` of it. ``<c>`` is the ranking controls' version (below).
+
+And one key shared by every viewer, under its own tag: **controls** ``{rank}:config``, the
+admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
+"weights"}``, ``v`` being the version of ``Scope(rank, "config")``, whose truth is a
+``cache_versions`` row bumped in the same transaction as the change (whose outbox op
+deletes this key). A page read fetches it in the same pipeline as the viewer's calc
+version (one round trip, no SQL when warm); a missing copy is filled from Postgres, single
+flight. A new ``<c>`` keys new rankings, so no page computed under older weights is read
+again, in any process, from the next page on.
 
 ``<v>`` is the scope ``Scope(u:<id>, "calc")``'s version, whose truth is a Postgres row
 (``cache_versions``): every write that changes one of the viewer's inputs (heart, praise,
@@ -46,8 +55,45 @@ def scope(user_id: int) -> Scope:
     return Scope(user_tag(user_id), "calc")
 
 
-def rank_key(keys: Keyspace, user_id: int, version: int) -> str:
-    return keys.key(user_tag(user_id), "rf", "rank", version)
+CONFIG_TAG = "rank"
+CONFIG_PATH = "ranking_config"
+
+
+def rank_key(keys: Keyspace, user_id: int, version: int, config_version: int) -> str:
+    return keys.key(user_tag(user_id), "rf", "rank", version, config_version)
+
+
+def config_scope() -> Scope:
+    return Scope(CONFIG_TAG, "config")
+
+
+def config_key(keys: Keyspace) -> str:
+    return keys.key(CONFIG_TAG, "config")
+
+
+def controls_changed(uow: Any, keys: Keyspace) -> None:
+    """Bump the controls' version in ``uow``'s transaction; after commit their Redis copy
+    is dropped, so every process reloads them at its next page."""
+    uow.change(config_scope()).op("DEL", config_key(keys))
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The ranking controls as cached: ``weights`` holds only the weights an admin set."""
+
+    version: int
+    enabled: bool
+    weights: dict[str, float]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": self.version, "enabled": self.enabled,
+                             "weights": self.weights})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Controls:
+        data = orjson.loads(raw)
+        return cls(int(data["v"]), bool(data["enabled"]),
+                   {str(k): float(w) for k, w in data["weights"].items()})
 
 
 def input_key(keys: Keyspace, user_id: int, name: str, version: int) -> str:
@@ -99,9 +145,55 @@ class RankedFeedCache:
         self.page_ttl = page_ttl
         self.input_ttls = input_ttls
 
+    def versions(self, user_id: int, load_controls: Callable[[], Controls]
+                 ) -> tuple[int | None, Controls]:
+        """The viewer's calc version (None when the cache is unusable) and the ranking
+        controls, in one round trip when both copies are in Redis. A missing copy is
+        loaded from Postgres (``load_controls()`` for the controls, refilled single-flight).
+        Never raises for Redis trouble."""
+        vkey = self.cache.keys.version(scope(user_id))
+        ckey = config_key(self.cache.keys)
+
+        def read(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.get(vkey)
+            pipe.get(ckey)
+            return pipe.execute()
+
+        try:
+            raw_version, raw_controls = self.cache.run(PATH, read)
+        except CacheUnavailable:
+            stats.count(CONFIG_PATH, "fallback")
+            return None, load_controls()
+        if raw_controls is not None:
+            stats.count(CONFIG_PATH, "hit")
+            controls = Controls.decode(raw_controls)
+        else:
+            stats.count(CONFIG_PATH, "miss")
+            controls = self._fill_controls(load_controls)
+        if raw_version is not None:
+            return int(raw_version), controls
+        try:
+            return self.filler.version(PATH, scope(user_id)), controls
+        except CacheUnavailable:
+            return None, controls
+
+    def _fill_controls(self, load_controls: Callable[[], Controls]) -> Controls:
+        key = config_key(self.cache.keys)
+
+        def stage(pipe: Any, temps: dict[str, str], controls: Controls) -> None:
+            pipe.set(temps[key], controls.encode())
+
+        try:
+            return self.filler.fill(CONFIG_PATH, config_scope(), [key], load_controls, stage)
+        except (LeaseHeld, CacheUnavailable):
+            return load_controls()  # another process is filling it, or Redis failed
+
     def page(
         self,
         user_id: int,
+        version: int | None,
+        config_version: int,
         start: int,
         stop: int,
         compute: Callable[[int | None], list[Entry]],
@@ -109,16 +201,16 @@ class RankedFeedCache:
     ) -> RankedPage:
         """Entries ``[start, stop)`` of the viewer's ranking and its size.
 
+        ``version`` and ``config_version`` are the viewer's calc version and the controls'
+        version as ``versions`` read them (``version`` None: the cache is unusable).
         ``compute(version)`` ranks from Postgres (``version`` is None when the cache is
         unusable: inputs then come from Postgres too). ``force`` recomputes and replaces
         the cached ranking (``invalidate_cache=true``). Never raises for Redis trouble.
         """
-        try:
-            version = self.filler.version(PATH, scope(user_id))
-        except CacheUnavailable:
+        if version is None:
             stats.count(PATH, "fallback")
             return _slice(compute(None), start, stop)
-        key = rank_key(self.cache.keys, user_id, version)
+        key = rank_key(self.cache.keys, user_id, version, config_version)
 
         def read(r: Any) -> RankedPage:
             pipe = r.pipeline(transaction=False)

@@ -289,15 +289,20 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
     head = peek(state.cache, [
         ("get", keys.version(follows)), ("smembers", ck.followees(user_id)),
         ("get", keys.version(author)), ("zrange", ck.author(user_id)),
-        ("get", keys.version(calc)),
+        ("get", keys.version(calc)), ("get", ranked_feed.config_key(keys)),
     ])
     calc_copy = version_copy(head[4])
+    # The ranking is keyed by the controls' version too: without their copy, no page of
+    # the current controls can be read either, so only the inputs are checked.
+    controls_copy = (ranked_feed.Controls.decode(head[5][1]).version
+                     if head[5][0] and head[5][1] is not None else None)
     ranked = []
     if calc_copy is not None:
         ranked = peek(state.cache, [
             *[("get", ranked_feed.input_key(keys, user_id, n, calc_copy))
               for n in ranked_feed.INPUT_NAMES],
-            ("lrange", ranked_feed.rank_key(keys, user_id, calc_copy)),
+            *([("lrange", ranked_feed.rank_key(keys, user_id, calc_copy, controls_copy))]
+              if controls_copy is not None else []),
         ])
     scopes = [follows, author, calc]
     before = _versions(state, scopes)
@@ -324,10 +329,11 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
             if exists:
                 out += _differs("feeds", ranked_feed.input_key(keys, user_id, name, calc_copy),
                                 orjson.loads(raw), inputs[name], **who)
-        exists, raw = ranked[-1]
+        exists, raw = ranked[-1] if controls_copy is not None else (False, None)
         if exists:  # the head announces the ranking's length: it must be whole
             count = orjson.loads(raw[0]).get("n") if raw else None
-            out += _differs("feeds", ranked_feed.rank_key(keys, user_id, calc_copy),
+            out += _differs("feeds", ranked_feed.rank_key(keys, user_id, calc_copy,
+                                                          controls_copy),
                             count, len(raw) - 1, **who)
     return out
 
@@ -355,9 +361,7 @@ def _ranked_page(state: AppState, user_id: int, force: bool) -> None:
     from service import ranked_feed as service
 
     with app_context(state):
-        service._feed_cache().page(  # noqa: SLF001 - the slice's own cache settings
-            user_id, 0, 1, lambda version: service.compute_ranking(user_id, version),
-            force=force)
+        service.ranked_page(user_id, 0, 1, force=force)
 
 
 def rebuild_feeds(state: AppState, user_id: int) -> None:

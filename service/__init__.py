@@ -24,6 +24,7 @@ SECTION_MODULES = (
     "service.activity_feed",
     "service.community_feed",
     "service.ranked_feed",
+    "service.profiles",
     "service.reels",
 )
 

@@ -41,7 +41,7 @@ from service.fields import Id, UtcDateTime
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
 from storage import community_feed as cf_sql
-from storage import posts
+from storage import posts, profiles
 from storage.models import Collective
 
 bp = Blueprint("community_feed", __name__, description="Community feed (section 3)")
@@ -68,6 +68,8 @@ class PostIn(Schema):
     show_prompt = fields.Boolean(load_default=False)
     prompt = fields.String(load_default=None, allow_none=True,
                            validate=validate.Length(max=5000))
+    inspired_by_post_id = Id(load_default=None, allow_none=True,
+                             metadata={"description": "a live post the caller can see"})
 
 
 class PostOut(PostFieldsOut):
@@ -127,15 +129,16 @@ class EngagementOut(Schema):
 def _post_json(row: posts.PostRow) -> dict[str, Any]:
     p = row.post
     return {
-        "id": p.id, "author_id": p.author_id, "title": p.title,
+        "id": p.id, "user_id": p.author_id, "author_id": p.author_id, "title": p.title,
         "description": p.description, "tags": list(p.tags or []), "post_type": p.post_type,
         "asset_type": p.asset_type, "asset_url": p.asset_url,
         "collective_id": p.collective_id, "show_prompt": p.show_prompt,
         "prompt": p.prompt if p.show_prompt else None,  # a hidden prompt never leaves
-        "is_featured": p.is_featured, "created_at": p.created_at,
+        "is_featured": p.is_featured, "inspired_by_post_id": p.inspired_by_post_id,
+        "created_at": p.created_at, "updated_at": p.updated_at,
         "like_count": p.like_count, "comment_count": p.comment_count,
         "view_count": p.view_count,
-        "author": {"id": p.author_id, "display_name": row.display_name},
+        "author": row.author,
         "is_liked_by_viewer": row.liked,
     }
 
@@ -151,11 +154,11 @@ def create_post(body):
                 raise ApiError("Unknown collective", code="validation_error",
                                details={"collective_id": ["Unknown collective."]})
     body["tags"] = sorted(set(body["tags"]))
-    post = posts_service.create_post(g.user.id, **body)
+    post = posts_service.create_post(g.user.id, is_admin=g.user.is_admin, **body)
     with state().db.session() as session:
         row = posts.load_page(session, [post.id], g.user.id).get(post.id)
-    if row is None:  # deleted in between: still report what was created
-        row = posts.PostRow(post, f"User {post.author_id}", False)
+        if row is None:  # deleted in between: still report what was created
+            row = posts.PostRow(post, profiles.get_profile(session, post.author_id), False)
     return _post_json(row)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from cache import community_feed as cf
 from cache import ranked_feed
 from cache.client import CacheUnavailable
-from service.errors import Forbidden, NotFound
+from service.errors import ApiError, Forbidden, NotFound
 from service.state import state
 from storage import posts
 from storage.models import Comment, Post
@@ -37,11 +37,20 @@ def created_us(created_at: datetime) -> int:
     return (created_at - EPOCH) // timedelta(microseconds=1)
 
 
-def create_post(author_id: int, **fields: Any) -> Post:
-    """Create a post by ``author_id``; ``fields`` are post columns (title, tags...)."""
+def create_post(author_id: int, is_admin: bool = False, **fields: Any) -> Post:
+    """Create a post by ``author_id``; ``fields`` are post columns (title, tags...).
+
+    An ``inspired_by_post_id`` must name a live post the author can see (share-locked
+    until commit, so it cannot be deleted meanwhile); else ``ApiError`` (400) naming it.
+    """
     app = state()
     ck = cf.CommunityKeys(app.cache.keys)
     with app.uow() as uow:
+        inspired = fields.get("inspired_by_post_id")
+        if inspired is not None and not posts.can_see(uow.session, inspired, author_id,
+                                                      is_admin, lock=True):
+            raise ApiError("Invalid request", code="validation_error", details={
+                "inspired_by_post_id": ["No live post with this id that you can see."]})
         post = posts.create_post(uow.session, author_id, **fields)
         cf.post_created(
             uow.change(cf.posts_scope()), uow.change(cf.author_scope(author_id)), ck,

@@ -9,10 +9,20 @@ afresh. Other people's activity (new posts, their likes and comments) reaches a 
 ranking when its page cache expires (``PAGE_CACHE_TTL``, 5 minutes) or on
 ``invalidate_cache=true``; deleted posts, blocked authors and muted collectives are
 filtered out of every page, cached or not.
+
+An admin's ranking controls (``/api/admin/ranking/``: on/off and weights over
+``RANKING_WEIGHTS``) live in Postgres; their version keys every cached ranking and is
+read with the viewer's calc version in one round trip (``cache.ranked_feed``), so a change
+is in force at every process's next page. Switched off, every caller gets the
+chronological order. ``RANKING_LOG_SAMPLE`` of the ranked pages are logged as one JSON
+line on ``service.ranking`` (viewer, page, weights, the top posts and their components).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -22,19 +32,31 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from cache.ranked_feed import Entry, RankedFeedCache, touch
+from cache.ranked_feed import (
+    Controls,
+    Entry,
+    RankedFeedCache,
+    RankedPage,
+    config_scope,
+    controls_changed,
+    touch,
+)
 from service import ranked_feed_score as scoring
-from service.auth import login_optional, login_required
+from service.auth import admin_required, login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, isoformat
 from service.posts_service import like_post
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
+from storage.profiles import author_json
 
 bp = Blueprint("ranked_feed", __name__, description="Personalized ranked feed (section 4)")
 
 MAX_PAGE = 100_000
+MAX_WEIGHT = 1_000_000.0  # far above any useful weight; keeps every score finite
+DECISION_LOG_TOP = 10  # posts per sampled ranking-decision log line
+decisions = logging.getLogger("service.ranking")
 
 
 def now() -> datetime:
@@ -68,10 +90,11 @@ class RankedPostOut(PostFieldsOut):
     score = fields.Float(allow_none=True,
                          metadata={"description": "personalized score; null when chronological"})
     score_components = fields.Dict(
+        allow_none=True,
         metadata={"description": "with explain=true: the raw components (recency, social, "
                                  "interaction, engagement, collective, post_type), viewed "
                                  "and viewed_factor; score = Σ weight·component × "
-                                 "viewed_factor"})
+                                 "viewed_factor; null when chronological"})
 
 
 class RankedPageOut(Schema):
@@ -97,19 +120,65 @@ class CollectiveMemberOut(Schema):
     member = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
+MAX_PREFERENCE_ENTRIES = 100  # API.md: each list at most 100 entries
+
+
 class PreferencesIn(Schema):
-    """Fields left out keep their stored value; lists are stored deduplicated and sorted."""
+    """Fields left out keep their stored value; lists are stored deduplicated and sorted.
+    ``preferred_artist_types`` is stored and returned (seed 003's UserPreference); no
+    score component uses it yet."""
 
     preferred_post_types = fields.List(
-        fields.String(validate=validate.Length(1, 50)), validate=validate.Length(max=20))
-    muted_collectives = fields.List(Id(), validate=validate.Length(max=500))
-    blocked_users = fields.List(Id(), validate=validate.Length(max=1000))
+        fields.String(validate=validate.Length(1, 50)),
+        validate=validate.Length(max=MAX_PREFERENCE_ENTRIES))
+    preferred_artist_types = fields.List(
+        fields.String(validate=validate.Length(1, 50)),
+        validate=validate.Length(max=MAX_PREFERENCE_ENTRIES))
+    muted_collectives = fields.List(Id(), validate=validate.Length(max=MAX_PREFERENCE_ENTRIES))
+    blocked_users = fields.List(Id(), validate=validate.Length(max=MAX_PREFERENCE_ENTRIES))
 
 
 class PreferencesOut(Schema):
     preferred_post_types = fields.List(fields.String(), required=True)
+    preferred_artist_types = fields.List(fields.String(), required=True)
     muted_collectives = fields.List(fields.Integer(), required=True)
     blocked_users = fields.List(fields.Integer(), required=True)
+
+
+def _weight(name: str) -> fields.Float:
+    return fields.Float(validate=validate.Range(0, MAX_WEIGHT), allow_nan=False,
+                        metadata={"description": f"weight of the {name} component"})
+
+
+class WeightsIn(Schema):
+    """Weights left out keep their current value."""
+
+    recency = _weight("recency")
+    social = _weight("social")
+    interaction = _weight("interaction")
+    engagement = _weight("engagement")
+    collective = _weight("collective")
+    post_type = _weight("post_type")
+
+
+class RankingIn(Schema):
+    enabled = fields.Boolean(
+        metadata={"description": "false: every caller gets the chronological order"})
+    weights = fields.Nested(WeightsIn)
+
+
+class WeightsOut(Schema):
+    recency = fields.Float(required=True)
+    social = fields.Float(required=True)
+    interaction = fields.Float(required=True)
+    engagement = fields.Float(required=True)
+    collective = fields.Float(required=True)
+    post_type = fields.Float(required=True)
+
+
+class RankingOut(Schema):
+    enabled = fields.Boolean(required=True)
+    weights = fields.Nested(WeightsOut, required=True)
 
 
 # --- ranking -------------------------------------------------------------------------------
@@ -130,9 +199,23 @@ def _stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, 
     return {"a": sorted(by_author.items()), "t": by_type}
 
 
-def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
-    """Rank the viewer's candidates from Postgres; inputs from the cache at ``version``
-    (or straight from Postgres when ``version`` is None)."""
+def load_controls() -> Controls:
+    """The ranking controls from Postgres (the truth)."""
+    with state().db.session() as session:
+        stored = store.load_ranking_controls(session, config_scope().row_name)
+    return Controls(stored.version, stored.enabled, stored.weights)
+
+
+def weights_of(controls: Controls) -> dict[str, float]:
+    """``RANKING_WEIGHTS`` with the admin's weights over it."""
+    return {**state().settings.ranking_weights, **controls.weights}
+
+
+def compute_ranking(user_id: int, version: int | None,
+                    weights: dict[str, float] | None = None) -> list[Entry]:
+    """Rank the viewer's candidates from Postgres with ``weights`` (default
+    ``RANKING_WEIGHTS``); inputs from the cache at ``version`` (or straight from Postgres
+    when ``version`` is None)."""
     app_state = state()
     settings = app_state.settings
     with app_state.db.session() as session:
@@ -163,7 +246,7 @@ def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
         viewed=frozenset(viewed),
     )
     candidates = [scoring.Candidate(**row) for row in rows]
-    ranked = scoring.rank(candidates, viewer, settings.ranking_weights, now())
+    ranked = scoring.rank(candidates, viewer, weights or settings.ranking_weights, now())
     return [Entry(r.id, r.score, r.components, r.viewed) for r in ranked]
 
 
@@ -173,9 +256,10 @@ def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
 def _post_out(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
+        "user_id": row["author_id"],
         "author_id": row["author_id"],
-        "author": {"id": row["author_id"],
-                   "display_name": row["author_display_name"] or f"User {row['author_id']}"},
+        "author": author_json(row["author_id"], row["author_display_name"],
+                              row["author_avatar_url"], row["author_tier"]),
         "title": row["title"],
         "description": row["description"],
         "tags": list(row["tags"] or []),
@@ -186,12 +270,14 @@ def _post_out(row: dict[str, Any]) -> dict[str, Any]:
         "show_prompt": row["show_prompt"],
         "prompt": row["prompt"] if row["show_prompt"] else None,  # hidden: never leaves
         "is_featured": row["is_featured"],
+        "inspired_by_post_id": row["inspired_by_post_id"],
         "like_count": row["like_count"],
         "comment_count": row["comment_count"],
         "view_count": row["view_count"],
         "praise_count": row["praise_count"],
         "trophy_count": row["trophy_count"],
         "created_at": isoformat(row["created_at"]),
+        "updated_at": isoformat(row["updated_at"]),
     }
 
 
@@ -204,15 +290,46 @@ def _page_url(page: int | None) -> str | None:
     return f"{state().settings.public_base_url}{request.path}?{urlencode(args)}"
 
 
+def ranked_page(user_id: int, start: int, stop: int, force: bool = False
+                ) -> tuple[Controls, RankedPage | None]:
+    """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
+    them (None when the admin switched ranking off). Warm: one round trip for the
+    versions, one for the page."""
+    feed_cache = _feed_cache()
+    version, controls = feed_cache.versions(user_id, load_controls)
+    if not controls.enabled:
+        return controls, None
+    weights = weights_of(controls)
+    return controls, feed_cache.page(
+        user_id, version, controls.version, start, stop,
+        lambda v: compute_ranking(user_id, v, weights), force=force,
+    )
+
+
+def _log_decision(user_id: int, args: dict[str, Any], count: int, controls: Controls,
+                  shown: list[tuple[dict[str, Any], Entry]]) -> None:
+    """One JSON line: the viewer, the page and its top posts with their components."""
+    top = [{"id": post["id"], "score": post["score"],
+            "components": dict(zip(scoring.COMPONENTS, entry.components, strict=True)),
+            "viewed": entry.viewed}
+           for post, entry in shown[:DECISION_LOG_TOP]]
+    decisions.info(json.dumps({
+        "event": "ranking_decision", "viewer": user_id, "page": args["page"],
+        "page_size": args["page_size"], "count": count,
+        "config_version": controls.version, "weights": weights_of(controls), "top": top,
+    }))
+
+
 def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     start = (args["page"] - 1) * args["page_size"]
-    ranked = _feed_cache().page(
-        user_id, start, start + args["page_size"],
-        lambda version: compute_ranking(user_id, version), force=args["invalidate_cache"],
-    )
+    controls, ranked = ranked_page(user_id, start, start + args["page_size"],
+                                   force=args["invalidate_cache"])
+    if ranked is None:
+        return _chronological(user_id, args)
     with state().db.session() as session:
         rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries])
     results = []
+    shown: list[tuple[dict[str, Any], Entry]] = []
     for entry in ranked.entries:
         row = rows.get(entry.id)
         if row is None:
@@ -223,6 +340,10 @@ def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[st
             post["score_components"] = scoring.Ranked(
                 entry.id, entry.score, entry.components, entry.viewed).explain()
         results.append(post)
+        shown.append((post, entry))
+    sample = state().settings.ranking_log_sample
+    if sample > 0 and random.random() < sample:  # noqa: S311 - sampling, not security
+        _log_decision(user_id, args, ranked.count, controls, shown)
     return ranked.count, results
 
 
@@ -415,3 +536,40 @@ class Preferences(MethodView):
             touch(uow, user_id)
             uow.commit()
         return saved.as_dict()
+
+
+# --- the admin's ranking controls -----------------------------------------------------------
+
+
+def _controls_out(enabled: bool, weights: dict[str, float]) -> dict[str, Any]:
+    return {"enabled": enabled,
+            "weights": {**state().settings.ranking_weights, **weights}}
+
+
+@bp.route("/api/admin/ranking/")
+class Ranking(MethodView):
+    """Switch personalized ranking off and on, and change its weights, at run time."""
+
+    @admin_required
+    @bp.response(200, RankingOut)
+    def get(self):
+        """The controls in force (weights nobody set follow ``RANKING_WEIGHTS``)."""
+        controls = load_controls()
+        return _controls_out(controls.enabled, controls.weights)
+
+    @admin_required
+    @bp.arguments(RankingIn)
+    @bp.response(200, RankingOut)
+    def put(self, body: dict[str, Any]):
+        """Change ``enabled`` and/or some weights (the others are kept). Stored in
+        Postgres; every process ranks with it from the caller's next page (no restart, no
+        page cached under the old controls is served)."""
+        if not body:
+            controls = load_controls()
+            return _controls_out(controls.enabled, controls.weights)
+        with state().uow() as uow:
+            enabled, weights = store.save_ranking_controls(
+                uow.session, body.get("enabled"), body.get("weights", {}))
+            controls_changed(uow, state().cache.keys)
+            uow.commit()
+        return _controls_out(enabled, weights)

@@ -14,7 +14,8 @@ Components, for one viewer and one post:
                    interactions (n_t > 0; ties broken by type name); a type listed in the
                    viewer's ``preferred_post_types`` scores at least 10
 
-Weights come from ``Settings.ranking_weights``. Already-viewed posts (a ``post_views`` row)
+Weights come from ``Settings.ranking_weights`` (with an admin's weights over them, see
+``service.ranked_feed``). Already-viewed posts (a ``post_views`` row)
 rank lower: their score is multiplied by ``VIEWED_FACTOR`` (0.5), so a viewed post stays
 in the feed but drops below unviewed posts of similar score. Order: score descending, then
 newest first, then id descending (a total order, so pages are stable).

@@ -41,15 +41,21 @@ class ReadyOut(Schema):
 
 
 class AuthorOut(Schema):
-    id = fields.Integer()
-    display_name = fields.String()
+    """A post's author: their profile, or the defaults ("Unknown", null, "free")."""
+
+    id = fields.Integer(required=True)
+    display_name = fields.String(required=True)
+    avatar_url = fields.String(required=True, allow_none=True)
+    subscription_tier = fields.String(required=True,
+                                      validate=validate.OneOf(["free", "plus", "pro"]))
 
 
 class PostFieldsOut(Schema):
     """A post as both feeds show it (sections 3 and 4 share one posts table)."""
 
     id = fields.Integer()
-    author_id = fields.Integer()
+    user_id = fields.Integer(metadata={"description": "the author (seed 002)"})
+    author_id = fields.Integer(metadata={"description": "synonym of user_id"})
     author = fields.Nested(AuthorOut)
     title = fields.String()
     description = fields.String(allow_none=True)
@@ -63,7 +69,9 @@ class PostFieldsOut(Schema):
         "description": "the prompt when show_prompt is true, else null (a hidden prompt "
                        "never leaves the service)"})
     is_featured = fields.Boolean()
+    inspired_by_post_id = fields.Integer(allow_none=True)
     created_at = UtcDateTime()
+    updated_at = UtcDateTime()
     like_count = fields.Integer(metadata={"description": "likes (= hearts)"})
     comment_count = fields.Integer()
     view_count = fields.Integer()

@@ -190,6 +190,7 @@ class Settings:
     ranking_weights: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_RANKING_WEIGHTS)
     )
+    ranking_log_sample: float = 0.01  # share of ranked pages logged as a decision line
     activity_retention_days: dict[str, int] = field(
         default_factory=lambda: dict(DEFAULT_ACTIVITY_RETENTION_DAYS)
     )
@@ -242,6 +243,8 @@ class Settings:
         settings = cls(**values)
         if settings.cache_mode not in {"on", "off"}:
             raise ValueError("CACHE_MODE must be 'on' or 'off'")
+        if not 0.0 <= settings.ranking_log_sample <= 1.0:
+            raise ValueError("RANKING_LOG_SAMPLE must be from 0 to 1")
         if not 1 <= settings.max_recent_reel_views <= 127:  # + a sentinel: <= 128, listpack
             raise ValueError("MAX_RECENT_REEL_VIEWS must be from 1 to 127")
         if "PUBLIC_BASE_URL" not in env and "public_base_url" not in overrides:
@@ -303,6 +306,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_WINDOW": ("rate_limit_window", int),
     "RATE_LIMIT_SYNC_INTERVAL": ("rate_limit_sync_interval", float),
     "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
+    "RANKING_LOG_SAMPLE": ("ranking_log_sample", float),
     "LOG_LEVEL": ("log_level", str),
     "SENTRY_DSN": ("sentry_dsn", str),
     "SENTRY_ENVIRONMENT": ("sentry_environment", str),

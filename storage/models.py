@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     func,
@@ -50,13 +51,26 @@ def _id() -> Mapped[int]:
 # --- people -----------------------------------------------------------------------------
 
 
+SUBSCRIPTION_TIERS = ("free", "plus", "pro")
+
+
 class User(Base):
-    """A user known to the service. Rows are created on first sight of a token's ``sub``."""
+    """A user's profile (seed 002's author): written by the profile endpoints (or imported).
+
+    Users need no row: one without a row shows ``storage.profiles.DEFAULT_*`` in every feed.
+    """
 
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     display_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    avatar_url: Mapped[str | None] = mapped_column(String(2048))
+    subscription_tier: Mapped[str] = mapped_column(String(10), nullable=False,
+                                                   server_default="free")
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    __table_args__ = (
+        CheckConstraint("subscription_tier IN ('free', 'plus', 'pro')", name="tier"),
+    )
 
 
 # --- section 1: groups and their feed ------------------------------------------------------
@@ -224,6 +238,9 @@ class Post(Base):
     show_prompt: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     prompt: Mapped[str | None] = mapped_column(Text)
     is_featured: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
+    inspired_by_post_id: Mapped[int | None] = mapped_column(
+        ForeignKey("posts.id", ondelete="SET NULL")
+    )
     # Counters follow committed row changes in the same transaction.
     like_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     comment_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
@@ -231,6 +248,7 @@ class Post(Base):
     praise_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     trophy_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
         Index(
@@ -337,6 +355,10 @@ class UserPreferences(Base):
     preferred_post_types: Mapped[list[str]] = mapped_column(
         ARRAY(String(50)), nullable=False, server_default="{}"
     )
+    # Stored and returned (seed 003's UserPreference); no score component uses it yet.
+    preferred_artist_types: Mapped[list[str]] = mapped_column(
+        ARRAY(String(50)), nullable=False, server_default="{}"
+    )
     muted_collectives: Mapped[list[int]] = mapped_column(
         ARRAY(BigInteger), nullable=False, server_default="{}"
     )
@@ -344,6 +366,23 @@ class UserPreferences(Base):
         ARRAY(BigInteger), nullable=False, server_default="{}"
     )
     updated_at: Mapped[datetime] = _now()
+
+
+class RankingConfig(Base):
+    """The admin's personalized-ranking controls (at most one row, id 1).
+
+    No row: ranking enabled, weights from ``RANKING_WEIGHTS``. ``weights`` holds only the
+    weights an admin set (the others keep following the configuration). Cache version:
+    ``cache_versions`` row ``rank|config`` (``cache.ranked_feed.config_scope``).
+    """
+
+    __tablename__ = "ranking_config"
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    weights: Mapped[dict] = mapped_column(JSONB, nullable=False,
+                                          server_default=text("'{}'::jsonb"))
+    updated_at: Mapped[datetime] = _now()
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
 
 # --- section 5: reels --------------------------------------------------------------------

@@ -13,22 +13,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from storage.models import Comment, Follow, Post, PostLike, PostView, User
+from storage.models import (
+    CollectiveMember,
+    Comment,
+    Follow,
+    Post,
+    PostLike,
+    PostView,
+    User,
+)
+from storage.profiles import author_json
 
 VIEW_DEBOUNCE_SECONDS = 30 * 60
 
 
 @dataclass(frozen=True)
 class PostRow:
-    """A live post with its counters, its author's display name and the viewer's like."""
+    """A live post with its counters, its author's profile (``profiles.author_json``) and
+    the viewer's like."""
 
     post: Post
-    display_name: str
+    author: dict[str, Any]
     liked: bool
 
 
@@ -48,6 +59,18 @@ def get_live_post(session: Session, post_id: int, lock: bool = False) -> Post | 
     if lock:
         query = query.with_for_update(read=True)
     return session.execute(query).scalar_one_or_none()
+
+
+def can_see(session: Session, post_id: int, viewer_id: int, is_admin: bool = False,
+            lock: bool = False) -> bool:
+    """Whether the post is live and the viewer may see it: public, or in a collective the
+    viewer is a member of (admins see every live post). ``lock`` as in ``get_live_post``."""
+    post = get_live_post(session, post_id, lock=lock)
+    if post is None:
+        return False
+    if post.collective_id is None or is_admin:
+        return True
+    return session.get(CollectiveMember, (post.collective_id, viewer_id)) is not None
 
 
 def soft_delete(session: Session, post_id: int) -> bool:
@@ -197,7 +220,7 @@ def load_page(
     tags: Sequence[str] = (),
 ) -> dict[int, PostRow]:
     """Hydrate ``post_ids`` in one query: live posts matching the filters, their authors'
-    display names (``User <id>`` when the author has no users row) and whether the viewer
+    profiles (the defaults when the author has no users row) and whether the viewer
     likes each one. Deleted or non-matching ids are absent from the result."""
     if not post_ids:
         return {}
@@ -209,14 +232,15 @@ def load_page(
         else text("false")
     )
     query = (
-        select(Post, User.display_name, liked)
+        select(Post, User.display_name, User.avatar_url, User.subscription_tier, liked)
         .outerjoin(User, User.id == Post.author_id)
         .where(Post.id.in_(list(post_ids)), Post.deleted_at.is_(None))
     )
     query = _filtered(query, asset_type, tags)
     rows: dict[int, PostRow] = {}
-    for post, name, is_liked_row in session.execute(query):
-        rows[post.id] = PostRow(post, name or f"User {post.author_id}", bool(is_liked_row))
+    for post, name, avatar, tier, is_liked_row in session.execute(query):
+        rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
+                                bool(is_liked_row))
     return rows
 
 

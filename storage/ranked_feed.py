@@ -11,11 +11,11 @@ so a ranking costs O(k_recent + 2·k_social) rows whatever the size of ``posts``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import cast, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -25,14 +25,17 @@ from storage.models import (
     Post,
     PostPraise,
     PostTrophy,
+    RankingConfig,
     UserPreferences,
 )
 
 POST_COLUMNS = (
-    "p.id, p.author_id, u.display_name AS author_display_name, p.title, p.description, "
+    "p.id, p.author_id, u.display_name AS author_display_name, "
+    "u.avatar_url AS author_avatar_url, u.subscription_tier AS author_tier, "
+    "p.title, p.description, "
     "p.tags, p.post_type, p.asset_type, p.asset_url, p.collective_id, p.show_prompt, "
-    "p.prompt, p.is_featured, p.like_count, p.comment_count, p.view_count, p.praise_count, "
-    "p.trophy_count, p.created_at"
+    "p.prompt, p.is_featured, p.inspired_by_post_id, p.like_count, p.comment_count, "
+    "p.view_count, p.praise_count, p.trophy_count, p.created_at, p.updated_at"
 )
 
 # Posts the viewer may see: live, author not blocked, collective not muted.
@@ -49,16 +52,18 @@ class Preferences:
     preferred_post_types: list[str]
     muted_collectives: list[int]
     blocked_users: list[int]
+    preferred_artist_types: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list]:
         return {
             "preferred_post_types": self.preferred_post_types,
+            "preferred_artist_types": self.preferred_artist_types,
             "muted_collectives": self.muted_collectives,
             "blocked_users": self.blocked_users,
         }
 
 
-EMPTY_PREFERENCES = Preferences([], [], [])
+EMPTY_PREFERENCES = Preferences([], [], [], [])
 
 
 def begin_ranking(session: Session) -> None:
@@ -107,7 +112,7 @@ def load_preferences(session: Session, user_id: int) -> Preferences:
     if row is None:
         return EMPTY_PREFERENCES
     return Preferences(list(row.preferred_post_types), list(row.muted_collectives),
-                       list(row.blocked_users))
+                       list(row.blocked_users), list(row.preferred_artist_types))
 
 
 _CANDIDATE_COLUMNS = (
@@ -289,6 +294,51 @@ def save_preferences(session: Session, user_id: int, changes: dict[str, list]) -
         index_elements=[UserPreferences.user_id],
         set_={**changes, "updated_at": func.now()},
     ).returning(UserPreferences.preferred_post_types, UserPreferences.muted_collectives,
-                UserPreferences.blocked_users)
+                UserPreferences.blocked_users, UserPreferences.preferred_artist_types)
     row = session.execute(stmt).one()
-    return Preferences(list(row[0]), list(row[1]), list(row[2]))
+    return Preferences(list(row[0]), list(row[1]), list(row[2]), list(row[3]))
+
+
+# --- the admin's ranking controls ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankingControls:
+    """The stored controls: ``weights`` holds only the weights an admin set."""
+
+    enabled: bool
+    weights: dict[str, float]
+    version: int  # of the cache scope ``rank|config`` (0: never changed)
+
+
+_CONTROLS = text(
+    "SELECT rc.enabled, rc.weights, "
+    "(SELECT version FROM cache_versions WHERE name = :name) AS version "
+    "FROM (SELECT 1) one LEFT JOIN ranking_config rc ON rc.id = 1"
+)
+
+
+def load_ranking_controls(session: Session, version_name: str) -> RankingControls:
+    """The controls and their cache version, read in one statement (one snapshot, so the
+    version always matches the values)."""
+    row = session.execute(_CONTROLS, {"name": version_name}).one()
+    return RankingControls(True if row.enabled is None else bool(row.enabled),
+                           {k: float(v) for k, v in (row.weights or {}).items()},
+                           int(row.version or 0))
+
+
+def save_ranking_controls(session: Session, enabled: bool | None,
+                          weights: dict[str, float]) -> tuple[bool, dict[str, float]]:
+    """Upsert: ``enabled`` if given, ``weights`` merged over the stored ones (the others
+    are kept). Returns the stored (enabled, weights)."""
+    table = RankingConfig.__table__
+    values: dict[str, Any] = {"id": 1, "weights": weights}
+    updates: dict[str, Any] = {"weights": table.c.weights.op("||")(cast(weights, JSONB)),
+                               "updated_at": func.now()}
+    if enabled is not None:
+        values["enabled"] = updates["enabled"] = enabled
+    stmt = insert(RankingConfig).values(values).on_conflict_do_update(
+        index_elements=[RankingConfig.id], set_=updates,
+    ).returning(RankingConfig.enabled, RankingConfig.weights)
+    row = session.execute(stmt).one()
+    return bool(row[0]), {k: float(v) for k, v in row[1].items()}

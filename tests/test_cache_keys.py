@@ -3,6 +3,7 @@
 import pytest
 
 from cache import memberships
+from cache import ranked_feed as rf
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 
 
@@ -15,6 +16,10 @@ def test_key_formats():
     assert memberships.key(ks, 42) == "hc:{u:42}:groups"
     assert Scope("u:42", "rs:7").row_name == "u:42|rs:7"
     assert Scope.from_row_name("u:42|rs:7") == Scope("u:42", "rs:7")
+    assert rf.rank_key(ks, 42, 5, 3) == "hc:{u:42}:rf:rank:5:3"
+    assert rf.config_key(ks) == "hc:{rank}:config"
+    assert ks.version(rf.config_scope()) == "hc:{rank}:v:config"
+    assert rf.config_scope().row_name == "rank|config"
 
 
 def test_prefix_cannot_pick_slot():

@@ -41,11 +41,15 @@ def test_create_post_shape_and_author_fallback(client, auth, state):
         s.add(User(id=7, display_name="Seven"))
         s.commit()
     p = make_post(client, auth, 7, title="t", tags=["b", "a"], asset_type="image")
-    assert p["author"] == {"id": 7, "display_name": "Seven"}
+    assert p["author"] == {"id": 7, "display_name": "Seven", "avatar_url": None,
+                           "subscription_tier": "free"}
+    assert p["user_id"] == p["author_id"] == 7 and p["inspired_by_post_id"] is None
+    assert p["is_featured"] is False and p["updated_at"].endswith("Z")
     assert p["tags"] == ["a", "b"] and p["like_count"] == 0
     assert p["is_liked_by_viewer"] is False and p["created_at"].endswith("Z")
     q = make_post(client, auth, 8)
-    assert q["author"] == {"id": 8, "display_name": "User 8"}
+    assert q["author"] == {"id": 8, "display_name": "Unknown", "avatar_url": None,
+                           "subscription_tier": "free"}
 
 
 def test_post_validation(client, auth):

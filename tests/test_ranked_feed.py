@@ -48,7 +48,9 @@ def test_anonymous_gets_chronological(client, posts):
         post = body["results"][0]
         assert post["score"] is None and post["created_at"].endswith("Z")
         author = post["author_id"]
-        assert post["author"] == {"id": author, "display_name": f"User {author}"}
+        assert post["author"] == {"id": author, "display_name": "Unknown",
+                                  "avatar_url": None, "subscription_tier": "free"}
+        assert post["user_id"] == author and post["updated_at"].endswith("Z")
 
 
 def test_signed_in_default_is_personalized(client, auth, posts):
@@ -199,7 +201,8 @@ def test_collective_join_and_leave(client, auth, state, posts):
 
 
 def test_preferences(client, auth, posts):
-    empty = {"preferred_post_types": [], "muted_collectives": [], "blocked_users": []}
+    empty = {"preferred_post_types": [], "preferred_artist_types": [],
+             "muted_collectives": [], "blocked_users": []}
     assert client.get("/api/user/preferences/", headers=auth(9)).get_json() == empty
     assert client.get("/api/user/preferences/").status_code == 401
     r = client.put("/api/user/preferences/", headers=auth(9),
@@ -207,10 +210,11 @@ def test_preferences(client, auth, posts):
                          "blocked_users": [3]})
     assert r.status_code == 200
     assert r.get_json() == {"preferred_post_types": ["post", "prayer"],
+                            "preferred_artist_types": [],
                             "muted_collectives": [], "blocked_users": [3]}
     r = client.put("/api/user/preferences/", headers=auth(9),
                    json={"muted_collectives": [posts["collective"]]})
-    stored = {"preferred_post_types": ["post", "prayer"],
+    stored = {"preferred_post_types": ["post", "prayer"], "preferred_artist_types": [],
               "muted_collectives": [posts["collective"]], "blocked_users": [3]}
     assert r.get_json() == stored  # fields left out keep their value
     assert client.get("/api/user/preferences/", headers=auth(9)).get_json() == stored
