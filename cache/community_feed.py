@@ -211,9 +211,10 @@ def rescore(cache: Cache, path: str, post_id: int, score: int | None, ref: str,
 # (max, after) in (score desc, member desc) order, sentinel excluded.
 RANGE_AFTER_LUA = """
 local out = {}
-local maxs, after, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local after, n = ARGV[2], tonumber(ARGV[3])
 for i = 1, #KEYS do
   local key = KEYS[i]
+  local maxs = ARGV[1]
   if redis.call('EXISTS', key) == 0 then
     out[i] = {0, 0}
   else
