@@ -17,6 +17,13 @@ Structures:
   sentinel, scope ``cf|a:<author>``. The following feed merges these (fan-out on read).
 - ``{u:<id>}:cf:followees``: the user's followees (a set, ``s`` sentinel for "none"), scope
   ``u:<id>|cf_follows``; follow/unfollow SADD/SREM it through the outbox.
+- ``{u:<id>}:cf:colls``: the collectives the user belongs to (a set, ``s`` sentinel for
+  "none"), scope ``u:<id>|cf_colls``; join/leave SADD/SREM it through the outbox. The
+  shared structures here (recent, trending, snapshots, author sets, counts) hold every
+  live post, public or not; pages are filtered per viewer on the way out with this set
+  (posts with a ``collective_id`` only for its members; admins see all), so a join or a
+  leave shows at the viewer's next page and nothing per viewer is copied. The set is read
+  in the same pipeline as the page's cached count (``read_count``).
 - ``{cf}:trending``: the trending window (live posts of the last ``TRENDING_WINDOW_HOURS``,
   at most ``TRENDING_MAX_POSTS``), score = API.md's formula x 10^6 as an integer (clamped
   below 2^53), ages measured from the reference time in ``{cf}:trending:ref``. Rebuilt by
@@ -41,7 +48,10 @@ Structures:
   small and a ranking of 10,000 posts is not. The walk itself: service/community_trending.py.
 - ``{cf}:counts``: cached ``total_count`` per (feed, filters, ...), scope ``cf|posts``: a
   create or delete deletes it; a count is written only if that scope's version did not
-  move while it was computed.
+  move while it was computed. A value is grouped by collective, ``[public, {"<cid>": n}]``
+  (JSON), shared by all viewers: a viewer's count is ``public`` plus the entries of the
+  collectives they belong to (all of them for admins). Its size grows with the number of
+  collectives holding matching posts (one entry each).
 
 Following: fan-out on read. One-off measurement on this machine (2 cores, local Redis 7,
 author sets of 200 posts, a page of 21 merged in one Lua call incl. Python parsing):
@@ -94,6 +104,10 @@ def follows_scope(user_id: int) -> Scope:
     return Scope(user_tag(user_id), "cf_follows")
 
 
+def colls_scope(user_id: int) -> Scope:
+    return Scope(user_tag(user_id), "cf_colls")
+
+
 class CommunityKeys:
     """Every key of the community feed, built from one ``Keyspace``."""
 
@@ -128,6 +142,9 @@ class CommunityKeys:
 
     def followees(self, user_id: int) -> str:
         return self.keys.key(user_tag(user_id), "cf", "followees")
+
+    def collectives(self, user_id: int) -> str:
+        return self.keys.key(user_tag(user_id), "cf", "colls")
 
 
 # --- scores -------------------------------------------------------------------------------
@@ -177,6 +194,15 @@ def follow_changed(change: Change, ck: CommunityKeys, user_id: int, followee_id:
         change.op("SADD", key, str(followee_id))
     else:
         change.op("SREM", key, str(followee_id))
+
+
+def membership_changed(change: Change, ck: CommunityKeys, user_id: int, collective_id: int,
+                       member: bool) -> None:
+    key = ck.collectives(user_id)
+    if member:
+        change.op("SADD", key, str(collective_id))
+    else:
+        change.op("SREM", key, str(collective_id))
 
 
 # Re-score one post if the trending set exists and its reference time is still ARGV[1].
@@ -294,6 +320,16 @@ def followees_reader(keys: Keyspace, user_id: int) -> Any:
 
 def stage_followees(pipe: Any, temp: str, followee_ids: Sequence[int]) -> None:
     pipe.sadd(temp, SENTINEL, *[str(f) for f in followee_ids])
+
+
+def stage_collectives(pipe: Any, temp: str, collective_ids: Sequence[int]) -> None:
+    pipe.sadd(temp, SENTINEL, *[str(c) for c in collective_ids])
+
+
+def _parse_ids(exists: Any, members: Any) -> Any:
+    if not exists:
+        return NO_VALUE
+    return frozenset(int(m) for m in members if m != SENTINEL.encode())
 
 
 # --- trending snapshots -----------------------------------------------------------------------
@@ -426,30 +462,62 @@ def count_field(*parts: object) -> str:
     return json.dumps(parts, separators=(",", ":"))
 
 
-def read_count(cache: Cache, path: str, field: str) -> tuple[int | None, str]:
-    """(cached count or None, the posts scope's version copy as read). Raises
-    ``CacheUnavailable``."""
+Grouped = tuple[int, dict[int, int]]  # (public posts, {collective id: posts})
+
+
+def encode_grouped(value: Grouped) -> str:
+    public, per = value
+    return json.dumps([public, {str(c): n for c, n in sorted(per.items())}],
+                      separators=(",", ":"))
+
+
+def decode_grouped(raw: bytes | str) -> Grouped:
+    public, per = json.loads(raw)
+    return int(public), {int(c): int(n) for c, n in per.items()}
+
+
+@dataclass
+class PageState:
+    """What a page reads before walking: its cached count, the posts-scope version copy it
+    was read under, and the viewer's collectives (``NO_VALUE``: not cached; None: not
+    asked, e.g. anonymous callers and admins)."""
+
+    count: Grouped | None
+    version: str
+    collectives: Any
+
+
+def read_count(cache: Cache, path: str, field: str,
+               member_of: int | None = None) -> PageState:
+    """The cached grouped count of ``field`` and the version copy, plus, if ``member_of``
+    is a user id, that user's cached collectives, in one pipeline (two slots: one round
+    trip per node). Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
 
-    def run(r: Any) -> tuple[int | None, str]:
+    def run(r: Any) -> PageState:
         pipe = r.pipeline(transaction=False)
         pipe.get(vkey)
         pipe.hget(ck.counts, field)
-        version, value = pipe.execute()
-        return (None if value is None else int(value),
-                "0" if version is None else version.decode())
+        if member_of is not None:
+            pipe.exists(ck.collectives(member_of))
+            pipe.smembers(ck.collectives(member_of))
+        reply = pipe.execute()
+        version, value = reply[0], reply[1]
+        colls = _parse_ids(reply[2], reply[3]) if member_of is not None else None
+        return PageState(None if value is None else decode_grouped(value),
+                         "0" if version is None else version.decode(), colls)
 
     return cache.run(path, run)
 
 
-def write_count(cache: Cache, path: str, field: str, value: int, version: str,
+def write_count(cache: Cache, path: str, field: str, value: Grouped, version: str,
                 ttl: int) -> None:
-    """Cache a count computed under posts-scope ``version`` (dropped if it moved)."""
+    """Cache a grouped count computed under posts-scope ``version`` (dropped if it moved)."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
     cache.run(path, lambda r: r.eval(COUNT_SET_LUA, 2, vkey, ck.counts, version, field,
-                                     value, ttl))
+                                     encode_grouped(value), ttl))
 
 
 # --- batch fills (the following feed's author sets) ------------------------------------------

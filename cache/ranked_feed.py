@@ -7,7 +7,9 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
   type), JSON strings;
 - **ranking** ``rf:rank:<v>`` (5 min): a list whose head is ``{"n": count}`` and whose
   entries are the viewer's ranked candidates ``[id, score, [6 components], viewed]``;
-  a page is one ``LRANGE`` of it.
+  a page is one ``LRANGE`` of it. Candidates are the posts the viewer may see (public or
+  in their collectives); a caller with the admin role sees every collective, so their
+  ranking is kept apart, ``rf:rank:<v>:a``.
 
 ``<v>`` is the scope ``Scope(u:<id>, "calc")``'s version, whose truth is a Postgres row
 (``cache_versions``): every write that changes one of the viewer's inputs (heart, praise,
@@ -46,7 +48,9 @@ def scope(user_id: int) -> Scope:
     return Scope(user_tag(user_id), "calc")
 
 
-def rank_key(keys: Keyspace, user_id: int, version: int) -> str:
+def rank_key(keys: Keyspace, user_id: int, version: int, admin: bool = False) -> str:
+    if admin:
+        return keys.key(user_tag(user_id), "rf", "rank", version, "a")
     return keys.key(user_tag(user_id), "rf", "rank", version)
 
 
@@ -106,19 +110,21 @@ class RankedFeedCache:
         stop: int,
         compute: Callable[[int | None], list[Entry]],
         force: bool = False,
+        admin: bool = False,
     ) -> RankedPage:
         """Entries ``[start, stop)`` of the viewer's ranking and its size.
 
         ``compute(version)`` ranks from Postgres (``version`` is None when the cache is
         unusable: inputs then come from Postgres too). ``force`` recomputes and replaces
-        the cached ranking (``invalidate_cache=true``). Never raises for Redis trouble.
+        the cached ranking (``invalidate_cache=true``); ``admin`` picks the admin-role
+        ranking (every collective's posts). Never raises for Redis trouble.
         """
         try:
             version = self.filler.version(PATH, scope(user_id))
         except CacheUnavailable:
             stats.count(PATH, "fallback")
             return _slice(compute(None), start, stop)
-        key = rank_key(self.cache.keys, user_id, version)
+        key = rank_key(self.cache.keys, user_id, version, admin)
 
         def read(r: Any) -> RankedPage:
             pipe = r.pipeline(transaction=False)

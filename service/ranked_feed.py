@@ -7,8 +7,9 @@ of ``service.ranked_feed_score`` and serves pages from the per-viewer cached ran
 bumps that viewer's calc version in its own transaction, so their next page is computed
 afresh. Other people's activity (new posts, their likes and comments) reaches a viewer's
 ranking when its page cache expires (``PAGE_CACHE_TTL``, 5 minutes) or on
-``invalidate_cache=true``; deleted posts, blocked authors and muted collectives are
-filtered out of every page, cached or not.
+``invalidate_cache=true``; deleted posts, blocked authors, muted collectives and
+collectives the viewer is not in (admins see them all) are filtered out of every page,
+cached or not. A join or leave bumps the viewer's calc version, so it shows at once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from service import ranked_feed_score as scoring
 from service.auth import login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, isoformat
-from service.posts_service import like_post
+from service.posts_service import like_post, set_membership
 from service.schemas import PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
@@ -130,9 +131,10 @@ def _stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, 
     return {"a": sorted(by_author.items()), "t": by_type}
 
 
-def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
+def compute_ranking(user_id: int, version: int | None, is_admin: bool = False) -> list[Entry]:
     """Rank the viewer's candidates from Postgres; inputs from the cache at ``version``
-    (or straight from Postgres when ``version`` is None)."""
+    (or straight from Postgres when ``version`` is None). Candidates are the posts the
+    viewer may see: public ones and their collectives' (every post for an admin)."""
     app_state = state()
     settings = app_state.settings
     with app_state.db.session() as session:
@@ -151,7 +153,7 @@ def compute_ranking(user_id: int, version: int | None) -> list[Entry]:
             session, fellows=inputs["fellows"], collectives=inputs["colls"],
             blocked=prefs.blocked_users, muted=prefs.muted_collectives,
             k_recent=settings.ranked_candidates_recent,
-            k_social=settings.ranked_candidates_social,
+            k_social=settings.ranked_candidates_social, is_admin=is_admin,
         )
         viewed = store.load_viewed(session, user_id, [row["id"] for row in rows])
     viewer = scoring.ViewerInputs(
@@ -203,19 +205,22 @@ def _page_url(page: int | None) -> str | None:
     return f"{request.base_url}?{urlencode(args)}"
 
 
-def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+def _personalized(user_id: int, args: dict[str, Any], is_admin: bool = False
+                  ) -> tuple[int, list[dict[str, Any]]]:
     start = (args["page"] - 1) * args["page_size"]
     ranked = _feed_cache().page(
         user_id, start, start + args["page_size"],
-        lambda version: compute_ranking(user_id, version), force=args["invalidate_cache"],
+        lambda version: compute_ranking(user_id, version, is_admin),
+        force=args["invalidate_cache"], admin=is_admin,
     )
     with state().db.session() as session:
-        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries])
+        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries],
+                                   is_admin)
     results = []
     for entry in ranked.entries:
         row = rows.get(entry.id)
         if row is None:
-            continue  # deleted, blocked or muted since the ranking was cached
+            continue  # deleted, blocked, muted or left since the ranking was cached
         post = _post_out(row)
         post["score"] = entry.score
         if args["explain"]:
@@ -225,11 +230,12 @@ def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[st
     return ranked.count, results
 
 
-def _chronological(user_id: int | None, args: dict[str, Any]
+def _chronological(user_id: int | None, args: dict[str, Any], is_admin: bool = False
                    ) -> tuple[int, list[dict[str, Any]]]:
     start = (args["page"] - 1) * args["page_size"]
     with state().db.session() as session:
-        count, rows = store.chronological_page(session, user_id, start, args["page_size"])
+        count, rows = store.chronological_page(session, user_id, start, args["page_size"],
+                                               is_admin)
     results = []
     for row in rows:
         post = _post_out(row)
@@ -255,9 +261,10 @@ def list_posts(args):
     user = g.user
     ordering = args["ordering"] or ("personalized" if user else "chronological")
     if user is None or ordering == "chronological":
-        count, results = _chronological(user.id if user else None, args)
+        count, results = _chronological(user.id if user else None, args,
+                                        bool(user and user.is_admin))
     else:
-        count, results = _personalized(user.id, args)
+        count, results = _personalized(user.id, args, user.is_admin)
     page, size = args["page"], args["page_size"]
     if page > 1 and (page - 1) * size >= count:
         raise NotFound("Invalid page", code="invalid_page")
@@ -273,8 +280,8 @@ def list_posts(args):
 # --- the viewer's writes -------------------------------------------------------------------
 
 
-def _require_live_post(session, post_id: int) -> None:
-    if not store.post_is_live(session, post_id):
+def _require_visible_post(session, post_id: int) -> None:
+    if not store.post_is_visible(session, post_id, g.user.id, g.user.is_admin):
         raise NotFound("Post not found")
 
 
@@ -285,25 +292,25 @@ class Heart(MethodView):
     @login_required
     @bp.response(200, HeartOut)
     def post(self, post_id: int):
-        return {"hearted": _set_heart(g.user.id, post_id, True)}
+        return {"hearted": _set_heart(g.user.id, post_id, True, g.user.is_admin)}
 
     @login_required
     @bp.response(200, HeartOut)
     def delete(self, post_id: int):
-        return {"hearted": _set_heart(g.user.id, post_id, False)}
+        return {"hearted": _set_heart(g.user.id, post_id, False, g.user.is_admin)}
 
 
-def _set_heart(user_id: int, post_id: int, hearted: bool) -> bool:
+def _set_heart(user_id: int, post_id: int, hearted: bool, is_admin: bool = False) -> bool:
     """A heart is a community like: ``like_post`` writes it and bumps the viewer's calc
     version in the same transaction when it changed (raises ``NotFound``)."""
-    like_post(user_id, post_id, hearted)
+    like_post(user_id, post_id, hearted, is_admin)
     return hearted
 
 
 def _add_fact(post_id: int, add) -> dict[str, bool]:
     user_id = g.user.id
     with state().uow() as uow:
-        _require_live_post(uow.session, post_id)
+        _require_visible_post(uow.session, post_id)
         added = add(uow.session, user_id, post_id)
         if added:
             touch(uow, user_id)
@@ -374,6 +381,7 @@ def _set_member(user_id: int, collective_id: int, member: bool) -> bool:
         write = store.join_collective if member else store.leave_collective
         if write(uow.session, user_id, collective_id):
             touch(uow, user_id)
+            set_membership(uow, user_id, collective_id, member)
         uow.commit()
     return member
 

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from storage.models import Post, TrendingSnapshot
-from storage.posts import Engagement, _filtered
+from storage.posts import Engagement, _filtered, grouped
 
 
 def trending_window(session: Session, since: datetime, until: datetime,
@@ -128,6 +128,16 @@ def count_snapshot_live(session: Session, sid: int, asset_type: str | None,
     query = select(func.count()).select_from(Post).where(
         Post.id.in_(ids), Post.deleted_at.is_(None))
     return int(session.execute(_filtered(query, asset_type, tags)).scalar_one())
+
+
+def count_snapshot_grouped(session: Session, sid: int, asset_type: str | None,
+                           tags: Sequence[str]) -> tuple[int, dict[int, int]]:
+    """``count_snapshot_live`` grouped by collective: (public, {collective id: n})."""
+    ids = select(func.unnest(TrendingSnapshot.post_ids)).where(TrendingSnapshot.id == sid)
+    query = (select(Post.collective_id, func.count())
+             .where(Post.id.in_(ids), Post.deleted_at.is_(None))
+             .group_by(Post.collective_id))
+    return grouped(session.execute(_filtered(query, asset_type, tags)))
 
 
 def delete_snapshots_older_than(session: Session, max_age_s: float) -> int:

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from storage.models import Comment, Follow, Post, PostLike, PostView, User
+from storage.models import CollectiveMember, Comment, Follow, Post, PostLike, PostView, User
 
 VIEW_DEBOUNCE_SECONDS = 30 * 60
 
@@ -48,6 +48,35 @@ def get_live_post(session: Session, post_id: int, lock: bool = False) -> Post | 
     if lock:
         query = query.with_for_update(read=True)
     return session.execute(query).scalar_one_or_none()
+
+
+def can_see(viewer_id: int | None, is_admin: bool = False):
+    """SQL condition: the viewer may see the post (API.md section 3, "Visibility"): public
+    posts for everyone, a collective's posts for its members and for admins only."""
+    if is_admin:
+        return true()
+    if viewer_id is None:
+        return Post.collective_id.is_(None)
+    member = (select(CollectiveMember.user_id)
+              .where(CollectiveMember.collective_id == Post.collective_id,
+                     CollectiveMember.user_id == viewer_id)
+              .exists())
+    return or_(Post.collective_id.is_(None), member)
+
+
+def get_visible_post(session: Session, post_id: int, viewer_id: int | None,
+                     is_admin: bool = False) -> Post | None:
+    """The post if it is live and the viewer may see it (else None: a 404 for them)."""
+    query = select(Post).where(Post.id == post_id, Post.deleted_at.is_(None),
+                               can_see(viewer_id, is_admin))
+    return session.execute(query).scalar_one_or_none()
+
+
+def collectives_of(session: Session, user_id: int) -> list[int]:
+    """The collectives ``user_id`` belongs to."""
+    return sorted(session.execute(
+        select(CollectiveMember.collective_id).where(CollectiveMember.user_id == user_id)
+    ).scalars())
 
 
 def soft_delete(session: Session, post_id: int) -> bool:
@@ -139,11 +168,13 @@ def record_view(session: Session, post_id: int, viewer_id: int,
     return True
 
 
-def post_counts(session: Session, post_id: int) -> tuple[int, int, int] | None:
-    """(like_count, comment_count, view_count) of a live post, or None."""
+def post_counts(session: Session, post_id: int, viewer_id: int | None = None,
+                is_admin: bool = True) -> tuple[int, int, int] | None:
+    """(like_count, comment_count, view_count) of a live post the viewer may see, or None
+    (by default: as an admin, whoever asks)."""
     row = session.execute(
         select(Post.like_count, Post.comment_count, Post.view_count).where(
-            Post.id == post_id, Post.deleted_at.is_(None)
+            Post.id == post_id, Post.deleted_at.is_(None), can_see(viewer_id, is_admin)
         )
     ).first()
     return None if row is None else (row[0], row[1], row[2])
@@ -260,6 +291,33 @@ def count_live(
         query = query.where(Post.created_at.between(*created_between))
     query = _filtered(query, asset_type, tags)
     return int(session.execute(query).scalar_one())
+
+
+def count_live_grouped(
+    session: Session,
+    authors: Sequence[int] | None = None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+) -> tuple[int, dict[int, int]]:
+    """Live posts matching the filters, as (public ones, {collective id: its ones})."""
+    if authors is not None and not authors:
+        return 0, {}
+    query = (select(Post.collective_id, func.count()).where(Post.deleted_at.is_(None))
+             .group_by(Post.collective_id))
+    if authors is not None:
+        query = query.where(Post.author_id.in_(list(authors)))
+    return grouped(session.execute(_filtered(query, asset_type, tags)))
+
+
+def grouped(rows) -> tuple[int, dict[int, int]]:
+    """``(collective_id, n)`` rows as (public, {collective id: n})."""
+    public, per = 0, {}
+    for collective_id, n in rows:
+        if collective_id is None:
+            public = int(n)
+        else:
+            per[int(collective_id)] = int(n)
+    return public, per
 
 
 @dataclass(frozen=True)
