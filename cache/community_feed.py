@@ -24,9 +24,14 @@ Structures:
   (posts with a ``collective_id`` only for its members; admins see all), so a join or a
   leave shows at the viewer's next page and nothing per viewer is copied. The set is read
   in the same pipeline as the page's cached count (``read_count``).
-- ``{cf}:trending``: the trending window (live posts of the last ``TRENDING_WINDOW_HOURS``,
-  at most ``TRENDING_MAX_POSTS``), score = API.md's formula x 10^6 as an integer (clamped
-  below 2^53), ages measured from the reference time in ``{cf}:trending:ref``. Rebuilt by
+- ``{cf}:trending``: the trending set: the window (live posts of the last
+  ``TRENDING_WINDOW_HOURS``, at most ``TRENDING_MAX_POSTS``) plus the head of the older
+  posts (the best ``TAIL_HEAD`` of them, jobs/community_feed.py), score =
+  API.md's formula x 10^6 as an integer (clamped below 2^53), ages measured from the
+  reference time in ``{cf}:trending:ref``. ``{cf}:trending:floor`` is the key
+  ``score:id`` of the head's last post, or empty when the older posts all fit in the head:
+  above the floor the set holds every live post in exact order; below it, older posts are
+  missing (a walk continues in Postgres, service/community_trending.py). Rebuilt by
   the scheduled job every ``TRENDING_RECOMPUTE_INTERVAL`` s; between rebuilds each like,
   comment, view or new post re-scores its post (best effort, ``ZADD`` of the absolute
   score at the same reference time, only if the reference did not change meanwhile).
@@ -36,14 +41,15 @@ Structures:
 - ``{cf}:ts:<sid>``: the Redis copy of trending *snapshot* ``sid``: the ranking a walk
   reads from its first page to its last, so likes during the walk cannot move a post
   across the cursor (no repeat, no skip). Its truth is the Postgres row
-  ``trending_snapshots.<sid>`` (ids and scores in rank order, at most
-  ``TRENDING_MAX_POSTS``), so a copy lost to a flush or an eviction is restored
+  ``trending_snapshots.<sid>`` (ids and scores in rank order, the trending set's size at
+  most, and its floor), so a copy lost to a flush or an eviction is restored
   (single-flight) from that row, and with Redis down pages are read from the row itself.
   Members as everywhere here; a sentinel at score 0 keeps an empty snapshot existing.
   The copy expires when its row does (``TRENDING_SNAPSHOT_TTL`` after it was taken).
   ``{cf}:ts:latest`` names the snapshot new walks share until it is
-  ``TRENDING_SNAPSHOT_REUSE`` s old, so at most TTL/REUSE snapshots exist (60 x <= 10,000
-  entries by default). Choice documented here: a snapshot per walk (shared by walks that
+  ``TRENDING_SNAPSHOT_REUSE`` s old (``<sid>`` or ``<sid>:<floor score>:<floor id>``), so
+  at most TTL/REUSE snapshots exist (60 x <= 11,000 entries by default). Choice
+  documented here: a snapshot per walk (shared by walks that
   start together) rather than a cursor carrying the ranking, because a cursor must stay
   small and a ranking of 10,000 posts is not. The walk itself: service/community_trending.py.
 - ``{cf}:counts``: cached ``total_count`` per (feed, filters, ...), scope ``cf|posts``: a
@@ -125,6 +131,10 @@ class CommunityKeys:
     @property
     def trending_ref(self) -> str:
         return self.keys.key(TAG, "trending", "ref")
+
+    @property
+    def trending_floor(self) -> str:
+        return self.keys.key(TAG, "trending", "floor")
 
     @property
     def latest_snapshot(self) -> str:
@@ -334,13 +344,14 @@ def _parse_ids(exists: Any, members: Any) -> Any:
 
 # --- trending snapshots -----------------------------------------------------------------------
 
-# KEYS: trending, trending ref. ARGV: cap. Returns {ref, m1, s1, ...} (best first, at most
-# cap entries, sentinel excluded) read atomically, or false when the set or ref is missing.
+# KEYS: trending, trending ref, trending floor. ARGV: cap. Returns {ref, floor, m1, s1, ...}
+# (best first, at most cap entries, sentinel excluded) read atomically, or false when the
+# set or ref is missing.
 READ_TRENDING_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local ref = redis.call('GET', KEYS[2])
 if not ref then return false end
-local out = {ref}
+local out = {ref, redis.call('GET', KEYS[3]) or ''}
 local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(0', 'WITHSCORES',
                         'LIMIT', 0, tonumber(ARGV[1]))
 for _, v in ipairs(rows) do out[#out + 1] = v end
@@ -352,24 +363,52 @@ def snapshot_scope() -> Scope:
     return Scope(TAG, "ts")
 
 
+Floor = tuple[int, int] | None  # (score, id) below which a set misses older posts
+
+
+def encode_floor(floor: Floor) -> str:
+    return "" if floor is None else f"{floor[0]}:{floor[1]}"
+
+
+def decode_floor(raw: bytes | str) -> Floor:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text:
+        return None
+    score, post_id = text.split(":")
+    return int(score), int(post_id)
+
+
 def read_trending(cache: Cache, path: str,
-                  cap: int) -> tuple[str, list[tuple[int, int]]] | None:
-    """The trending set's reference time and its best ``cap`` ``(score, id)`` entries, in
-    one atomic read; None if the set is missing. Raises ``CacheUnavailable``."""
+                  cap: int) -> tuple[str, Floor, list[tuple[int, int]]] | None:
+    """The trending set's reference time, floor and best ``cap`` ``(score, id)`` entries,
+    in one atomic read; None if the set is missing. Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
-    raw = cache.run(path, lambda r: r.eval(READ_TRENDING_LUA, 2, ck.trending,
-                                           ck.trending_ref, cap))
+    raw = cache.run(path, lambda r: r.eval(READ_TRENDING_LUA, 3, ck.trending,
+                                           ck.trending_ref, ck.trending_floor, cap + 1))
     if not raw:
         return None
-    flat = raw[1:]
-    return raw[0].decode(), [(int(float(flat[i + 1])), int(flat[i]))
-                             for i in range(0, len(flat), 2)]
+    flat = raw[2:]
+    entries = [(int(float(flat[i + 1])), int(flat[i])) for i in range(0, len(flat), 2)]
+    floor = decode_floor(raw[1])
+    if len(entries) > cap:  # cut short: the copy is complete only down to its last entry
+        entries = entries[:cap]
+        if floor is None or entries[-1] > floor:
+            floor = entries[-1]
+    return raw[0].decode(), floor, entries
 
 
-def snapshot_pointer(cache: Cache, path: str) -> int | None:
-    """The snapshot new walks share right now, if any. Raises ``CacheUnavailable``."""
+def _pointer(sid: int, floor: Floor) -> str:
+    return str(sid) if floor is None else f"{sid}:{encode_floor(floor)}"
+
+
+def snapshot_pointer(cache: Cache, path: str) -> tuple[int, Floor] | None:
+    """The snapshot new walks share right now, if any, and its floor. Raises
+    ``CacheUnavailable``."""
     raw = cache.run(path, lambda r: r.get(CommunityKeys(cache.keys).latest_snapshot))
-    return None if raw is None else int(raw)
+    if raw is None:
+        return None
+    sid, _, floor = raw.decode().partition(":")
+    return int(sid), decode_floor(floor)
 
 
 def _stage_snapshot(pipe: Any, key: str, temp: str, entries: Sequence[tuple[int, int]],
@@ -382,7 +421,7 @@ def _stage_snapshot(pipe: Any, key: str, temp: str, entries: Sequence[tuple[int,
 
 
 def store_snapshot(cache: Cache, path: str, sid: int, entries: Sequence[tuple[int, int]],
-                   ttl: int, pointer_ttl: int) -> None:
+                   ttl: int, pointer_ttl: int, floor: Floor = None) -> None:
     """Copy a new snapshot into Redis (expiring in ``ttl`` s; an existing copy is kept:
     snapshots are immutable) and, if ``pointer_ttl`` > 0, make it the one new walks share
     for that many seconds. Raises ``CacheUnavailable``."""
@@ -394,17 +433,18 @@ def store_snapshot(cache: Cache, path: str, sid: int, entries: Sequence[tuple[in
         _stage_snapshot(pipe, key, cache.keys.temp(key, uuid.uuid4().hex), entries,
                         max(ttl, 1))
         if pointer_ttl > 0:
-            pipe.set(ck.latest_snapshot, sid, ex=pointer_ttl)
+            pipe.set(ck.latest_snapshot, _pointer(sid, floor), ex=pointer_ttl)
         pipe.execute()
 
     cache.run(path, run)
 
 
-def share_snapshot(cache: Cache, path: str, sid: int, pointer_ttl: int) -> None:
+def share_snapshot(cache: Cache, path: str, sid: int, pointer_ttl: int,
+                   floor: Floor = None) -> None:
     """Make snapshot ``sid`` the one new walks share for ``pointer_ttl`` seconds."""
     if pointer_ttl > 0:
-        cache.run(path, lambda r: r.set(CommunityKeys(cache.keys).latest_snapshot, sid,
-                                        ex=pointer_ttl))
+        cache.run(path, lambda r: r.set(CommunityKeys(cache.keys).latest_snapshot,
+                                        _pointer(sid, floor), ex=pointer_ttl))
 
 
 RELEASE_LUA = """
@@ -441,11 +481,12 @@ def restore_snapshot(cache: Cache, path: str, sid: int,
 
 
 def stage_trending(pipe: Any, temps: dict[str, str], ck: CommunityKeys,
-                   entries: Sequence[tuple[int, int]], ref: str) -> None:
+                   entries: Sequence[tuple[int, int]], ref: str, floor: Floor = None) -> None:
     stage_sorted(pipe, temps[ck.trending], entries, complete=False)
     if not entries:
         pipe.zadd(temps[ck.trending], {SENTINEL: 0})  # an empty window still exists
     pipe.set(temps[ck.trending_ref], ref)
+    pipe.set(temps[ck.trending_floor], encode_floor(floor))
 
 
 # --- cached total counts ---------------------------------------------------------------------

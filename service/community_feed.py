@@ -262,6 +262,10 @@ def decode_cursor(raw: str, feed: str, query: str) -> dict[str, Any]:
               and all(type(x) is int and 0 <= x < 2**63 for x in key))
         if ok and feed == "trending":
             ok = type(data.get("s")) is int and 0 < data["s"] < 2**63
+            floor = data.get("fl")
+            ok = ok and (floor is None or (
+                isinstance(floor, list) and len(floor) == 2
+                and all(type(x) is int and 0 <= x < 2**63 for x in floor)))
     except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
         raise BadCursor() from exc
     if not ok:
@@ -403,18 +407,24 @@ class FollowingSource(Source):
 
 
 class TrendingSource(Source):
-    """One walk's ranking: its durable snapshot (see service/community_trending.py)."""
+    """One walk's ranking: its durable snapshot down to its floor, then its deep tail
+    (see service/community_trending.py)."""
 
-    def __init__(self, sid: int, outcome: str = "hit") -> None:
-        self.sid, self.outcome = sid, outcome
+    def __init__(self, sid: int, floor: cf.Floor, outcome: str = "hit") -> None:
+        self.sid, self.floor, self.outcome = sid, floor, outcome
 
     @classmethod
     def start(cls) -> TrendingSource:
         return cls(*trending.start_walk())
 
+    @classmethod
+    def resume(cls, data: dict[str, Any]) -> TrendingSource:
+        floor = data.get("fl")
+        return cls(data["s"], None if floor is None else (floor[0], floor[1]))
+
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         try:
-            keys, outcome = trending.keys_after(self.sid, after, n)
+            keys, outcome = trending.walk_after(self.sid, self.floor, after, n)
         except trending.UnknownSnapshot as exc:
             raise BadCursor() from exc
         if OUTCOME_RANK[outcome] > OUTCOME_RANK[self.outcome]:
@@ -570,9 +580,9 @@ def feed(args):
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
     else:
-        walk = TrendingSource(data["s"]) if data else TrendingSource.start()
+        walk = TrendingSource.resume(data) if data else TrendingSource.start()
         source = walk
-        extra = {"s": walk.sid}
+        extra = {"s": walk.sid, **({"fl": list(walk.floor)} if walk.floor else {})}
 
         def count() -> cf.Grouped:
             with app.db.session() as session:

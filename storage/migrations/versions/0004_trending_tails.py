@@ -1,0 +1,41 @@
+"""community feed: trending walks reach every post (a snapshot's floor and deep tail)
+
+Revision ID: 0004_trending_tails
+Revises: 0003_merge_heads
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004_trending_tails"
+down_revision: str | None = "0003_merge_heads"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("trending_snapshots", sa.Column("floor_score", sa.BigInteger()))
+    op.add_column("trending_snapshots", sa.Column("floor_id", sa.BigInteger()))
+    op.add_column("trending_snapshots", sa.Column(
+        "tail_ready", sa.Boolean(), server_default=sa.text("false"), nullable=False))
+    op.create_table(
+        "trending_snapshot_tails",
+        sa.Column("snapshot_id", sa.BigInteger(), nullable=False),
+        sa.Column("score", sa.BigInteger(), nullable=False),
+        sa.Column("post_id", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["snapshot_id"], ["trending_snapshots.id"], ondelete="CASCADE",
+            name=op.f("fk_trending_snapshot_tails_snapshot_id_trending_snapshots"),
+        ),
+        sa.PrimaryKeyConstraint("snapshot_id", "score", "post_id",
+                                name=op.f("pk_trending_snapshot_tails")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("trending_snapshot_tails")
+    op.drop_column("trending_snapshots", "tail_ready")
+    op.drop_column("trending_snapshots", "floor_id")
+    op.drop_column("trending_snapshots", "floor_score")
