@@ -297,3 +297,21 @@ def test_sparse_visibility_is_bounded_per_page(client, state, monkeypatch):
         assert pages > 2  # the budget did cut pages short
         member_seen, _ = _walk(client, bearer(AUTHOR), feed_type=feed_type, limit=50)
         assert set(member_seen) == set(public + hidden)
+
+
+@pytest.mark.parametrize("who", [MEMBER_A, "anon", "admin"])
+def test_warm_pages_cost_what_they_cost_without_collectives(client, world, who):
+    """The member set rides in the page's count pipeline: a warm page of each feed costs
+    the same SQL statements (one: the rows) and Redis round trips as before."""
+    headers = _headers(who)
+    trips = {"recent": 2, "trending": 3, "following": 3}  # trending: + the walk's pointer
+    for feed_type, want in trips.items():
+        if feed_type == "following" and who == "anon":
+            continue
+        q = {"feed_type": feed_type, "limit": 50}
+        for _ in range(2):
+            client.get("/community/feed", query_string=q, headers=headers)
+        sql, before = _sql(), _redis_trips()
+        body = client.get("/community/feed", query_string=q, headers=headers).get_json()
+        assert body["posts"], feed_type
+        assert (_sql() - sql, _redis_trips() - before) == (1, want), feed_type
