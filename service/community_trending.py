@@ -31,7 +31,13 @@ An older post that gained engagement since the last rebuild and would now rank a
 the floor is listed just below it (its score capped): reached once, never twice, at
 most one interval out of place. ``total_count`` counts what the whole walk returns:
 the snapshot's live posts and, with a floor, every live post created before it was
-taken, that the caller may see.
+taken, that the caller may see. One race is left: a post whose creating transaction
+began before the snapshot was taken (``created_at`` is its start) but committed after
+the tail was written is counted yet not walked (it shows in the next walk).
+
+Cost: the trending job's pass over the older posts (for the head) runs once per
+rebuild in the worker; the tail's pass runs once per snapshot that a walk takes past
+its floor, on that page's request; every other deep page is one index range.
 
 - Start: the Redis pointer ``{cf}:ts:latest`` names the snapshot walks share while it is
   younger than ``TRENDING_SNAPSHOT_REUSE`` s. Without it (expired, flushed, Redis down):
