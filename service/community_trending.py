@@ -57,7 +57,7 @@ its floor, on that page's request; every other deep page is one index range.
 - Bounds: at most one snapshot per REUSE window, so TTL/REUSE + 1 rows (61 by default) of
   at most 11,000 ids and scores each (window + head): about 11 MB in Postgres, and as
   much in Redis. A deep tail holds about one row per live post; only snapshots walked
-  past their floor have one, and it goes with its snapshot (``ON DELETE CASCADE``).
+  past their floor have one, and the job deletes it with its snapshot.
 """
 
 from __future__ import annotations

@@ -230,8 +230,11 @@ def ensure_tail(session: Session, sid: int) -> bool:
                     Post.id)
              .where(Post.deleted_at.is_(None), Post.created_at <= taken,
                     Post.id.not_in(held)))
+    # Inserted in key order: appends to the primary key's rightmost page, not splits.
+    rows = below.union_all(older).subquery()
     session.execute(insert(TrendingSnapshotTail).from_select(
-        ["snapshot_id", "score", "post_id"], below.union_all(older)))
+        ["snapshot_id", "score", "post_id"],
+        select(*rows.c).order_by(rows.c[1], rows.c[2])))
     session.execute(update(TrendingSnapshot).where(TrendingSnapshot.id == sid)
                     .values(tail_ready=True))
     session.commit()
@@ -251,8 +254,12 @@ def tail_after(session: Session, sid: int, after: tuple[int, int] | None,
 
 
 def delete_snapshots_older_than(session: Session, max_age_s: float) -> int:
-    """Delete snapshots taken at least ``max_age_s`` seconds ago (database clock); returns
-    how many. The caller commits."""
-    result = session.execute(delete(TrendingSnapshot).where(
-        TrendingSnapshot.created_at <= func.now() - timedelta(seconds=max_age_s)))
-    return int(result.rowcount or 0)
+    """Delete snapshots taken at least ``max_age_s`` seconds ago (database clock) and their
+    deep tails; returns how many snapshots. The caller commits."""
+    gone = list(session.execute(delete(TrendingSnapshot).where(
+        TrendingSnapshot.created_at <= func.now() - timedelta(seconds=max_age_s))
+        .returning(TrendingSnapshot.id)).scalars())
+    if gone:
+        session.execute(delete(TrendingSnapshotTail)
+                        .where(TrendingSnapshotTail.snapshot_id.in_(gone)))
+    return len(gone)

@@ -320,7 +320,7 @@ class TrendingSnapshot(Base):
     arrays no longer hold every post (None: they hold every post); a walk past it reads
     the deep tail (``TrendingSnapshotTail``), written once on first need
     (``tail_ready``). Immutable otherwise; Redis holds a copy of the arrays; the trending
-    job deletes rows older than ``TRENDING_SNAPSHOT_TTL`` (their tails with them).
+    job deletes rows older than ``TRENDING_SNAPSHOT_TTL`` and their tails.
     """
 
     __tablename__ = "trending_snapshots"
@@ -340,12 +340,12 @@ class TrendingSnapshot(Base):
 
 class TrendingSnapshotTail(Base):
     """The deep part of a trending snapshot: every post below its floor, with its score
-    frozen when the tail was written (keyset pages on ``(score, post_id)`` desc)."""
+    frozen when the tail was written (keyset pages on ``(score, post_id)`` desc). No
+    foreign key (its per-row check slowed the write): deleted with its snapshot by
+    ``storage.community_feed.delete_snapshots_older_than``."""
 
     __tablename__ = "trending_snapshot_tails"
-    snapshot_id: Mapped[int] = mapped_column(
-        ForeignKey("trending_snapshots.id", ondelete="CASCADE"), primary_key=True
-    )
+    snapshot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     score: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     post_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 

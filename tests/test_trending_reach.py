@@ -21,6 +21,7 @@ from cache import community_feed as cf
 from cache.keyspace_admin import clear_keyspace
 from jobs import community_feed as community_feed_job
 from service import create_app
+from storage import community_feed as cf_sql
 from storage.models import TrendingSnapshot, TrendingSnapshotTail
 from tests.conftest import bearer
 
@@ -238,6 +239,12 @@ def test_first_deep_pages_write_the_tail_once(client, state, monkeypatch):
     assert n == len(old) + len(recent) - len(snap.post_ids) + sum(
         1 for sc, pid in zip(snap.scores, snap.post_ids, strict=True)
         if (sc, pid) < (snap.floor_score, snap.floor_id))
+    # The trending job's pruning takes the tail with its snapshot.
+    with state.db.session() as s:
+        assert cf_sql.delete_snapshots_older_than(s, 0) == 1
+        s.commit()
+        assert s.execute(select(func.count()).select_from(TrendingSnapshotTail)
+                         ).scalar_one() == 0
 
 
 def test_bad_trending_cursors_are_400_naming_the_cursor(client, state, monkeypatch):
