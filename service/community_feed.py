@@ -467,7 +467,7 @@ def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
         if keys:
             with state().db.session() as session:
                 rows = posts.load_page(session, [k[-1] for k in keys], viewer, asset_type,
-                                       tags)
+                                       tags, vis.sql)
             found += [(k, rows[k[-1]]) for k in keys
                       if k[-1] in rows and vis.sees(rows[k[-1]].post.collective_id)]
             scanned += len(keys)
@@ -502,7 +502,8 @@ def viewer_collectives(user_id: int) -> frozenset[int]:
 def _page_state(field: str, viewer: int | None, is_admin: bool
                 ) -> tuple[posts_service.Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
-    read together in one pipeline."""
+    read together in one pipeline. With Redis down, Postgres applies the rule in the
+    page's own queries (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     app = state()
     try:
@@ -513,6 +514,8 @@ def _page_state(field: str, viewer: int | None, is_admin: bool
         return posts_service.Visibility(None), page
     if member_of is None:
         return posts_service.PUBLIC, page
+    if page is None:
+        return posts_service.Visibility(None, sql=(member_of, False)), None
     colls = page.collectives if page is not None else NO_VALUE
     if colls is NO_VALUE:
         colls = viewer_collectives(member_of)
@@ -566,7 +569,7 @@ def feed(args):
 
         def count() -> cf.Grouped:
             with app.db.session() as session:
-                return posts.count_live_grouped(session, None, *filters)
+                return posts.count_live_grouped(session, None, *filters, vis.sql)
 
         field = cf.count_field("g", "r", asset_type, tags)
     elif feed_type == "following":
@@ -575,7 +578,7 @@ def feed(args):
 
         def count() -> cf.Grouped:
             with app.db.session() as session:
-                return posts.count_live_grouped(session, authors, *filters)
+                return posts.count_live_grouped(session, authors, *filters, vis.sql)
 
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
@@ -586,7 +589,7 @@ def feed(args):
 
         def count() -> cf.Grouped:
             with app.db.session() as session:
-                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters)
+                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters, vis.sql)
 
         field = cf.count_field("g", "t", walk.sid, asset_type, tags)
     vis, page = _page_state(field, viewer, is_admin)

@@ -47,9 +47,12 @@ def created_us(created_at: datetime) -> int:
 @dataclass(frozen=True)
 class Visibility:
     """Which posts one viewer may see: public ones, plus those of ``collectives``
-    (``None``: every post, for admins)."""
+    (``None``: every post, for admins). ``sql``: ``(viewer, is_admin)`` when Postgres
+    applies the rule itself (Redis down: no member set to read), rows and counts then
+    come filtered and ``collectives`` is None."""
 
     collectives: frozenset[int] | None
+    sql: tuple[int | None, bool] | None = None
 
     @classmethod
     def of(cls, collectives: Iterable[int] | None) -> Visibility:

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from storage.models import Post, TrendingSnapshot, TrendingSnapshotTail
-from storage.posts import Engagement, _filtered, grouped
+from storage.posts import Engagement, _filtered, can_see, grouped
 
 
 def trending_window(session: Session, since: datetime, until: datetime,
@@ -180,10 +180,13 @@ def count_snapshot_live(session: Session, sid: int, asset_type: str | None,
 
 
 def count_snapshot_grouped(session: Session, sid: int, asset_type: str | None,
-                           tags: Sequence[str]) -> tuple[int, dict[int, int]]:
+                           tags: Sequence[str],
+                           visible_to: tuple[int | None, bool] | None = None
+                           ) -> tuple[int, dict[int, int]]:
     """How many posts a full walk of snapshot ``sid`` returns (live, matching the
-    filters): those of its arrays and, if it has a floor, every post created before it
-    was taken (its deep tail); grouped by collective: (public, {collective id: n})."""
+    filters, that ``visible_to`` may see if given): those of its arrays and, if it has a
+    floor, every post created before it was taken (its deep tail); grouped by
+    collective: (public, {collective id: n})."""
     snap = select(TrendingSnapshot.created_at, TrendingSnapshot.floor_score).where(
         TrendingSnapshot.id == sid).subquery()
     ids = select(func.unnest(TrendingSnapshot.post_ids)).where(TrendingSnapshot.id == sid)
@@ -192,6 +195,8 @@ def count_snapshot_grouped(session: Session, sid: int, asset_type: str | None,
              .select_from(Post).join(snap, true())
              .where(or_(Post.id.in_(ids), deep), Post.deleted_at.is_(None))
              .group_by(Post.collective_id))
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
     return grouped(session.execute(_filtered(query, asset_type, tags)))
 
 

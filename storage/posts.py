@@ -226,10 +226,12 @@ def load_page(
     viewer_id: int | None,
     asset_type: str | None = None,
     tags: Sequence[str] = (),
+    visible_to: tuple[int | None, bool] | None = None,
 ) -> dict[int, PostRow]:
     """Hydrate ``post_ids`` in one query: live posts matching the filters, their authors'
     display names (``User <id>`` when the author has no users row) and whether the viewer
-    likes each one. Deleted or non-matching ids are absent from the result."""
+    likes each one. Deleted or non-matching ids are absent from the result, and so are
+    posts ``visible_to = (viewer, is_admin)`` may not see, if given."""
     if not post_ids:
         return {}
     liked = (
@@ -245,6 +247,8 @@ def load_page(
         .where(Post.id.in_(list(post_ids)), Post.deleted_at.is_(None))
     )
     query = _filtered(query, asset_type, tags)
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
     rows: dict[int, PostRow] = {}
     for post, name, is_liked_row in session.execute(query):
         rows[post.id] = PostRow(post, name or f"User {post.author_id}", bool(is_liked_row))
@@ -298,12 +302,16 @@ def count_live_grouped(
     authors: Sequence[int] | None = None,
     asset_type: str | None = None,
     tags: Sequence[str] = (),
+    visible_to: tuple[int | None, bool] | None = None,
 ) -> tuple[int, dict[int, int]]:
-    """Live posts matching the filters, as (public ones, {collective id: its ones})."""
+    """Live posts matching the filters (and that ``visible_to`` may see, if given), as
+    (public ones, {collective id: its ones})."""
     if authors is not None and not authors:
         return 0, {}
     query = (select(Post.collective_id, func.count()).where(Post.deleted_at.is_(None))
              .group_by(Post.collective_id))
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
     if authors is not None:
         query = query.where(Post.author_id.in_(list(authors)))
     return grouped(session.execute(_filtered(query, asset_type, tags)))
