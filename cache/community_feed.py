@@ -17,9 +17,21 @@ Structures:
   sentinel, scope ``cf|a:<author>``. The following feed merges these (fan-out on read).
 - ``{u:<id>}:cf:followees``: the user's followees (a set, ``s`` sentinel for "none"), scope
   ``u:<id>|cf_follows``; follow/unfollow SADD/SREM it through the outbox.
-- ``{cf}:trending``: the trending window (live posts of the last ``TRENDING_WINDOW_HOURS``,
-  at most ``TRENDING_MAX_POSTS``), score = API.md's formula x 10^6 as an integer (clamped
-  below 2^53), ages measured from the reference time in ``{cf}:trending:ref``. Rebuilt by
+- ``{u:<id>}:cf:colls``: the collectives the user belongs to (a set, ``s`` sentinel for
+  "none"), scope ``u:<id>|cf_colls``; join/leave SADD/SREM it through the outbox. The
+  shared structures here (recent, trending, snapshots, author sets, counts) hold every
+  live post, public or not; pages are filtered per viewer on the way out with this set
+  (posts with a ``collective_id`` only for its members; admins see all), so a join or a
+  leave shows at the viewer's next page and nothing per viewer is copied. The set is read
+  in the same pipeline as the page's cached count (``read_count``).
+- ``{cf}:trending``: the trending set: the window (live posts of the last
+  ``TRENDING_WINDOW_HOURS``, at most ``TRENDING_MAX_POSTS``) plus the head of the older
+  posts (the best ``TAIL_HEAD`` of them, jobs/community_feed.py), score =
+  API.md's formula x 10^6 as an integer (clamped below 2^53), ages measured from the
+  reference time in ``{cf}:trending:ref``. ``{cf}:trending:floor`` is the key
+  ``score:id`` of the head's last post, or empty when the older posts all fit in the head:
+  above the floor the set holds every live post in exact order; below it, older posts are
+  missing (a walk continues in Postgres, service/community_trending.py). Rebuilt by
   the scheduled job every ``TRENDING_RECOMPUTE_INTERVAL`` s; between rebuilds each like,
   comment, view or new post re-scores its post (best effort, ``ZADD`` of the absolute
   score at the same reference time, only if the reference did not change meanwhile).
@@ -29,19 +41,23 @@ Structures:
 - ``{cf}:ts:<sid>``: the Redis copy of trending *snapshot* ``sid``: the ranking a walk
   reads from its first page to its last, so likes during the walk cannot move a post
   across the cursor (no repeat, no skip). Its truth is the Postgres row
-  ``trending_snapshots.<sid>`` (ids and scores in rank order, at most
-  ``TRENDING_MAX_POSTS``), so a copy lost to a flush or an eviction is restored
+  ``trending_snapshots.<sid>`` (ids and scores in rank order, the trending set's size at
+  most, and its floor), so a copy lost to a flush or an eviction is restored
   (single-flight) from that row, and with Redis down pages are read from the row itself.
   Members as everywhere here; a sentinel at score 0 keeps an empty snapshot existing.
   The copy expires when its row does (``TRENDING_SNAPSHOT_TTL`` after it was taken).
   ``{cf}:ts:latest`` names the snapshot new walks share until it is
-  ``TRENDING_SNAPSHOT_REUSE`` s old, so at most TTL/REUSE snapshots exist (60 x <= 10,000
-  entries by default). Choice documented here: a snapshot per walk (shared by walks that
+  ``TRENDING_SNAPSHOT_REUSE`` s old (``<sid>`` or ``<sid>:<floor score>:<floor id>``), so
+  at most TTL/REUSE snapshots exist (60 x <= 11,000 entries by default). Choice
+  documented here: a snapshot per walk (shared by walks that
   start together) rather than a cursor carrying the ranking, because a cursor must stay
   small and a ranking of 10,000 posts is not. The walk itself: service/community_trending.py.
 - ``{cf}:counts``: cached ``total_count`` per (feed, filters, ...), scope ``cf|posts``: a
   create or delete deletes it; a count is written only if that scope's version did not
-  move while it was computed.
+  move while it was computed. A value is grouped by collective, ``[public, {"<cid>": n}]``
+  (JSON), shared by all viewers: a viewer's count is ``public`` plus the entries of the
+  collectives they belong to (all of them for admins). Its size grows with the number of
+  collectives holding matching posts (one entry each).
 
 Following: fan-out on read. One-off measurement on this machine (2 cores, local Redis 7,
 author sets of 200 posts, a page of 21 merged in one Lua call incl. Python parsing):
@@ -94,6 +110,10 @@ def follows_scope(user_id: int) -> Scope:
     return Scope(user_tag(user_id), "cf_follows")
 
 
+def colls_scope(user_id: int) -> Scope:
+    return Scope(user_tag(user_id), "cf_colls")
+
+
 class CommunityKeys:
     """Every key of the community feed, built from one ``Keyspace``."""
 
@@ -113,6 +133,10 @@ class CommunityKeys:
         return self.keys.key(TAG, "trending", "ref")
 
     @property
+    def trending_floor(self) -> str:
+        return self.keys.key(TAG, "trending", "floor")
+
+    @property
     def latest_snapshot(self) -> str:
         return self.keys.key(TAG, "ts", "latest")
 
@@ -128,6 +152,9 @@ class CommunityKeys:
 
     def followees(self, user_id: int) -> str:
         return self.keys.key(user_tag(user_id), "cf", "followees")
+
+    def collectives(self, user_id: int) -> str:
+        return self.keys.key(user_tag(user_id), "cf", "colls")
 
 
 # --- scores -------------------------------------------------------------------------------
@@ -179,6 +206,15 @@ def follow_changed(change: Change, ck: CommunityKeys, user_id: int, followee_id:
         change.op("SREM", key, str(followee_id))
 
 
+def membership_changed(change: Change, ck: CommunityKeys, user_id: int, collective_id: int,
+                       member: bool) -> None:
+    key = ck.collectives(user_id)
+    if member:
+        change.op("SADD", key, str(collective_id))
+    else:
+        change.op("SREM", key, str(collective_id))
+
+
 # Re-score one post if the trending set exists and its reference time is still ARGV[1].
 RESCORE_LUA = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -211,9 +247,10 @@ def rescore(cache: Cache, path: str, post_id: int, score: int | None, ref: str,
 # (max, after) in (score desc, member desc) order, sentinel excluded.
 RANGE_AFTER_LUA = """
 local out = {}
-local maxs, after, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local after, n = ARGV[2], tonumber(ARGV[3])
 for i = 1, #KEYS do
   local key = KEYS[i]
+  local maxs = ARGV[1]
   if redis.call('EXISTS', key) == 0 then
     out[i] = {0, 0}
   else
@@ -295,15 +332,26 @@ def stage_followees(pipe: Any, temp: str, followee_ids: Sequence[int]) -> None:
     pipe.sadd(temp, SENTINEL, *[str(f) for f in followee_ids])
 
 
+def stage_collectives(pipe: Any, temp: str, collective_ids: Sequence[int]) -> None:
+    pipe.sadd(temp, SENTINEL, *[str(c) for c in collective_ids])
+
+
+def _parse_ids(exists: Any, members: Any) -> Any:
+    if not exists:
+        return NO_VALUE
+    return frozenset(int(m) for m in members if m != SENTINEL.encode())
+
+
 # --- trending snapshots -----------------------------------------------------------------------
 
-# KEYS: trending, trending ref. ARGV: cap. Returns {ref, m1, s1, ...} (best first, at most
-# cap entries, sentinel excluded) read atomically, or false when the set or ref is missing.
+# KEYS: trending, trending ref, trending floor. ARGV: cap. Returns {ref, floor, m1, s1, ...}
+# (best first, at most cap entries, sentinel excluded) read atomically, or false when the
+# set or ref is missing.
 READ_TRENDING_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local ref = redis.call('GET', KEYS[2])
 if not ref then return false end
-local out = {ref}
+local out = {ref, redis.call('GET', KEYS[3]) or ''}
 local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(0', 'WITHSCORES',
                         'LIMIT', 0, tonumber(ARGV[1]))
 for _, v in ipairs(rows) do out[#out + 1] = v end
@@ -315,24 +363,52 @@ def snapshot_scope() -> Scope:
     return Scope(TAG, "ts")
 
 
+Floor = tuple[int, int] | None  # (score, id) below which a set misses older posts
+
+
+def encode_floor(floor: Floor) -> str:
+    return "" if floor is None else f"{floor[0]}:{floor[1]}"
+
+
+def decode_floor(raw: bytes | str) -> Floor:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text:
+        return None
+    score, post_id = text.split(":")
+    return int(score), int(post_id)
+
+
 def read_trending(cache: Cache, path: str,
-                  cap: int) -> tuple[str, list[tuple[int, int]]] | None:
-    """The trending set's reference time and its best ``cap`` ``(score, id)`` entries, in
-    one atomic read; None if the set is missing. Raises ``CacheUnavailable``."""
+                  cap: int) -> tuple[str, Floor, list[tuple[int, int]]] | None:
+    """The trending set's reference time, floor and best ``cap`` ``(score, id)`` entries,
+    in one atomic read; None if the set is missing. Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
-    raw = cache.run(path, lambda r: r.eval(READ_TRENDING_LUA, 2, ck.trending,
-                                           ck.trending_ref, cap))
+    raw = cache.run(path, lambda r: r.eval(READ_TRENDING_LUA, 3, ck.trending,
+                                           ck.trending_ref, ck.trending_floor, cap + 1))
     if not raw:
         return None
-    flat = raw[1:]
-    return raw[0].decode(), [(int(float(flat[i + 1])), int(flat[i]))
-                             for i in range(0, len(flat), 2)]
+    flat = raw[2:]
+    entries = [(int(float(flat[i + 1])), int(flat[i])) for i in range(0, len(flat), 2)]
+    floor = decode_floor(raw[1])
+    if len(entries) > cap:  # cut short: the copy is complete only down to its last entry
+        entries = entries[:cap]
+        if floor is None or entries[-1] > floor:
+            floor = entries[-1]
+    return raw[0].decode(), floor, entries
 
 
-def snapshot_pointer(cache: Cache, path: str) -> int | None:
-    """The snapshot new walks share right now, if any. Raises ``CacheUnavailable``."""
+def _pointer(sid: int, floor: Floor) -> str:
+    return str(sid) if floor is None else f"{sid}:{encode_floor(floor)}"
+
+
+def snapshot_pointer(cache: Cache, path: str) -> tuple[int, Floor] | None:
+    """The snapshot new walks share right now, if any, and its floor. Raises
+    ``CacheUnavailable``."""
     raw = cache.run(path, lambda r: r.get(CommunityKeys(cache.keys).latest_snapshot))
-    return None if raw is None else int(raw)
+    if raw is None:
+        return None
+    sid, _, floor = raw.decode().partition(":")
+    return int(sid), decode_floor(floor)
 
 
 def _stage_snapshot(pipe: Any, key: str, temp: str, entries: Sequence[tuple[int, int]],
@@ -345,7 +421,7 @@ def _stage_snapshot(pipe: Any, key: str, temp: str, entries: Sequence[tuple[int,
 
 
 def store_snapshot(cache: Cache, path: str, sid: int, entries: Sequence[tuple[int, int]],
-                   ttl: int, pointer_ttl: int) -> None:
+                   ttl: int, pointer_ttl: int, floor: Floor = None) -> None:
     """Copy a new snapshot into Redis (expiring in ``ttl`` s; an existing copy is kept:
     snapshots are immutable) and, if ``pointer_ttl`` > 0, make it the one new walks share
     for that many seconds. Raises ``CacheUnavailable``."""
@@ -357,17 +433,18 @@ def store_snapshot(cache: Cache, path: str, sid: int, entries: Sequence[tuple[in
         _stage_snapshot(pipe, key, cache.keys.temp(key, uuid.uuid4().hex), entries,
                         max(ttl, 1))
         if pointer_ttl > 0:
-            pipe.set(ck.latest_snapshot, sid, ex=pointer_ttl)
+            pipe.set(ck.latest_snapshot, _pointer(sid, floor), ex=pointer_ttl)
         pipe.execute()
 
     cache.run(path, run)
 
 
-def share_snapshot(cache: Cache, path: str, sid: int, pointer_ttl: int) -> None:
+def share_snapshot(cache: Cache, path: str, sid: int, pointer_ttl: int,
+                   floor: Floor = None) -> None:
     """Make snapshot ``sid`` the one new walks share for ``pointer_ttl`` seconds."""
     if pointer_ttl > 0:
-        cache.run(path, lambda r: r.set(CommunityKeys(cache.keys).latest_snapshot, sid,
-                                        ex=pointer_ttl))
+        cache.run(path, lambda r: r.set(CommunityKeys(cache.keys).latest_snapshot,
+                                        _pointer(sid, floor), ex=pointer_ttl))
 
 
 RELEASE_LUA = """
@@ -404,11 +481,12 @@ def restore_snapshot(cache: Cache, path: str, sid: int,
 
 
 def stage_trending(pipe: Any, temps: dict[str, str], ck: CommunityKeys,
-                   entries: Sequence[tuple[int, int]], ref: str) -> None:
+                   entries: Sequence[tuple[int, int]], ref: str, floor: Floor = None) -> None:
     stage_sorted(pipe, temps[ck.trending], entries, complete=False)
     if not entries:
         pipe.zadd(temps[ck.trending], {SENTINEL: 0})  # an empty window still exists
     pipe.set(temps[ck.trending_ref], ref)
+    pipe.set(temps[ck.trending_floor], encode_floor(floor))
 
 
 # --- cached total counts ---------------------------------------------------------------------
@@ -425,30 +503,62 @@ def count_field(*parts: object) -> str:
     return json.dumps(parts, separators=(",", ":"))
 
 
-def read_count(cache: Cache, path: str, field: str) -> tuple[int | None, str]:
-    """(cached count or None, the posts scope's version copy as read). Raises
-    ``CacheUnavailable``."""
+Grouped = tuple[int, dict[int, int]]  # (public posts, {collective id: posts})
+
+
+def encode_grouped(value: Grouped) -> str:
+    public, per = value
+    return json.dumps([public, {str(c): n for c, n in sorted(per.items())}],
+                      separators=(",", ":"))
+
+
+def decode_grouped(raw: bytes | str) -> Grouped:
+    public, per = json.loads(raw)
+    return int(public), {int(c): int(n) for c, n in per.items()}
+
+
+@dataclass
+class PageState:
+    """What a page reads before walking: its cached count, the posts-scope version copy it
+    was read under, and the viewer's collectives (``NO_VALUE``: not cached; None: not
+    asked, e.g. anonymous callers and admins)."""
+
+    count: Grouped | None
+    version: str
+    collectives: Any
+
+
+def read_count(cache: Cache, path: str, field: str,
+               member_of: int | None = None) -> PageState:
+    """The cached grouped count of ``field`` and the version copy, plus, if ``member_of``
+    is a user id, that user's cached collectives, in one pipeline (two slots: one round
+    trip per node). Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
 
-    def run(r: Any) -> tuple[int | None, str]:
+    def run(r: Any) -> PageState:
         pipe = r.pipeline(transaction=False)
         pipe.get(vkey)
         pipe.hget(ck.counts, field)
-        version, value = pipe.execute()
-        return (None if value is None else int(value),
-                "0" if version is None else version.decode())
+        if member_of is not None:
+            pipe.exists(ck.collectives(member_of))
+            pipe.smembers(ck.collectives(member_of))
+        reply = pipe.execute()
+        version, value = reply[0], reply[1]
+        colls = _parse_ids(reply[2], reply[3]) if member_of is not None else None
+        return PageState(None if value is None else decode_grouped(value),
+                         "0" if version is None else version.decode(), colls)
 
     return cache.run(path, run)
 
 
-def write_count(cache: Cache, path: str, field: str, value: int, version: str,
+def write_count(cache: Cache, path: str, field: str, value: Grouped, version: str,
                 ttl: int) -> None:
-    """Cache a count computed under posts-scope ``version`` (dropped if it moved)."""
+    """Cache a grouped count computed under posts-scope ``version`` (dropped if it moved)."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
     cache.run(path, lambda r: r.eval(COUNT_SET_LUA, 2, vkey, ck.counts, version, field,
-                                     value, ttl))
+                                     encode_grouped(value), ttl))
 
 
 # --- batch fills (the following feed's author sets) ------------------------------------------

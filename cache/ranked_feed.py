@@ -8,6 +8,9 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
 - **ranking** ``rf:rank:<v>:<c>`` (5 min): a list whose head is ``{"n": count}`` and whose
   entries are the viewer's ranked candidates ``[id, score, [6 components], viewed]``;
   a page is one ``LRANGE`` of it. ``<c>`` is the ranking controls' version (below).
+  Candidates are the posts the viewer may see (public or in their collectives); a caller
+  with the admin role sees every collective, so their ranking is kept apart,
+  ``rf:rank:<v>:<c>:a``.
 
 And one key shared by every viewer, under its own tag: **controls** ``{rank}:config``, the
 admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
@@ -59,8 +62,12 @@ CONFIG_TAG = "rank"
 CONFIG_PATH = "ranking_config"
 
 
-def rank_key(keys: Keyspace, user_id: int, version: int, config_version: int) -> str:
-    return keys.key(user_tag(user_id), "rf", "rank", version, config_version)
+def rank_key(
+    keys: Keyspace, user_id: int, version: int, config_version: int, admin: bool = False
+) -> str:
+    parts: tuple[object, ...] = (version, config_version, "a") if admin else (
+        version, config_version)
+    return keys.key(user_tag(user_id), "rf", "rank", *parts)
 
 
 def config_scope() -> Scope:
@@ -198,6 +205,7 @@ class RankedFeedCache:
         stop: int,
         compute: Callable[[int | None], list[Entry]],
         force: bool = False,
+        admin: bool = False,
     ) -> RankedPage:
         """Entries ``[start, stop)`` of the viewer's ranking and its size.
 
@@ -205,12 +213,13 @@ class RankedFeedCache:
         version as ``versions`` read them (``version`` None: the cache is unusable).
         ``compute(version)`` ranks from Postgres (``version`` is None when the cache is
         unusable: inputs then come from Postgres too). ``force`` recomputes and replaces
-        the cached ranking (``invalidate_cache=true``). Never raises for Redis trouble.
+        the cached ranking (``invalidate_cache=true``); ``admin`` picks the admin-role
+        ranking (every collective's posts). Never raises for Redis trouble.
         """
         if version is None:
             stats.count(PATH, "fallback")
             return _slice(compute(None), start, stop)
-        key = rank_key(self.cache.keys, user_id, version, config_version)
+        key = rank_key(self.cache.keys, user_id, version, config_version, admin)
 
         def read(r: Any) -> RankedPage:
             pipe = r.pipeline(transaction=False)

@@ -13,7 +13,7 @@ from typing import Any
 
 from cache import activity_feed, memberships, ranked_feed, read_state, recent_reels
 from cache.client import Cache
-from cache.community_feed import CommunityKeys, follows_scope
+from cache.community_feed import CommunityKeys, colls_scope, follows_scope
 from cache.keys import Keyspace, user_tag
 
 PATH = "rebuild"
@@ -99,9 +99,11 @@ def user_fixed_keys(keys: Keyspace, user_id: int) -> list[str]:
         recent_reels.key(keys, user_id),
         memberships.key(keys, user_id),
         CommunityKeys(keys).followees(user_id),
+        CommunityKeys(keys).collectives(user_id),
     ]
     scopes = [activity_feed.scope(user_id), recent_reels.scope(user_id),
-              memberships.scope(user_id), follows_scope(user_id), ranked_feed.scope(user_id)]
+              memberships.scope(user_id), follows_scope(user_id), colls_scope(user_id),
+              ranked_feed.scope(user_id)]
     return names + [keys.version(s) for s in scopes]
 
 

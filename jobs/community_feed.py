@@ -1,10 +1,13 @@
 """Trending upkeep: the ranking function and the scheduled rebuild of ``{cf}:trending``.
 
 The rebuild recomputes every score of the window (live posts of the last
-``TRENDING_WINDOW_HOURS``, at most ``TRENDING_MAX_POSTS``) at one new reference time and
-publishes the set and its reference together, every ``TRENDING_RECOMPUTE_INTERVAL``
-seconds (default 60). Between rebuilds, writes re-score their post at the current
-reference time, so the set is at most one interval stale (see cache/community_feed.py).
+``TRENDING_WINDOW_HOURS``, at most ``TRENDING_MAX_POSTS``) and of the head of the older
+posts (the best ``TAIL_HEAD`` of those outside the window, found by one pass over them in
+Postgres) at one new reference time, and publishes the set, its reference and its floor
+(the head's last key, when older posts remain outside) together, every
+``TRENDING_RECOMPUTE_INTERVAL`` seconds (default 60). Between rebuilds, writes re-score
+their post at the current reference time, so the set is at most one interval stale (see
+cache/community_feed.py).
 
 The same job deletes trending walk snapshots (``trending_snapshots`` rows) older than
 ``TRENDING_SNAPSHOT_TTL``, even while Redis is down (their Redis copies expire by TTL).
@@ -23,6 +26,9 @@ from storage import community_feed as cf_sql
 from storage.posts import Engagement
 
 PATH = "community_feed"
+# Older posts (outside the window) kept in the trending set: a walk reaches the best of
+# them from Redis, and goes to Postgres (the snapshot's deep tail) only past them.
+TAIL_HEAD = 1000
 
 
 def rank(window: Sequence[Engagement], ref: float) -> list[tuple[int, int]]:
@@ -36,15 +42,26 @@ def rank(window: Sequence[Engagement], ref: float) -> list[tuple[int, int]]:
     return keys
 
 
-def ranking_at(app: AppState, ref: float) -> list[tuple[int, int]]:
-    """The trending ranking from Postgres at reference time ``ref`` (epoch seconds): live
-    posts created in the window ending at ``ref``, at most ``TRENDING_MAX_POSTS``."""
+def ranking_at(app: AppState, ref: float) -> tuple[list[tuple[int, int]], cf.Floor]:
+    """The trending set from Postgres at reference time ``ref`` (epoch seconds): live
+    posts created in the window ending at ``ref`` (at most ``TRENDING_MAX_POSTS``) and the
+    best ``TAIL_HEAD`` older ones, ranked; and its floor (None if no older post is left
+    out)."""
     settings = app.settings
     now = datetime.fromtimestamp(ref, UTC)
     since = now - timedelta(hours=settings.trending_window_hours)
     with app.db.session() as session:
         window = cf_sql.trending_window(session, since, now, settings.trending_max_posts)
-    return rank(window, ref)
+        # Older than the window's oldest post (the window may have been cut at its cap).
+        before = ((window[-1].created_at, window[-1].id)
+                  if len(window) >= settings.trending_max_posts else (since, 0))
+        keep = max(TAIL_HEAD, 1)
+        head = cf_sql.trending_older(session, before, now, keep + 1)
+    floor = None
+    if len(head) > keep:
+        head = head[:keep]
+        floor = min(rank(head, ref))
+    return rank(window + head, ref), floor
 
 
 def prune_snapshots(app: AppState) -> int:
@@ -68,16 +85,17 @@ def fill_trending(app: AppState) -> int:
     Returns the number of posts ranked."""
     ck = cf.CommunityKeys(app.cache.keys)
 
-    def load() -> tuple[str, list[tuple[int, int]]]:
+    def load() -> tuple[str, list[tuple[int, int]], cf.Floor]:
         ref = repr(round(time.time(), 6))
-        return ref, ranking_at(app, float(ref))
+        return ref, *ranking_at(app, float(ref))
 
-    def stage(pipe: Any, temps: dict[str, str], data: tuple[str, list]) -> None:
-        ref, entries = data
-        cf.stage_trending(pipe, temps, ck, entries, ref)
+    def stage(pipe: Any, temps: dict[str, str], data: tuple[str, list, cf.Floor]) -> None:
+        ref, entries, floor = data
+        cf.stage_trending(pipe, temps, ck, entries, ref, floor)
 
-    _, entries = app.filler.fill(PATH, cf.trending_scope(), [ck.trending, ck.trending_ref],
-                                 load, stage)
+    _, entries, _ = app.filler.fill(PATH, cf.trending_scope(),
+                                    [ck.trending, ck.trending_ref, ck.trending_floor],
+                                    load, stage)
     return len(entries)
 
 

@@ -7,7 +7,7 @@ path       per-user state (slice module)
 views      groups set, read state per group, and the live bitmap of each of the user's
            groups (``cache/memberships.py``, ``cache/read_state.py``)
 activity   counters, recent list, first pages (``cache/activity_feed.py``)
-feeds      community followees and the user's own author set (``cache/community_feed.py``);
+feeds      community followees, collectives and own author set (``cache/community_feed.py``);
            personalized inputs and ranking (``cache/ranked_feed.py``)
 reels      recently viewed list (``cache/recent_reels.py``)
 =========  ===================================================================================
@@ -286,10 +286,12 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
     size = state.settings.author_cache_size
     follows, author, calc = (cf.follows_scope(user_id), cf.author_scope(user_id),
                              ranked_feed.scope(user_id))
+    colls = cf.colls_scope(user_id)
     head = peek(state.cache, [
         ("get", keys.version(follows)), ("smembers", ck.followees(user_id)),
         ("get", keys.version(author)), ("zrange", ck.author(user_id)),
         ("get", keys.version(calc)), ("get", ranked_feed.config_key(keys)),
+        ("get", keys.version(colls)), ("smembers", ck.collectives(user_id)),
     ])
     calc_copy = version_copy(head[4])
     # The ranking is keyed by the controls' version too: without their copy, no page of
@@ -304,10 +306,11 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
             *([("lrange", ranked_feed.rank_key(keys, user_id, calc_copy, controls_copy))]
               if controls_copy is not None else []),
         ])
-    scopes = [follows, author, calc]
+    scopes = [follows, author, calc, colls]
     before = _versions(state, scopes)
     with state.db.session() as session:
         followees = sorted(posts_store.followees(session, user_id))
+        member_of = posts_store.collectives_of(session, user_id)
         newest = posts_store.author_recent_keys(session, [user_id], size + 1)[user_id]
         inputs = {n: _json(INPUT_LOADERS[n](session, user_id)) for n in ranked_feed.INPUT_NAMES}
     after = _versions(state, scopes)
@@ -317,6 +320,10 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
     if exists and _settled(version_copy(head[0]), before, after, follows):
         got = sorted(int(m) for m in raw if m != cf.SENTINEL.encode())
         out += _differs("feeds", ck.followees(user_id), got, followees, **who)
+    exists, raw = head[7]
+    if exists and _settled(version_copy(head[6]), before, after, colls):
+        got = sorted(int(m) for m in raw if m != cf.SENTINEL.encode())
+        out += _differs("feeds", ck.collectives(user_id), got, member_of, **who)
     exists, raw = head[3]
     if exists and _settled(version_copy(head[2]), before, after, author):
         got_keys = sorted(((int(s), int(m)) for m, s in raw if m != cf.SENTINEL.encode()),
@@ -346,6 +353,14 @@ def _followees_fill(state: AppState, user_id: int) -> None:
         lambda pipe, temps, ids: cf.stage_followees(pipe, temps[key], ids))
 
 
+def _collectives_fill(state: AppState, user_id: int) -> None:
+    key = cf.CommunityKeys(state.cache.keys).collectives(user_id)
+    state.filler.fill(
+        "community_feed", cf.colls_scope(user_id), [key],
+        lambda: _sql(state, posts_store.collectives_of, user_id),
+        lambda pipe, temps, ids: cf.stage_collectives(pipe, temps[key], ids))
+
+
 def _author_fill(state: AppState, user_id: int) -> None:
     size = state.settings.author_cache_size
 
@@ -366,6 +381,7 @@ def _ranked_page(state: AppState, user_id: int, force: bool) -> None:
 
 def rebuild_feeds(state: AppState, user_id: int) -> None:
     _followees_fill(state, user_id)
+    _collectives_fill(state, user_id)
     _author_fill(state, user_id)
     # The inputs are cached under the calc version and only loaded when missing: drop the
     # current version's, then recompute the ranking (which reloads them) version-checked.
@@ -381,6 +397,7 @@ def warm_feeds(state: AppState, user_id: int) -> None:
     with app_context(state):
         followees = service.followees_of(user_id)
         service.FollowingSource(followees).next_keys(None, 20)  # their author sets
+        service.viewer_collectives(user_id)
     _ranked_page(state, user_id, force=False)
 
 

@@ -7,6 +7,14 @@ filters applied, author names joined, the viewer's likes for the whole chunk). W
 down, the same order comes from Postgres (keyset queries; for trending, the walk's
 snapshot row), so answers are identical.
 
+Visibility: the sorted sets and cached counts hold every live post and are shared by all
+viewers; a page keeps the rows the viewer may see (``posts_service.Visibility``: public
+posts, plus their collectives' for members, all for admins), with the viewer's
+collectives read from their cached set in the same pipeline as the page's count. A page
+examines at most ``SCAN_BUDGET`` keys: a viewer who may see few of them gets what was
+found, ``has_more`` true and a cursor after the last key examined. ``total_count`` is the
+cached count grouped by collective, summed over what the viewer may see.
+
 Cursors are opaque: base64url of JSON ``{"v":1,"f":feed,"q":filters,"k":[score,id]}`` plus,
 for trending, the walk's snapshot id ``s``. The ``(score, id)`` key is exact and total, so
 a walk resumes strictly after the last post it returned: ``recent`` and ``following`` are
@@ -31,7 +39,7 @@ from marshmallow import Schema, fields, validate
 
 from cache import community_feed as cf
 from cache import stats
-from cache.client import CacheUnavailable
+from cache.client import NO_VALUE, CacheUnavailable
 from cache.fill import LeaseHeld, read_through
 from service import community_trending as trending
 from service import posts_service
@@ -153,6 +161,10 @@ def create_post(body):
             if session.get(Collective, body["collective_id"]) is None:
                 raise ApiError("Unknown collective", code="validation_error",
                                details={"collective_id": ["Unknown collective."]})
+            if not g.user.is_admin and body["collective_id"] not in posts.collectives_of(
+                    session, g.user.id):
+                raise ApiError("Not a member of this collective", code="validation_error",
+                               details={"collective_id": ["Join the collective to post in it."]})
     body["tags"] = sorted(set(body["tags"]))
     post = posts_service.create_post(g.user.id, is_admin=g.user.is_admin, **body)
     with state().db.session() as session:
@@ -176,7 +188,7 @@ def delete_post(post_id: int):
 def like(post_id: int):
     """Like a post: ``{"liked": true}`` if this call added the like, ``false`` if the
     caller already liked it."""
-    return {"liked": posts_service.like_post(g.user.id, post_id, True)}
+    return {"liked": posts_service.like_post(g.user.id, post_id, True, g.user.is_admin)}
 
 
 @bp.route("/community/posts/<id:post_id>/like", methods=["DELETE"])
@@ -185,14 +197,14 @@ def like(post_id: int):
 def unlike(post_id: int):
     """Remove a like: ``{"unliked": true}`` if this call removed it, ``false`` if there
     was none."""
-    return {"unliked": posts_service.like_post(g.user.id, post_id, False)}
+    return {"unliked": posts_service.like_post(g.user.id, post_id, False, g.user.is_admin)}
 
 
 @bp.route("/community/posts/<id:post_id>/view", methods=["POST"])
 @login_required
 @bp.response(204)
 def view(post_id: int):
-    posts_service.record_view(g.user.id, post_id)
+    posts_service.record_view(g.user.id, post_id, g.user.is_admin)
     return Response(status=204)
 
 
@@ -201,14 +213,15 @@ def view(post_id: int):
 @bp.arguments(CommentIn)
 @bp.response(201, CommentOut)
 def comment(body, post_id: int):
-    return posts_service.add_comment(g.user.id, post_id, body["body"])
+    return posts_service.add_comment(g.user.id, post_id, body["body"], g.user.is_admin)
 
 
 @bp.route("/community/posts/<id:post_id>/engagement", methods=["GET"])
 @login_optional
 @bp.response(200, EngagementOut)
 def engagement(post_id: int):
-    return posts_service.engagement(post_id, g.user.id if g.user else None)
+    return posts_service.engagement(post_id, g.user.id if g.user else None,
+                                    bool(g.user and g.user.is_admin))
 
 
 def _follow(user_id: int, following: bool) -> dict[str, bool]:
@@ -258,6 +271,10 @@ def decode_cursor(raw: str, feed: str, query: str) -> dict[str, Any]:
               and all(type(x) is int and 0 <= x < 2**63 for x in key))
         if ok and feed == "trending":
             ok = type(data.get("s")) is int and 0 < data["s"] < 2**63
+            floor = data.get("fl")
+            ok = ok and (floor is None or (
+                isinstance(floor, list) and len(floor) == 2
+                and all(type(x) is int and 0 <= x < 2**63 for x in floor)))
     except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
         raise BadCursor() from exc
     if not ok:
@@ -399,18 +416,24 @@ class FollowingSource(Source):
 
 
 class TrendingSource(Source):
-    """One walk's ranking: its durable snapshot (see service/community_trending.py)."""
+    """One walk's ranking: its durable snapshot down to its floor, then its deep tail
+    (see service/community_trending.py)."""
 
-    def __init__(self, sid: int, outcome: str = "hit") -> None:
-        self.sid, self.outcome = sid, outcome
+    def __init__(self, sid: int, floor: cf.Floor, outcome: str = "hit") -> None:
+        self.sid, self.floor, self.outcome = sid, floor, outcome
 
     @classmethod
     def start(cls) -> TrendingSource:
         return cls(*trending.start_walk())
 
+    @classmethod
+    def resume(cls, data: dict[str, Any]) -> TrendingSource:
+        floor = data.get("fl")
+        return cls(data["s"], None if floor is None else (floor[0], floor[1]))
+
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         try:
-            keys, outcome = trending.keys_after(self.sid, after, n)
+            keys, outcome = trending.walk_after(self.sid, self.floor, after, n)
         except trending.UnknownSnapshot as exc:
             raise BadCursor() from exc
         if OUTCOME_RANK[outcome] > OUTCOME_RANK[self.outcome]:
@@ -434,38 +457,93 @@ def _parse_tags(raw: str | None) -> list[str]:
     return tags
 
 
+# Keys one page may examine: a viewer who may see few of the posts (or a narrow filter)
+# gets the posts found within it, ``has_more`` true and a cursor to go on from there.
+SCAN_BUDGET = 2000
+
+
 def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
-            asset_type: str | None, tags: list[str]) -> tuple[list[tuple[Key, Any]], bool]:
-    """Walk ``source`` after ``after`` until ``limit + 1`` live matching posts are found;
-    returns (page rows with their keys, has_more)."""
+            vis: posts_service.Visibility, asset_type: str | None, tags: list[str]
+            ) -> tuple[list[tuple[Key, Any]], Key | None]:
+    """Walk ``source`` after ``after`` until ``limit + 1`` live matching posts the viewer
+    may see are found, or ``SCAN_BUDGET`` keys were examined; returns (page rows with
+    their keys, the key to resume after, None if the walk reached its end)."""
     found: list[tuple[Key, Any]] = []
     chunk = limit + 1 if not (asset_type or tags) else 4 * (limit + 1)
-    cursor = after
-    while len(found) <= limit:
+    cursor, scanned = after, 0
+    while True:
         keys = source.next_keys(cursor, chunk)
-        if not keys:
-            break
-        with state().db.session() as session:
-            rows = posts.load_page(session, [k[1] for k in keys], viewer, asset_type, tags)
-        found += [(k, rows[k[1]]) for k in keys if k[1] in rows]
+        if keys:
+            with state().db.session() as session:
+                rows = posts.load_page(session, [k[-1] for k in keys], viewer, asset_type,
+                                       tags, vis.sql)
+            found += [(k, rows[k[-1]]) for k in keys
+                      if k[-1] in rows and vis.sees(rows[k[-1]].post.collective_id)]
+            scanned += len(keys)
+        if len(found) > limit:
+            return found[:limit], found[limit - 1][0]
         if len(keys) < chunk:
-            break
+            return found, None
         cursor = keys[-1]
-        chunk = min(chunk * 2, 1000)
-    return found[:limit], len(found) > limit
+        if scanned >= SCAN_BUDGET:
+            return found, cursor
+        chunk = min(chunk * 2, 1000, SCAN_BUDGET - scanned)
 
 
-def _total(field: str, compute: Callable[[], int]) -> int:
+def viewer_collectives(user_id: int) -> frozenset[int]:
+    """The user's collectives: the cached set, filled from Postgres on a miss (or read
+    from Postgres when Redis is unusable or another request is filling it)."""
+    app = state()
+    key = cf.CommunityKeys(app.cache.keys).collectives(user_id)
+
+    def load() -> list[int]:
+        with app.db.session() as session:
+            return posts.collectives_of(session, user_id)
+
+    try:
+        return frozenset(app.filler.fill(
+            PATH, cf.colls_scope(user_id), [key], load,
+            lambda pipe, temps, ids: cf.stage_collectives(pipe, temps[key], ids)))
+    except (LeaseHeld, CacheUnavailable):
+        return frozenset(load())
+
+
+def _page_state(field: str, viewer: int | None, is_admin: bool
+                ) -> tuple[posts_service.Visibility, cf.PageState | None]:
+    """The viewer's visibility and the page's cached count state (None: Redis down),
+    read together in one pipeline. With Redis down, Postgres applies the rule in the
+    page's own queries (no statement more for the member set)."""
+    member_of = viewer if viewer is not None and not is_admin else None
     app = state()
     try:
-        cached, version = cf.read_count(app.cache, PATH, field)
-        if cached is not None:
-            return cached
-        value = compute()
-        cf.write_count(app.cache, PATH, field, value, version, app.settings.idle_ttl)
-        return value
+        page = cf.read_count(app.cache, PATH, field, member_of)
     except CacheUnavailable:
-        return compute()
+        page = None
+    if is_admin:
+        return posts_service.Visibility(None), page
+    if member_of is None:
+        return posts_service.PUBLIC, page
+    if page is None:
+        return posts_service.Visibility(None, sql=(member_of, False)), None
+    colls = page.collectives if page is not None else NO_VALUE
+    if colls is NO_VALUE:
+        colls = viewer_collectives(member_of)
+    return posts_service.Visibility.of(colls), page
+
+
+def _total(field: str, page: cf.PageState | None, vis: posts_service.Visibility,
+           compute: Callable[[], cf.Grouped]) -> int:
+    """The viewer's ``total_count``: the cached grouped count (computed and cached on a
+    miss) summed over what they may see."""
+    if page is not None and page.count is not None:
+        return vis.total(*page.count)
+    value = compute()
+    if page is not None:
+        app = state()
+        with contextlib.suppress(CacheUnavailable):
+            cf.write_count(app.cache, PATH, field, value, page.version,
+                           app.settings.idle_ttl)
+    return vis.total(*value)
 
 
 @bp.route("/community/feed", methods=["GET"])
@@ -473,9 +551,17 @@ def _total(field: str, compute: Callable[[], int]) -> int:
 @bp.arguments(FeedArgs, location="query")
 @bp.response(200, FeedOut)
 def feed(args):
+    """Posts of one feed, newest (``recent``, ``following``) or most trending first.
+
+    Only posts the caller may see are listed and counted (a collective's posts for its
+    members and admins). A page examines at most a fixed number of posts, so it can hold
+    fewer than ``limit`` posts (even none) with ``has_more`` true: go on with
+    ``next_cursor``.
+    """
     feed_type, limit = args["feed_type"], args["limit"]
     asset_type, tags = args["asset_type"], _parse_tags(args["tags"])
     viewer = g.user.id if g.user else None
+    is_admin = bool(g.user and g.user.is_admin)
     if feed_type == "following" and viewer is None:
         from service.errors import Unauthorized
 
@@ -490,41 +576,40 @@ def feed(args):
     if feed_type == "recent":
         source: Source = RecentSource()
 
-        def count() -> int:
+        def count() -> cf.Grouped:
             with app.db.session() as session:
-                return posts.count_live(session, None, *filters)
+                return posts.count_live_grouped(session, None, *filters, vis.sql)
 
-        field = cf.count_field("r", asset_type, tags)
+        field = cf.count_field("g", "r", asset_type, tags)
     elif feed_type == "following":
         authors = followees_of(viewer)  # type: ignore[arg-type]
         source = FollowingSource(authors)
 
-        def count() -> int:
+        def count() -> cf.Grouped:
             with app.db.session() as session:
-                return posts.count_live(session, authors, *filters)
+                return posts.count_live_grouped(session, authors, *filters, vis.sql)
 
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
-        field = cf.count_field("f", viewer, digest, asset_type, tags)
+        field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
     else:
-        walk = TrendingSource(data["s"]) if data else TrendingSource.start()
+        walk = TrendingSource.resume(data) if data else TrendingSource.start()
         source = walk
-        extra = {"s": walk.sid}
+        extra = {"s": walk.sid, **({"fl": list(walk.floor)} if walk.floor else {})}
 
-        def count() -> int:
+        def count() -> cf.Grouped:
             with app.db.session() as session:
-                return cf_sql.count_snapshot_live(session, walk.sid, *filters)
+                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters, vis.sql)
 
-        field = cf.count_field("t", walk.sid, asset_type, tags)
-    rows, has_more = collect(source, after, limit, viewer, asset_type, tags)
+        field = cf.count_field("g", "t", walk.sid, asset_type, tags)
+    vis, page = _page_state(field, viewer, is_admin)
+    rows, resume = collect(source, after, limit, viewer, vis, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None
-    if has_more:
-        next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(rows[-1][0]),
-                                     **extra})
+    if resume is not None:
+        next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(resume), **extra})
     return {
         "posts": [_post_json(row) for _, row in rows],
-        "total_count": _total(field, count),
-        "has_more": has_more,
+        "total_count": _total(field, page, vis, count),
+        "has_more": resume is not None,
         "next_cursor": next_cursor,
     }
-

@@ -2,12 +2,42 @@
 
 A walk (a first ``trending`` page and every page after its cursors) reads one immutable
 ranking, snapshot ``sid`` (the cursor carries it). Its truth is a Postgres row
-(``trending_snapshots``: post ids and scores in rank order, at most
-``TRENDING_MAX_POSTS``); Redis holds a copy (``{cf}:ts:<sid>``, see
+(``trending_snapshots``: post ids and scores in rank order, the trending set's: the
+window plus the head of the older posts); Redis holds a copy (``{cf}:ts:<sid>``, see
 cache/community_feed.py) that pages read. So a walk never repeats or skips a post
 whatever happens between its pages: likes, comments and views do not move posts within
 the snapshot, new posts are not in it, deleted ones are filtered on the way out, and a
 copy flushed, evicted or unreachable is replaced by the row itself.
+
+Every post, however old: the order is one key ``(score, id)`` descending, the score at
+the snapshot's reference time. The snapshot holds every post above its *floor* (the key
+of the last older post the trending set kept; no floor: it holds every post). A walk
+reads the copy in Redis down to the floor, then goes on in Postgres in the snapshot's
+*deep tail* (``trending_snapshot_tails``): the snapshot's own entries below the floor
+plus every live post created before the snapshot was taken that it does not hold,
+scored at its reference time with the counters of the moment the tail is written and
+capped just below the floor. The tail is written once, by the first page that needs it
+(one pass over the live posts, under the snapshot row's lock: concurrent first deep
+pages wait for it), and never changes after, so pages past the floor are keyset reads
+``(score, id) < cursor`` of a frozen table: stable under likes (a frozen score never
+moves a post across the cursor), new posts (created after the snapshot: not in it) and
+deletes (filtered on the way out), whether Redis is up or not. The cursor is one key for
+both parts: above the floor it is a Redis read, at or below it a Postgres one; it also
+carries the floor (``fl``), so a warm page needs nothing more than before.
+
+Order and staleness: above the floor the order is exactly the snapshot's (scores as the
+trending set had them, at most one job interval behind, see cache/community_feed.py).
+An older post that gained engagement since the last rebuild and would now rank above
+the floor is listed just below it (its score capped): reached once, never twice, at
+most one interval out of place. ``total_count`` counts what the whole walk returns:
+the snapshot's live posts and, with a floor, every live post created before it was
+taken, that the caller may see. One race is left: a post whose creating transaction
+began before the snapshot was taken (``created_at`` is its start) but committed after
+the tail was written is counted yet not walked (it shows in the next walk).
+
+Cost: the trending job's pass over the older posts (for the head) runs once per
+rebuild in the worker; the tail's pass runs once per snapshot that a walk takes past
+its floor, on that page's request; every other deep page is one index range.
 
 - Start: the Redis pointer ``{cf}:ts:latest`` names the snapshot walks share while it is
   younger than ``TRENDING_SNAPSHOT_REUSE`` s. Without it (expired, flushed, Redis down):
@@ -25,7 +55,9 @@ copy flushed, evicted or unreachable is replaced by the row itself.
   has at least TTL - REUSE s (29.5 minutes by default) to finish; after that its cursor
   is answered with a ``400 invalid_cursor`` (start a new walk), never a wrong page.
 - Bounds: at most one snapshot per REUSE window, so TTL/REUSE + 1 rows (61 by default) of
-  at most 10,000 ids and scores each: about 10 MB in Postgres, and as much in Redis.
+  at most 11,000 ids and scores each (window + head): about 11 MB in Postgres, and as
+  much in Redis. A deep tail holds about one row per live post; only snapshots walked
+  past their floor have one, and the job deletes it with its snapshot.
 """
 
 from __future__ import annotations
@@ -50,35 +82,59 @@ class UnknownSnapshot(Exception):
     """The cursor names a snapshot that does not exist (expired and deleted, or forged)."""
 
 
-def start_walk() -> tuple[int, str]:
-    """The snapshot a new trending walk reads, and the cache outcome (hit/miss/fallback)."""
+def start_walk() -> tuple[int, cf.Floor, str]:
+    """The snapshot a new trending walk reads, its floor, and the cache outcome
+    (hit/miss/fallback)."""
     app = state()
     redis_ok = True
     try:
-        sid = cf.snapshot_pointer(app.cache, PATH)
-        if sid is not None:
-            return sid, "hit"
+        shared = cf.snapshot_pointer(app.cache, PATH)
+        if shared is not None:
+            return *shared, "hit"
     except CacheUnavailable:
         redis_ok = False
     row, entries = _reuse_or_create(app, redis_ok)
     if not redis_ok:
-        return row.id, "fallback"
+        return row.id, row.floor, "fallback"
     s = app.settings
     pointer_ttl = math.floor(s.trending_snapshot_reuse - row.age_s)
     try:
         if entries is not None:
             cf.store_snapshot(app.cache, PATH, row.id, entries, s.trending_snapshot_ttl,
-                              pointer_ttl)
+                              pointer_ttl, row.floor)
         else:
-            cf.share_snapshot(app.cache, PATH, row.id, pointer_ttl)
+            cf.share_snapshot(app.cache, PATH, row.id, pointer_ttl, row.floor)
     except CacheUnavailable:
-        return row.id, "fallback"
-    return row.id, "miss"
+        return row.id, row.floor, "fallback"
+    return row.id, row.floor, "miss"
+
+
+def walk_after(sid: int, floor: cf.Floor, after: Key | None, n: int
+               ) -> tuple[list[Key], str]:
+    """Up to ``n`` keys of the walk of snapshot ``sid`` strictly after ``after``: the
+    snapshot down to its ``floor``, then its deep tail; and the cache outcome. Raises
+    ``UnknownSnapshot``."""
+    if floor is None:
+        return keys_after(sid, after, n)
+    keys: list[Key] = []
+    outcome = "hit"
+    if after is None or after > floor:
+        head, outcome = keys_after(sid, after, n)
+        keys = [k for k in head if k >= floor]
+        if len(keys) == len(head) and len(head) == n:
+            return keys, outcome
+        after = floor
+    app = state()
+    with app.db.session() as session:
+        if not cf_sql.ensure_tail(session, sid):
+            raise UnknownSnapshot(sid)
+        keys += cf_sql.tail_after(session, sid, after, n - len(keys))
+    return keys, outcome
 
 
 def keys_after(sid: int, after: Key | None, n: int) -> tuple[list[Key], str]:
-    """Up to ``n`` keys of snapshot ``sid`` strictly after ``after``, and the cache outcome.
-    Raises ``UnknownSnapshot``."""
+    """Up to ``n`` keys of snapshot ``sid``'s own entries strictly after ``after``, and
+    the cache outcome. Raises ``UnknownSnapshot``."""
     app = state()
     ck = cf.CommunityKeys(app.cache.keys)
     outcome = "miss"
@@ -127,18 +183,20 @@ def _reuse_or_create(app: AppState,
             if row is not None:
                 return row, None
             if locked or time.monotonic() >= deadline:
-                ref, entries = _current_ranking(app, redis_ok)
-                row = cf_sql.create_snapshot(session, ref, entries)
+                ref, floor, entries = _current_ranking(app, redis_ok)
+                row = cf_sql.create_snapshot(session, ref, entries, floor)
                 session.commit()
                 return row, entries
         time.sleep(0.01)
 
 
-def _current_ranking(app: AppState, redis_ok: bool) -> tuple[datetime, list[Key]]:
-    """The live trending ranking: the Redis set (rebuilt if missing), else Postgres now."""
-    from jobs.community_feed import fill_trending, ranking_at
+def _current_ranking(app: AppState, redis_ok: bool
+                     ) -> tuple[datetime, cf.Floor, list[Key]]:
+    """The live trending set and its floor: the Redis set (rebuilt if missing), else
+    Postgres now."""
+    from jobs.community_feed import TAIL_HEAD, fill_trending, ranking_at
 
-    cap = app.settings.trending_max_posts
+    cap = app.settings.trending_max_posts + TAIL_HEAD
     if redis_ok:
         try:
             got = cf.read_trending(app.cache, PATH, cap)
@@ -147,9 +205,10 @@ def _current_ranking(app: AppState, redis_ok: bool) -> tuple[datetime, list[Key]
                     fill_trending(app)
                 got = cf.read_trending(app.cache, PATH, cap)
             if got is not None:
-                ref, entries = got
-                return datetime.fromtimestamp(float(ref), UTC), entries
+                ref, floor, entries = got
+                return datetime.fromtimestamp(float(ref), UTC), floor, entries
         except CacheUnavailable:
             pass
     ref_s = round(time.time(), 6)
-    return datetime.fromtimestamp(ref_s, UTC), ranking_at(app, ref_s)[:cap]
+    entries, floor = ranking_at(app, ref_s)
+    return datetime.fromtimestamp(ref_s, UTC), floor, entries

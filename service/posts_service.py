@@ -6,6 +6,11 @@ re-score of the post in the trending set (see ``cache/community_feed.py`` for ho
 that can get). Raises ``NotFound`` for unknown or deleted posts, ``Forbidden`` when the
 caller may not delete a post.
 
+Visibility (API.md section 3): a post with a ``collective_id`` exists only for that
+collective's members and for admins; for everyone else its endpoints answer ``NotFound``
+(checked against Postgres in the write's own transaction), and feeds drop it on the way
+out (``Visibility``, built from the viewer's cached memberships).
+
 A like is a heart (section 4): ``like_post`` also bumps the liker's personalized-feed
 version in the same transaction, whichever endpoint the like came through.
 """
@@ -13,6 +18,8 @@ version in the same transaction, whichever endpoint the like came through.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +44,39 @@ def created_us(created_at: datetime) -> int:
     return (created_at - EPOCH) // timedelta(microseconds=1)
 
 
+@dataclass(frozen=True)
+class Visibility:
+    """Which posts one viewer may see: public ones, plus those of ``collectives``
+    (``None``: every post, for admins). ``sql``: ``(viewer, is_admin)`` when Postgres
+    applies the rule itself (Redis down: no member set to read), rows and counts then
+    come filtered and ``collectives`` is None."""
+
+    collectives: frozenset[int] | None
+    sql: tuple[int | None, bool] | None = None
+
+    @classmethod
+    def of(cls, collectives: Iterable[int] | None) -> Visibility:
+        return cls(None if collectives is None else frozenset(collectives))
+
+    def sees(self, collective_id: int | None) -> bool:
+        return (collective_id is None or self.collectives is None
+                or collective_id in self.collectives)
+
+    def total(self, public: int, per_collective: dict[int, int]) -> int:
+        """A viewer's count from a count grouped by collective."""
+        return public + sum(n for c, n in per_collective.items() if self.sees(c))
+
+
+PUBLIC = Visibility(frozenset())
+
+
+def _visible(session: Any, post_id: int, user_id: int | None, is_admin: bool) -> Post:
+    post = posts.get_visible_post(session, post_id, user_id, is_admin)
+    if post is None:
+        raise NotFound("Post not found")
+    return post
+
+
 def create_post(author_id: int, is_admin: bool = False, **fields: Any) -> Post:
     """Create a post by ``author_id``; ``fields`` are post columns (title, tags...).
 
@@ -47,8 +87,8 @@ def create_post(author_id: int, is_admin: bool = False, **fields: Any) -> Post:
     ck = cf.CommunityKeys(app.cache.keys)
     with app.uow() as uow:
         inspired = fields.get("inspired_by_post_id")
-        if inspired is not None and not posts.can_see(uow.session, inspired, author_id,
-                                                      is_admin, lock=True):
+        if inspired is not None and not posts.post_visible(uow.session, inspired, author_id,
+                                                           is_admin, lock=True):
             raise ApiError("Invalid request", code="validation_error", details={
                 "inspired_by_post_id": ["No live post with this id that you can see."]})
         post = posts.create_post(uow.session, author_id, **fields)
@@ -63,7 +103,8 @@ def create_post(author_id: int, is_admin: bool = False, **fields: Any) -> Post:
 
 
 def delete_post(post_id: int, user_id: int, is_admin: bool = False) -> None:
-    """Soft delete (author or admin). Deleting an already deleted post is a 404."""
+    """Soft delete (author or admin). Deleting an already deleted post is a 404, and so
+    is a post the caller may not see (unless they wrote it)."""
     app = state()
     ck = cf.CommunityKeys(app.cache.keys)
     with app.uow() as uow:
@@ -71,6 +112,8 @@ def delete_post(post_id: int, user_id: int, is_admin: bool = False) -> None:
         if post is None:
             raise NotFound("Post not found")
         if post.author_id != user_id and not is_admin:
+            if posts.get_visible_post(uow.session, post_id, user_id) is None:
+                raise NotFound("Post not found")
             raise Forbidden("Only the author or an admin may delete this post")
         if not posts.soft_delete(uow.session, post_id):
             raise NotFound("Post not found")
@@ -81,15 +124,15 @@ def delete_post(post_id: int, user_id: int, is_admin: bool = False) -> None:
     _unrank(post_id)
 
 
-def like_post(user_id: int, post_id: int, liked: bool) -> bool:
+def like_post(user_id: int, post_id: int, liked: bool, is_admin: bool = False) -> bool:
     """Like or unlike; True if the like row changed (idempotent otherwise).
 
     A change bumps the liker's personalized-feed version in the same transaction, so
-    their next personalized page reflects it. Raises ``NotFound``.
+    their next personalized page reflects it. Raises ``NotFound`` (also for a post the
+    user may not see).
     """
     with state().uow() as uow:
-        if posts.get_live_post(uow.session, post_id) is None:
-            raise NotFound("Post not found")
+        _visible(uow.session, post_id, user_id, is_admin)
         changed = posts.set_like(uow.session, post_id, user_id, liked)
         if changed:
             ranked_feed.touch(uow, user_id)
@@ -99,27 +142,34 @@ def like_post(user_id: int, post_id: int, liked: bool) -> bool:
     return changed
 
 
-def add_comment(user_id: int, post_id: int, body: str) -> Comment:
+def add_comment(user_id: int, post_id: int, body: str, is_admin: bool = False) -> Comment:
     """Add a comment (counted in trending). Raises ``NotFound``."""
     with state().uow() as uow:
-        if posts.get_live_post(uow.session, post_id) is None:
-            raise NotFound("Post not found")
+        _visible(uow.session, post_id, user_id, is_admin)
         comment = posts.add_comment(uow.session, post_id, user_id, body)
         uow.commit()
     _rescore(post_id)
     return comment
 
 
-def record_view(user_id: int, post_id: int) -> bool:
-    """Count a view unless this viewer had one counted in the last 30 minutes."""
+def record_view(user_id: int, post_id: int, is_admin: bool = False) -> bool:
+    """Count a view unless this viewer had one counted in the last 30 minutes. Raises
+    ``NotFound``."""
     with state().uow() as uow:
-        if posts.get_live_post(uow.session, post_id) is None:
-            raise NotFound("Post not found")
+        _visible(uow.session, post_id, user_id, is_admin)
         counted = posts.record_view(uow.session, post_id, user_id)
         uow.commit()
     if counted:
         _rescore(post_id)
     return counted
+
+
+def set_membership(uow: Any, user_id: int, collective_id: int, member: bool) -> None:
+    """Queue, in ``uow``, the cache change of a committed join (``member``) or leave: the
+    user's cached collectives (their next community page is filtered with it)."""
+    cf.membership_changed(uow.change(cf.colls_scope(user_id)),
+                          cf.CommunityKeys(state().cache.keys), user_id, collective_id,
+                          member)
 
 
 def set_follow(user_id: int, followee_id: int, following: bool) -> bool:
@@ -135,10 +185,10 @@ def set_follow(user_id: int, followee_id: int, following: bool) -> bool:
     return changed
 
 
-def engagement(post_id: int, viewer_id: int | None) -> dict[str, Any]:
+def engagement(post_id: int, viewer_id: int | None, is_admin: bool = False) -> dict[str, Any]:
     """Counts of a live post and whether the viewer likes it. Raises ``NotFound``."""
     with state().db.session() as session:
-        counts = posts.post_counts(session, post_id)
+        counts = posts.post_counts(session, post_id, viewer_id, is_admin)
         if counts is None:
             raise NotFound("Post not found")
         liked = viewer_id is not None and posts.is_liked(session, post_id, viewer_id)

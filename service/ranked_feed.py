@@ -7,8 +7,9 @@ of ``service.ranked_feed_score`` and serves pages from the per-viewer cached ran
 bumps that viewer's calc version in its own transaction, so their next page is computed
 afresh. Other people's activity (new posts, their likes and comments) reaches a viewer's
 ranking when its page cache expires (``PAGE_CACHE_TTL``, 5 minutes) or on
-``invalidate_cache=true``; deleted posts, blocked authors and muted collectives are
-filtered out of every page, cached or not.
+``invalidate_cache=true``; deleted posts, blocked authors, muted collectives and
+collectives the viewer is not in (admins see them all) are filtered out of every page,
+cached or not. A join or leave bumps the viewer's calc version, so it shows at once.
 
 An admin's ranking controls (``/api/admin/ranking/``: on/off and weights over
 ``RANKING_WEIGHTS``) live in Postgres; their version keys every cached ranking and is
@@ -45,7 +46,7 @@ from service import ranked_feed_score as scoring
 from service.auth import admin_required, login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, isoformat
-from service.posts_service import like_post
+from service.posts_service import like_post, set_membership
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
@@ -212,10 +213,12 @@ def weights_of(controls: Controls) -> dict[str, float]:
 
 
 def compute_ranking(user_id: int, version: int | None,
-                    weights: dict[str, float] | None = None) -> list[Entry]:
+                    weights: dict[str, float] | None = None,
+                    is_admin: bool = False) -> list[Entry]:
     """Rank the viewer's candidates from Postgres with ``weights`` (default
     ``RANKING_WEIGHTS``); inputs from the cache at ``version`` (or straight from Postgres
-    when ``version`` is None)."""
+    when ``version`` is None). Candidates are the posts the viewer may see: public ones
+    and their collectives' (every post for an admin)."""
     app_state = state()
     settings = app_state.settings
     with app_state.db.session() as session:
@@ -234,7 +237,7 @@ def compute_ranking(user_id: int, version: int | None,
             session, fellows=inputs["fellows"], collectives=inputs["colls"],
             blocked=prefs.blocked_users, muted=prefs.muted_collectives,
             k_recent=settings.ranked_candidates_recent,
-            k_social=settings.ranked_candidates_social,
+            k_social=settings.ranked_candidates_social, is_admin=is_admin,
         )
         viewed = store.load_viewed(session, user_id, [row["id"] for row in rows])
     viewer = scoring.ViewerInputs(
@@ -290,11 +293,11 @@ def _page_url(page: int | None) -> str | None:
     return f"{state().settings.public_base_url}{request.path}?{urlencode(args)}"
 
 
-def ranked_page(user_id: int, start: int, stop: int, force: bool = False
-                ) -> tuple[Controls, RankedPage | None]:
+def ranked_page(user_id: int, start: int, stop: int, force: bool = False,
+                is_admin: bool = False) -> tuple[Controls, RankedPage | None]:
     """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
-    them (None when the admin switched ranking off). Warm: one round trip for the
-    versions, one for the page."""
+    them (None when the admin switched ranking off); an admin's ranking (every collective)
+    is kept apart. Warm: one round trip for the versions, one for the page."""
     feed_cache = _feed_cache()
     version, controls = feed_cache.versions(user_id, load_controls)
     if not controls.enabled:
@@ -302,7 +305,7 @@ def ranked_page(user_id: int, start: int, stop: int, force: bool = False
     weights = weights_of(controls)
     return controls, feed_cache.page(
         user_id, version, controls.version, start, stop,
-        lambda v: compute_ranking(user_id, v, weights), force=force,
+        lambda v: compute_ranking(user_id, v, weights, is_admin), force=force, admin=is_admin,
     )
 
 
@@ -320,20 +323,22 @@ def _log_decision(user_id: int, args: dict[str, Any], count: int, controls: Cont
     }))
 
 
-def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+def _personalized(user_id: int, args: dict[str, Any], is_admin: bool = False
+                  ) -> tuple[int, list[dict[str, Any]]]:
     start = (args["page"] - 1) * args["page_size"]
     controls, ranked = ranked_page(user_id, start, start + args["page_size"],
-                                   force=args["invalidate_cache"])
+                                   force=args["invalidate_cache"], is_admin=is_admin)
     if ranked is None:
-        return _chronological(user_id, args)
+        return _chronological(user_id, args, is_admin)
     with state().db.session() as session:
-        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries])
+        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries],
+                                   is_admin)
     results = []
     shown: list[tuple[dict[str, Any], Entry]] = []
     for entry in ranked.entries:
         row = rows.get(entry.id)
         if row is None:
-            continue  # deleted, blocked or muted since the ranking was cached
+            continue  # deleted, blocked, muted or left since the ranking was cached
         post = _post_out(row)
         post["score"] = entry.score
         if args["explain"]:
@@ -347,11 +352,12 @@ def _personalized(user_id: int, args: dict[str, Any]) -> tuple[int, list[dict[st
     return ranked.count, results
 
 
-def _chronological(user_id: int | None, args: dict[str, Any]
+def _chronological(user_id: int | None, args: dict[str, Any], is_admin: bool = False
                    ) -> tuple[int, list[dict[str, Any]]]:
     start = (args["page"] - 1) * args["page_size"]
     with state().db.session() as session:
-        count, rows = store.chronological_page(session, user_id, start, args["page_size"])
+        count, rows = store.chronological_page(session, user_id, start, args["page_size"],
+                                               is_admin)
     results = []
     for row in rows:
         post = _post_out(row)
@@ -377,9 +383,10 @@ def list_posts(args):
     user = g.user
     ordering = args["ordering"] or ("personalized" if user else "chronological")
     if user is None or ordering == "chronological":
-        count, results = _chronological(user.id if user else None, args)
+        count, results = _chronological(user.id if user else None, args,
+                                        bool(user and user.is_admin))
     else:
-        count, results = _personalized(user.id, args)
+        count, results = _personalized(user.id, args, user.is_admin)
     page, size = args["page"], args["page_size"]
     if page > 1 and (page - 1) * size >= count:
         raise NotFound("Invalid page", code="invalid_page")
@@ -395,8 +402,8 @@ def list_posts(args):
 # --- the viewer's writes -------------------------------------------------------------------
 
 
-def _require_live_post(session, post_id: int) -> None:
-    if not store.post_is_live(session, post_id):
+def _require_visible_post(session, post_id: int) -> None:
+    if not store.post_is_visible(session, post_id, g.user.id, g.user.is_admin):
         raise NotFound("Post not found")
 
 
@@ -409,25 +416,25 @@ class Heart(MethodView):
     @login_required
     @bp.response(200, HeartOut)
     def post(self, post_id: int):
-        return {"hearted": _set_heart(g.user.id, post_id, True)}
+        return {"hearted": _set_heart(g.user.id, post_id, True, g.user.is_admin)}
 
     @login_required
     @bp.response(200, HeartOut)
     def delete(self, post_id: int):
-        return {"hearted": _set_heart(g.user.id, post_id, False)}
+        return {"hearted": _set_heart(g.user.id, post_id, False, g.user.is_admin)}
 
 
-def _set_heart(user_id: int, post_id: int, hearted: bool) -> bool:
+def _set_heart(user_id: int, post_id: int, hearted: bool, is_admin: bool = False) -> bool:
     """A heart is a community like: ``like_post`` writes it and bumps the viewer's calc
     version in the same transaction when it changed; True if this call changed it
     (raises ``NotFound``)."""
-    return like_post(user_id, post_id, hearted)
+    return like_post(user_id, post_id, hearted, is_admin)
 
 
 def _add_fact(post_id: int, add) -> dict[str, bool]:
     user_id = g.user.id
     with state().uow() as uow:
-        _require_live_post(uow.session, post_id)
+        _require_visible_post(uow.session, post_id)
         added = add(uow.session, user_id, post_id)
         if added:
             touch(uow, user_id)
@@ -505,6 +512,7 @@ def _set_member(user_id: int, collective_id: int, member: bool) -> bool:
         changed = write(uow.session, user_id, collective_id)
         if changed:
             touch(uow, user_id)
+            set_membership(uow, user_id, collective_id, member)
         uow.commit()
     return changed
 

@@ -332,9 +332,13 @@ class Fellow(Base):
 class TrendingSnapshot(Base):
     """A trending walk's ranking, frozen when the walk starts (community feed, section 3).
 
-    ``post_ids`` and ``scores`` are parallel arrays in rank order (score desc, id desc),
-    at most ``TRENDING_MAX_POSTS`` entries, scores computed at ``ref_time``. Immutable;
-    Redis holds a copy; the trending job deletes rows older than ``TRENDING_SNAPSHOT_TTL``.
+    ``post_ids`` and ``scores`` are parallel arrays in rank order (score desc, id desc):
+    the trending set (the window plus the best older posts, see cache/community_feed.py),
+    scores computed at ``ref_time``. ``floor_score, floor_id``: the key below which the
+    arrays no longer hold every post (None: they hold every post); a walk past it reads
+    the deep tail (``TrendingSnapshotTail``), written once on first need
+    (``tail_ready``). Immutable otherwise; Redis holds a copy of the arrays; the trending
+    job deletes rows older than ``TRENDING_SNAPSHOT_TTL`` and their tails.
     """
 
     __tablename__ = "trending_snapshots"
@@ -343,10 +347,25 @@ class TrendingSnapshot(Base):
     ref_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     post_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False)
     scores: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False)
+    floor_score: Mapped[int | None] = mapped_column(BigInteger)
+    floor_id: Mapped[int | None] = mapped_column(BigInteger)
+    tail_ready: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     __table_args__ = (
         CheckConstraint("cardinality(post_ids) = cardinality(scores)", name="parallel"),
         Index("ix_trending_snapshots_created", "created_at"),
     )
+
+
+class TrendingSnapshotTail(Base):
+    """The deep part of a trending snapshot: every post below its floor, with its score
+    frozen when the tail was written (keyset pages on ``(score, post_id)`` desc). No
+    foreign key (its per-row check slowed the write): deleted with its snapshot by
+    ``storage.community_feed.delete_snapshots_older_than``."""
+
+    __tablename__ = "trending_snapshot_tails"
+    snapshot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    score: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    post_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
 class UserPreferences(Base):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -61,16 +61,44 @@ def get_live_post(session: Session, post_id: int, lock: bool = False) -> Post | 
     return session.execute(query).scalar_one_or_none()
 
 
-def can_see(session: Session, post_id: int, viewer_id: int, is_admin: bool = False,
-            lock: bool = False) -> bool:
-    """Whether the post is live and the viewer may see it: public, or in a collective the
-    viewer is a member of (admins see every live post). ``lock`` as in ``get_live_post``."""
-    post = get_live_post(session, post_id, lock=lock)
-    if post is None:
-        return False
-    if post.collective_id is None or is_admin:
-        return True
-    return session.get(CollectiveMember, (post.collective_id, viewer_id)) is not None
+def can_see(viewer_id: int | None, is_admin: bool = False):
+    """SQL condition: the viewer may see the post (API.md section 3, "Visibility"): public
+    posts for everyone, a collective's posts for its members and for admins only."""
+    if is_admin:
+        return true()
+    if viewer_id is None:
+        return Post.collective_id.is_(None)
+    member = (select(CollectiveMember.user_id)
+              .where(CollectiveMember.collective_id == Post.collective_id,
+                     CollectiveMember.user_id == viewer_id)
+              .exists())
+    return or_(Post.collective_id.is_(None), member)
+
+
+def get_visible_post(session: Session, post_id: int, viewer_id: int | None,
+                     is_admin: bool = False) -> Post | None:
+    """The post if it is live and the viewer may see it (else None: a 404 for them)."""
+    query = select(Post).where(Post.id == post_id, Post.deleted_at.is_(None),
+                               can_see(viewer_id, is_admin))
+    return session.execute(query).scalar_one_or_none()
+
+
+def collectives_of(session: Session, user_id: int) -> list[int]:
+    """The collectives ``user_id`` belongs to."""
+    return sorted(session.execute(
+        select(CollectiveMember.collective_id).where(CollectiveMember.user_id == user_id)
+    ).scalars())
+
+
+def post_visible(session: Session, post_id: int, viewer_id: int, is_admin: bool = False,
+                 lock: bool = False) -> bool:
+    """Whether the post is live and the viewer may see it (``can_see``). ``lock`` as in
+    ``get_live_post``: a concurrent soft delete waits for this transaction."""
+    query = select(Post.id).where(Post.id == post_id, Post.deleted_at.is_(None),
+                                  can_see(viewer_id, is_admin))
+    if lock:
+        query = query.with_for_update(read=True)
+    return session.execute(query).scalar_one_or_none() is not None
 
 
 def soft_delete(session: Session, post_id: int) -> bool:
@@ -162,11 +190,13 @@ def record_view(session: Session, post_id: int, viewer_id: int,
     return True
 
 
-def post_counts(session: Session, post_id: int) -> tuple[int, int, int] | None:
-    """(like_count, comment_count, view_count) of a live post, or None."""
+def post_counts(session: Session, post_id: int, viewer_id: int | None = None,
+                is_admin: bool = True) -> tuple[int, int, int] | None:
+    """(like_count, comment_count, view_count) of a live post the viewer may see, or None
+    (by default: as an admin, whoever asks)."""
     row = session.execute(
         select(Post.like_count, Post.comment_count, Post.view_count).where(
-            Post.id == post_id, Post.deleted_at.is_(None)
+            Post.id == post_id, Post.deleted_at.is_(None), can_see(viewer_id, is_admin)
         )
     ).first()
     return None if row is None else (row[0], row[1], row[2])
@@ -218,10 +248,12 @@ def load_page(
     viewer_id: int | None,
     asset_type: str | None = None,
     tags: Sequence[str] = (),
+    visible_to: tuple[int | None, bool] | None = None,
 ) -> dict[int, PostRow]:
     """Hydrate ``post_ids`` in one query: live posts matching the filters, their authors'
     profiles (the defaults when the author has no users row) and whether the viewer
-    likes each one. Deleted or non-matching ids are absent from the result."""
+    likes each one. Deleted or non-matching ids are absent from the result, and so are
+    posts ``visible_to = (viewer, is_admin)`` may not see, if given."""
     if not post_ids:
         return {}
     liked = (
@@ -237,6 +269,8 @@ def load_page(
         .where(Post.id.in_(list(post_ids)), Post.deleted_at.is_(None))
     )
     query = _filtered(query, asset_type, tags)
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
     rows: dict[int, PostRow] = {}
     for post, name, avatar, tier, is_liked_row in session.execute(query):
         rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
@@ -284,6 +318,37 @@ def count_live(
         query = query.where(Post.created_at.between(*created_between))
     query = _filtered(query, asset_type, tags)
     return int(session.execute(query).scalar_one())
+
+
+def count_live_grouped(
+    session: Session,
+    authors: Sequence[int] | None = None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+    visible_to: tuple[int | None, bool] | None = None,
+) -> tuple[int, dict[int, int]]:
+    """Live posts matching the filters (and that ``visible_to`` may see, if given), as
+    (public ones, {collective id: its ones})."""
+    if authors is not None and not authors:
+        return 0, {}
+    query = (select(Post.collective_id, func.count()).where(Post.deleted_at.is_(None))
+             .group_by(Post.collective_id))
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
+    if authors is not None:
+        query = query.where(Post.author_id.in_(list(authors)))
+    return grouped(session.execute(_filtered(query, asset_type, tags)))
+
+
+def grouped(rows) -> tuple[int, dict[int, int]]:
+    """``(collective_id, n)`` rows as (public, {collective id: n})."""
+    public, per = 0, {}
+    for collective_id, n in rows:
+        if collective_id is None:
+            public = int(n)
+        else:
+            per[int(collective_id)] = int(n)
+    return public, per
 
 
 @dataclass(frozen=True)

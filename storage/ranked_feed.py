@@ -4,7 +4,8 @@ preferences). Hearts are community likes: ``service.posts_service.like_post`` wr
 
 Candidate bound: a viewer's ranking considers at most ``k_recent`` newest live posts plus
 the ``k_social`` newest live posts by their fellows plus the ``k_social`` newest live posts
-in their collectives (blocked authors and muted collectives excluded inside each source),
+in their collectives (blocked authors, muted collectives and collectives the viewer is not
+in excluded inside each source),
 so a ranking costs O(k_recent + 2·k_social) rows whatever the size of ``posts``.
 """
 
@@ -28,6 +29,7 @@ from storage.models import (
     RankingConfig,
     UserPreferences,
 )
+from storage.posts import can_see
 
 POST_COLUMNS = (
     "p.id, p.author_id, u.display_name AS author_display_name, "
@@ -38,11 +40,18 @@ POST_COLUMNS = (
     "p.view_count, p.praise_count, p.trophy_count, p.created_at, p.updated_at"
 )
 
-# Posts the viewer may see: live, author not blocked, collective not muted.
+# Posts the viewer may see: live, author not blocked, collective not muted, and public or
+# in a collective the viewer belongs to (unless ``:admin``: admins see every collective).
+_MEMBER = (
+    "(p.collective_id IS NULL OR CAST(:admin AS boolean) OR EXISTS (SELECT 1 FROM "
+    "collective_members cm WHERE cm.collective_id = p.collective_id "
+    "AND cm.user_id = :viewer))"
+)
 _VISIBLE = (
     "p.deleted_at IS NULL "
     "AND NOT coalesce(p.author_id = ANY(up.blocked_users), false) "
-    "AND NOT coalesce(p.collective_id = ANY(up.muted_collectives), false)"
+    "AND NOT coalesce(p.collective_id = ANY(up.muted_collectives), false) "
+    f"AND {_MEMBER}"
 )
 _PREFS_JOIN = "LEFT JOIN user_preferences up ON up.user_id = :viewer"
 
@@ -121,7 +130,9 @@ _CANDIDATE_COLUMNS = (
 )
 _ALLOWED = (
     "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(:blocked AS bigint[]))) "
-    "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false)"
+    "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false) "
+    "AND (p.collective_id IS NULL OR CAST(:admin AS boolean) "
+    "OR p.collective_id = ANY(CAST(:colls AS bigint[])))"
 )
 
 
@@ -156,11 +167,15 @@ def load_candidates(
     muted: Sequence[int],
     k_recent: int,
     k_social: int,
+    is_admin: bool = False,
 ) -> list[dict[str, Any]]:
-    """The bounded candidate set (see the module docstring), as dicts of score facts."""
+    """The bounded candidate set (see the module docstring), as dicts of score facts:
+    public posts and those of the viewer's ``collectives`` (every collective's for an
+    admin)."""
     rows = session.execute(_CANDIDATES, {
         "fellows": list(fellows), "colls": list(collectives), "blocked": list(blocked),
         "muted": list(muted), "k_recent": k_recent, "k_social": k_social,
+        "admin": is_admin,
     })
     return [dict(row._mapping) for row in rows]
 
@@ -178,26 +193,27 @@ def load_viewed(session: Session, user_id: int, post_ids: Sequence[int]) -> set[
 # --- what a page shows ---------------------------------------------------------------------
 
 
-def visible_posts(session: Session, viewer_id: int, post_ids: Sequence[int]
-                  ) -> dict[int, dict[str, Any]]:
+def visible_posts(session: Session, viewer_id: int, post_ids: Sequence[int],
+                  is_admin: bool = False) -> dict[int, dict[str, Any]]:
     """Current rows of those ``post_ids`` the viewer may see now (one indexed query):
-    deleted posts, blocked authors' posts and muted collectives' posts are left out, so a
-    cached ranking never shows them."""
+    deleted posts, blocked authors' posts, muted collectives' posts and posts of
+    collectives the viewer is not in are left out, so a cached ranking never shows them."""
     if not post_ids:
         return {}
     rows = session.execute(
         text(f"SELECT {POST_COLUMNS} FROM posts p LEFT JOIN users u ON u.id = p.author_id "
              f"{_PREFS_JOIN} WHERE p.id = ANY(CAST(:ids AS bigint[])) AND {_VISIBLE}"),
-        {"viewer": viewer_id, "ids": list(post_ids)},
+        {"viewer": viewer_id, "ids": list(post_ids), "admin": is_admin},
     )
     return {row.id: dict(row._mapping) for row in rows}
 
 
-def chronological_page(session: Session, viewer_id: int | None, offset: int, limit: int
-                       ) -> tuple[int, list[dict[str, Any]]]:
-    """Newest first: (count of posts the viewer may see, the rows of one page)."""
-    params = {"viewer": viewer_id or 0, "offset": offset, "limit": limit}
-    visible = _VISIBLE if viewer_id else "p.deleted_at IS NULL"
+def chronological_page(session: Session, viewer_id: int | None, offset: int, limit: int,
+                       is_admin: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    """Newest first: (count of posts the viewer may see, the rows of one page). Anonymous
+    callers see public posts only."""
+    params = {"viewer": viewer_id or 0, "offset": offset, "limit": limit, "admin": is_admin}
+    visible = _VISIBLE if viewer_id else "p.deleted_at IS NULL AND p.collective_id IS NULL"
     prefs = _PREFS_JOIN if viewer_id else ""
     count = session.execute(
         text(f"SELECT count(*) FROM posts p {prefs} WHERE {visible}"), params
@@ -217,6 +233,15 @@ def chronological_page(session: Session, viewer_id: int | None, offset: int, lim
 def post_is_live(session: Session, post_id: int) -> bool:
     return session.execute(
         select(Post.id).where(Post.id == post_id, Post.deleted_at.is_(None))
+    ).first() is not None
+
+
+def post_is_visible(session: Session, post_id: int, viewer_id: int, is_admin: bool) -> bool:
+    """The post is live and the viewer may see it (public, or in one of their
+    collectives, or they are an admin)."""
+    return session.execute(
+        select(Post.id).where(Post.id == post_id, Post.deleted_at.is_(None),
+                              can_see(viewer_id, is_admin))
     ).first() is not None
 
 

@@ -134,6 +134,8 @@ def oracle_order(state, viewer: int, now: datetime = FROZEN_NOW,
     for pid, author, ptype, coll, created in posts:
         if author in blocked or (coll is not None and coll in muted):
             continue
+        if coll is not None and coll not in joined:
+            continue  # a collective's posts are for its members
         hours = max((now - created).total_seconds() / 3600, 0)
         parts = {
             "recency": 100 * math.exp(-hours / 24),

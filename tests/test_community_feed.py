@@ -259,3 +259,23 @@ def test_following_walk_past_a_trimmed_author_set(settings):
         assert body["total_count"] == 7
     finally:
         app.extensions["hc"].close()
+
+
+def test_following_walk_past_first_page_stays_in_redis(client, auth):
+    """The merged author sets are read after a cursor key for every followee (a Lua
+    slip once made that fail for the second followee on, sending pages to Postgres)."""
+    from cache import stats
+
+    def events(outcome):
+        return sum(s.value for m in stats.CACHE_EVENTS.collect() for s in m.samples
+                   if s.name.endswith("_total") and s.labels["outcome"] == outcome
+                   and s.labels["path"].startswith("community_feed"))
+
+    ids = [make_post(client, auth, 10 + i % 3)["id"] for i in range(9)]
+    for u in (10, 11, 12):
+        client.post(f"/community/users/{u}/follow", headers=auth(1))
+    walk(client, auth(1), feed_type="following", limit=2)  # fills the author sets
+    errors, fallbacks = events("error"), events("fallback")
+    seen, body = walk(client, auth(1), feed_type="following", limit=2)
+    assert seen == sorted(ids, reverse=True) and body["total_count"] == 9
+    assert (events("error"), events("fallback")) == (errors, fallbacks)

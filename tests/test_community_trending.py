@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import delete, func, select, text
 
 from cache.keyspace_admin import clear_keyspace
+from jobs import community_feed as community_feed_job
 from jobs.scheduler import default_jobs
 from service import create_app
 from storage.models import TrendingSnapshot
@@ -66,13 +67,14 @@ def test_concurrent_starts_share_one_snapshot(client, state, settings):
         down.extensions["hc"].close()
 
 
-def test_snapshot_reused_across_flush_and_bounded(client, state, settings):
+def test_snapshot_reused_across_flush_and_bounded(client, state, settings, monkeypatch):
     ids = [_post(client, 1) for _ in range(6)]
     _first(client)
     clear_keyspace(state.cache)  # pointer and copy gone: the row is still shared
     _first(client)
     rows = _rows(state)
     assert len(rows) == 1 and sorted(rows[0].post_ids) == sorted(ids)
+    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", 1)
     small = create_app({"SETTINGS": settings.replace(trending_max_posts=4,
                                                      trending_snapshot_reuse=0),
                         "TESTING": True})
@@ -80,9 +82,12 @@ def test_snapshot_reused_across_flush_and_bounded(client, state, settings):
         clear_keyspace(state.cache)
         body = _first(small.test_client(), limit=10)
         rows = _rows(state)
-        assert len(rows) == 2 and len(rows[-1].post_ids) == 4
-        assert len(rows[-1].scores) == 4 and body["total_count"] == 4
-        assert [p["id"] for p in body["posts"]] == rows[-1].post_ids
+        # The window (4 newest) plus the head of the older posts (1): bounded; the post
+        # past the floor comes from the snapshot's deep tail in Postgres.
+        assert len(rows) == 2 and len(rows[-1].post_ids) == 5
+        assert len(rows[-1].scores) == 5 and rows[-1].floor_id == rows[-1].post_ids[-1]
+        assert body["total_count"] == 6
+        assert [p["id"] for p in body["posts"]] == rows[-1].post_ids + [ids[0]]
     finally:
         small.extensions["hc"].close()
 
