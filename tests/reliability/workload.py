@@ -8,6 +8,7 @@ fault tests grow with the service.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class Outcome:
     key: Any
     status: int | str
     ms: float
+    started: float = 0.0  # time.monotonic() when the request began
+    retry_after: str | None = None  # the response's Retry-After header, if any
 
 
 @dataclass
@@ -239,6 +242,101 @@ def timed(fn: Callable[..., tuple[int, Any]], *args: Any) -> tuple[int | str, An
     except Exception as exc:  # noqa: BLE001 - recorded and asserted on by the caller
         return type(exc).__name__, None, (time.perf_counter() - start) * 1000
     return status, key, (time.perf_counter() - start) * 1000
+
+
+class Writers:
+    """``threads`` writer threads making unique writes of every kind until ``stop()``.
+
+    Writer ``n`` writes as ``users[n]``, then ``users[n + threads]``, ...: ``per_user``
+    writes per user and kind, each with its own key, so no lost write hides behind an
+    acknowledged one with the same key. A writer that has used all its users stops and
+    counts in ``exhausted`` (seed more users if a test sees one). Each outcome carries
+    the time its request began and its ``Retry-After``; ``phase_of()`` (if given) names
+    the recorder phase a write is counted in when it begins.
+    """
+
+    def __init__(self, app: Flask, kinds: list[WriteKind], ctx: dict[str, dict[str, Any]],
+                 users: list[int], threads: int, per_user: int, pause: float,
+                 phase_of: Callable[[], Any] | None = None) -> None:
+        assert len(users) >= threads and len(users) % threads == 0, (len(users), threads)
+        self.app, self.kinds, self.ctx, self.users = app, kinds, ctx, users
+        self.per_user, self.pause, self.phase_of = per_user, pause, phase_of
+        self.outcomes: list[Outcome] = []
+        self.exhausted = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                         for n in range(threads)]
+
+    def start(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the writers after their current write; raises if one is still stuck."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self._threads), "a writer hung"
+
+    def _run(self, n: int) -> None:
+        client = recording_client(self.app)
+        mine = self.users[n::len(self._threads)]
+        step = 0
+        while not self._stop.is_set():
+            kind = self.kinds[step % len(self.kinds)]
+            generation, i = divmod(step // len(self.kinds), self.per_user)
+            if generation >= len(mine):
+                with self._cond:
+                    self.exhausted += 1
+                    self._cond.notify_all()
+                return
+            phase = self.phase_of() if self.phase_of else None
+            client.last = None
+            started = time.monotonic()
+            status, key, ms = timed(kind.write, client, self.ctx[kind.name], mine[generation], i)
+            retry_after = client.last.headers.get("Retry-After") if client.last else None
+            if phase is not None:
+                phase.add(ms, status)
+            with self._cond:
+                self.outcomes.append(Outcome(kind.name, mine[generation], key, status, ms,
+                                             started, retry_after))
+                self._cond.notify_all()
+            step += 1
+            self._stop.wait(self.pause)
+
+    def between(self, start: float, end: float = float("inf")) -> list[Outcome]:
+        """Finished writes whose request began in [start, end)."""
+        with self._cond:
+            return [o for o in self.outcomes if start <= o.started < end]
+
+    def wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``condition()`` holds (checked at every finished write and at least
+        every 50 ms), at most ``timeout`` seconds, or until every writer has stopped."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if condition():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(t.is_alive() for t in self._threads):
+                    return condition()
+                self._cond.wait(min(left, 0.05))
+
+
+def recording_client(app: Flask) -> FlaskClient:
+    """A test client of ``app``'s client class that keeps its last response in ``last``."""
+
+    class Recording(app.test_client_class or FlaskClient):  # type: ignore[misc]
+        last = None
+
+        def open(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+            self.last = super().open(*args, **kwargs)
+            return self.last
+
+    return Recording(app, app.response_class, use_cookies=True)
 
 
 # --- reads: every read path, to compare a cached answer with Postgres's ----------------------
