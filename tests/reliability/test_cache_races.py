@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from cache import stats
 from jobs.relay import OUTBOX_MIN_AGE
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 USERS = [4001, 4002]
 PER_USER = 5
 RELAY_INTERVAL = 1
+# Write kinds whose own API view (``WriteKind.in_api``) reads Postgres, not the cache.
+UNCACHED_VIEW = {"like"}
 
 
 def env_for(settings) -> dict[str, str]:
@@ -72,6 +75,27 @@ def stale_paths(cached, plain, paths) -> list[str]:
     return out
 
 
+def outbox_rows(app) -> int:
+    with app.extensions["hc"].db.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM cache_outbox")).scalar_one()
+
+
+def versions_behind(app) -> list[str]:
+    """Version rows whose copy in the cache Redis is older than Postgres's."""
+    state = app.extensions["hc"]
+    prefix = state.settings.key_prefix
+    with state.db.engine.connect() as conn:
+        truth = dict(conn.execute(text("SELECT name, version FROM cache_versions")).all())
+    behind = []
+    for key in state.cache.redis.scan_iter(match=f"{prefix}{{*}}:v:*", count=1000):
+        tag, _, name = key.decode().removeprefix(prefix).partition("}:v:")
+        row = f"{tag.lstrip('{')}|{name}"
+        copy = state.cache.redis.get(key)
+        if row in truth and copy is not None and int(copy) < truth[row]:
+            behind.append(row)
+    return sorted(behind)
+
+
 def test_crash_after_commit_repaired_by_relay(apps, recorder):
     cached, plain, kinds, ctx = apps
     settings = cached.extensions["hc"].settings
@@ -79,6 +103,7 @@ def test_crash_after_commit_repaired_by_relay(apps, recorder):
     paths = read_paths(cached, ctx)
     for user in USERS:
         snapshot(cached.test_client(), paths, user)  # warm: the crash will leave it stale
+        cached.test_client().get("/api/posts/?ordering=personalized", headers=bearer(user))
     flask = str(Path(sys.executable).with_name("flask"))
     # The scheduler runs all along, as in production; the relay's cadence key shows it ran.
     scheduler = subprocess.Popen([flask, "--app", "service", "scheduler"], cwd=ROOT, env=env,
@@ -99,20 +124,46 @@ def test_crash_after_commit_repaired_by_relay(apps, recorder):
         ]
         codes = {k.name: p.wait(60) for k, p in zip(kinds, crashers, strict=True)}
         crashed_at = time.monotonic()
-        assert CRASHED in codes.values(), codes
+        # Every write committed with its cache change and then died: none was left out.
+        assert all(c == CRASHED for c in codes.values()), codes
+        keys = {k.name: k.key_of(ctx[k.name], USERS[0], 0) for k in kinds}
         bound = OUTBOX_MIN_AGE + RELAY_INTERVAL + 0.5  # + one scheduler tick
         with recorder.phase("after crash until repaired") as phase:
-            phase.notes["crashed"] = sorted(n for n, c in codes.items() if c == CRASHED)
+            phase.notes["crashed"] = sorted(codes)
+            phase.notes["outbox_rows_at_crash"] = outbox_rows(cached)
             stale = stale_paths(cached, plain, paths)
             phase.notes["stale_paths_at_crash"] = len(stale)
+            phase.notes["versions_behind_at_crash"] = versions_behind(cached)
+            # The crashed writes are in Postgres, but the cache does not show them yet.
+            unseen = [k.name for k in kinds
+                      if keys[k.name] not in k.in_api(cached.test_client(), ctx[k.name],
+                                                      USERS[0])]
+            phase.notes["kinds_stale_at_crash"] = unseen
             while stale and time.monotonic() - crashed_at < bound + 10:
                 time.sleep(0.1)
                 stale = stale_paths(cached, plain, paths)
             repaired_after = time.monotonic() - crashed_at
             phase.notes["repaired_after_s"] = round(repaired_after, 2)
             phase.notes["stated_bound_s"] = bound
+        for kind in kinds:
+            assert keys[kind.name] in kind.in_db(cached, ctx[kind.name], USERS[0]), kind.name
         assert not stale, stale
-        assert phase.notes["stale_paths_at_crash"] > 0  # the crash did leave the cache stale
+        # The crash did leave the cache stale, on every read path a write changed, and only
+        # the relay (nothing else applies the outbox here) repaired it.
+        assert phase.notes["outbox_rows_at_crash"] >= len(kinds)
+        assert phase.notes["stale_paths_at_crash"] > 0
+        # Each write's own view shows it only after the repair; a like's view (engagement)
+        # is not cached, its cache trace is the liker's ranked-feed version (``calc``).
+        assert unseen == [k.name for k in kinds if k.name not in UNCACHED_VIEW], unseen
+        behind = phase.notes["versions_behind_at_crash"]
+        assert len(behind) >= len(kinds), behind  # one scope version per write, left behind
+        if "like" in codes:
+            assert f"u:{USERS[0]}|calc" in behind, behind
+        assert outbox_rows(cached) == 0
+        assert versions_behind(cached) == []
+        for kind in kinds:
+            assert keys[kind.name] in kind.in_api(cached.test_client(), ctx[kind.name],
+                                                  USERS[0]), kind.name
         assert repaired_after <= bound + 1.0  # slack: stale_paths itself takes a while
     finally:
         scheduler.terminate()

@@ -52,6 +52,8 @@ class WriteKind:
     in_db: Callable[[Flask, dict[str, Any], int], set[Any]]
     # (client, ctx, user) -> keys visible through the API
     in_api: Callable[[FlaskClient, dict[str, Any], int], set[Any]]
+    # (ctx, user, i) -> the key write ``i`` of ``user`` makes (what ``write`` returns)
+    key_of: Callable[[dict[str, Any], int, int], Any]
     # (app, ctx) -> list of invariant violations ("half-applied" writes)
     invariants: Callable[[Flask, dict[str, Any]], list[str]] = field(
         default=lambda app, ctx: []
@@ -77,8 +79,12 @@ def _seed_reels(app, client, users, per_user):
     return {"reels": reels}
 
 
+def _reel_of(ctx, user, i):
+    return ctx["reels"][i % len(ctx["reels"])]
+
+
 def _view_reel(client, ctx, user, i):
-    reel = ctx["reels"][i % len(ctx["reels"])]
+    reel = _reel_of(ctx, user, i)
     r = client.post(f"/api/reels/{reel}/view", headers=bearer(user), json={"view_duration": 5})
     return r.status_code, reel
 
@@ -94,14 +100,19 @@ REELS = WriteKind(
         reel["reel_id"] for reel in client.get(
             "/api/reels/recently-viewed?per_page=100", headers=bearer(user)
         ).get_json()["data"]["reels"]},
+    _reel_of,
 )
 
 
 # --- activity: POST /api/events/ (admin) -----------------------------------------------------
 
 
+def _title_of(ctx, user, i):
+    return f"w{user}-{i}"
+
+
 def _create_event(client, ctx, user, i):
-    title = f"w{user}-{i}"
+    title = _title_of(ctx, user, i)
     r = client.post("/api/events/", headers=ADMIN, json={
         "user_id": user, "event_type": "milestone", "title": title})
     return r.status_code, title
@@ -122,6 +133,7 @@ ACTIVITY = WriteKind(
     lambda app, ctx, user: {r[0] for r in _sql(
         app, "SELECT title FROM activities WHERE user_id = :u", u=user)},
     _activity_api,
+    _title_of,
     # An event without its activity (or the reverse) is a half-applied write.
     lambda app, ctx: [f"event {r[0]} has no activity" for r in _sql(
         app, "SELECT e.id FROM events e LEFT JOIN activities a ON a.source_event_id = e.id "
@@ -141,8 +153,12 @@ def _seed_posts(app, client, users, per_user):
     return {"posts": sorted(r[0] for r in rows)}
 
 
+def _post_of(ctx, user, i):
+    return ctx["posts"][i % len(ctx["posts"])]
+
+
 def _like(client, ctx, user, i):
-    post = ctx["posts"][i % len(ctx["posts"])]
+    post = _post_of(ctx, user, i)
     path = (f"/community/posts/{post}/like" if ctx.get("community")
             else f"/api/posts/{post}/heart/")
     r = client.post(path, headers=bearer(user))
@@ -177,6 +193,7 @@ LIKES = WriteKind(
     lambda app, ctx, user: {r[0] for r in _sql(
         app, "SELECT post_id FROM post_likes WHERE user_id = :u", u=user)},
     _likes_api,
+    _post_of,
     lambda app, ctx: [f"post {r[0]}: like_count {r[1]} != {r[2]} likes" for r in _sql(
         app, "SELECT p.id, p.like_count, count(l.user_id) FROM posts p "
              "LEFT JOIN post_likes l ON l.post_id = p.id GROUP BY p.id "
@@ -204,8 +221,12 @@ def _seed_group(app, client, users, per_user):
     return {"group": group, "items": items}
 
 
+def _item_of(ctx, user, i):
+    return ctx["items"][i % len(ctx["items"])]
+
+
 def _mark_viewed(client, ctx, user, i):
-    item = ctx["items"][i % len(ctx["items"])]
+    item = _item_of(ctx, user, i)
     r = client.post(f"{FEED}{item}/mark-viewed/", headers=bearer(user))
     return r.status_code, item
 
@@ -225,6 +246,7 @@ MARK_VIEWED = WriteKind(
     lambda app, ctx, user: {r[0] for r in _sql(
         app, "SELECT item_id FROM feed_item_views WHERE user_id = :u", u=user)},
     _viewed_api,
+    _item_of,
 )
 
 ALL_KINDS = (MARK_VIEWED, LIKES, REELS, ACTIVITY)
