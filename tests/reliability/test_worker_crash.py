@@ -174,6 +174,7 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
     assert counts == {u: 1 for u in USERS}
     job = queue.fetch_job(chunk_id)
     assert job is not None and job.get_status() == "finished"
+    assert job.return_value() == len(USERS)  # the retry made every item: none were left
     # The cache agrees: a user's feed shows the item once.
     feed = app.test_client().get("/api/events/activity-feed/", headers=bearer(USERS[7])).json
     assert [i["title"] for i in feed["results"]].count(TITLE) == 1
