@@ -60,7 +60,10 @@ def assert_fresh(cached, plain, ctx) -> None:
 
 def test_no_stale_read_after_write_restart_or_flushall(make_app, database_url, faulty_redis,
                                                        redis_url):
-    cached, plain, kinds, ctx = seeded(make_app, database_url, faulty_redis.url, redis_url)
+    # Timeouts no starved host reaches: a timed-out read would fall back to Postgres, and
+    # this test counts fallbacks (it is about stale reads, not slow Redis).
+    cached, plain, kinds, ctx = seeded(make_app, database_url, faulty_redis.url, redis_url,
+                                       redis_read_timeout=2.0, redis_connect_timeout=2.0)
     paths = read_paths(cached, ctx)
     served: list[dict[str, float]] = []  # per round: the cache's outcomes of its reads
     for i in range(PER_USER):
