@@ -4,7 +4,6 @@ cannot go stale, single flight, versions that survive a Redis flush, the outbox 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from sqlalchemy import text
@@ -155,14 +154,23 @@ def test_version_survives_redis_flush(state):
 def test_single_flight_one_load_for_many_misses(state):
     loads = []
     barrier = threading.Barrier(20)
+    missed: set[int] = set()  # readers that found no key
+    all_missed = threading.Condition()
 
     def load():
         loads.append(1)
-        time.sleep(0.2)
+        # Hold the lease until every reader has missed (not for a fixed time: a slow
+        # machine could start the others after the fill landed, and they would just hit).
+        with all_missed:
+            all_missed.wait_for(lambda: len(missed) == 20, timeout=0.5)
         return {"v": "x"}
 
     def read(r):
         data = r.hgetall(key(state))
+        if not data:
+            with all_missed:
+                missed.add(threading.get_ident())
+                all_missed.notify_all()
         return {k.decode(): v.decode() for k, v in data.items()} if data else NO_VALUE
 
     def fill():
@@ -179,6 +187,8 @@ def test_single_flight_one_load_for_many_misses(state):
         t.start()
     for t in threads:
         t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(missed) == 20  # every reader missed while the one load was under way
     assert answers == [{"v": "x"}] * 20
     assert len(loads) == 1
 

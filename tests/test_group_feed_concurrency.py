@@ -44,6 +44,7 @@ def _run_all(workers) -> None:
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
     if errors:
         raise errors[0]
 

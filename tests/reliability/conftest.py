@@ -7,9 +7,10 @@ recorder for what each fault did to latency and errors.
   crash-restart; ``pg_database_url``: a per-test database on it (template copy).
 - ``redis_cluster`` (session): three cluster masters on loopback ports.
 - ``make_app``: ``make_app(settings)`` -> an app, closed at teardown.
-- ``recorder``: ``recorder.phase(name)`` collects request latencies and status codes; at
-  teardown it prints a summary and writes ``faults.json`` under the test's tmp dir (and
-  appends to ``$RELIABILITY_REPORT`` when set).
+- ``recorder``: ``recorder.phase(name)`` collects request latencies and status codes
+  (``phase.wait(condition, timeout)`` waits for the traffic a phase needs); at teardown
+  it prints a summary and writes ``faults.json`` under the test's tmp dir (and appends
+  to ``$RELIABILITY_REPORT`` when set).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -174,12 +176,29 @@ class Phase:
         self.latencies: list[float] = []
         self.statuses: Counter[str] = Counter()
         self.notes: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def add(self, ms: float, status: int | str) -> None:
         with self._lock:
             self.latencies.append(ms)
             self.statuses[str(status)] += 1
+            self._lock.notify_all()
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    def wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``condition()`` holds, checked at every request recorded here and at
+        least every 50 ms, for at most ``timeout`` seconds; returns whether it held."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.05))
+            return True
 
     def summary(self) -> dict[str, object]:
         lat = sorted(self.latencies)

@@ -3,8 +3,11 @@ before the cache is touched: the crash the outbox relay exists for.
 
     python -m tests.reliability.crash_write '<json: kind, ctx, user, i>'
 
-Settings come from the environment. Exit code ``CRASHED`` if the hook fired; otherwise the
-write never reached a commit with cache changes, and the HTTP status is printed.
+Settings come from the environment. Once the app is built it prints ``ready`` and waits
+for a line on stdin, so a test can start several and let them write at the same moment
+(a process that crashed seconds before the others could already be repaired by the relay
+when the last one dies). Exit code ``CRASHED`` if the hook fired; otherwise the write
+never reached a commit with cache changes, and the HTTP status is printed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ def main(argv: list[str]) -> int:
     kind = next(k for k in ALL_KINDS if k.name == job["kind"])
     app = create_app({"TESTING": True})
     UnitOfWork.after_commit = lambda: os._exit(CRASHED)
-    status, _ = kind.write(app.test_client(), job["ctx"], job["user"], job["i"])
+    client = app.test_client()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    status, _ = kind.write(client, job["ctx"], job["user"], job["i"])
     print(status)
     return 0
 

@@ -29,6 +29,8 @@ USERS = [3001, 3002]
 PER_USER = 6
 READERS = 8
 REQUEST_BOUND_S = 1.5  # no request may take longer than this during a Redis fault
+PHASE_READS = 3 * READERS  # reads a phase must see (after the breaker opened, in a fault)
+PHASE_TIMEOUT = 20.0
 
 
 def write_round(app, kinds, ctx, users, i) -> None:
@@ -58,17 +60,34 @@ def assert_fresh(cached, plain, ctx) -> None:
 
 def test_no_stale_read_after_write_restart_or_flushall(make_app, database_url, faulty_redis,
                                                        redis_url):
-    cached, plain, kinds, ctx = seeded(make_app, database_url, faulty_redis.url, redis_url)
+    # Timeouts no starved host reaches: a timed-out read would fall back to Postgres, and
+    # this test counts fallbacks (it is about stale reads, not slow Redis).
+    cached, plain, kinds, ctx = seeded(make_app, database_url, faulty_redis.url, redis_url,
+                                       redis_read_timeout=2.0, redis_connect_timeout=2.0)
     paths = read_paths(cached, ctx)
+    served: list[dict[str, float]] = []  # per round: the cache's outcomes of its reads
     for i in range(PER_USER):
+        before = cache_outcomes()
         snapshot(cached.test_client(), paths, USERS[0])  # cache is warm
         write_round(cached, kinds, ctx, USERS, i)
         assert_fresh(cached, plain, ctx)  # every read after the ack sees the write
+        served.append({k: v - before[k] for k, v in cache_outcomes().items()})
         if i == 1:
             faulty_redis.restart()  # empty: version copies reload from Postgres
-            time.sleep(0.6)  # past the breaker cooldown, if it opened
+            # Reads that fall back to Postgres would pass without using the new Redis:
+            # read until one is answered by the cache (the breaker, if it opened, closed).
+            assert cache_answers(cached, paths[0]), cached.extensions["hc"].cache.breaker.state
         if i == 3:
             faulty_redis.client().flushall()
+    # The rounds after the restart and after the FLUSHALL read through the cache: they
+    # missed more than a warm round (the keys were gone and were refilled) and fell back
+    # to Postgres no more often (the app with the cache off counts its reads as fallbacks;
+    # the counters are per process).
+    warm = served[1]
+    for i in (2, 4):
+        assert served[i]["miss"] > warm["miss"], (i, served)
+        assert served[i]["fallback"] <= warm["fallback"], (i, served)
+        assert served[i]["hit"] > 0, (i, served)
     with cached.extensions["hc"].db.engine.connect() as conn:
         truth = dict(conn.execute(text("SELECT name, version FROM cache_versions")).all())
     prefix = cached.extensions["hc"].settings.key_prefix
@@ -105,6 +124,24 @@ def test_no_stale_read_after_restore_from_old_snapshot(make_app, database_url, t
         assert_fresh(cached, plain, ctx)
     finally:
         server.stop()
+
+
+def cache_outcomes() -> dict[str, float]:
+    return {o: counter_total(stats.CACHE_EVENTS, o) for o in ("hit", "miss", "fallback")}
+
+
+def cache_answers(app, path: str, timeout: float = 10.0) -> bool:
+    """Read ``path`` until a read is answered without a fallback to Postgres (at most
+    ``timeout`` seconds); returns whether one was."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = counter_total(stats.CACHE_EVENTS, "fallback")
+        app.test_client().get(path, headers=bearer(USERS[0]))
+        if (counter_total(stats.CACHE_EVENTS, "fallback") == before
+                and app.extensions["hc"].cache.breaker.state == "closed"):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def read_load(app, paths, stop: threading.Event, phase_of, truth
@@ -158,20 +195,39 @@ def test_redis_frozen_or_unreachable(fault, make_app, database_url, faulty_redis
 
     stop = threading.Event()
     peak = [0]
-    with recorder.phase("healthy"):
-        wrong, readers = read_load(cached, paths, stop, lambda: recorder.current, truth)
-        sampler = pool_sampler(cached, stop, peak)
-        time.sleep(0.8)
-    with recorder.phase(f"redis {fault}") as down:
-        if fault == "sigstop":
-            faulty_redis.freeze()
-        else:
-            link.set_mode("stall" if fault == "proxy_stall" else "drop")
-        time.sleep(1.5)
-        down.notes["breaker"] = state.cache.breaker.state
-    stop.set()
-    for t in [*readers, sampler]:
-        t.join(10)
+    breaker = state.cache.breaker
+    try:
+        with recorder.phase("healthy") as healthy:
+            wrong, readers = read_load(cached, paths, stop, lambda: recorder.current, truth)
+            sampler = pool_sampler(cached, stop, peak)
+            # Healthy means the breaker is closed too (a starved host can time a read out
+            # and open it), so the fault's reads are the ones that open it.
+            assert healthy.wait(lambda: healthy.requests >= PHASE_READS
+                                and breaker.state == "closed", PHASE_TIMEOUT)
+        with recorder.phase(f"redis {fault}") as down:
+            began = time.monotonic()
+            if fault == "sigstop":
+                faulty_redis.freeze()
+            else:
+                link.set_mode("stall" if fault == "proxy_stall" else "drop")
+            opened: list[tuple[float, int]] = []  # (when, requests so far)
+
+            def met_the_fault() -> bool:
+                """Reads met the broken Redis (their failures opened the breaker), then went
+                on past two cooldowns (half-open probes that found it still broken)."""
+                if not opened and breaker.state == "open":
+                    opened.append((time.monotonic(), down.requests))
+                return bool(opened) and (
+                    down.requests - opened[0][1] >= PHASE_READS
+                    and time.monotonic() - opened[0][0] >= 2 * breaker.cooldown)
+
+            assert down.wait(met_the_fault, PHASE_TIMEOUT), (breaker.state, down.requests)
+            down.notes.update(breaker="open", opened_after_s=round(opened[0][0] - began, 2),
+                              reads_before_open=opened[0][1])
+    finally:
+        stop.set()
+        for t in [*readers, sampler]:
+            t.join(10)
     assert not any(t.is_alive() for t in readers), "a reader hung"
     assert not wrong, wrong[:5]
     assert set(down.statuses) == {"200"}, down.statuses
@@ -241,7 +297,9 @@ def test_overload_beyond_db_pool_gets_503(make_app, database_url, faulty_redis, 
     assert all(retry == "1" for _, _, retry in results)
     assert max(ms for _, ms, _ in results) < 1500  # bounded by the pool timeout, no queue
     with recorder.phase("pool free again") as free:
-        with ThreadPoolExecutor(4) as pool:
+        # No more at once than the pool holds: a fourth request would wait for a
+        # connection, and on a starved host the 0.2 s pool timeout can pass (a 503).
+        with ThreadPoolExecutor(3) as pool:
             again = list(pool.map(one, range(12), timeout=30))
         for status, ms, _ in again:
             free.add(ms, status)

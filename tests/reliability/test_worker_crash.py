@@ -9,6 +9,7 @@ past and runs the registry cleanup the maintenance pass would run, instead of wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,6 +41,19 @@ def worker_env(settings) -> dict[str, str]:
         "ACTIVITY_RETRY_INTERVALS": "0",
         "LOG_LEVEL": "WARNING",
     }
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 def items_per_user(app) -> dict[int, int]:
@@ -78,17 +92,36 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
                                   stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     chunk_id = None
+    at_kill: dict[str, object] = {}
     try:
         deadline = time.monotonic() + 60
         with state.db.engine.connect() as probe:
             while time.monotonic() < deadline and worker.poll() is None:
+                # Only the chunk's INSERT: autovacuum of ``activities`` waits on the same
+                # lock, and seeing it alone once let the kill land before the INSERT.
                 waiting = probe.execute(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"
-                ), {"me": me}).scalar_one()
+                    "SELECT pid, query, xact_start IS NOT NULL FROM pg_stat_activity"
+                    " WHERE :me = ANY(pg_blocking_pids(pid))"
+                    " AND backend_type = 'client backend'"
+                    " AND regexp_replace(lower(query), '\\s+', ' ', 'g')"
+                    " LIKE '%insert into activities%'"), {"me": me}).all()
                 probe.rollback()
                 running = [j for j in started.get_job_ids() if j.endswith("-0")]
                 if waiting and running:
                     chunk_id = running[0]
+                    pid, query, in_xact = waiting[0]
+                    # What the kill will cut: a chunk mid-transaction, its INSERT waiting,
+                    # holding the locks it took before it (its users' version rows).
+                    at_kill = {
+                        "backend_inserts_activities": "insert into activities" in " ".join(
+                            query.lower().split()),
+                        "in_transaction": in_xact,
+                        "locks_held": probe.execute(text(
+                            "SELECT count(*) FROM pg_locks WHERE pid = :p AND granted"),
+                            {"p": pid}).scalar_one(),
+                        "backend_pid": pid,
+                    }
+                    probe.rollback()
                     break
                 time.sleep(0.01)
         failed = [queue.fetch_job(i) for i in queue.failed_job_registry.get_job_ids()]
@@ -96,13 +129,35 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
         tail = log.read_text()[-1500:]
         assert chunk_id, f"the chunk job never reached its INSERT: {failed} {tail}"
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
+        # The work horse runs in a process group of its own (RQ calls setpgrp), so killing
+        # the worker's group alone leaves it alive to commit the chunk. Kill the worker,
+        # then every process it started (the horse is stuck at the lock until the blocker
+        # lets go, so it cannot move in between): the machine died.
+        children = child_pids(worker.pid)
+        at_kill.update(worker_alive=worker.poll() is None, children_killed=len(children))
+        os.killpg(worker.pid, signal.SIGKILL)
+        for horse in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(horse, signal.SIGKILL)
         worker.wait(10)
         # Its backend, stuck in the lock wait, learns of the dead client only after the wait
         # ends; it can never commit (no COMMIT can arrive) and rolls back on the closed socket.
         blocker.rollback()
         blocker.close()
     with recorder.phase("worker killed mid-job") as phase:
+        phase.notes.update(at_kill, worker_returncode=worker.returncode)
+        assert at_kill["worker_alive"] and worker.returncode == -signal.SIGKILL, at_kill
+        assert at_kill["children_killed"] >= 1, at_kill  # the horse among them
+        assert at_kill["backend_inserts_activities"], at_kill
+        assert at_kill["in_transaction"] and at_kill["locks_held"] > 0, at_kill
+        # The killed chunk's backend ends without committing: wait for it to go.
+        with state.db.engine.connect() as probe:
+            deadline = time.monotonic() + 30
+            while probe.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
+                                {"p": at_kill["backend_pid"]}).scalar_one():
+                probe.rollback()
+                assert time.monotonic() < deadline, "the killed chunk's backend lingers"
+                time.sleep(0.02)
         phase.notes["items_at_kill"] = sum(items_per_user(app).values())
         assert phase.notes["items_at_kill"] == 0, "the killed chunk's transaction committed"
         # What RQ's maintenance pass does once the dead worker's heartbeat has expired.
@@ -124,6 +179,7 @@ def test_killed_worker_job_retried_once(make_app, database_url, redis_url, queue
     assert counts == {u: 1 for u in USERS}
     job = queue.fetch_job(chunk_id)
     assert job is not None and job.get_status() == "finished"
+    assert job.return_value() == len(USERS)  # the retry made every item: none were left
     # The cache agrees: a user's feed shows the item once.
     feed = app.test_client().get("/api/events/activity-feed/", headers=bearer(USERS[7])).json
     assert [i["title"] for i in feed["results"]].count(TITLE) == 1

@@ -8,6 +8,7 @@ fault tests grow with the service.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class Outcome:
     key: Any
     status: int | str
     ms: float
+    started: float = 0.0  # time.monotonic() when the request began
+    retry_after: str | None = None  # the response's Retry-After header, if any
 
 
 @dataclass
@@ -49,6 +52,8 @@ class WriteKind:
     in_db: Callable[[Flask, dict[str, Any], int], set[Any]]
     # (client, ctx, user) -> keys visible through the API
     in_api: Callable[[FlaskClient, dict[str, Any], int], set[Any]]
+    # (ctx, user, i) -> the key write ``i`` of ``user`` makes (what ``write`` returns)
+    key_of: Callable[[dict[str, Any], int, int], Any]
     # (app, ctx) -> list of invariant violations ("half-applied" writes)
     invariants: Callable[[Flask, dict[str, Any]], list[str]] = field(
         default=lambda app, ctx: []
@@ -74,8 +79,12 @@ def _seed_reels(app, client, users, per_user):
     return {"reels": reels}
 
 
+def _reel_of(ctx, user, i):
+    return ctx["reels"][i % len(ctx["reels"])]
+
+
 def _view_reel(client, ctx, user, i):
-    reel = ctx["reels"][i % len(ctx["reels"])]
+    reel = _reel_of(ctx, user, i)
     r = client.post(f"/api/reels/{reel}/view", headers=bearer(user), json={"view_duration": 5})
     return r.status_code, reel
 
@@ -91,14 +100,19 @@ REELS = WriteKind(
         reel["reel_id"] for reel in client.get(
             "/api/reels/recently-viewed?per_page=100", headers=bearer(user)
         ).get_json()["data"]["reels"]},
+    _reel_of,
 )
 
 
 # --- activity: POST /api/events/ (admin) -----------------------------------------------------
 
 
+def _title_of(ctx, user, i):
+    return f"w{user}-{i}"
+
+
 def _create_event(client, ctx, user, i):
-    title = f"w{user}-{i}"
+    title = _title_of(ctx, user, i)
     r = client.post("/api/events/", headers=ADMIN, json={
         "user_id": user, "event_type": "milestone", "title": title})
     return r.status_code, title
@@ -119,6 +133,7 @@ ACTIVITY = WriteKind(
     lambda app, ctx, user: {r[0] for r in _sql(
         app, "SELECT title FROM activities WHERE user_id = :u", u=user)},
     _activity_api,
+    _title_of,
     # An event without its activity (or the reverse) is a half-applied write.
     lambda app, ctx: [f"event {r[0]} has no activity" for r in _sql(
         app, "SELECT e.id FROM events e LEFT JOIN activities a ON a.source_event_id = e.id "
@@ -138,8 +153,12 @@ def _seed_posts(app, client, users, per_user):
     return {"posts": sorted(r[0] for r in rows)}
 
 
+def _post_of(ctx, user, i):
+    return ctx["posts"][i % len(ctx["posts"])]
+
+
 def _like(client, ctx, user, i):
-    post = ctx["posts"][i % len(ctx["posts"])]
+    post = _post_of(ctx, user, i)
     path = (f"/community/posts/{post}/like" if ctx.get("community")
             else f"/api/posts/{post}/heart/")
     r = client.post(path, headers=bearer(user))
@@ -174,6 +193,7 @@ LIKES = WriteKind(
     lambda app, ctx, user: {r[0] for r in _sql(
         app, "SELECT post_id FROM post_likes WHERE user_id = :u", u=user)},
     _likes_api,
+    _post_of,
     lambda app, ctx: [f"post {r[0]}: like_count {r[1]} != {r[2]} likes" for r in _sql(
         app, "SELECT p.id, p.like_count, count(l.user_id) FROM posts p "
              "LEFT JOIN post_likes l ON l.post_id = p.id GROUP BY p.id "
@@ -201,8 +221,12 @@ def _seed_group(app, client, users, per_user):
     return {"group": group, "items": items}
 
 
+def _item_of(ctx, user, i):
+    return ctx["items"][i % len(ctx["items"])]
+
+
 def _mark_viewed(client, ctx, user, i):
-    item = ctx["items"][i % len(ctx["items"])]
+    item = _item_of(ctx, user, i)
     r = client.post(f"{FEED}{item}/mark-viewed/", headers=bearer(user))
     return r.status_code, item
 
@@ -222,6 +246,7 @@ MARK_VIEWED = WriteKind(
     lambda app, ctx, user: {r[0] for r in _sql(
         app, "SELECT item_id FROM feed_item_views WHERE user_id = :u", u=user)},
     _viewed_api,
+    _item_of,
 )
 
 ALL_KINDS = (MARK_VIEWED, LIKES, REELS, ACTIVITY)
@@ -239,6 +264,101 @@ def timed(fn: Callable[..., tuple[int, Any]], *args: Any) -> tuple[int | str, An
     except Exception as exc:  # noqa: BLE001 - recorded and asserted on by the caller
         return type(exc).__name__, None, (time.perf_counter() - start) * 1000
     return status, key, (time.perf_counter() - start) * 1000
+
+
+class Writers:
+    """``threads`` writer threads making unique writes of every kind until ``stop()``.
+
+    Writer ``n`` writes as ``users[n]``, then ``users[n + threads]``, ...: ``per_user``
+    writes per user and kind, each with its own key, so no lost write hides behind an
+    acknowledged one with the same key. A writer that has used all its users stops and
+    counts in ``exhausted`` (seed more users if a test sees one). Each outcome carries
+    the time its request began and its ``Retry-After``; ``phase_of()`` (if given) names
+    the recorder phase a write is counted in when it begins.
+    """
+
+    def __init__(self, app: Flask, kinds: list[WriteKind], ctx: dict[str, dict[str, Any]],
+                 users: list[int], threads: int, per_user: int, pause: float,
+                 phase_of: Callable[[], Any] | None = None) -> None:
+        assert len(users) >= threads and len(users) % threads == 0, (len(users), threads)
+        self.app, self.kinds, self.ctx, self.users = app, kinds, ctx, users
+        self.per_user, self.pause, self.phase_of = per_user, pause, phase_of
+        self.outcomes: list[Outcome] = []
+        self.exhausted = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                         for n in range(threads)]
+
+    def start(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the writers after their current write; raises if one is still stuck."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self._threads), "a writer hung"
+
+    def _run(self, n: int) -> None:
+        client = recording_client(self.app)
+        mine = self.users[n::len(self._threads)]
+        step = 0
+        while not self._stop.is_set():
+            kind = self.kinds[step % len(self.kinds)]
+            generation, i = divmod(step // len(self.kinds), self.per_user)
+            if generation >= len(mine):
+                with self._cond:
+                    self.exhausted += 1
+                    self._cond.notify_all()
+                return
+            phase = self.phase_of() if self.phase_of else None
+            client.last = None
+            started = time.monotonic()
+            status, key, ms = timed(kind.write, client, self.ctx[kind.name], mine[generation], i)
+            retry_after = client.last.headers.get("Retry-After") if client.last else None
+            if phase is not None:
+                phase.add(ms, status)
+            with self._cond:
+                self.outcomes.append(Outcome(kind.name, mine[generation], key, status, ms,
+                                             started, retry_after))
+                self._cond.notify_all()
+            step += 1
+            self._stop.wait(self.pause)
+
+    def between(self, start: float, end: float = float("inf")) -> list[Outcome]:
+        """Finished writes whose request began in [start, end)."""
+        with self._cond:
+            return [o for o in self.outcomes if start <= o.started < end]
+
+    def wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``condition()`` holds (checked at every finished write and at least
+        every 50 ms), at most ``timeout`` seconds, or until every writer has stopped."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if condition():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(t.is_alive() for t in self._threads):
+                    return condition()
+                self._cond.wait(min(left, 0.05))
+
+
+def recording_client(app: Flask) -> FlaskClient:
+    """A test client of ``app``'s client class that keeps its last response in ``last``."""
+
+    class Recording(app.test_client_class or FlaskClient):  # type: ignore[misc]
+        last = None
+
+        def open(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+            self.last = super().open(*args, **kwargs)
+            return self.last
+
+    return Recording(app, app.response_class, use_cookies=True)
 
 
 # --- reads: every read path, to compare a cached answer with Postgres's ----------------------
