@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, true, update
+from sqlalchemy import and_, any_, delete, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ from storage.models import (
     PostLike,
     PostView,
     User,
+    UserPreferences,
 )
 from storage.profiles import author_json
 
@@ -253,7 +254,8 @@ def load_page(
     """Hydrate ``post_ids`` in one query: live posts matching the filters, their authors'
     profiles (the defaults when the author has no users row) and whether the viewer
     likes each one. Deleted or non-matching ids are absent from the result, and so are
-    posts ``visible_to = (viewer, is_admin)`` may not see, if given."""
+    posts by authors the viewer blocked and posts ``visible_to = (viewer, is_admin)`` may
+    not see, if given."""
     if not post_ids:
         return {}
     liked = (
@@ -271,6 +273,12 @@ def load_page(
     query = _filtered(query, asset_type, tags)
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
+    if viewer_id is not None:  # the viewer's blocked authors: in this query, no statement more
+        query = query.where(~(
+            select(UserPreferences.user_id)
+            .where(UserPreferences.user_id == viewer_id,
+                   Post.author_id == any_(UserPreferences.blocked_users))
+            .exists()))
     rows: dict[int, PostRow] = {}
     for post, name, avatar, tier, is_liked_row in session.execute(query):
         rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
