@@ -14,16 +14,6 @@ import glob
 import json
 import os
 
-from gunicorn import util
-
-from service.settings import require_jwt_secret, require_server_urls
-
-# Refuse to start, with one line, before anything is created on disk: the app never starts
-# servers of its own and never signs with a default secret (`make run` provides embedded
-# servers and a development secret).
-require_server_urls(os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", ""))
-require_jwt_secret(os.environ.get("JWT_SECRET", ""))
-
 # Must be in the environment before anything imports prometheus_client (which reads it at
 # import time): this file is loaded by the master before the app, and workers inherit it.
 # Only the web's processes use this dir; RQ workers fork per job and must keep out of it.
@@ -32,6 +22,16 @@ _metrics_dir = os.path.abspath(
     or os.path.join(os.environ.get("DATA_DIR") or "./.data", "prometheus-web")
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+from gunicorn import util  # noqa: E402
+
+from service.settings import require_jwt_secret, require_server_urls  # noqa: E402
+
+# Refuse to start, with one line, before anything is created on disk: the app never starts
+# servers of its own and never signs with a default secret (`make run` provides embedded
+# servers and a development secret).
+require_server_urls(os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", ""))
+require_jwt_secret(os.environ.get("JWT_SECRET", ""))
 
 bind = [os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT') or '8000'}"]
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
