@@ -8,7 +8,6 @@ environment variable and default are documented in README.md (keep the two in st
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 
-log = logging.getLogger(__name__)
 
 # The servers every process needs; nothing here starts them (``make run`` does, for
 # development: scripts/embedded.py).
