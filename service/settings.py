@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 
-
 # The servers every process needs; nothing here starts them (``make run`` does, for
 # development: scripts/embedded.py).
 SERVER_URL_VARS = ("DATABASE_URL", "REDIS_URL")
