@@ -31,7 +31,7 @@ class Fixture:
     tokens: dict[int, str]
     groups_of: dict[int, list[int]]
     items_of: dict[int, list[int]]  # live item ids per group (of the active users' groups)
-    hot_posts: list[int]  # live posts, most liked first
+    hot_posts: list[int]  # live public posts, most liked first
     reels: list[tuple[int, int]]  # available reels (id, duration)
     cursors: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
@@ -58,7 +58,9 @@ class Fixture:
                         "AND deleted_at IS NULL ORDER BY id"), {"g": wanted}):
                     items_of.setdefault(g, []).append(i)
                 hot_posts = [r[0] for r in conn.execute(text(
-                    "SELECT id FROM posts WHERE deleted_at IS NULL "
+                    # Public posts only: a collective's posts are for its members
+                    # (a like by anyone else is a 404).
+                    "SELECT id FROM posts WHERE deleted_at IS NULL AND collective_id IS NULL "
                     "ORDER BY like_count DESC, id LIMIT 5000"))]
                 reels = [(r[0], r[1]) for r in conn.execute(text(
                     "SELECT id, duration FROM reels WHERE is_available ORDER BY id"))]
