@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from cache import stats
 from cache.breaker import CLOSED, HALF_OPEN, Breaker
 from cache.keys import Keyspace
+from cache.scripts import load_all
 
 T = TypeVar("T")
 
@@ -144,10 +145,7 @@ class Cache:
         try:
             return fn(self.redis)
         except NoScriptError:
-            from cache.versioned import ALL_SCRIPTS
-
-            for script in ALL_SCRIPTS:
-                self.redis.script_load(script.source)
+            load_all(self.redis)
             return fn(self.redis)
 
     def ping(self) -> bool:

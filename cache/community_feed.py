@@ -80,9 +80,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache.client import NO_VALUE, Cache, CacheUnavailable
-from cache.fill import LeaseHeld
 from cache.keys import Keyspace, Scope, user_tag
-from cache.versioned import Change
+from cache.lease import Lease, LeaseHeld
+from cache.scripts import LuaScript
+from cache.versioned import PUBLISH, Change, publish_keys
 
 TAG = "cf"
 SENTINEL = "s"
@@ -216,12 +217,12 @@ def membership_changed(change: Change, ck: CommunityKeys, user_id: int, collecti
 
 
 # Re-score one post if the trending set exists and its reference time is still ARGV[1].
-RESCORE_LUA = """
+RESCORE = LuaScript("""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if ARGV[4] == 'rem' then return redis.call('ZREM', KEYS[1], ARGV[3]) end
 if ARGV[4] == 'xx' then return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3]) end
 return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-"""
+""")
 
 
 def trending_ref(cache: Cache, path: str) -> str | None:
@@ -235,9 +236,9 @@ def rescore(cache: Cache, path: str, post_id: int, score: int | None, ref: str,
     ``new``), or remove it with ``score=None``. Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     mode = "rem" if score is None else ("add" if new else "xx")
-    cache.run(path, lambda r: r.eval(
-        RESCORE_LUA, 2, ck.trending, ck.trending_ref, ref, score or 0, member(post_id),
-        mode))
+    cache.run(path, lambda r: RESCORE(
+        keys=[ck.trending, ck.trending_ref], args=[ref, score or 0, member(post_id), mode],
+        client=r))
 
 
 # --- read side ------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def rescore(cache: Cache, path: str, post_id: int, score: int | None, ref: str,
 # KEYS: sorted sets. ARGV: max score, after-member ('' = none: include max), n.
 # For each key: {exists, complete, m1, s1, m2, s2...}: up to n entries strictly after
 # (max, after) in (score desc, member desc) order, sentinel excluded.
-RANGE_AFTER_LUA = """
+RANGE_AFTER = LuaScript("""
 local out = {}
 local after, n = ARGV[2], tonumber(ARGV[3])
 for i = 1, #KEYS do
@@ -274,7 +275,7 @@ for i = 1, #KEYS do
   end
 end
 return out
-"""
+""")
 
 
 @dataclass
@@ -290,7 +291,7 @@ def range_after(cache: Cache, path: str, keys: Sequence[str], after: tuple[int, 
     """Up to ``n`` entries per key strictly after the ``after`` key, in one round trip.
     Raises ``CacheUnavailable``."""
     argv = ["+inf", "", n] if after is None else [str(after[0]), member(after[1]), n]
-    raw = cache.run(path, lambda r: r.eval(RANGE_AFTER_LUA, len(keys), *keys, *argv))
+    raw = cache.run(path, lambda r: RANGE_AFTER(keys=keys, args=argv, client=r))
     return [_key_range(item) for item in raw]
 
 
@@ -347,7 +348,7 @@ def _parse_ids(exists: Any, members: Any) -> Any:
 # KEYS: trending, trending ref, trending floor. ARGV: cap. Returns {ref, floor, m1, s1, ...}
 # (best first, at most cap entries, sentinel excluded) read atomically, or false when the
 # set or ref is missing.
-READ_TRENDING_LUA = """
+READ_TRENDING = LuaScript("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local ref = redis.call('GET', KEYS[2])
 if not ref then return false end
@@ -356,7 +357,7 @@ local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(0', 'WITHSCORES',
                         'LIMIT', 0, tonumber(ARGV[1]))
 for _, v in ipairs(rows) do out[#out + 1] = v end
 return out
-"""
+""")
 
 
 def snapshot_scope() -> Scope:
@@ -383,8 +384,8 @@ def read_trending(cache: Cache, path: str,
     """The trending set's reference time, floor and best ``cap`` ``(score, id)`` entries,
     in one atomic read; None if the set is missing. Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
-    raw = cache.run(path, lambda r: r.eval(READ_TRENDING_LUA, 3, ck.trending,
-                                           ck.trending_ref, ck.trending_floor, cap + 1))
+    raw = cache.run(path, lambda r: READ_TRENDING(
+        keys=[ck.trending, ck.trending_ref, ck.trending_floor], args=[cap + 1], client=r))
     if not raw:
         return None
     flat = raw[2:]
@@ -447,12 +448,6 @@ def share_snapshot(cache: Cache, path: str, sid: int, pointer_ttl: int,
                                         _pointer(sid, floor), ex=pointer_ttl))
 
 
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 def restore_snapshot(cache: Cache, path: str, sid: int,
                      load: Callable[[], tuple[list[tuple[int, int]], int] | None]) -> bool:
     """Restore the lost copy of snapshot ``sid``, single-flight: under a lease, ``load()``
@@ -460,8 +455,8 @@ def restore_snapshot(cache: Cache, path: str, sid: int,
     if the row is gone. Raises ``LeaseHeld`` if another process is restoring it, and
     ``CacheUnavailable``."""
     key = CommunityKeys(cache.keys).snapshot(sid)
-    lease, token = cache.keys.lease(key), uuid.uuid4().hex
-    if not cache.run(path, lambda r: r.set(lease, token, nx=True, px=cache.lease_ttl_ms)):
+    lease = Lease(cache.keys.lease(key), cache.lease_ttl_ms)
+    if not cache.run(path, lease.take):
         raise LeaseHeld(key)
     try:
         data = load()
@@ -470,13 +465,14 @@ def restore_snapshot(cache: Cache, path: str, sid: int,
 
             def run(r: Any) -> None:
                 pipe = r.pipeline(transaction=False)
-                _stage_snapshot(pipe, key, cache.keys.temp(key, token), entries, max(ttl, 1))
+                _stage_snapshot(pipe, key, cache.keys.temp(key, lease.token), entries,
+                                max(ttl, 1))
                 pipe.execute()
 
             cache.run(path, run)
     finally:
         with contextlib.suppress(CacheUnavailable):  # else the lease expires by itself
-            cache.run(path, lambda r: r.eval(RELEASE_LUA, 1, lease, token))
+            cache.run(path, lease.release)
     return data is not None
 
 
@@ -491,12 +487,12 @@ def stage_trending(pipe: Any, temps: dict[str, str], ck: CommunityKeys,
 
 # --- cached total counts ---------------------------------------------------------------------
 
-COUNT_SET_LUA = """
+COUNT_SET = LuaScript("""
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
 return 1
-"""
+""")
 
 
 def count_field(*parts: object) -> str:
@@ -557,8 +553,8 @@ def write_count(cache: Cache, path: str, field: str, value: Grouped, version: st
     """Cache a grouped count computed under posts-scope ``version`` (dropped if it moved)."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
-    cache.run(path, lambda r: r.eval(COUNT_SET_LUA, 2, vkey, ck.counts, version, field,
-                                     encode_grouped(value), ttl))
+    cache.run(path, lambda r: COUNT_SET(
+        keys=[vkey, ck.counts], args=[version, field, encode_grouped(value), ttl], client=r))
 
 
 # --- batch fills (the following feed's author sets) ------------------------------------------
@@ -572,14 +568,13 @@ def fill_many(cache: Cache, filler: Any, path: str, targets: Sequence[tuple[Scop
     Keys whose lease another filler holds are skipped; returns the keys published.
     Raises ``CacheUnavailable``.
     """
-    from cache.versioned import publish_keys
-
-    token = uuid.uuid4().hex
+    token = uuid.uuid4().hex  # one token for the batch: each key has its own lease
+    leases = [Lease(cache.keys.lease(key), cache.lease_ttl_ms, token) for _, key in targets]
 
     def lease_all(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
-        for _, key in targets:
-            pipe.set(cache.keys.lease(key), token, nx=True, px=cache.lease_ttl_ms)
+        for lease in leases:
+            lease.queue_take(pipe)
         return pipe.execute()
 
     got = [i for i, ok in enumerate(cache.run(path, lease_all)) if ok]
@@ -597,8 +592,8 @@ def fill_many(cache: Cache, filler: Any, path: str, targets: Sequence[tuple[Scop
             pipe.delete(temp)
             entries, complete = data[i]
             stage_sorted(pipe, temp, entries, complete)
-            filler.scripts.publish(
-                keys=publish_keys(cache.keys, scope, cache.keys.lease(key), [(key, temp)]),
+            PUBLISH(
+                keys=publish_keys(cache.keys, scope, leases[i].key, [(key, temp)]),
                 args=[versions[i], cache.idle_ttl, token], client=pipe)
         return pipe.execute()
 

@@ -9,35 +9,25 @@ waiting), and a fill computed under an old version is discarded (see ``versioned
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from cache import stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
 from cache.keys import Scope
-from cache.versioned import Scripts, publish_keys
+from cache.lease import Lease, LeaseHeld, wait_for
+from cache.versioned import PUBLISH, SET_MAX, publish_keys
 
 T = TypeVar("T")
 
-
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class LeaseHeld(Exception):
-    """Another process is filling these keys right now."""
+__all__ = ["Filler", "LeaseHeld", "read_through"]
 
 
 class Filler:
-    """Fills for one cache: knows the scripts and where versions' truth lives."""
+    """Fills for one cache: knows where versions' truth lives."""
 
     def __init__(self, cache: Cache, load_version: Callable[[str], int]) -> None:
         self.cache = cache
-        self.scripts = Scripts(cache.redis)
         # load_version(row_name) -> the version in Postgres (0 if never bumped).
         self.load_version = load_version
 
@@ -51,7 +41,7 @@ class Filler:
         return int(
             self.cache.run(
                 path,
-                lambda r: self.scripts.set_max(
+                lambda r: SET_MAX(
                     keys=[vkey], args=[truth, self.cache.idle_ttl], client=r
                 ),
             )
@@ -78,15 +68,14 @@ class Filler:
         and ``CacheUnavailable`` if Redis fails.
         """
         cache = self.cache
-        token = uuid.uuid4().hex
-        lease = cache.keys.lease(keys[0])
+        lease = Lease(cache.keys.lease(keys[0]), cache.lease_ttl_ms)
         vkey = cache.keys.version(scope)
 
         def take_lease(r: Any) -> list[Any]:
             # One round trip: the lease, the version copy (same slot: same tag), and a
             # second look at the key: a fill may have landed since our caller's miss.
             pipe = r.pipeline(transaction=False)
-            pipe.set(lease, token, nx=True, px=cache.lease_ttl_ms)
+            lease.queue_take(pipe)
             pipe.get(vkey)
             pipe.exists(keys[0])
             return pipe.execute()
@@ -95,23 +84,23 @@ class Filler:
         if got and filled and only_if_missing:
             # Someone else's fill landed meanwhile: don't load again; callers treat this
             # like a held lease and read the key.
-            cache.run(path, lambda r: r.eval(_RELEASE_LUA, 1, lease, token))
+            cache.run(path, lease.release)
             raise LeaseHeld(keys[0])
         if not got:
             raise LeaseHeld(keys[0])
         # Read before the load (see versioned.py); a lost copy is reloaded from Postgres.
         version = int(raw_version) if raw_version is not None else self.version(path, scope)
         data = load()
-        temps = {key: cache.keys.temp(key, token) for key in keys}
+        temps = {key: cache.keys.temp(key, lease.token) for key in keys}
 
         def publish(r: Any) -> int:
             pipe = r.pipeline(transaction=False)
             for temp in temps.values():
                 pipe.delete(temp)
             stage(pipe, temps, data)
-            self.scripts.publish(
-                keys=publish_keys(cache.keys, scope, lease, list(temps.items())),
-                args=[version, cache.idle_ttl, token, ttl or cache.idle_ttl],
+            PUBLISH(
+                keys=publish_keys(cache.keys, scope, lease.key, list(temps.items())),
+                args=[version, cache.idle_ttl, lease.token, ttl or cache.idle_ttl],
                 client=pipe,
             )
             return pipe.execute()[-1]
@@ -140,12 +129,9 @@ class Filler:
         try:
             return self.fill(path, scope, keys, load, stage, only_if_missing=not refresh)
         except LeaseHeld:
-            deadline = time.monotonic() + self.cache.lease_wait_ms / 1000
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
-                value = self.cache.run(path, poll)
-                if value is not NO_VALUE:
-                    return value
+            value = wait_for(lambda: self.cache.run(path, poll), self.cache.lease_wait_ms)
+            if value is not NO_VALUE:
+                return value
         stats.count(path, "fallback")
         return load()
 
@@ -172,12 +158,9 @@ def read_through(
         try:
             return fill()
         except LeaseHeld:
-            deadline = time.monotonic() + cache.lease_wait_ms / 1000
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
-                value = cache.run(path, read)
-                if value is not NO_VALUE:
-                    return value
+            value = wait_for(lambda: cache.run(path, read), cache.lease_wait_ms)
+            if value is not NO_VALUE:
+                return value
     except CacheUnavailable:
         pass
     stats.count(path, "fallback")

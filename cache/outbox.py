@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from cache import stats
 from cache.client import Cache
-from cache.versioned import Change, Scripts, queue_apply
+from cache.versioned import Change, queue_apply
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 class Applier:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
-        self.scripts = Scripts(cache.redis)
 
     def apply(self, changes: Iterable[Change], by: str = "request") -> None:
         """Apply ``changes`` in one pipelined round trip.
@@ -32,7 +31,7 @@ class Applier:
         def run(r) -> None:
             pipe = r.pipeline(transaction=False)
             for change in changes:
-                queue_apply(pipe, self.scripts, self.cache.keys, change, self.cache.idle_ttl)
+                queue_apply(pipe, self.cache.keys, change, self.cache.idle_ttl)
             pipe.execute()
 
         if by == "relay":

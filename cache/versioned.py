@@ -23,13 +23,13 @@ a slow filler can never overwrite newer state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cache.keys import Keyspace, Scope
+from cache.scripts import LuaScript
 
 # Commands a Change may carry: all idempotent when given absolute values.
 ALLOWED_OPS = frozenset(
@@ -125,52 +125,14 @@ class Change:
                    list(data["ops"]))
 
 
-class LuaScript:
-    """A Lua script called by SHA, without redis-py's ``SCRIPT EXISTS`` round trip before
-    every pipeline that holds a script. If Redis lost its script cache (restart, SCRIPT
-    FLUSH) the call fails with NOSCRIPT and ``Cache.run`` loads ``ALL_SCRIPTS`` and retries
-    once. On a cluster it runs as EVAL with the source (routed by its keys; redis-py
-    refuses EVALSHA in cluster pipelines), so no node needs the script loaded.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = (), client: Any = None
-                 ) -> Any:
-        keys = list(keys)
-        if _is_cluster(client):
-            return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
-        return client.evalsha(self.sha, len(keys), *keys, *args)
-
-
-def _is_cluster(client: Any) -> bool:
-    from redis.cluster import ClusterPipeline, RedisCluster
-
-    return isinstance(client, RedisCluster | ClusterPipeline)
-
-
 APPLY = LuaScript(APPLY_LUA)
 PUBLISH = LuaScript(PUBLISH_LUA)
 SET_MAX = LuaScript(SET_MAX_LUA)
-ALL_SCRIPTS = (APPLY, PUBLISH, SET_MAX)
 
 
-class Scripts:
-    """The core's scripts (kept as a namespace for callers that hold one)."""
-
-    def __init__(self, client: Any = None) -> None:
-        self.apply = APPLY
-        self.publish = PUBLISH
-        self.set_max = SET_MAX
-
-
-def queue_apply(
-    pipe: Any, scripts: Scripts, keys: Keyspace, change: Change, ttl: int
-) -> None:
+def queue_apply(pipe: Any, keys: Keyspace, change: Change, ttl: int) -> None:
     """Queue ``change`` on a pipeline (one EVALSHA)."""
-    scripts.apply(
+    APPLY(
         keys=[keys.version(change.scope), *change.keys],
         args=[change.version, ttl, json.dumps(change.ops)],
         client=pipe,

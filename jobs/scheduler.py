@@ -18,24 +18,18 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import redis
 from croniter import croniter
 
+from cache.lease import Lease
 from jobs import activity_feed, community_feed, reconcile
 from service.bootstrap import AppState
 from service.error_tracking import checkin
 
 log = logging.getLogger(__name__)
-
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass
@@ -69,22 +63,6 @@ def wall_now() -> datetime:
     return datetime.now(UTC)
 
 
-class RedisLock:
-    """A lock with a token and a TTL (so a crashed holder frees it)."""
-
-    def __init__(self, client: redis.Redis, name: str, ttl: float) -> None:
-        self.client = client
-        self.key = f"{name}:lock"
-        self.ttl_ms = int(ttl * 1000)
-        self.token = uuid.uuid4().hex
-
-    def acquire(self) -> bool:
-        return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
-
-    def release(self) -> None:
-        self.client.eval(RELEASE_LUA, 1, self.key, self.token)
-
-
 def run_once(state: AppState, job: Periodic, occurrence: datetime | None = None) -> bool:
     """Run ``job`` unless another scheduler ran it this interval (a cron job: this
     occurrence, by default the latest one up to now) or is running it now.
@@ -108,8 +86,8 @@ def run_once(state: AppState, job: Periodic, occurrence: datetime | None = None)
         )
     if not cadence:
         return False
-    lock = RedisLock(state.queue_redis, base, ttl=max(job.interval * 10, 600))
-    if not lock.acquire():
+    lock = Lease(f"{base}:lock", int(max(job.interval * 10, 600) * 1000))
+    if not lock.take(state.queue_redis):
         return False
     try:
         with checkin(job.name, job.interval, job.cron):  # Sentry Crons, when SENTRY_DSN is set
@@ -117,7 +95,7 @@ def run_once(state: AppState, job: Periodic, occurrence: datetime | None = None)
     except Exception:  # noqa: BLE001 - one failing job must not stop the scheduler
         log.exception("scheduled job %s failed", job.name)
     finally:
-        lock.release()
+        lock.release(state.queue_redis)
     return True
 
 

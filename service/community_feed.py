@@ -28,7 +28,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,7 +39,8 @@ from marshmallow import Schema, fields, validate
 from cache import community_feed as cf
 from cache import stats
 from cache.client import NO_VALUE, CacheUnavailable
-from cache.fill import LeaseHeld, read_through
+from cache.fill import read_through
+from cache.lease import LeaseHeld, wait_for
 from service import community_trending as trending
 from service import posts_service
 from service.auth import login_optional, login_required
@@ -327,14 +327,17 @@ class RecentSource(Source):
         ``lease_wait_ms``: a stampede of misses costs one load, not one per request.
         Raises ``CacheUnavailable`` (-> Postgres) if it does not land in time."""
         app = state()
-        deadline = time.monotonic() + app.cache.lease_wait_ms / 1000
-        while True:
+
+        def read() -> Any:
             rng = cf.range_after(app.cache, PATH, [ck.recent], after, n)[0]
-            if rng.entries is not None:
-                return rng
-            if time.monotonic() >= deadline:
-                raise CacheUnavailable(PATH)
-            time.sleep(0.01)
+            return NO_VALUE if rng.entries is None else rng
+
+        rng = read()
+        if rng is NO_VALUE:
+            rng = wait_for(read, app.cache.lease_wait_ms)
+        if rng is NO_VALUE:
+            raise CacheUnavailable(PATH)
+        return rng
 
     def _fill(self, ck: cf.CommunityKeys) -> None:
         app = state()

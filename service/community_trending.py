@@ -66,10 +66,11 @@ import contextlib
 import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from cache import community_feed as cf
-from cache.client import CacheUnavailable
-from cache.fill import LeaseHeld
+from cache.client import NO_VALUE, CacheUnavailable
+from cache.lease import LeaseHeld, wait_for
 from service.bootstrap import AppState
 from service.state import state
 from storage import community_feed as cf_sql
@@ -175,19 +176,25 @@ def _reuse_or_create(app: AppState,
                      redis_ok: bool) -> tuple[cf_sql.SnapshotRow, list[Key] | None]:
     """The snapshot new walks share: a young one, else a new one (entries returned)."""
     reuse = app.settings.trending_snapshot_reuse
-    deadline = time.monotonic() + app.cache.lease_wait_ms / 1000
-    while True:
+
+    def attempt(last: bool = False) -> Any:
+        # Under the advisory lock (or, having waited long enough, without it) create one.
         with app.db.session() as session:
             locked = cf_sql.try_lock_snapshots(session)
             row = cf_sql.latest_snapshot(session, reuse)
             if row is not None:
                 return row, None
-            if locked or time.monotonic() >= deadline:
-                ref, floor, entries = _current_ranking(app, redis_ok)
-                row = cf_sql.create_snapshot(session, ref, entries, floor)
-                session.commit()
-                return row, entries
-        time.sleep(0.01)
+            if not (locked or last):
+                return NO_VALUE
+            ref, floor, entries = _current_ranking(app, redis_ok)
+            row = cf_sql.create_snapshot(session, ref, entries, floor)
+            session.commit()
+            return row, entries
+
+    got = attempt()
+    if got is NO_VALUE:
+        got = wait_for(attempt, app.cache.lease_wait_ms)
+    return attempt(last=True) if got is NO_VALUE else got
 
 
 def _current_ranking(app: AppState, redis_ok: bool
