@@ -1,5 +1,10 @@
 """Applying committed changes to Redis: right after commit, and by the relay for rows a
-crash or an outage left behind."""
+crash or an outage left behind.
+
+The relay's staleness bound: a change committed at time t is in Redis by
+``t + OUTBOX_MIN_AGE + OUTBOX_RELAY_INTERVAL`` (plus one relay run), as long as Redis
+answers. Applying is idempotent, so a relay racing the request that owns a row is safe.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from collections.abc import Iterable
 from cache import stats
 from cache.client import Cache
 from cache.versioned import Change, queue_apply
+from storage import cache_state
+from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -39,3 +46,26 @@ class Applier:
         else:
             self.cache.run("outbox", run)
         stats.OUTBOX_APPLIED.labels(by).inc(len(changes))
+
+
+# Rows younger than this belong to requests that are still applying them.
+OUTBOX_MIN_AGE = 2.0
+
+
+def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE) -> int:
+    """Apply and delete every outbox row older than ``min_age`` seconds; returns how many
+    changes were applied. Raises ``CacheUnavailable`` if Redis is still down."""
+    total = 0
+    while True:
+        with db.session() as session:
+            rows = cache_state.pending_outbox(session, older_than=min_age)
+            if not rows:
+                break
+            changes = [Change.from_json(c) for row in rows for c in row.changes]
+            applier.apply(changes, by="relay")
+            cache_state.delete_outbox(session, [row.id for row in rows])
+            session.commit()
+            total += len(changes)
+    if total:
+        log.info("outbox relay applied %d leftover cache changes", total)
+    return total

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from service.bootstrap import AppState
+from service.bootstrap import AppState, bootstrap
+from service.settings import Settings
 
 _state: AppState | None = None
 _lock = threading.Lock()
@@ -25,8 +26,5 @@ def get_state() -> AppState:
     global _state
     with _lock:
         if _state is None:
-            from service.bootstrap import bootstrap
-            from service.settings import Settings
-
             _state = bootstrap(Settings.from_env().require_runtime())
         return _state

@@ -18,13 +18,11 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from flask import Flask
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
-
 from jobs import read_paths
+from jobs.periodic import Periodic
 from jobs.read_paths import Difference
 from service.bootstrap import AppState
+from service.repairs import record_repairs
 from storage import rebuild as store
 
 log = logging.getLogger(__name__)
@@ -39,10 +37,6 @@ class Result:
     @property
     def total_repairs(self) -> int:
         return sum(self.repairs.values())
-
-
-def repairs_key(state: AppState) -> str:
-    return f"{state.settings.key_prefix}reconcile:repairs"
 
 
 def reconcile(state: AppState, paths: Sequence[str] | None = None, sample: int | None = None,
@@ -68,7 +62,7 @@ def reconcile(state: AppState, paths: Sequence[str] | None = None, sample: int |
                 diffs = path.check_group(state, group_id)
                 _repair(state, result, path.name, diffs,
                         lambda g=group_id, p=path: p.rebuild_group(state, g))  # type: ignore[misc]
-    _record(state, result)
+    record_repairs(state, result.repairs)
     level = logging.WARNING if result.total_repairs else logging.INFO
     log.log(level, "cache reconciliation: checked %s, repairs %s",
             result.checked, result.repairs)
@@ -90,40 +84,7 @@ def _repair(state: AppState, result: Result, path: str, diffs: list[Difference],
     result.differences += diffs
 
 
-def _record(state: AppState, result: Result) -> None:
-    pipe = state.queue_redis.pipeline(transaction=False)
-    for path, n in result.repairs.items():
-        pipe.hincrby(repairs_key(state), path, n)  # 0 too: the label exists from the start
-    pipe.execute()
-
-
-def repairs_total(state: AppState) -> dict[str, int]:
-    raw = state.queue_redis.hgetall(repairs_key(state))
-    return {k.decode(): int(v) for k, v in raw.items()}
-
-
 def periodic(state: AppState):  # -> jobs.scheduler.Periodic (imported late: no cycle)
     """The scheduler's reconciliation job (``jobs/scheduler.py`` EXTRA_JOBS)."""
-    from jobs.scheduler import Periodic
-
     return Periodic("reconcile", state.settings.reconcile_interval,
                     lambda s: reconcile(s, sample=s.settings.reconcile_sample))
-
-
-class RepairsCollector(Collector):
-    """``cache_repairs_total{path}`` for ``/metrics``, read live from the queue Redis (the
-    scheduler that repairs is another process than the web that is scraped)."""
-
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("cache_repairs", "Cached keys reconciliation repaired",
-                                     labels=["path"])
-        try:
-            totals = repairs_total(self.app.extensions["hc"])
-        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
-            totals = {}
-        for path in read_paths.READ_PATHS:
-            family.add_metric([path], totals.get(path, 0))
-        yield family

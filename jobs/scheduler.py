@@ -19,27 +19,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
 from cache.lease import Lease
+from cache.outbox import relay_outbox
 from jobs import activity_feed, community_feed, reconcile
+from jobs.periodic import Periodic
 from service.bootstrap import AppState
 from service.error_tracking import checkin
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Periodic:
-    name: str
-    interval: float  # seconds (interval jobs; ignored when ``cron`` is set)
-    run: Callable[[AppState], object]
-    next_at: float = 0.0  # interval jobs: monotonic time of the next run
-    cron: str | None = None  # cron jobs: 5-field expression, UTC
-    due: datetime | None = None  # cron jobs: the next occurrence to run
 
 
 def next_run_after(cron: str, after: datetime) -> datetime:
@@ -100,10 +91,9 @@ def run_once(state: AppState, job: Periodic, occurrence: datetime | None = None)
 
 
 def default_jobs(state: AppState) -> list[Periodic]:
-    from jobs import relay
 
     def relay_job(s: AppState) -> None:
-        relay.relay_outbox(s.db, s.applier)
+        relay_outbox(s.db, s.applier)
 
     jobs = [Periodic("outbox-relay", state.settings.outbox_relay_interval, relay_job)]
     for extra in EXTRA_JOBS:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 from collections.abc import Callable
-
-from rq.exceptions import DuplicateJobError
 
 from jobs.context import get_state
 from service.bootstrap import AppState
@@ -50,26 +47,3 @@ def warm_user(user_id: int) -> list[str]:
         except Exception:  # noqa: BLE001 - one path failing must not stop the others
             log.warning("warming %s for user %s failed", spec, user_id, exc_info=True)
     return warmed
-
-
-def warm_job_id(state: AppState, user_id: int) -> str:
-    # RQ job ids allow only letters, digits, '_' and '-'.
-    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", state.settings.key_prefix)
-    return f"{prefix}warm-u{user_id}"
-
-
-def enqueue_warm(state: AppState, user_id: int) -> bool:
-    """Enqueue the user's warm job unless one is already queued or running."""
-    try:
-        state.queue("warm").enqueue(
-            warm_user,
-            user_id,
-            job_id=warm_job_id(state, user_id),
-            unique=True,
-            result_ttl=0,
-            failure_ttl=3600,
-            job_timeout=120,
-        )
-    except DuplicateJobError:
-        return False
-    return True

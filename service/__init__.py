@@ -51,6 +51,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     variable; ``make run`` provides embedded servers and a development secret). Raises
     ``ValueError`` on invalid configuration.
     """
+    # Imported here, not at the top: ``gunicorn.conf.py`` imports ``service.settings``
+    # (and so this package) before it sets PROMETHEUS_MULTIPROC_DIR, which must happen
+    # before prometheus_client is first imported.
     import importlib
 
     from service import api as api_module

@@ -278,12 +278,10 @@ def create_event(body):
 @bp.response(202, FanoutOut)
 def fan_out(body):
     """Give one item to many users (up to MAX_FANOUT_USERS), done by workers in chunks."""
-    from jobs.activity_feed import QueueFull, enqueue_fan_out
-
     user_ids = list(dict.fromkeys(body.pop("user_ids")))
     try:
-        job_id = enqueue_fan_out(state(), user_ids, datetime.now(UTC), body)
-    except QueueFull as exc:
+        job_id = ops.enqueue_fan_out(state(), user_ids, datetime.now(UTC), body)
+    except ops.QueueFull as exc:
         raise ServiceUnavailable(
             f"Too many activity jobs waiting ({exc.depth}), retry later", code="queue_full",
             retry_after=FULL_QUEUE_RETRY_AFTER) from exc

@@ -10,12 +10,16 @@ applies the absolute values to Redis (see ``cache.activity_feed``).
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
 from sqlalchemy.orm import Session
 
 from cache import activity_feed as feed_cache
@@ -76,10 +80,8 @@ def record_event(app_state: AppState, values: dict[str, Any]) -> tuple[Any, int 
     with app_state.uow() as uow:
         event = store.create_event(uow.session, **values)
         uow.commit()
-    from jobs import activity_feed as feed_jobs
-
     try:
-        feed_jobs.enqueue_activity_for_event(app_state, event.id)
+        enqueue_activity_for_event(app_state, event.id)
     except RedisError:
         log.warning("activity queue unavailable: event %s handled in the request", event.id)
         return event, activity_for_event(app_state, event.id)
@@ -276,3 +278,62 @@ def archive(app_state: AppState, older_than_days: int) -> ArchiveReport:
         )
         report.users += len(users)
         after = users[-1]
+
+# --- the activity queue: jobs enqueued by name (``jobs/activity_feed.py`` runs them) -------
+
+ACTIVITY_JOBS = "jobs.activity_feed"
+
+
+def activity_retry(app_state: AppState) -> Retry:
+    return Retry(max=3, interval=list(app_state.settings.activity_retry_intervals) or 0)
+
+
+def activity_queue(app_state: AppState) -> Queue:
+    return app_state.queue(app_state.settings.activity_queue)
+
+
+def event_job_id(app_state: AppState, event_id: int) -> str:
+    """One job per event and queue (the queue name keeps test runs and deployments that
+    share a queue Redis apart)."""
+    queue = re.sub(r"[^A-Za-z0-9_-]", "_", activity_queue(app_state).name)
+    return f"{queue}-activity-event-{event_id}"
+
+
+def enqueue_activity_for_event(app_state: AppState, event_id: int) -> str:
+    """Queue the creation of an event's activity; raises ``RedisError`` if the queue is
+    down. One job per event (a second enqueue of the same event is a no-op)."""
+    job_id = event_job_id(app_state, event_id)
+    try:
+        job = activity_queue(app_state).enqueue(
+            f"{ACTIVITY_JOBS}.activity_for_event", event_id, job_id=job_id, unique=True,
+            retry=activity_retry(app_state),
+        )
+    except DuplicateJobError:
+        return job_id
+    return job.id
+
+
+class QueueFull(Exception):
+    """The activity queue holds ``ACTIVITY_QUEUE_MAX_DEPTH`` jobs or more: refuse new work
+    rather than let a burst of fan-outs queue without bound."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} jobs waiting")
+        self.depth = depth
+
+
+def enqueue_fan_out(
+    app_state: AppState, user_ids: list[int], created_at: datetime, item: dict[str, Any]
+) -> str:
+    """Queue a fan-out (split into chunk jobs by the worker); returns its job id. Raises
+    ``QueueFull`` when the activity queue is at its depth cap, ``RedisError`` when it is
+    down."""
+    queue = activity_queue(app_state)
+    depth = queue.count
+    if depth >= app_state.settings.activity_queue_max_depth:
+        raise QueueFull(depth)
+    job = queue.enqueue(
+        f"{ACTIVITY_JOBS}.fan_out", user_ids, created_at.isoformat(), item,
+        job_id=f"fanout-{uuid.uuid4().hex}", retry=activity_retry(app_state),
+    )
+    return job.id

@@ -14,7 +14,7 @@ from cache.breaker import Breaker
 from cache.client import Cache, connect
 from cache.fill import Filler
 from cache.keys import Keyspace
-from cache.outbox import Applier
+from cache.outbox import Applier, relay_outbox
 from service.settings import Settings
 from service.uow import UnitOfWork
 from storage import cache_state
@@ -87,8 +87,6 @@ def bootstrap(settings: Settings) -> AppState:
 
     def recover() -> None:
         # Redis answers again: apply what the outage left in the outbox before trusting it.
-        from jobs.relay import relay_outbox
-
         relay_outbox(db, applier, min_age=0)
 
     breaker.on_close = recover

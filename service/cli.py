@@ -3,7 +3,9 @@ in plain functions so tests call those.
 
 ``token`` is the exception: it is a Flask CLI plugin (the ``flask.commands`` entry point in
 pyproject.toml), which Flask finds without loading the app, so it needs only JWT_SECRET and
-no database or Redis.
+no database or Redis. The commands that run jobs (``worker``, ``scheduler``,
+``rebuild-cache``, ``reconcile``) are plugins too, in ``jobs/cli.py``: the web app never
+imports the jobs package.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ from pathlib import Path
 import click
 from flask import Flask
 
+from cache.keyspace_admin import clear_keyspace
+from service import failed_jobs as failed
+from service.activity_feed import init_cli as activity_feed_cli
 from service.auth import make_token
 from service.settings import DEV_SECRET_FILE, Settings
 from service.state import state
+from storage.demo import DemoSizes, has_data, seed
+from storage.migrate import upgrade
 
 
 @click.command("token")
@@ -44,8 +51,6 @@ def init_app(app: Flask) -> None:
     @app.cli.command("migrate")
     def migrate() -> None:
         """Apply database migrations (alembic upgrade head)."""
-        from storage.migrate import upgrade
-
         upgrade(state().settings.database_url)
         click.echo("database at the newest schema")
 
@@ -60,8 +65,6 @@ def init_app(app: Flask) -> None:
     @click.option("--if-empty", is_flag=True, help="Do nothing if the database has data.")
     def seed_demo(**options) -> None:
         """Load demo data for every API section (bulk inserts)."""
-        from storage.demo import DemoSizes, has_data, seed
-
         if_empty = options.pop("if_empty")
         with state().db.session() as session:
             if has_data(session):
@@ -72,28 +75,10 @@ def init_app(app: Flask) -> None:
                 raise click.ClickException(
                     "the database already has data: seed-demo loads into an empty database "
                     "only (use --if-empty to skip quietly, or a fresh DATA_DIR / database)")
-        from cache.keyspace_admin import clear_keyspace
-
         counts = seed(state().db, DemoSizes(**options), progress=True)
         click.echo("seeded: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         cleared = clear_keyspace(state().cache)
         click.echo(f"cleared {cleared} cache keys (rebuilt from Postgres on first read)")
-
-    @app.cli.command("worker")
-    @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
-    def worker(burst: bool) -> None:
-        """Run an RQ worker on the service's queues (default, warm)."""
-        from rq import Worker
-
-        from jobs.context import use_state
-        from service.error_tracking import init_error_tracking
-
-        app_state = state()
-        init_error_tracking(app_state.settings, "worker")
-        use_state(app_state)
-        Worker(app_state.queues(), connection=app_state.queue_redis).work(
-            burst=burst, with_scheduler=True
-        )
 
     @app.cli.command("failed-jobs")
     @click.option("--requeue", "requeue_id", metavar="JOB_ID", help="Requeue one failed job.")
@@ -103,8 +88,6 @@ def init_app(app: Flask) -> None:
     @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
     def failed_jobs(requeue_id, requeue_all, delete_id, delete_all, limit) -> None:
         """List failed jobs (default), or requeue / delete them."""
-        from jobs import failed
-
         queues = state().queues()
         if requeue_id or requeue_all:
             n = failed.requeue(queues, requeue_id)
@@ -123,19 +106,4 @@ def init_app(app: Flask) -> None:
             click.echo(f"{job.id}  {job.queue}  {job.func}  {job.ended_at}  {job.error}")
         click.echo(f"{len(jobs)} failed job(s)")
 
-    @app.cli.command("scheduler")
-    def scheduler() -> None:
-        """Run periodic jobs (outbox relay, retention, reconciliation) until stopped."""
-        from jobs.scheduler import run_forever
-        from service.error_tracking import init_error_tracking
-
-        init_error_tracking(state().settings, "scheduler")
-        run_forever(state())
-
-    from service.activity_feed import init_cli as activity_feed_cli
-
     activity_feed_cli(app)
-
-    from service.cache_ops import init_cli as cache_ops_cli
-
-    cache_ops_cli(app)

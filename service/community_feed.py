@@ -44,7 +44,7 @@ from cache.lease import LeaseHeld, wait_for
 from service import community_trending as trending
 from service import posts_service
 from service.auth import login_optional, login_required
-from service.errors import ApiError
+from service.errors import ApiError, Unauthorized
 from service.fields import Id, UtcDateTime
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
@@ -566,8 +566,6 @@ def feed(args):
     viewer = g.user.id if g.user else None
     is_admin = bool(g.user and g.user.is_admin)
     if feed_type == "following" and viewer is None:
-        from service.errors import Unauthorized
-
         raise Unauthorized("The following feed needs a signed-in user",
                            code="authentication_required")
     query = hashlib.sha1(orjson.dumps([asset_type, tags])).hexdigest()[:10]

@@ -27,6 +27,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from cache import stats
+from service.failed_jobs import counts_by_type
+from service.repairs import RepairsCollector
+from storage.cache_state import outbox_backlog
 
 log = logging.getLogger("service.access")
 
@@ -60,8 +63,6 @@ class QueueCollector(Collector):
             "rq_failed_jobs", "Failed jobs per queue and job type", labels=["queue", "job"]
         )
         try:
-            from jobs.failed import counts_by_type
-
             queues = state.queues()
             for queue in queues:
                 depth.add_metric([queue.name], queue.count)
@@ -89,8 +90,6 @@ class OutboxCollector(Collector):
         interval.add_metric([], state.settings.outbox_relay_interval)
         yield interval
         try:
-            from storage.cache_state import outbox_backlog
-
             with state.db.session() as session:
                 rows, age = outbox_backlog(session)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Postgres is down
@@ -113,8 +112,6 @@ def _registry(app: Flask) -> CollectorRegistry:
             registry.register(collector)
     registry.register(QueueCollector(app))
     registry.register(OutboxCollector(app))
-    from jobs.reconcile import RepairsCollector
-
     registry.register(RepairsCollector(app))
     return registry
 

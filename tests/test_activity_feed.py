@@ -391,7 +391,7 @@ def test_redis_down_gives_the_same_answers(client, auth, settings, feed_of_7):
     finally:
         down.extensions["hc"].close()
     # The outbox relay brings the cache up to date with the write Redis missed.
-    from jobs.relay import relay_outbox
+    from cache.outbox import relay_outbox
 
     state = client.application.extensions["hc"]
     relay_outbox(state.db, state.applier, min_age=0)

@@ -8,10 +8,10 @@ from rq import SimpleWorker
 from rq.job import Job
 from sqlalchemy import text
 
-from jobs.activity_feed import event_job_id
 from jobs.context import use_state
 from service import activity_feed_ops as ops
 from service import create_app
+from service.activity_feed_ops import event_job_id
 from tests.activity_feed_truth import api_summary, make_item, truth_summary
 
 FEED = "/api/events/activity-feed/"

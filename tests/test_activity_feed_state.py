@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from cache import activity_feed as feed_cache
 from cache.keyspace_admin import clear_keyspace
-from jobs.relay import relay_outbox
+from cache.outbox import relay_outbox
 from service import activity_feed_ops as ops
 from storage.activity_feed import ACTIVITY_TYPES
 from tests.activity_feed_truth import (

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from cache.client import NO_VALUE, CacheUnavailable
 from cache.fill import LeaseHeld, read_through
 from cache.keys import Scope
-from jobs.relay import relay_outbox
+from cache.outbox import relay_outbox
 from service.uow import UnitOfWork
 from storage import cache_state
 

@@ -20,9 +20,10 @@ from sqlalchemy import text
 from cache import activity_feed, read_state, recent_reels, stats
 from cache import community_feed as cf
 from cache.keyspace_admin import clear_keyspace
+from jobs import cli as jobs_cli
 from jobs import read_paths, rebuild, reconcile, scheduler, warm
 from jobs.context import use_state
-from service import ranked_feed
+from service import ranked_feed, warming
 from storage.demo import DemoSizes, seed
 from tests.conftest import bearer
 
@@ -308,7 +309,7 @@ def test_warm_job_fills_every_read_path(client, state, demo):
     user = active_user(state, demo)
     assert warm.WARMERS and all(spec.startswith("jobs.read_paths:warm_")
                                 for spec in warm.WARMERS)
-    assert warm.enqueue_warm(state, user) is True
+    assert warming.enqueue_warm(state, user) is True
     use_state(state)
     try:
         SimpleWorker([state.queue("warm")], connection=state.queue_redis).work(burst=True)
@@ -330,17 +331,17 @@ def test_cli_commands(app, client, state, demo):
     user = active_user(state, demo)
     answers(client, state, user)
     plant(state, user)
-    out = runner.invoke(args=["rebuild-cache", "--dry-run", "--no-progress", "--path",
+    out = runner.invoke(jobs_cli.rebuild_cache, args=["--dry-run", "--no-progress", "--path",
                               "reels"])
     assert out.exit_code == 0, out.output
     assert "reels: " in out.output and "1 key(s) differ" in out.output
-    out = runner.invoke(args=["reconcile", "--all", "--path", "activity"])
+    out = runner.invoke(jobs_cli.reconcile_command, args=["--all", "--path", "activity"])
     assert out.exit_code == 0, out.output
     assert "activity: checked" in out.output and "repaired 1" in out.output
-    out = runner.invoke(args=["rebuild-cache", "--no-progress", "--user", str(user)])
+    out = runner.invoke(jobs_cli.rebuild_cache, args=["--no-progress", "--user", str(user)])
     assert out.exit_code == 0, out.output
     assert "users/s" in out.output
-    out = runner.invoke(args=["rebuild-cache", "--user", "1", "--group", "1"])
+    out = runner.invoke(jobs_cli.rebuild_cache, args=["--user", "1", "--group", "1"])
     assert out.exit_code == 2
-    out = runner.invoke(args=["rebuild-cache", "--path", "nope"])
+    out = runner.invoke(jobs_cli.rebuild_cache, args=["--path", "nope"])
     assert out.exit_code == 2

@@ -14,7 +14,7 @@ import pytest
 from cache import community_feed as cf
 from cache import stats
 from cache.keyspace_admin import clear_keyspace
-from jobs.relay import relay_outbox
+from cache.outbox import relay_outbox
 from service import community_feed, create_app
 from storage import posts as posts_store
 from storage.db import DB_QUERIES

@@ -11,8 +11,8 @@ import orjson
 from sqlalchemy import delete, func, select, text
 
 from cache.keyspace_admin import clear_keyspace
-from jobs import community_feed as community_feed_job
 from jobs.scheduler import default_jobs
+from service import community_trending as trending
 from service import create_app
 from storage.models import TrendingSnapshot
 from tests.conftest import bearer
@@ -74,7 +74,7 @@ def test_snapshot_reused_across_flush_and_bounded(client, state, settings, monke
     _first(client)
     rows = _rows(state)
     assert len(rows) == 1 and sorted(rows[0].post_ids) == sorted(ids)
-    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", 1)
+    monkeypatch.setattr(trending, "TAIL_HEAD", 1)
     small = create_app({"SETTINGS": settings.replace(trending_max_posts=4,
                                                      trending_snapshot_reuse=0),
                         "TESTING": True})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.relay import relay_outbox
+from cache.outbox import relay_outbox
 from tests.group_feed_helpers import (
     FEED,
     feed,

@@ -16,8 +16,8 @@ import pytest
 import redis
 from rq import SimpleWorker
 
-from jobs import failed
 from jobs.scheduler import Periodic, last_run_at, next_run_after, run_once, tick
+from service import failed_jobs as failed
 from tests import job_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from sqlalchemy import text
 import storage.reels as storage
 from cache import recent_reels
 from cache.keys import Keyspace
-from jobs.relay import relay_outbox
+from cache.outbox import relay_outbox
 from service import create_app
 from service.settings import Settings
 from tests.test_reels_api import FakeClock, bulk_reels, iso, make_reels, pg_rows, recent

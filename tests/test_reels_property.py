@@ -12,7 +12,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from jobs.relay import relay_outbox
+from cache.outbox import relay_outbox
 from tests.test_reels_api import FakeClock, iso, make_reels, pg_rows, recent, views_count
 
 N = 5  # small, so that trimming happens all the time

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, text
 
 from cache import community_feed as cf
 from cache.keyspace_admin import clear_keyspace
-from jobs import community_feed as community_feed_job
+from service import community_trending as trending
 from service import create_app
 from storage import community_feed as cf_sql
 from storage.models import TrendingSnapshot, TrendingSnapshotTail
@@ -118,7 +118,7 @@ def _expected(state, snap):
 @pytest.mark.parametrize("head,max_posts", [(1000, 10_000), (3, 10_000), (3, 5), (1, 5)])
 def test_walk_reaches_every_post_once_in_score_order(client, state, settings, monkeypatch,
                                                      head, max_posts):
-    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", head)
+    monkeypatch.setattr(trending, "TAIL_HEAD", head)
     app = create_app({"SETTINGS": settings.replace(trending_max_posts=max_posts),
                       "TESTING": True})
     try:
@@ -145,7 +145,7 @@ def test_walk_reaches_every_post_once_in_score_order(client, state, settings, mo
 @pytest.mark.parametrize("loss", ["none", "flush", "down"])
 def test_walk_stable_while_posts_are_added_liked_and_deleted(client, state, settings,
                                                              monkeypatch, loss):
-    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", 3)
+    monkeypatch.setattr(trending, "TAIL_HEAD", 3)
     old, recent = _world(client, state)
     down = create_app({"SETTINGS": settings.replace(redis_url="redis://127.0.0.1:1/0"),
                        "TESTING": True})
@@ -205,7 +205,7 @@ def test_walk_stable_while_posts_are_added_liked_and_deleted(client, state, sett
 
 
 def test_first_deep_pages_write_the_tail_once(client, state, monkeypatch):
-    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", 2)
+    monkeypatch.setattr(trending, "TAIL_HEAD", 2)
     old, recent = _world(client, state)
     first = _page(client, limit=1)
     floor = _snapshot(state).floor_score
@@ -248,7 +248,7 @@ def test_first_deep_pages_write_the_tail_once(client, state, monkeypatch):
 
 
 def test_bad_trending_cursors_are_400_naming_the_cursor(client, state, monkeypatch):
-    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", 2)
+    monkeypatch.setattr(trending, "TAIL_HEAD", 2)
     _world(client, state)
     cursor = _page(client, limit=2)["next_cursor"]
     data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -267,7 +267,7 @@ def test_bad_trending_cursors_are_400_naming_the_cursor(client, state, monkeypat
 
 
 def test_deep_tail_keeps_collective_posts_for_members(client, state, monkeypatch):
-    monkeypatch.setattr(community_feed_job, "TAIL_HEAD", 1)
+    monkeypatch.setattr(trending, "TAIL_HEAD", 1)
     coll = client.post("/api/collectives/", json={"name": "c"}, headers=ADMIN).get_json()["id"]
     client.post(f"/api/collectives/{coll}/join/", headers=bearer(7))
     old = _old_posts(state, [(9 + i, 10 * i, 0, 0, False) for i in range(6)])

@@ -6,6 +6,7 @@ from rq import SimpleWorker
 
 from jobs import warm
 from jobs.context import use_state
+from service import warming
 
 CALLS: list[int] = []
 
@@ -34,9 +35,9 @@ def test_idle_user_gets_one_warm_job(app, client, state, auth, monkeypatch):
 
 
 def test_warm_job_dedup(state):
-    assert warm.enqueue_warm(state, 5) is True
-    assert warm.enqueue_warm(state, 5) is False
-    assert warm.enqueue_warm(state, 6) is True
+    assert warming.enqueue_warm(state, 5) is True
+    assert warming.enqueue_warm(state, 5) is False
+    assert warming.enqueue_warm(state, 6) is True
     assert state.queue("warm").count == 2
 
 

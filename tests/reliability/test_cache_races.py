@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import text
 
 from cache import stats
-from jobs.relay import OUTBOX_MIN_AGE
+from cache.outbox import OUTBOX_MIN_AGE
 from storage.db import DB_QUERIES
 from tests.conftest import bearer
 from tests.reliability.conftest import reliability_settings
