@@ -1,7 +1,7 @@
 """The Flask service: ``create_app`` builds everything; nothing connects at import time.
 
     flask --app service run            # development server
-    gunicorn 'service:create_app()'    # production (see Procfile, gunicorn.conf.py)
+    python web.py                      # production (see Procfile, web.py)
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     from service.bootstrap import bootstrap
     from service.fields import IdConverter
+    from service.server_limits import limit_request_size
 
     test_config = dict(test_config or {})
     settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
@@ -91,6 +92,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
+    # Outermost: over-long URLs and header fields never reach the app (JSON 414 / 431).
+    app.wsgi_app = limit_request_size(app.wsgi_app)  # type: ignore[method-assign]
     cors.init_app(app, settings)
     rate_limit.init_app(app, settings, app.extensions["hc"].cache.redis)
     api = api_module.make_api(app)

@@ -2,12 +2,14 @@
 
 Request count and latency per endpoint (the route's name, never the raw path), the cache
 outcome counters of ``cache.stats``, RQ queue depths and failed jobs (read from the queue
-Redis at scrape time), and Redis/DB errors. Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR``
-(set by gunicorn.conf.py) makes every worker process's counters add up in each scrape.
+Redis at scrape time), and Redis/DB errors. Under the web server, ``PROMETHEUS_MULTIPROC_DIR``
+(set by web.py, or gunicorn.conf.py) makes every worker process's counters add up in each
+scrape; the live gauges of dead workers are dropped at each scrape.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -116,11 +118,40 @@ def _registry(app: Flask) -> CollectorRegistry:
     return registry
 
 
+def drop_dead_workers(metrics_dir: str) -> list[int]:
+    """Fold the live gauges of web workers that no longer run out of the multiprocess
+    metrics (what gunicorn's ``child_exit`` hook does; granian has no such hook, so it is
+    done at scrape time). Returns the pids dropped."""
+    from prometheus_client import multiprocess
+
+    dead = set()
+    for path in glob.glob(os.path.join(metrics_dir, "gauge_live*_*.db")):
+        pid = os.path.basename(path).rsplit("_", 1)[-1].removesuffix(".db")
+        if pid.isdigit() and not _alive(int(pid)):
+            dead.add(int(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, metrics_dir)
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     from flask import current_app
 
     registry = current_app.extensions["hc.metrics_registry"]
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        drop_dead_workers(metrics_dir)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -1,5 +1,5 @@
-"""Throwaway servers for tests that need to stop or break them, and the service under
-gunicorn as the Procfile runs it."""
+"""Throwaway servers for tests that need to stop or break them, and the service's web
+process as the Procfile runs it."""
 
 from __future__ import annotations
 
@@ -70,19 +70,31 @@ class RedisProcess:
             self.proc.wait(5)
 
 
+def procfile_web() -> str:
+    """The Procfile's ``web`` command line."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, cmd = line.partition(":")
+        if sep and name.strip() == "web":
+            return cmd.strip()
+    raise RuntimeError("the Procfile has no web line")
+
+
 @contextmanager
-def gunicorn(env: dict[str, str], log: Path, ready: Callable[[str], bool] | None = None,
-             timeout: float = 60) -> Iterator[str]:
-    """``gunicorn -c gunicorn.conf.py 'service:create_app()'`` with ``env`` over this
-    environment, stderr to ``log``; yields its base URL once ``/healthz`` answers and
-    ``ready(base)`` (if given) is true. SIGTERM at exit, SIGKILL if it does not stop."""
+def web(env: dict[str, str], log: Path, ready: Callable[[str], bool] | None = None,
+        timeout: float = 60) -> Iterator[str]:
+    """The web process started as the Procfile starts it (its ``web`` line, through
+    ``/bin/sh``, this venv's bin first on PATH) with ``env`` over this environment and one
+    worker unless ``env`` says otherwise; output to ``log``. Yields its base URL once
+    ``/healthz`` answers and ``ready(base)`` (if given) is true. SIGTERM at exit, SIGKILL
+    if it does not stop."""
     port = free_port()
-    full = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", **env}
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    full = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", **env, "PATH": path}
+    full.pop("BIND", None)
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
-             "service:create_app()"],
-            cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            ["/bin/sh", "-c", procfile_web()], cwd=ROOT, env=full, stdout=err, stderr=err,
+            start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -95,14 +107,14 @@ def gunicorn(env: dict[str, str], log: Path, ready: Callable[[str], bool] | None
             except requests.RequestException:  # not listening yet, or still booting
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("gunicorn did not start: " + log.read_text()[-2000:])
+                raise RuntimeError("the web process did not start: " + log.read_text()[-2000:])
             time.sleep(0.2)
         yield base
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(30)
+                proc.wait(40)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)

@@ -53,8 +53,9 @@ def test_create_app_names_the_missing_variable(tmp_path, given, named):
     [["flask", "--app", "service", "worker", "--burst"],
      ["flask", "--app", "service", "scheduler"],
      ["flask", "--app", "service", "migrate"],
+     ["python", str(ROOT / "web.py")],
      ["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"]],
-    ids=["worker", "scheduler", "migrate", "gunicorn"],
+    ids=["worker", "scheduler", "migrate", "web", "gunicorn"],
 )
 def test_processes_exit_at_once_without_server_urls(tmp_path, cmd):
     done = run([str(BIN / cmd[0]), *cmd[1:]], tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
@@ -75,7 +76,8 @@ def test_service_refuses_a_missing_or_short_jwt_secret(tmp_path, secret):
     assert "JWT_SECRET must be set to at least 32 bytes" in str(raised.value.code)
     env = {"DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/0",
            "JWT_SECRET": secret}
-    for cmd in (["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"],
+    for cmd in (["python", str(ROOT / "web.py")],
+                ["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"],
                 ["flask", "--app", "service", "worker", "--burst"]):
         done = run([str(BIN / cmd[0]), *cmd[1:]], tmp_path, **env)
         assert done.returncode != 0 and "JWT_SECRET must be set" in done.stderr, cmd

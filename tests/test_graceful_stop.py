@@ -1,6 +1,7 @@
-"""Graceful stop of the web (issue 6): under the project's gunicorn.conf.py, a request in
-flight when the master gets SIGTERM still completes (``graceful_timeout``), and the master
-then exits. The app is a two-line slow WSGI app: what is tested is the server config."""
+"""Graceful stop of the web (issue 6): started as the Procfile's ``web`` line starts it
+(web.py), a request in flight when the main process gets SIGTERM still completes (30 s
+grace), and the process then exits 0. The app is a few-line slow WSGI app: what is tested
+is the server and its config."""
 
 from __future__ import annotations
 
@@ -15,37 +16,40 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import free_port
+from tests.servers import free_port, procfile_web
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_APP = '''
-import pathlib, time
+import os, pathlib, time
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
-        pathlib.Path("slow-started").touch()
+        pathlib.Path(os.environ["SLOW_MARK"]).touch()
         time.sleep(2.0)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"finished"]
+
+def create():
+    return app
 '''
 
 
 def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
     (tmp_path / "slow_app.py").write_text(SLOW_APP)
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "2",
+           "GUNICORN_THREADS": "2", "PATH": path,
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path),
-           "PYTHONPATH": str(tmp_path),
-           # gunicorn.conf.py refuses to start without them; the slow app uses neither.
+           "PYTHONPATH": str(tmp_path), "SLOW_MARK": str(tmp_path / "slow-started"),
+           # web.py refuses to start without them; the slow app uses neither.
            "DATABASE_URL": "postgresql+psycopg://unused@127.0.0.1:1/unused",
            "REDIS_URL": "redis://127.0.0.1:1/0", "JWT_SECRET": "s" * 32}
-    log = tmp_path / "gunicorn.log"
+    env.pop("BIND", None)
+    log = tmp_path / "web.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "-c",
-             str(ROOT / "gunicorn.conf.py"),
-             "slow_app:app"],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err,
-            start_new_session=True)
+            ["/bin/sh", "-c", f"{procfile_web()} slow_app:create"],
+            cwd=ROOT, env=env, stdout=err, stderr=err, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -56,7 +60,7 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
             except requests.ConnectionError:
                 time.sleep(0.1)
         else:
-            pytest.fail("gunicorn did not start: " + log.read_text()[-2000:])
+            pytest.fail("the web process did not start: " + log.read_text()[-2000:])
         result: dict[str, object] = {}
 
         def slow() -> None:

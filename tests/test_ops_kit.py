@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import JWT_SECRET, bearer
 from tests.reliability.servers import FaultyRedis
-from tests.servers import free_port, gunicorn
+from tests.servers import free_port, web
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "ops"
@@ -102,7 +102,7 @@ class Prometheus:
 def test_alerts_fire_on_a_redis_outage_and_clear(database_url, tmp_path):
     redis_server = FaultyRedis(tmp_path).start()
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
-           "JWT_SECRET": JWT_SECRET, "GUNICORN_THREADS": "4",
+           "JWT_SECRET": JWT_SECRET, "GUNICORN_THREADS": "4", "WEB_THREADS": "4",
            "BREAKER_COOLDOWN": "0.5", "LOG_LEVEL": "WARNING", "RATE_LIMIT_USER": "0",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path)}
     rules = tmp_path / "alerts.yml"
@@ -110,7 +110,7 @@ def test_alerts_fire_on_a_redis_outage_and_clear(database_url, tmp_path):
     stop = threading.Event()
     answered: list[int] = []
     try:
-        with gunicorn(env, tmp_path / "gunicorn.log") as base:
+        with web(env, tmp_path / "web.log") as base:
             prom = Prometheus(tmp_path, base.removeprefix("http://"), rules)
 
             def traffic() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 CONFIGS = {
     "a": "as built (cache on)",
     "b": "cache bypassed (CACHE_MODE=off, every read from Postgres)",
-    "c": "ceiling (GET /healthz, same gunicorn config)",
+    "c": "ceiling (GET /healthz, same web server and config)",
 }
 
 
@@ -67,6 +67,9 @@ def markdown(result: dict) -> str:
         f"| | | | | 1.00 | | | | | | {_web_cores(ceiling)} |"
     )
     out = ["\n".join(lines)]
+    servers_table = by_server(result)
+    if servers_table:
+        out.append(servers_table)
     runs = [r for r in (ceiling or {}).get("runs_rps") or [] if r]
     if len(runs) > 1:
         out.append("Ceiling measured before and after (a)'s endpoints: "
@@ -111,6 +114,43 @@ def markdown(result: dict) -> str:
                             f"{v['bytes_per_row']:.1f} | row |")
         out.append("\n".join(rows))
     return "\n\n".join(out)
+
+
+def by_server(result: dict) -> str:
+    """Config (a) and its ceiling on each web server of the run (``--server both``):
+    req/s, the share of that server's own ceiling, and the ratio to the first server."""
+    names = (result.get("meta") or {}).get("web_servers") or []
+    ceilings = result["ceiling"].get("by_server") or {}
+    if len(names) < 2 or not ceilings:
+        return ""
+    base = names[0]
+    head = ["endpoint"]
+    for name in names:
+        head += [f"{name} req/s", f"{name} p99 ms", f"× {name} ceiling"]
+    head += [f"{name} / {base}" for name in names[1:]]
+    rows = ["| " + " | ".join(head) + " |", "|---" + "|--:" * (len(head) - 1) + "|"]
+
+    def row(label: str, runs: dict, ceiling: bool) -> str:
+        cells = [label]
+        for name in names:
+            run, top = runs.get(name), ceilings.get(name) or {}
+            ok = bool(run and run.get("status") == "ok" and top.get("status") == "ok"
+                      and top.get("rps"))
+            cells += [_cell(run, "rps"), _cell(run, "p99_ms", "{:.1f}"),
+                      "1.00" if ceiling else _num(run["rps"] / top["rps"] if ok else None,
+                                                  "{:.2f}")]
+        first = runs.get(base) or {}
+        for name in names[1:]:
+            run = runs.get(name) or {}
+            ok = run.get("status") == "ok" and first.get("status") == "ok" and first.get("rps")
+            cells.append(_num(run["rps"] / first["rps"] if ok else None, "{:.2f}"))
+        return "| " + " | ".join(cells) + " |"
+
+    for ep in result["endpoints"].values():
+        rows.append(row(ep["label"], ep.get("by_server") or {}, False))
+    rows.append(row("**ceiling** `GET /healthz`", ceilings, True))
+    return (f"Config (a) on each web server, same run (primary: {base}, which (b), the "
+            f"memory figures and the profile used):\n\n" + "\n".join(rows))
 
 
 def write_json(result: dict, path: Path) -> None:

@@ -1,5 +1,8 @@
 """One benchmark run: data set, then config (a) and config (b) on fresh copies of it, each
 under the Procfile's processes, every endpoint loaded by wrk; the ceiling (c) on (a).
+With several web servers (``--server both``), (a) and its ceiling run once per server, each
+on a fresh copy; (b), the memory figures and the profile run on the primary server only
+(the Procfile's, when it is among them).
 
 Per endpoint and config: warm-up (wrk walking the request lines in order, so it touches
 as many users as it can), then a scrape of /metrics, the measured wrk run (random lines),
@@ -48,6 +51,7 @@ class Options:
     profile_s: int
     seed: int
     progress: bool
+    web_servers: tuple[str, ...] = ("procfile",)  # names of servers.WEB_SERVERS, or procfile
 
 
 def free_port() -> int:
@@ -224,9 +228,13 @@ class Bench:
     # --- one config -------------------------------------------------------------------------
 
     def run_config(self, config: str, srv: servers.Servers, template: str, fx: Fixture,
-                   result: dict) -> None:
+                   result: dict, server: str = "procfile", primary: bool = True) -> None:
+        """Config ``config`` under web server ``server``. The primary run fills the
+        table's columns (``ep[config]``, the ceiling ``c``, memory, profile); with several
+        servers every (a) run also lands in ``ep["by_server"][server]`` and
+        ``result["ceiling"]["by_server"][server]``."""
         db_name = f"hcb_run_{os.getpid()}"
-        say(f"config ({config}): {report.CONFIGS[config]}")
+        say(f"config ({config}) on {server}: {report.CONFIGS[config]}")
         db_url = servers.clone(srv, template, db_name)
         queue_prefix = "bench-"
         _clear_cache(srv.redis_url, self.opts.key_prefix, queue_prefix)
@@ -247,8 +255,9 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("BIND", None)
-        svc = servers.Service(env, port, self.opts.data_dir / "logs" / config,
-                              self.opts.processes)
+        svc = servers.Service(env, port, self.opts.data_dir / "logs" / f"{config}-{server}",
+                              self.opts.processes, servers.WEB_SERVERS.get(server))
+        compare = config == "a" and len(self.opts.web_servers) > 1
         try:
             svc.start()
             routes = endpoints.routes_of(
@@ -261,16 +270,25 @@ class Bench:
             if config == "a":
                 first = self.measure(CEILING, svc, fx, routes)
             for ep in self._selected():
-                result["endpoints"][ep.name][config] = self.measure(ep, svc, fx, routes)
+                run = self.measure(ep, svc, fx, routes)
+                if primary:
+                    result["endpoints"][ep.name][config] = run
+                if compare:
+                    result["endpoints"][ep.name].setdefault("by_server", {})[server] = run
             if config == "a":
                 # The ceiling is measured before and after the endpoints; the faster run is
                 # (c) (the other was slowed by something outside the service: shared host).
                 runs = [first, self.measure(CEILING, svc, fx, routes)]
                 ok = [r for r in runs if r.get("status") == "ok"]
                 best = max(ok, key=lambda r: r["rps"]) if ok else first
-                result["ceiling"]["c"] = {
+                ceiling = {
                     **best, "runs_rps": [r.get("rps") for r in runs],
                     "warm_jobs_dropped": sum(r.get("warm_jobs_dropped") or 0 for r in runs)}
+                if compare:
+                    result["ceiling"].setdefault("by_server", {})[server] = ceiling
+                if not primary:
+                    return
+                result["ceiling"]["c"] = ceiling
                 say("measuring Redis memory per active user and per tracked view")
                 result["memory"]["redis"] = memory.redis_memory(
                     srv.redis_url, self.opts.key_prefix, fx.users, db_url)
@@ -279,6 +297,14 @@ class Bench:
         finally:
             svc.stop()
             servers.drop(srv, db_name)
+
+    def _web_servers(self) -> list[str]:
+        """The servers to run (a) on, primary first: the Procfile's server when listed."""
+        names = [servers.procfile_server() if n == "procfile" else n
+                 for n in self.opts.web_servers]
+        names = list(dict.fromkeys(names))
+        home = servers.procfile_server()
+        return sorted(names, key=lambda n: n != home)
 
     def _selected(self) -> list[Endpoint]:
         return [e for e in ENDPOINTS if not self.opts.only or e.name in self.opts.only]
@@ -368,8 +394,11 @@ class Bench:
                 "ceiling": {"label": CEILING.label, "route": CEILING.route},
                 "memory": {"postgres": memory.postgres_bytes_per_row(tpl_url)},
             }
-            for config in ("a", "b"):
-                self.run_config(config, srv, template, fx, result)
+            web = self._web_servers()
+            result["meta"]["web_servers"] = web
+            for i, server in enumerate(web):
+                self.run_config("a", srv, template, fx, result, server, primary=i == 0)
+            self.run_config("b", srv, template, fx, result, web[0])
             self._fill_ratios(result)
             result["meta"]["seconds"] = round(time.time() - started, 1)
             return result
@@ -395,6 +424,7 @@ class Bench:
             "wrk_threads": opts.shape.threads,
             "web_concurrency": opts.web_concurrency,
             "gunicorn_threads": int(os.environ.get("GUNICORN_THREADS") or 4),
+            "web_threads": int(os.environ.get("WEB_THREADS") or 4),
             "processes": list(opts.processes),
             "active_users": opts.active_users,
             "wrk": subprocess.run([self.wrk, "--version"], capture_output=True, text=True,

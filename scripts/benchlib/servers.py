@@ -6,8 +6,10 @@
   ``hcb_tpl_<sizes>`` holding the generated data set, its fingerprint in the database's
   comment so an unchanged data set is reused; each config runs on a fresh copy of it
   (``CREATE DATABASE ... TEMPLATE``), dropped afterwards.
-* The service: the Procfile's own command lines (``web`` under gunicorn with
-  gunicorn.conf.py, plus ``worker`` and ``scheduler``), each in its own process group.
+* The service: the Procfile's own command lines (``web``, ``worker``, ``scheduler``), each
+  in its own process group; ``web`` may be swapped for another server's command
+  (``WEB_SERVERS``: gunicorn gthread with gunicorn.conf.py, or granian with web.py) so one
+  run measures both.
 """
 
 from __future__ import annotations
@@ -159,6 +161,19 @@ def drop(servers: Servers, name: str) -> None:
         admin.dispose()
 
 
+# The web process under each server the bench can compare (``--server``).
+WEB_SERVERS = {
+    "gunicorn": "exec gunicorn -c gunicorn.conf.py 'service:create_app()'",
+    "granian": "exec python web.py",
+}
+
+
+def procfile_server() -> str:
+    """Which of ``WEB_SERVERS`` the Procfile's ``web`` line runs ("other" if neither)."""
+    web = procfile().get("web", "")
+    return next((name for name, cmd in WEB_SERVERS.items() if cmd == web), "other")
+
+
 def procfile() -> dict[str, str]:
     """The Procfile's process types and command lines."""
     out = {}
@@ -173,8 +188,10 @@ class Service:
     """The service's processes for one config, as the Procfile runs them."""
 
     def __init__(self, env: dict[str, str], port: int, log_dir: Path,
-                 processes: tuple[str, ...] = ("web", "worker", "scheduler")) -> None:
+                 processes: tuple[str, ...] = ("web", "worker", "scheduler"),
+                 web_command: str | None = None) -> None:
         self.env = env
+        self.web_command = web_command
         self.port = port
         self.log_dir = log_dir
         self.processes = processes
@@ -184,6 +201,8 @@ class Service:
     def start(self, timeout: float = 60) -> None:
         """Start every process; returns once /readyz answers 200. Raises RuntimeError."""
         commands = procfile()
+        if self.web_command:
+            commands["web"] = self.web_command
         venv_bin = str(Path(sys.executable).parent)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.processes:
@@ -213,7 +232,7 @@ class Service:
                            f"{self.log_dir}")
 
     def web_pids(self) -> list[int]:
-        """The gunicorn master and its workers."""
+        """The web server's main process and its workers."""
         import psutil
 
         proc = self.procs.get("web")

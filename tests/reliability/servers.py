@@ -334,3 +334,50 @@ def _wait_ping(port: int) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+NGINX_SITE = Path(__file__).resolve().parents[2] / "ops" / "nginx" / "hybrid-cache.conf"
+
+
+@contextlib.contextmanager
+def nginx_in_front(upstream: str, workdir: Path):
+    """The shipped ``ops/nginx/hybrid-cache.conf`` in front of ``upstream`` (a base URL),
+    in a throwaway nginx (own pid, logs and temp dirs under ``workdir``); yields its base
+    URL. Skips the test when nginx is not installed."""
+    import pytest
+    import requests
+
+    binary = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    port = free_port()
+    site = NGINX_SITE.read_text()
+    site = site.replace("server 127.0.0.1:8000;", f"server {upstream.removeprefix('http://')};")
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "site.conf").write_text(site)
+    temps = " ".join(f"{name}_temp_path {workdir / name};"
+                     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (workdir / "nginx.conf").write_text(
+        f"daemon off;\npid {workdir / 'nginx.pid'};\nerror_log {workdir / 'error.log'} warn;\n"
+        f"events {{ worker_connections 1024; }}\n"
+        f"http {{ access_log off; {temps} include {workdir / 'site.conf'}; }}\n")
+    proc = subprocess.Popen([binary, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                requests.get(f"{base}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start: "
+                                       + (workdir / "error.log").read_text()[-2000:]) from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -13,16 +13,20 @@ NUL characters get a clear 4xx and store nothing; unicode round-trips intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import warnings
 from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
+import requests
 from sqlalchemy import text
 
 from service import create_app
 from tests.conftest import JWT_SECRET, bearer
+from tests.servers import web
 
 OWNER, MEMBER, STRANGER = 501, 502, 777
 ADMIN = bearer(1, admin=True)
@@ -435,7 +439,7 @@ def test_seed_demo_refuses_a_database_with_data(app, client):
     assert fingerprint(app) == before
 
 
-# --- the web server itself (gunicorn as the Procfile runs it) ---------------------------------
+# --- the web server itself (the Procfile's web line, as it starts it) ------------------------
 
 
 def _raw(base: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -445,37 +449,117 @@ def _raw(base: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(data)
         chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     lines = head.decode("latin1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
-def test_server_level_errors_are_the_contract_json(settings, tmp_path):
-    """Requests gunicorn refuses before the app sees them (bad framing, a URL over its
-    request-line limit, a header over its field limit) still get the JSON error body."""
-    from tests.servers import gunicorn
+def _web_env(settings, tmp_path) -> dict[str, str]:
+    return {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+            "JWT_SECRET": JWT_SECRET, "CACHE_KEY_PREFIX": settings.key_prefix,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path),
+            "LOG_LEVEL": "WARNING", "RATE_LIMIT_ANON": "0", "RATE_LIMIT_USER": "0"}
 
-    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "JWT_SECRET": JWT_SECRET, "CACHE_KEY_PREFIX": settings.key_prefix,
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "DATA_DIR": str(tmp_path),
-           "LOG_LEVEL": "WARNING"}
-    cases = {
-        "bad framing": (b"GARBAGE\r\n\r\n", 400, "bad_request"),
-        "long url": (b"GET /healthz?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
-                     "uri_too_long"),
-        "big header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                       + b"x" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large"),
-    }
-    with gunicorn(env, tmp_path / "gunicorn.log") as base:
-        for name, (data, status, code) in cases.items():
-            got, headers, body = _raw(base, data)
-            assert got == status, (name, got, body[:200])
-            assert headers["content-type"] == "application/json", (name, headers)
-            parsed = json.loads(body)
-            assert parsed["code"] == code and parsed["error"], (name, parsed)
+
+# What the app refuses itself (service/server_limits.py), whatever server runs it.
+APP_LIMITS = {
+    "long url": (b"GET /healthz?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+                 "uri_too_long"),
+    "big header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                   + b"x" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large"),
+}
+# What only a proxy in front can answer in JSON: granian refuses these before the app with
+# an empty body (hyper has no hook for it).
+SERVER_REFUSALS = {
+    "bad framing": (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    "bad content-length": (b"POST /community/posts HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: abc\r\n\r\n", 400, "bad_request"),
+    "huge url": (b"GET /healthz?" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+                 "uri_too_long"),
+    "huge head": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                  + b"".join(b"X-F%d: %s\r\n" % (i, b"y" * 4000) for i in range(20))
+                  + b"\r\n", 431, "header_fields_too_large"),
+}
+
+
+def _assert_json_error(base: str, cases: dict) -> None:
+    for name, (data, status, code) in cases.items():
+        got, headers, body = _raw(base, data)
+        assert got == status, (name, got, body[:200])
+        assert headers["content-type"] == "application/json", (name, headers)
+        parsed = json.loads(body)
+        assert parsed["code"] == code and parsed["error"], (name, parsed)
+
+
+def test_over_long_urls_and_header_fields_are_the_contract_json(settings, tmp_path):
+    """A URL or a header field over 8 KiB (a token of that size, say) gets the JSON 414 /
+    431 from the web process as the Procfile runs it."""
+    with web(_web_env(settings, tmp_path), tmp_path / "web.log") as base:
+        _assert_json_error(base, APP_LIMITS)
+        assert _raw(base, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )[0] == 200
+
+
+def test_the_shipped_proxy_answers_server_refusals_in_json(settings, tmp_path):
+    """Bad framing and over-long heads through ops/nginx/hybrid-cache.conf in front of the
+    Procfile's web: the contract's JSON error (granian alone answers them with an empty
+    body); what passes the proxy still gets the app's JSON and its answers."""
+    from tests.reliability.servers import nginx_in_front
+
+    with web(_web_env(settings, tmp_path), tmp_path / "web.log") as upstream, \
+            nginx_in_front(upstream, tmp_path / "nginx") as base:
+        _assert_json_error(base, SERVER_REFUSALS)
+        _assert_json_error(base, APP_LIMITS)
+        got, headers, body = _raw(base, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                        b"Connection: close\r\n\r\n")
+        assert got == 200 and json.loads(body) == {"status": "ok"}
+        r = requests.get(f"{base}/api/reels/recently-viewed", headers=bearer(OWNER), timeout=10)
+        assert r.status_code == 200, r.text
+
+
+def test_slow_and_silent_connections_do_not_stall_the_service(settings, tmp_path):
+    """64 connections that sent half a request head and 64 that sent nothing: /healthz
+    and a cached read still answer within 1 s (the contract's bound), on the web process
+    started as the Procfile starts it (2 workers, as by default). Under gunicorn gthread
+    16 such connections held every thread (/healthz timed out after 35 s)."""
+    import socket
+
+    env = {**_web_env(settings, tmp_path), "WEB_CONCURRENCY": "2"}
+    read = "/api/reels/recently-viewed?page=1&per_page=10"
+    with web(env, tmp_path / "web.log") as base:
+        session = requests.Session()
+        for _ in range(20):  # warm up: both workers, the user's keys in Redis
+            assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+            assert requests.get(base + read, headers=bearer(OWNER),
+                                timeout=10).status_code == 200
+        host, port = base.removeprefix("http://").split(":")
+        hostile: list[socket.socket] = []
+        try:
+            for _ in range(64):
+                conn = socket.create_connection((host, int(port)), timeout=10)
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                hostile.append(conn)
+            for _ in range(64):
+                hostile.append(socket.create_connection((host, int(port)), timeout=10))
+            time.sleep(0.5)  # every connection open and its bytes sent
+            timings = {}
+            for name, path, headers in (("healthz", "/healthz", {}),
+                                        ("cached read", read, bearer(OWNER))):
+                started = time.perf_counter()
+                r = session.get(base + path, headers={**headers, "Connection": "close"},
+                                timeout=10)
+                timings[name] = time.perf_counter() - started
+                assert r.status_code == 200, (name, r.status_code, r.text[:200])
+            print("\n[hostile] 64 slow-header + 64 silent connections: " + ", ".join(
+                f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
+            assert all(v < 1.0 for v in timings.values()), timings
+        finally:
+            for conn in hostile:
+                conn.close()
 
 
 def test_a_filter_that_matches_nothing_does_bounded_work(app, client):
