@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from cache import checks
 from cache.client import NO_VALUE, Cache
 from cache.fill import Filler, read_through
 from cache.keys import Keyspace, Scope, user_tag
@@ -206,3 +207,44 @@ def first_page(
 
     return read_through(cache, PAGE_PATH, read, fill, fallback)
 
+
+# --- the operator's check / rebuild / warm (see cache/checks.py) ----------------------------
+
+OPS_PATH = "activity_feed"
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value))
+
+
+def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
+    """The counters, recent list and first pages against Postgres."""
+    keys = deps.cache.keys
+    user_scope = scope(user_id)
+    names = all_keys(keys, user_id)
+    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("hgetall", names[0]),
+                                      *[("get", k) for k in names[1:]]])
+    before = checks.versions(deps, [user_scope])
+    snap = load_snapshot(deps.db, user_id)
+    after = checks.versions(deps, [user_scope])
+    if not checks.settled(checks.version_copy(cached[0]), before, after, user_scope):
+        return []
+    out: list[checks.Difference] = []
+    exists, raw = cached[1]
+    if exists:
+        out += checks.differs(OPS_PATH, names[0], decode_counts(raw), snap.counts,
+                              user_id=user_id)
+    truths = [snap.recent, snap.page_all, snap.page_unread]
+    for name, (exists, raw), truth in zip(names[1:], cached[2:], truths, strict=True):
+        if exists:
+            out += checks.differs(OPS_PATH, name, orjson.loads(raw), _json(truth),
+                                  user_id=user_id)
+    return out
+
+
+def rebuild(deps: checks.Deps, user_id: int) -> None:
+    refill(deps.cache, deps.filler, deps.db, user_id, checks.PATH)
+
+
+def warm(deps: checks.Deps, user_id: int) -> None:
+    summary(deps.cache, deps.filler, deps.db, user_id)  # fills every key

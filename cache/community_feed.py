@@ -79,11 +79,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cache import checks
 from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.lease import Lease, LeaseHeld
 from cache.scripts import LuaScript
 from cache.versioned import PUBLISH, Change, publish_keys
+from storage import posts as posts_store
 
 TAG = "cf"
 SENTINEL = "s"
@@ -613,3 +616,121 @@ def _publish_flags(results: list[Any], staged: list[bool]) -> list[bool]:
         flags.append(bool(results[pos]))
         pos += 1
     return flags
+
+
+# --- the viewer's sets: followees, collectives, and authors' post sets ---------------------
+
+PATH = "community_feed"
+
+
+def followees(deps: checks.Deps, user_id: int) -> list[int]:
+    """The user's followees: the cached set, filled from Postgres on a miss."""
+    key = CommunityKeys(deps.cache.keys).followees(user_id)
+
+    def load() -> list[int]:
+        return checks.sql(deps, posts_store.followees, user_id)
+
+    def fill() -> list[int]:
+        return deps.filler.fill(PATH, follows_scope(user_id), [key], load,
+                                lambda pipe, temps, ids: stage_followees(pipe, temps[key], ids))
+
+    read = followees_reader(deps.cache.keys, user_id)
+    return sorted(read_through(deps.cache, PATH + ":followees", read, fill, load))
+
+
+def collectives(deps: checks.Deps, user_id: int) -> frozenset[int]:
+    """The user's collectives: the cached set, filled from Postgres on a miss (or read
+    from Postgres when Redis is unusable or another request is filling it)."""
+    key = CommunityKeys(deps.cache.keys).collectives(user_id)
+
+    def load() -> list[int]:
+        return checks.sql(deps, posts_store.collectives_of, user_id)
+
+    try:
+        return frozenset(deps.filler.fill(
+            PATH, colls_scope(user_id), [key], load,
+            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids)))
+    except (LeaseHeld, CacheUnavailable):
+        return frozenset(load())
+
+
+def fill_author_sets(deps: checks.Deps, authors: Sequence[int]) -> set[str]:
+    """Fill the authors' post sets (newest ``AUTHOR_CACHE_SIZE`` keys each) in a few round
+    trips, single-flight per set; returns the keys published."""
+    ck = CommunityKeys(deps.cache.keys)
+    size = deps.settings.author_cache_size
+    targets = [(author_scope(a), ck.author(a)) for a in authors]
+
+    def load(indices: list[int]) -> dict[int, tuple[list[tuple[int, int]], bool]]:
+        per = checks.sql(deps, posts_store.author_recent_keys, [authors[i] for i in indices],
+                         size + 1)
+        return {i: (per[authors[i]][:size], len(per[authors[i]]) <= size) for i in indices}
+
+    return fill_many(deps.cache, deps.filler, PATH, targets, load)
+
+
+# --- the operator's check / rebuild / warm (see cache/checks.py) ----------------------------
+
+
+def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
+    """The user's followees and collectives sets and their own author set."""
+    keys = deps.cache.keys
+    ck = CommunityKeys(keys)
+    size = deps.settings.author_cache_size
+    follows, author, colls = follows_scope(user_id), author_scope(user_id), colls_scope(user_id)
+    head = checks.peek(deps.cache, [
+        ("get", keys.version(follows)), ("smembers", ck.followees(user_id)),
+        ("get", keys.version(author)), ("zrange", ck.author(user_id)),
+        ("get", keys.version(colls)), ("smembers", ck.collectives(user_id)),
+    ])
+    scopes = [follows, author, colls]
+    before = checks.versions(deps, scopes)
+    with deps.db.session() as session:
+        followee_ids = sorted(posts_store.followees(session, user_id))
+        member_of = posts_store.collectives_of(session, user_id)
+        newest = posts_store.author_recent_keys(session, [user_id], size + 1)[user_id]
+    after = checks.versions(deps, scopes)
+    out: list[checks.Difference] = []
+    who = {"user_id": user_id}
+    exists, raw = head[1]
+    if exists and checks.settled(checks.version_copy(head[0]), before, after, follows):
+        got = sorted(int(m) for m in raw if m != SENTINEL.encode())
+        out += checks.differs(PATH, ck.followees(user_id), got, followee_ids, **who)
+    exists, raw = head[5]
+    if exists and checks.settled(checks.version_copy(head[4]), before, after, colls):
+        got = sorted(int(m) for m in raw if m != SENTINEL.encode())
+        out += checks.differs(PATH, ck.collectives(user_id), got, member_of, **who)
+    exists, raw = head[3]
+    if exists and checks.settled(checks.version_copy(head[2]), before, after, author):
+        got_keys = sorted(((int(s), int(m)) for m, s in raw if m != SENTINEL.encode()),
+                          reverse=True)
+        complete = any(m == SENTINEL.encode() for m, _ in raw)
+        out += checks.differs(PATH, ck.author(user_id), (got_keys, complete),
+                              (newest[:size], len(newest) <= size), **who)
+    return out
+
+
+def rebuild(deps: checks.Deps, user_id: int) -> None:
+    ck = CommunityKeys(deps.cache.keys)
+    follows_key, colls_key = ck.followees(user_id), ck.collectives(user_id)
+    deps.filler.fill(
+        PATH, follows_scope(user_id), [follows_key],
+        lambda: checks.sql(deps, posts_store.followees, user_id),
+        lambda pipe, temps, ids: stage_followees(pipe, temps[follows_key], ids))
+    deps.filler.fill(
+        PATH, colls_scope(user_id), [colls_key],
+        lambda: checks.sql(deps, posts_store.collectives_of, user_id),
+        lambda pipe, temps, ids: stage_collectives(pipe, temps[colls_key], ids))
+    fill_author_sets(deps, [user_id])
+
+
+def warm(deps: checks.Deps, user_id: int) -> None:
+    """The following feed's first page inputs: followees, their author sets, collectives."""
+    authors = followees(deps, user_id)
+    ck = CommunityKeys(deps.cache.keys)
+    ranges = range_after(deps.cache, PATH, [ck.author(a) for a in authors], None, 1) \
+        if authors else []
+    missing = [a for a, r in zip(authors, ranges, strict=True) if r.entries is None]
+    if missing:
+        fill_author_sets(deps, missing)
+    collectives(deps, user_id)

@@ -1,9 +1,9 @@
 """Redis side of the cache operations (rebuild, reconciliation, warming, idle TTLs).
 
-Read-only peeks at cached values, in one pipelined round trip, that the checks of
-``jobs/read_paths.py`` parse with each slice's own parsers; a user's keys found by SCAN
-(never KEYS; a cluster client scans every master); their TTLs and ``MEMORY USAGE``; and
-``refresh_user_ttls``, which keeps an active user's per-user keys alive.
+A user's keys found by SCAN (never KEYS; a cluster client scans every master); their TTLs
+and ``MEMORY USAGE``; and ``refresh_user_ttls``, which keeps an active user's per-user keys
+alive. The checks themselves are each read path's own (``check`` in ``cache/<path>.py``,
+built on ``cache/checks.py``).
 """
 
 from __future__ import annotations
@@ -11,56 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cache import activity_feed, memberships, ranked_feed, read_state, recent_reels
+from cache import activity_feed, ranked_feed, recent_reels
+from cache import group_feed as gf_cache
 from cache.client import Cache
 from cache.community_feed import CommunityKeys, colls_scope, follows_scope
 from cache.keys import Keyspace, user_tag
 
 PATH = "rebuild"
-
-# What a peek can read of a key: the command that returns it whole.
-READERS = {
-    "get": lambda pipe, key: pipe.get(key),
-    "smembers": lambda pipe, key: pipe.smembers(key),
-    "hgetall": lambda pipe, key: pipe.hgetall(key),
-    "zrange": lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
-    "lrange": lambda pipe, key: pipe.lrange(key, 0, -1),
-}
-
-
-def peek(cache: Cache, reads: Sequence[tuple[str, str]]) -> list[Any]:
-    """``[(kind, key), ...]`` -> ``[(exists, value), ...]`` in one round trip (read-only).
-    Raises ``CacheUnavailable``."""
-
-    def run(r: Any) -> list[Any]:
-        pipe = r.pipeline(transaction=False)
-        for kind, key in reads:
-            pipe.exists(key)
-            READERS[kind](pipe, key)
-        return pipe.execute()
-
-    raw = cache.run(PATH, run) if reads else []
-    return [(bool(raw[i]), raw[i + 1]) for i in range(0, len(raw), 2)]
-
-
-def version_copy(exists_value: tuple[bool, Any]) -> int | None:
-    """A peeked version copy (``get`` of ``keys.version(scope)``) as an int, or None."""
-    exists, value = exists_value
-    return int(value) if exists and value is not None else None
-
-
-def drop(cache: Cache, keys: Sequence[str]) -> None:
-    """Delete ``keys`` one by one (any slots). Only for keys a read rebuilds whole."""
-
-    def run(r: Any) -> None:
-        pipe = r.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(key)
-        pipe.execute()
-
-    if keys:
-        cache.run(PATH, run)
-
 
 # --- one user's keys ------------------------------------------------------------------------
 
@@ -97,12 +54,12 @@ def user_fixed_keys(keys: Keyspace, user_id: int) -> list[str]:
     names = [
         *activity_feed.all_keys(keys, user_id),
         recent_reels.key(keys, user_id),
-        memberships.key(keys, user_id),
+        gf_cache.groups_key(keys, user_id),
         CommunityKeys(keys).followees(user_id),
         CommunityKeys(keys).collectives(user_id),
     ]
     scopes = [activity_feed.scope(user_id), recent_reels.scope(user_id),
-              memberships.scope(user_id), follows_scope(user_id), colls_scope(user_id),
+              gf_cache.groups_scope(user_id), follows_scope(user_id), colls_scope(user_id),
               ranked_feed.scope(user_id)]
     return names + [keys.version(s) for s in scopes]
 
@@ -117,7 +74,7 @@ def refresh_user_ttls(cache: Cache, user_id: int,
     their own TTLs on purpose.
     """
     keys, ttl = cache.keys, cache.idle_ttl
-    groups_key = memberships.key(keys, user_id)
+    groups_key = gf_cache.groups_key(keys, user_id)
 
     def run(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
@@ -127,12 +84,12 @@ def refresh_user_ttls(cache: Cache, user_id: int,
             pipe.expire(key, ttl)
         pipe.smembers(groups_key)
         reply = pipe.execute()
-        groups = memberships.parse_groups(reply[-1])
+        groups = gf_cache.parse_groups(reply[-1])
         if groups:
             pipe = r.pipeline(transaction=False)
             for group_id in groups:
-                pipe.expire(read_state.key(keys, user_id, group_id), ttl)
-                pipe.expire(keys.version(read_state.scope(user_id, group_id)), ttl)
+                pipe.expire(gf_cache.key(keys, user_id, group_id), ttl)
+                pipe.expire(keys.version(gf_cache.scope(user_id, group_id)), ttl)
             pipe.execute()
         return reply[: len(first)]
 

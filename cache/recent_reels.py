@@ -33,10 +33,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cache import checks
 from cache.client import NO_VALUE
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.versioned import Change
+from storage import reels as reels_store
 from storage.reels import ListEntry
 
 PATH = "recent_reels"
@@ -144,3 +146,39 @@ def recent_page(
         fill,
         lambda: page_of(load(), start, count),
     )
+
+
+# --- the operator's check / rebuild / warm (see cache/checks.py) ----------------------------
+
+
+def _load(deps: checks.Deps, user_id: int) -> Callable[[], list[ListEntry]]:
+    capacity = deps.settings.max_recent_reel_views
+    return lambda: checks.sql(deps, reels_store.recent_views, user_id, capacity)
+
+
+def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
+    """The recently viewed list (ids, view times and its completeness mark)."""
+    keys = deps.cache.keys
+    user_scope, k = scope(user_id), key(keys, user_id)
+    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("zrange", k)])
+    before = checks.versions(deps, [user_scope])
+    truth = _load(deps, user_id)()
+    after = checks.versions(deps, [user_scope])
+    exists, raw = cached[1]
+    if not exists or not checks.settled(checks.version_copy(cached[0]), before, after,
+                                        user_scope):
+        return []
+    got = sorted((int(m), int(s)) for m, s in raw if m != SENTINEL.encode())
+    marked = any(m == SENTINEL.encode() for m, _ in raw)
+    want = sorted((e.reel_id, e.viewed_at_ms) for e in truth)
+    return checks.differs(PATH, k, (got, marked), (want, True), user_id=user_id)
+
+
+def rebuild(deps: checks.Deps, user_id: int) -> None:
+    k = key(deps.cache.keys, user_id)
+    deps.filler.fill(PATH, scope(user_id), [k], _load(deps, user_id),
+                     lambda pipe, temps, data: stage(pipe, temps[k], data))
+
+
+def warm(deps: checks.Deps, user_id: int) -> None:
+    recent_page(deps, user_id, 0, 20, _load(deps, user_id))

@@ -12,7 +12,7 @@ from rq import Worker
 from tqdm import tqdm
 
 from jobs.context import use_state
-from jobs.read_paths import READ_PATHS
+from jobs.paths import READ_PATHS
 from jobs.rebuild import Options, run
 from jobs.reconcile import reconcile
 from jobs.scheduler import run_forever

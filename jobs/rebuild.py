@@ -4,8 +4,9 @@ rebuild-cache``): every read path or some, every user or one, or one group.
 - Users are streamed from Postgres in id order (``storage/rebuild.py``), never listed from
   Redis; nothing here uses KEYS, and every Redis call stays within one user's (or one
   group's) hash slot, so it runs unchanged against Redis Cluster.
-- Each user is refilled through the slice's version-checked fill (``jobs/read_paths.py``):
-  safe beside live traffic, a fill computed under an outdated version is dropped.
+- Each user is refilled through the path's own version-checked fill (``rebuild`` in
+  ``cache/<path>.py``, listed in ``jobs/paths.py``): safe beside live traffic, a fill
+  computed under an outdated version is dropped.
 - ``max_rate`` paces users per second so live traffic keeps the servers.
 - Resumable: after each user the last id done is remembered per path in the queue Redis
   (persistent, unlike the LRU cache), flushed at most once a second and on Ctrl-C; a rerun
@@ -24,8 +25,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from jobs import read_paths
-from jobs.read_paths import Difference, ReadPath
+from jobs import paths as read_paths
+from jobs.paths import Difference, ReadPath
 from service.bootstrap import AppState
 from storage import rebuild as store
 

@@ -7,9 +7,10 @@ difference is logged, the user's path is rebuilt through its version-checked fil
 repairs are counted per read path in the queue Redis (persistent and shared by every
 process), which ``/metrics`` exposes as ``cache_repairs_total{path}``.
 
-A check compares only settled keys (``jobs/read_paths.py``), so writes in flight are never
-counted: on a healthy system the repair count stays at zero, and any repair is a bug
-signal (a lost apply that outlived the relay, a wrong op, a corrupted key).
+A check compares only settled keys (``check`` in ``cache/<path>.py``, see
+``cache/checks.py``), so writes in flight are never counted: on a healthy system the
+repair count stays at zero, and any repair is a bug signal (a lost apply that outlived
+the relay, a wrong op, a corrupted key).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from jobs import read_paths
+from jobs import paths as read_paths
+from jobs.paths import Difference
 from jobs.periodic import Periodic
-from jobs.read_paths import Difference
 from service.bootstrap import AppState
 from service.repairs import record_repairs
 from storage import rebuild as store

@@ -10,40 +10,21 @@ writes a value computed under an outdated version.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
 
 from jobs.context import get_state
-from service.bootstrap import AppState
+from jobs.paths import READ_PATHS
 
 log = logging.getLogger(__name__)
-
-# "module:function" of each read path's warmer: fn(state, user_id) -> None.
-WARMERS: list[str] = [
-    "jobs.read_paths:warm_views",
-    "jobs.read_paths:warm_activity",
-    "jobs.read_paths:warm_feeds",
-    "jobs.read_paths:warm_reels",
-]
-
-
-def _warmers() -> list[tuple[str, Callable[[AppState, int], None]]]:
-    out = []
-    for spec in WARMERS:
-        module, _, name = spec.partition(":")
-        out.append((spec, getattr(importlib.import_module(module), name)))
-    return out
-
 
 def warm_user(user_id: int) -> list[str]:
     """RQ task: fill every read path of ``user_id``; returns the paths warmed."""
     state = get_state()
     warmed = []
-    for spec, warm in _warmers():
+    for path in READ_PATHS.values():  # each path's own warm (cache/<path>.py)
         try:
-            warm(state, user_id)
-            warmed.append(spec)
+            path.warm(state, user_id)
+            warmed.append(path.name)
         except Exception:  # noqa: BLE001 - one path failing must not stop the others
-            log.warning("warming %s for user %s failed", spec, user_id, exc_info=True)
+            log.warning("warming %s for user %s failed", path.name, user_id, exc_info=True)
     return warmed

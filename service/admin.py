@@ -6,7 +6,7 @@ from flask import Response
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from cache import memberships
+from cache import group_feed as gf_cache
 from service.auth import admin_required
 from service.errors import NotFound
 from service.fields import UtcDateTime
@@ -37,8 +37,8 @@ class ReelOut(Schema):
 
 def _membership_changed(uow, user_id: int) -> None:
     app_state = state()
-    uow.change(memberships.scope(user_id)).op(
-        "DEL", memberships.key(app_state.cache.keys, user_id)
+    uow.change(gf_cache.groups_scope(user_id)).op(
+        "DEL", gf_cache.groups_key(app_state.cache.keys, user_id)
     )
 
 

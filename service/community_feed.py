@@ -39,7 +39,6 @@ from marshmallow import Schema, fields, validate
 from cache import community_feed as cf
 from cache import stats
 from cache.client import NO_VALUE, CacheUnavailable
-from cache.fill import read_through
 from cache.lease import LeaseHeld, wait_for
 from service import community_trending as trending
 from service import posts_service
@@ -354,19 +353,7 @@ class RecentSource(Source):
 
 def followees_of(user_id: int) -> list[int]:
     """The user's followees: the cached set, filled from Postgres on a miss."""
-    app = state()
-    key = cf.CommunityKeys(app.cache.keys).followees(user_id)
-
-    def load() -> list[int]:
-        with app.db.session() as session:
-            return posts.followees(session, user_id)
-
-    def fill() -> list[int]:
-        return app.filler.fill(PATH, cf.follows_scope(user_id), [key], load,
-                               lambda pipe, temps, ids: cf.stage_followees(pipe, temps[key], ids))
-
-    read = cf.followees_reader(app.cache.keys, user_id)
-    return sorted(read_through(app.cache, PATH + ":followees", read, fill, load))
+    return cf.followees(state(), user_id)
 
 
 class FollowingSource(Source):
@@ -403,19 +390,7 @@ class FollowingSource(Source):
         return merged
 
     def _fill(self, authors: list[int]) -> None:
-        app = state()
-        ck = cf.CommunityKeys(app.cache.keys)
-        size = app.settings.author_cache_size
-        targets = [(cf.author_scope(a), ck.author(a)) for a in authors]
-
-        def load(indices: list[int]) -> dict[int, tuple[list[Key], bool]]:
-            with app.db.session() as session:
-                per = posts.author_recent_keys(session, [authors[i] for i in indices],
-                                               size + 1)
-            return {i: (per[authors[i]][:size], len(per[authors[i]]) <= size)
-                    for i in indices}
-
-        cf.fill_many(app.cache, app.filler, PATH, targets, load)
+        cf.fill_author_sets(state(), authors)
 
 
 class TrendingSource(Source):
@@ -496,19 +471,7 @@ def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
 def viewer_collectives(user_id: int) -> frozenset[int]:
     """The user's collectives: the cached set, filled from Postgres on a miss (or read
     from Postgres when Redis is unusable or another request is filling it)."""
-    app = state()
-    key = cf.CommunityKeys(app.cache.keys).collectives(user_id)
-
-    def load() -> list[int]:
-        with app.db.session() as session:
-            return posts.collectives_of(session, user_id)
-
-    try:
-        return frozenset(app.filler.fill(
-            PATH, cf.colls_scope(user_id), [key], load,
-            lambda pipe, temps, ids: cf.stage_collectives(pipe, temps[key], ids)))
-    except (LeaseHeld, CacheUnavailable):
-        return frozenset(load())
+    return cf.collectives(state(), user_id)
 
 
 def _page_state(field: str, viewer: int | None, is_admin: bool

@@ -2,7 +2,7 @@
 
 Only members of a group (and admins) see its items: others get ``403`` on the group feed
 and ``404`` on its items. Items live in Postgres; read state is served from Redis by
-``cache/read_state.py`` and recorded in ``feed_item_views`` (``storage/group_feed.py``).
+``cache/group_feed.py`` and recorded in ``feed_item_views`` (``storage/group_feed.py``).
 
 Caps (a ``400`` beyond them): ``limit`` 1-200; ``title`` 1-300 characters, ``content_type``
 1-50, ``body`` up to 100,000; a ``views`` cursor of up to 200 characters.
@@ -20,8 +20,8 @@ from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 from sqlalchemy.orm import Session
 
-from cache import read_state
-from cache.read_state import ReadStates
+from cache import group_feed as gf_cache
+from cache.group_feed import ReadStates
 from service.auth import Caller, login_required
 from service.errors import ApiError, Forbidden, NotFound
 from service.fields import MAX_ID, Id, UtcDateTime
@@ -208,13 +208,13 @@ def create_item(body: dict[str, Any]):
     with app_state.uow() as uow:
         if not caller.is_admin and not store.is_member(uow.session, group_id, caller.id):
             _deny_group(uow.session, group_id)
-        change = uow.change(read_state.live_scope(group_id))
+        change = uow.change(gf_cache.live_scope(group_id))
         item = store.create_item(
             uow.session, group_id, caller.id, body["title"], body["content_type"], body["body"]
         )
         if item is None:
             raise NotFound("Group not found", code="group_not_found")
-        read_state.on_item_created(change, app_state.cache.keys, group_id, item.position)
+        gf_cache.on_item_created(change, app_state.cache.keys, group_id, item.position)
         uow.commit()
     return {**_item_out(item, False), "body": item.body}
 
@@ -250,11 +250,11 @@ def delete_item(item_id: int):
     with app_state.uow() as uow:
         item = _visible_item(uow.session, item_id, caller)
         _require_author(item, caller)
-        change = uow.change(read_state.live_scope(item.group_id))
+        change = uow.change(gf_cache.live_scope(item.group_id))
         position = store.soft_delete_item(uow.session, item_id)
         if position is None:  # deleted meanwhile
             raise NotFound("Feed item not found", code="item_not_found")
-        read_state.on_item_deleted(change, app_state.cache.keys, item.group_id, position)
+        gf_cache.on_item_deleted(change, app_state.cache.keys, item.group_id, position)
         uow.commit()
     return Response(status=204)
 
@@ -271,9 +271,9 @@ def mark_viewed(item_id: int):
         viewed_at = store.get_view(uow.session, item_id, caller.id)
         if viewed_at is None:
             # The scope's version row lock first: writers of this read state serialise.
-            change = uow.change(read_state.scope(caller.id, item.group_id))
+            change = uow.change(gf_cache.scope(caller.id, item.group_id))
             viewed_at, _ = store.add_view(uow.session, item, caller.id)
-            read_state.on_viewed(
+            gf_cache.on_viewed(
                 change, app_state.cache.keys, caller.id, item.group_id, item.position
             )
             uow.commit()
@@ -289,9 +289,9 @@ def mark_unread(item_id: int):
     with app_state.uow() as uow:
         item = _visible_item(uow.session, item_id, caller)
         if store.get_view(uow.session, item_id, caller.id) is not None:
-            change = uow.change(read_state.scope(caller.id, item.group_id))
+            change = uow.change(gf_cache.scope(caller.id, item.group_id))
             if store.remove_view(uow.session, item_id, caller.id):
-                read_state.on_unread(change, app_state.cache.keys, caller.id, item.group_id)
+                gf_cache.on_unread(change, app_state.cache.keys, caller.id, item.group_id)
             uow.commit()
     return {"detail": "Marked as unread"}
 
@@ -307,9 +307,9 @@ def mark_all_viewed(args: dict[str, Any]):
     app_state = state()
     with app_state.uow() as uow:
         _check_group(uow.session, group_id, caller)
-        change = uow.change(read_state.scope(caller.id, group_id))
+        change = uow.change(gf_cache.scope(caller.id, group_id))
         count, watermark = store.mark_all_viewed(uow.session, group_id, caller.id)
-        read_state.on_all_viewed(change, app_state.cache.keys, caller.id, group_id, watermark)
+        gf_cache.on_all_viewed(change, app_state.cache.keys, caller.id, group_id, watermark)
         uow.commit()
     return {"detail": f"Marked {count} items as viewed", "count": count}
 

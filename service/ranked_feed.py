@@ -195,7 +195,7 @@ def _feed_cache() -> RankedFeedCache:
     )
 
 
-def _stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, Any]:
+def stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, Any]:
     by_author, by_type = user_stats
     return {"a": sorted(by_author.items()), "t": by_type}
 
@@ -226,7 +226,7 @@ def compute_ranking(user_id: int, version: int | None,
         loaders = {
             "fellows": lambda: store.load_fellows(session, user_id),
             "colls": lambda: store.load_collectives(session, user_id),
-            "stats": lambda: _stats_json(store.load_interaction_stats(session, user_id)),
+            "stats": lambda: stats_json(store.load_interaction_stats(session, user_id)),
         }
         if version is None:
             inputs = {name: load() for name, load in loaders.items()}

@@ -17,16 +17,12 @@ from storage.models import CacheVersion
 
 # Per read path: a union of "user_id > :after ORDER BY user_id LIMIT :n" branches.
 _BRANCHES: dict[str, tuple[str, ...]] = {
-    "views": ("SELECT DISTINCT user_id AS u FROM group_members",),
-    "activity": ("SELECT DISTINCT user_id AS u FROM activities",),
-    "feeds": (
-        "SELECT id AS u FROM users",
-        "SELECT DISTINCT follower_id AS u FROM follows",
-        "SELECT DISTINCT author_id AS u FROM posts",
-        "SELECT DISTINCT user_id AS u FROM fellows",
-        "SELECT DISTINCT user_id AS u FROM collective_members",
-    ),
-    "reels": ("SELECT DISTINCT user_id AS u FROM reel_views",),
+    "group_feed": ("SELECT DISTINCT user_id AS u FROM group_members",),
+    "activity_feed": ("SELECT DISTINCT user_id AS u FROM activities",),
+    # Every user has a following feed and a personalized ranking (empty or not).
+    "community_feed": ("SELECT id AS u FROM users",),
+    "ranked_feed": ("SELECT id AS u FROM users",),
+    "recent_reels": ("SELECT DISTINCT user_id AS u FROM reel_views",),
 }
 
 PATHS = tuple(_BRANCHES)

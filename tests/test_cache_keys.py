@@ -2,7 +2,7 @@
 
 import pytest
 
-from cache import memberships
+from cache import group_feed as gf_cache
 from cache import ranked_feed as rf
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 
@@ -13,7 +13,7 @@ def test_key_formats():
     assert ks.key(group_tag(7), "live") == "hc:{g:7}:live"
     assert ks.version(Scope("u:42", "rs:7")) == "hc:{u:42}:v:rs:7"
     assert ks.lease("hc:{u:42}:reels") == "hc:{u:42}:reels:lease"
-    assert memberships.key(ks, 42) == "hc:{u:42}:groups"
+    assert gf_cache.groups_key(ks, 42) == "hc:{u:42}:groups"
     assert Scope("u:42", "rs:7").row_name == "u:42|rs:7"
     assert Scope.from_row_name("u:42|rs:7") == Scope("u:42", "rs:7")
     assert rf.rank_key(ks, 42, 5, 3) == "hc:{u:42}:rf:rank:5:3"

@@ -11,7 +11,7 @@ import pytest
 
 from cache import activity_feed
 from cache.rebuild import scan_user_keys, ttls_and_sizes
-from jobs import read_paths
+from jobs import paths as read_paths
 from storage.demo import DemoSizes, seed
 from tests.conftest import bearer
 from tests.test_cache_ops import FROZEN_NOW, active_user
@@ -33,10 +33,11 @@ def budget() -> dict[str, int]:
 def path_of(key: str) -> str:
     name = key.split("}:", 1)[1]
     for path, prefixes in {
-        "views": ("rs:", "groups", "v:rs:", "v:groups"),
-        "activity": ("act:", "v:activity"),
-        "feeds": ("cf:", "rf:", "v:cf_follows", "v:calc"),
-        "reels": ("reels:", "v:reels"),
+        "group_feed": ("rs:", "groups", "v:rs:", "v:groups"),
+        "activity_feed": ("act:", "v:activity"),
+        "community_feed": ("cf:", "v:cf_follows", "v:cf_colls"),
+        "ranked_feed": ("rf:", "v:calc"),
+        "recent_reels": ("reels:", "v:reels"),
     }.items():
         if name.startswith(prefixes):
             return path

@@ -17,11 +17,13 @@ import pytest
 from rq import SimpleWorker
 from sqlalchemy import text
 
-from cache import activity_feed, read_state, recent_reels, stats
+from cache import activity_feed, recent_reels, stats
 from cache import community_feed as cf
+from cache import group_feed as gf_cache
 from cache.keyspace_admin import clear_keyspace
 from jobs import cli as jobs_cli
-from jobs import read_paths, rebuild, reconcile, scheduler, warm
+from jobs import paths as read_paths
+from jobs import rebuild, reconcile, scheduler
 from jobs.context import use_state
 from service import ranked_feed, warming
 from storage.demo import DemoSizes, seed
@@ -76,20 +78,25 @@ def plant(state, user_id: int) -> dict[str, str]:
     """Corrupt one cached key per read path of ``user_id``; returns path -> key."""
     r, keys = state.cache.redis, state.cache.keys
     group = groups_of(state, user_id)[0]
-    rs_key = read_state.key(keys, user_id, group)
+    rs_key = gf_cache.key(keys, user_id, group)
     live = sorted(int(p) for (p,) in sql(
         state, "SELECT position FROM feed_items WHERE group_id = :g AND deleted_at IS NULL",
         g=group))
-    viewed = read_state.ReadState.from_raw(r.get(rs_key)).viewed(live[0])
-    r.setbit(rs_key, read_state.OFFSET + live[0], 0 if viewed else 1)
+    viewed = gf_cache.ReadState.from_raw(r.get(rs_key)).viewed(live[0])
+    r.setbit(rs_key, gf_cache.OFFSET + live[0], 0 if viewed else 1)
     if viewed:  # below the watermark a bit cannot unview it: rewrite the watermark
         r.setrange(rs_key, 0, b"\0\0\0\0")
     r.hset(activity_feed.counts_key(keys, user_id), "unread", 999)
     r.sadd(cf.CommunityKeys(keys).followees(user_id), "424242")
     r.zadd(recent_reels.key(keys, user_id), {"777777": 1})
-    return {"views": rs_key, "activity": activity_feed.counts_key(keys, user_id),
-            "feeds": cf.CommunityKeys(keys).followees(user_id),
-            "reels": recent_reels.key(keys, user_id)}
+    return {"group_feed": rs_key, "activity_feed": activity_feed.counts_key(keys, user_id),
+            "community_feed": cf.CommunityKeys(keys).followees(user_id),
+            "recent_reels": recent_reels.key(keys, user_id)}
+
+
+# One difference planted per read path (the personalized ranking has none planted).
+PLANTED = {"group_feed": 1, "activity_feed": 1, "community_feed": 1, "ranked_feed": 0,
+           "recent_reels": 1}
 
 
 def dump_all(state) -> dict[bytes, bytes]:
@@ -128,15 +135,17 @@ def test_rebuild_one_user_and_one_group(client, state, demo):
     user = active_user(state, demo)
     planted = plant(state, user) if answers(client, state, user) else {}
     report = rebuild.run(state, rebuild.Options(user=user, progress=False, dry_run=True))
-    assert report.differences == {"views": 1, "activity": 1, "feeds": 1, "reels": 1}
-    rebuild.run(state, rebuild.Options(user=user, paths=["reels", "feeds"], progress=False))
+    assert report.differences == {**PLANTED}
+    rebuild.run(state, rebuild.Options(user=user, paths=["recent_reels", "community_feed"],
+                                       progress=False))
     after = rebuild.run(state, rebuild.Options(user=user, progress=False, dry_run=True))
-    assert after.differences == {"views": 1, "activity": 1, "feeds": 0, "reels": 0}
+    assert after.differences == {**PLANTED, "community_feed": 0, "recent_reels": 0}
     group = groups_of(state, user)[0]
-    assert read_state.key(state.cache.keys, user, group) == planted["views"]
+    assert gf_cache.key(state.cache.keys, user, group) == planted["group_feed"]
     rebuild.run(state, rebuild.Options(group=group, progress=False))
     after = rebuild.run(state, rebuild.Options(user=user, progress=False, dry_run=True))
-    assert after.differences == {"views": 0, "activity": 1, "feeds": 0, "reels": 0}
+    assert after.differences == {**PLANTED, "group_feed": 0, "community_feed": 0,
+                                 "recent_reels": 0}
 
 
 def test_dry_run_reports_a_planted_difference_without_writing(client, state, demo):
@@ -147,14 +156,14 @@ def test_dry_run_reports_a_planted_difference_without_writing(client, state, dem
     lines: list[str] = []
     report = rebuild.run(state, rebuild.Options(dry_run=True, progress=False),
                          echo=lines.append)
-    assert report.differences == {"views": 1, "activity": 1, "feeds": 1, "reels": 1}
+    assert report.differences == {**PLANTED}
     for path, key in planted.items():
         assert any(line.startswith(f"{path} user {user} {key}:") for line in lines), lines
     assert dump_all(state) == snapshot, "a dry run writes nothing"
 
 
 def test_rebuild_resumes_after_ctrl_c(state, demo, monkeypatch):
-    path = read_paths.READ_PATHS["reels"]
+    path = read_paths.READ_PATHS["recent_reels"]
     done: list[int] = []
 
     def interrupted(s, user_id):
@@ -162,34 +171,34 @@ def test_rebuild_resumes_after_ctrl_c(state, demo, monkeypatch):
             raise KeyboardInterrupt
         done.append(user_id)
 
-    monkeypatch.setitem(read_paths.READ_PATHS, "reels",
-                        read_paths.ReadPath("reels", path.check, interrupted, path.warm))
-    options = rebuild.Options(paths=["reels"], progress=False)
+    monkeypatch.setitem(read_paths.READ_PATHS, "recent_reels",
+                        read_paths.ReadPath("recent_reels", path.check, interrupted, path.warm))
+    options = rebuild.Options(paths=["recent_reels"], progress=False)
     report = rebuild.run(state, options)
-    assert report.interrupted and report.users == {"reels": 5}
+    assert report.interrupted and report.users == {"recent_reels": 5}
     checkpoints = rebuild.Checkpoints(state, dry_run=False)
-    assert checkpoints.get("reels") == done[-1]
+    assert checkpoints.get("recent_reels") == done[-1]
     first = list(done)
     done.clear()
-    monkeypatch.setitem(read_paths.READ_PATHS, "reels",
-                        read_paths.ReadPath("reels", path.check,
+    monkeypatch.setitem(read_paths.READ_PATHS, "recent_reels",
+                        read_paths.ReadPath("recent_reels", path.check,
                                             lambda s, u: done.append(u), path.warm))
     report = rebuild.run(state, options)
     assert not report.interrupted
     everyone = list(path.users(state))
     assert first + done == everyone, "resumed after the last user done, none twice"
-    assert checkpoints.get("reels") == 0, "cleared once the run completed"
+    assert checkpoints.get("recent_reels") == 0, "cleared once the run completed"
     done.clear()
-    rebuild.run(state, rebuild.Options(paths=["reels"], progress=False, restart=True))
+    rebuild.run(state, rebuild.Options(paths=["recent_reels"], progress=False, restart=True))
     assert done == everyone
 
 
 def test_rebuild_respects_max_rate(state, demo):
-    users = len(list(read_paths.READ_PATHS["reels"].users(state)))
+    users = len(list(read_paths.READ_PATHS["recent_reels"].users(state)))
     started = time.monotonic()
-    report = rebuild.run(state, rebuild.Options(paths=["reels"], max_rate=100,
+    report = rebuild.run(state, rebuild.Options(paths=["recent_reels"], max_rate=100,
                                                 progress=False))
-    assert report.users == {"reels": users}
+    assert report.users == {"recent_reels": users}
     assert time.monotonic() - started >= (users - 1) / 100
 
 
@@ -210,13 +219,13 @@ def test_reconciliation_zero_when_healthy_repairs_planted(client, state, demo):
     healthy = reconcile.reconcile(state, all_users=True)
     assert healthy.total_repairs == 0, healthy.differences
     assert sum(healthy.checked.values()) > 0
-    assert repairs_metric(client, "views") == 0
+    assert repairs_metric(client, "group_feed") == 0
     user = active_user(state, users)
     plant(state, user)
     result = reconcile.reconcile(state, all_users=True)
-    assert result.repairs == {"views": 1, "activity": 1, "feeds": 1, "reels": 1}
-    for path in read_paths.READ_PATHS:
-        assert repairs_metric(client, path) == 1
+    assert result.repairs == {**PLANTED}
+    for path, n in PLANTED.items():
+        assert repairs_metric(client, path) == n
     assert reconcile.reconcile(state, all_users=True).total_repairs == 0
     before = answers(client, state, user)
     clear_keyspace(state.cache)
@@ -290,7 +299,7 @@ def test_reconciliation_reports_zero_under_traffic(app, state, demo):
                 for user in users:
                     found += path.check(state, user)
                     checks += 1
-            found += read_paths.READ_PATHS["views"].check_group(state, groups_of(
+            found += read_paths.READ_PATHS["group_feed"].check_group(state, groups_of(
                 state, users[0])[0])
     finally:
         stop.set()
@@ -307,8 +316,6 @@ def test_reconciliation_reports_zero_under_traffic(app, state, demo):
 
 def test_warm_job_fills_every_read_path(client, state, demo):
     user = active_user(state, demo)
-    assert warm.WARMERS and all(spec.startswith("jobs.read_paths:warm_")
-                                for spec in warm.WARMERS)
     assert warming.enqueue_warm(state, user) is True
     use_state(state)
     try:
@@ -332,12 +339,12 @@ def test_cli_commands(app, client, state, demo):
     answers(client, state, user)
     plant(state, user)
     out = runner.invoke(jobs_cli.rebuild_cache, args=["--dry-run", "--no-progress", "--path",
-                              "reels"])
+                              "recent_reels"])
     assert out.exit_code == 0, out.output
-    assert "reels: " in out.output and "1 key(s) differ" in out.output
-    out = runner.invoke(jobs_cli.reconcile_command, args=["--all", "--path", "activity"])
+    assert "recent_reels: " in out.output and "1 key(s) differ" in out.output
+    out = runner.invoke(jobs_cli.reconcile_command, args=["--all", "--path", "activity_feed"])
     assert out.exit_code == 0, out.output
-    assert "activity: checked" in out.output and "repaired 1" in out.output
+    assert "activity_feed: checked" in out.output and "repaired 1" in out.output
     out = runner.invoke(jobs_cli.rebuild_cache, args=["--no-progress", "--user", str(user)])
     assert out.exit_code == 0, out.output
     assert "users/s" in out.output

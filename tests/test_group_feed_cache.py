@@ -12,10 +12,11 @@ from threading import Barrier, Lock
 import pytest
 from redis.connection import AbstractConnection
 
-from cache import memberships, read_state, stats
+from cache import group_feed as gf_cache
+from cache import stats
+from cache.group_feed import ReadState, bitmap, unread
 from cache.keys import Keyspace
 from cache.keyspace_admin import clear_keyspace
-from cache.read_state import ReadState, bitmap, unread
 from cache.versioned import Change
 from tests.group_feed_helpers import (  # noqa: F401 - fixtures
     COOLDOWN,
@@ -36,12 +37,12 @@ USER = 7
 
 def test_key_formats_are_pinned():
     keys = Keyspace("hc:")
-    assert read_state.key(keys, 42, 7) == "hc:{u:42}:rs:7"
-    assert read_state.live_key(keys, 7) == "hc:{g:7}:live"
-    assert memberships.key(keys, 42) == "hc:{u:42}:groups"
-    assert read_state.scope(42, 7).row_name == "u:42|rs:7"
-    assert read_state.live_scope(7).row_name == "g:7|live"
-    assert keys.version(read_state.scope(42, 7)) == "hc:{u:42}:v:rs:7"
+    assert gf_cache.key(keys, 42, 7) == "hc:{u:42}:rs:7"
+    assert gf_cache.live_key(keys, 7) == "hc:{g:7}:live"
+    assert gf_cache.groups_key(keys, 42) == "hc:{u:42}:groups"
+    assert gf_cache.scope(42, 7).row_name == "u:42|rs:7"
+    assert gf_cache.live_scope(7).row_name == "g:7|live"
+    assert keys.version(gf_cache.scope(42, 7)) == "hc:{u:42}:v:rs:7"
 
 
 def test_bitmap_matches_setbit_offsets(state):
@@ -50,7 +51,7 @@ def test_bitmap_matches_setbit_offsets(state):
         r.setbit(k, p, 1)
     assert r.get(k) == bitmap([1, 7, 8, 9, 100])
     r.set(k, ReadState(0, b"").to_raw())
-    r.setbit(k, read_state.OFFSET + 9, 1)
+    r.setbit(k, gf_cache.OFFSET + 9, 1)
     assert ReadState.from_raw(r.get(k)) == ReadState(0, bitmap([9]))
 
 
@@ -69,11 +70,11 @@ def test_unread_arithmetic():
 
 def test_mark_all_is_constant_size_in_redis():
     keys = Keyspace("hc:")
-    change = Change(read_state.scope(1, 2), 1, [])
-    read_state.on_all_viewed(change, keys, 1, 2, 2**31 - 1)
-    assert len(change.ops) == 32 and change.keys == [read_state.key(keys, 1, 2)]
+    change = Change(gf_cache.scope(1, 2), 1, [])
+    gf_cache.on_all_viewed(change, keys, 1, 2, 2**31 - 1)
+    assert len(change.ops) == 32 and change.keys == [gf_cache.key(keys, 1, 2)]
     with pytest.raises(ValueError):
-        read_state.on_all_viewed(change, keys, 1, 2, 2**32)
+        gf_cache.on_all_viewed(change, keys, 1, 2, 2**32)
 
 
 def _fill_group(state, group_id: int, items: int, viewed_every: int) -> None:
@@ -133,10 +134,10 @@ def test_round_trips_and_bytes_at_1000_items(client, auth, admin_headers, state,
     assert shown == {i: v for i, v in pg_viewed(state, USER, group).items() if i in shown}
 
     r, keys = state.cache.redis, state.cache.keys
-    rs_key = read_state.key(keys, USER, group)
+    rs_key = gf_cache.key(keys, USER, group)
     rs_bytes = r.memory_usage(rs_key)
-    version_bytes = r.memory_usage(keys.version(read_state.scope(USER, group)))
-    live_bytes = r.memory_usage(read_state.live_key(keys, group))
+    version_bytes = r.memory_usage(keys.version(gf_cache.scope(USER, group)))
+    live_bytes = r.memory_usage(gf_cache.live_key(keys, group))
     assert r.strlen(rs_key) == 4 + 1000 // 8 + 1
     assert rs_bytes + version_bytes < 400
     mark_all(client, headers, group)

@@ -6,6 +6,7 @@ from rq import SimpleWorker
 
 from jobs import warm
 from jobs.context import use_state
+from jobs.paths import ReadPath
 from service import warming
 
 CALLS: list[int] = []
@@ -16,7 +17,8 @@ def fake_warmer(state, user_id: int) -> None:
 
 
 def test_idle_user_gets_one_warm_job(app, client, state, auth, monkeypatch):
-    monkeypatch.setattr(warm, "WARMERS", ["tests.test_warming:fake_warmer"])
+    fake = ReadPath("fake", check=lambda s, u: [], rebuild=lambda s, u: None, warm=fake_warmer)
+    monkeypatch.setattr(warm, "READ_PATHS", {"fake": fake})
     CALLS.clear()
     headers = auth(77)
     client.post("/api/v1/groups/", json={"name": "g"}, headers=headers)  # 403 but signed in

@@ -1,4 +1,4 @@
-"""Read state of the group feed in Redis: ``has_viewed`` per item and unread counts.
+"""The group feed in Redis: the user's groups, ``has_viewed`` per item and unread counts.
 
 Key layout (prefix and hash tags as in ``cache/keys.py``):
 
@@ -6,6 +6,7 @@ Key layout (prefix and hash tags as in ``cache/keys.py``):
     Bytes 0-3: the watermark W (unsigned 32-bit big-endian, bit offsets 0..31); then one
     bit per dense position p at bit offset ``32 + p``. Position p is viewed iff ``p <= W``
     or its bit is set. ~N/8 bytes for a group of N items.
+``{u:<uid>}:groups``  the user's group ids plus a sentinel 0 (see "the user's groups").
 ``{g:<gid>}:live``  one string per group, scope ``live`` of the group's tag: bit p is set
     iff the item at position p exists and is not deleted.
 
@@ -40,12 +41,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cache import memberships, stats
+from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 from cache.versioned import Change
 from storage import group_feed as store
+from storage import rebuild as rebuild_store
 from storage.db import Database
 
 T = TypeVar("T")
@@ -79,6 +81,74 @@ def live_scope(group_id: int) -> Scope:
 def live_key(keys: Keyspace, group_id: int) -> str:
     return keys.key(group_tag(group_id), "live")
 
+
+# --- the user's groups -------------------------------------------------------------------
+# The groups whose feeds the user may read. ``{u:<uid>}:groups`` is a set of group ids
+# plus the sentinel ``0`` (group ids are positive), so a user in no group still has a key
+# and an absent key always means "not cached". A membership change bumps the user's
+# ``groups`` scope and deletes the cached set (``service/admin.py``); the next read
+# rebuilds it from ``group_members``.
+#
+# Being in the same slot as the user's read states, a membership check rides in the same
+# pipeline as the read-state lookups.
+
+GROUPS_PATH = "memberships"  # the label of its hit/miss counters
+GROUPS_SENTINEL = 0
+
+
+def groups_scope(user_id: int) -> Scope:
+    return Scope(user_tag(user_id), "groups")
+
+
+def groups_key(keys: Keyspace, user_id: int) -> str:
+    return keys.key(user_tag(user_id), "groups")
+
+
+def queue_member_check(pipe: Any, keys: Keyspace, user_id: int, group_id: int) -> None:
+    """Queue one atomic command answering "is the user in this group" (see ``parse_check``)."""
+    pipe.smismember(groups_key(keys, user_id), [group_id, GROUPS_SENTINEL])
+
+
+def parse_member_check(reply: list[int]) -> Any:
+    """True / False, or ``NO_VALUE`` if the set is not cached."""
+    is_member, cached = reply
+    if not cached:
+        return NO_VALUE
+    return bool(is_member)
+
+
+def queue_groups(pipe: Any, keys: Keyspace, user_id: int) -> None:
+    pipe.smembers(groups_key(keys, user_id))
+
+
+def parse_groups(reply: Iterable[bytes]) -> Any:
+    """The user's group ids, or ``NO_VALUE`` if the set is not cached."""
+    ids = {int(x) for x in reply}
+    if GROUPS_SENTINEL not in ids:
+        return NO_VALUE
+    ids.discard(GROUPS_SENTINEL)
+    return frozenset(ids)
+
+
+def fill_groups(filler: Filler, user_id: int, load: Callable[[], list[int]],
+         refresh: bool = False) -> frozenset[int]:
+    """Rebuild the cached groups set from ``load()`` (the user's group ids from Postgres).
+
+    If another process is filling it, waits briefly for that fill (then reads Postgres
+    without writing). After a miss an existing set is read; ``refresh=True`` replaces it.
+    Raises ``CacheUnavailable`` if Redis fails.
+    """
+    set_key = groups_key(filler.cache.keys, user_id)
+
+    def stage(pipe: Any, temps: dict[str, str], ids: list[int]) -> None:
+        pipe.sadd(temps[set_key], GROUPS_SENTINEL, *ids)
+
+    def poll(r: Any) -> Any:
+        return parse_groups(r.smembers(set_key))
+
+    stats.count(GROUPS_PATH, "miss")
+    return frozenset(filler.fill_or_wait(GROUPS_PATH, groups_scope(user_id), [set_key], load,
+                                         stage, poll, refresh=refresh))
 
 # --- values --------------------------------------------------------------------------------
 
@@ -237,9 +307,9 @@ class ReadStates:
 
     def _member(self, user_id: int, group_id: int, cached: Any) -> bool:
         if cached is not NO_VALUE:
-            stats.count(memberships.PATH, "hit")
+            stats.count(GROUPS_PATH, "hit")
             return cached
-        return group_id in memberships.fill(self.filler, user_id, self._load_groups(user_id))
+        return group_id in fill_groups(self.filler, user_id, self._load_groups(user_id))
 
     # Read paths.
 
@@ -256,7 +326,7 @@ class ReadStates:
         def read(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=True)  # one slot: the user's
             if check_member:
-                memberships.queue_check(pipe, keys, user_id, group_id)
+                queue_member_check(pipe, keys, user_id, group_id)
             pipe.exists(rs_key)
             pipe.bitfield_ro(rs_key, "u32", 0, items=[("u1", OFFSET + p) for p in positions])
             return pipe.execute()
@@ -264,7 +334,7 @@ class ReadStates:
         try:
             reply = self.cache.run(PATH_PAGE, read)
             if check_member:
-                if not self._member(user_id, group_id, memberships.parse_check(reply[0])):
+                if not self._member(user_id, group_id, parse_member_check(reply[0])):
                     return PageState(False, [])
                 reply = reply[1:]
             exists, fields = reply
@@ -294,7 +364,7 @@ class ReadStates:
         def read(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)  # two slots: plain single-key commands
             if check_member:
-                memberships.queue_check(pipe, keys, user_id, group_id)
+                queue_member_check(pipe, keys, user_id, group_id)
             pipe.get(rs_key)
             pipe.get(lkey)
             return pipe.execute()
@@ -302,7 +372,7 @@ class ReadStates:
         try:
             reply = self.cache.run(PATH_UNREAD, read)
             if check_member:
-                if not self._member(user_id, group_id, memberships.parse_check(reply[0])):
+                if not self._member(user_id, group_id, parse_member_check(reply[0])):
                     return False, 0
                 reply = reply[1:]
             counts = self._counts(user_id, {group_id: (reply[0], reply[1])})
@@ -319,13 +389,13 @@ class ReadStates:
         keys = self.cache.keys
         try:
             cached = self.cache.run(
-                PATH_UNREAD, lambda r: r.smembers(memberships.key(keys, user_id))
+                PATH_UNREAD, lambda r: r.smembers(groups_key(keys, user_id))
             )
-            groups = memberships.parse_groups(cached)
+            groups = parse_groups(cached)
             if groups is NO_VALUE:
-                groups = memberships.fill(self.filler, user_id, self._load_groups(user_id))
+                groups = fill_groups(self.filler, user_id, self._load_groups(user_id))
             else:
-                stats.count(memberships.PATH, "hit")
+                stats.count(GROUPS_PATH, "hit")
             ordered = sorted(groups)
             if not ordered:
                 return {}
@@ -364,3 +434,101 @@ class ReadStates:
                 live = live_raw
             counts[group_id] = unread(live, state)
         return counts
+
+
+# --- the operator's check / rebuild / warm (see cache/checks.py) ----------------------------
+
+OPS_PATH = "group_feed"
+
+
+def _bits(raw: bytes) -> set[int]:
+    return {i * 8 + b for i, byte in enumerate(raw) for b in range(8) if byte & (0x80 >> b)}
+
+
+def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[int],
+           live_groups: Sequence[int], **who: Any) -> list[checks.Difference]:
+    keys = deps.cache.keys
+    scopes: list[Scope] = []
+    reads: list[tuple[str, str]] = []
+    for uid in users:
+        scopes.append(groups_scope(uid))
+        reads += [("get", keys.version(scopes[-1])), ("smembers", groups_key(keys, uid))]
+    for uid, gid in pairs:
+        scopes.append(scope(uid, gid))
+        reads += [("get", keys.version(scopes[-1])), ("get", key(keys, uid, gid))]
+    for gid in live_groups:
+        scopes.append(live_scope(gid))
+        reads += [("get", keys.version(scopes[-1])), ("get", live_key(keys, gid))]
+    cached = checks.peek(deps.cache, reads)
+    before = checks.versions(deps, scopes)
+    with deps.db.session() as session:
+        groups = {uid: sorted(store.member_group_ids(session, uid)) for uid in users}
+        viewed = {p: set(store.viewed_positions(session, *p)) for p in pairs}
+        live = {gid: set(store.live_positions(session, gid))
+                for gid in {g for _, g in pairs} | set(live_groups)}
+    after = checks.versions(deps, scopes)
+    out: list[checks.Difference] = []
+    i = 0
+    for uid in users:
+        copy, (exists, raw) = checks.version_copy(cached[i]), cached[i + 1]
+        got = parse_groups(raw)
+        if exists and checks.settled(copy, before, after, scopes[i // 2]):
+            out += checks.differs(OPS_PATH, groups_key(keys, uid),
+                                  "no sentinel" if got is NO_VALUE else sorted(got),
+                                  groups[uid], **who)
+        i += 2
+    for uid, gid in pairs:
+        copy, (exists, raw) = checks.version_copy(cached[i]), cached[i + 1]
+        if exists and checks.settled(copy, before, after, scopes[i // 2]):
+            rs = ReadState.from_raw(raw)
+            out += checks.differs(OPS_PATH, key(keys, uid, gid),
+                                  sorted(p for p in live[gid] if rs.viewed(p)),
+                                  sorted(live[gid] & viewed[(uid, gid)]), **who)
+        i += 2
+    for gid in live_groups:
+        copy, (exists, raw) = checks.version_copy(cached[i]), cached[i + 1]
+        if exists and checks.settled(copy, before, after, scopes[i // 2]):
+            out += checks.differs(OPS_PATH, live_key(keys, gid), sorted(_bits(raw)),
+                                  sorted(live[gid]), **who)
+        i += 2
+    return out
+
+
+def _member_groups(deps: checks.Deps, user_id: int) -> list[int]:
+    return sorted(checks.sql(deps, store.member_group_ids, user_id))
+
+
+def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
+    """The user's groups set, read state in each group and each group's live bitmap."""
+    groups = _member_groups(deps, user_id)
+    return _check(deps, [(user_id, g) for g in groups], [user_id], groups, user_id=user_id)
+
+
+def check_group(deps: checks.Deps, group_id: int) -> list[checks.Difference]:
+    """A group's live bitmap and every member's read state in it."""
+    members = checks.sql(deps, rebuild_store.group_member_ids, group_id)
+    return _check(deps, [(u, group_id) for u in members], [], [group_id], group_id=group_id)
+
+
+def _states(deps: checks.Deps) -> ReadStates:
+    return ReadStates(deps.cache, deps.filler, deps.db)
+
+
+def rebuild(deps: checks.Deps, user_id: int) -> None:
+    fill_groups(deps.filler, user_id,
+                lambda: checks.sql(deps, store.member_group_ids, user_id), refresh=True)
+    states = _states(deps)
+    for gid in _member_groups(deps, user_id):
+        states.fill_state(user_id, gid, refresh=True)
+        states.fill_live(gid, refresh=True)
+
+
+def rebuild_group(deps: checks.Deps, group_id: int) -> None:
+    states = _states(deps)
+    states.fill_live(group_id, refresh=True)
+    for uid in checks.sql(deps, rebuild_store.group_member_ids, group_id):
+        states.fill_state(uid, group_id, refresh=True)
+
+
+def warm(deps: checks.Deps, user_id: int) -> None:
+    _states(deps).all_unread(user_id)  # groups set, read states, live bitmaps
