@@ -10,7 +10,7 @@ populate-activity-feeds.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from service import activity_feed_ops as ops
 from service.auth import admin_required, login_required
 from service.errors import NotFound, ServiceUnavailable
-from service.fields import MAX_ID, Id, UtcDateTime
+from service.fields import MAX_ID, CappedList, Id, IsoDateTime, StrictBoolean, UtcDateTime
 from service.state import state
 from storage.activity_feed import ACTIVITY_TYPES, PageQuery
 
@@ -80,50 +80,6 @@ def present(item: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 # --- schemas -------------------------------------------------------------------------------
-
-
-class CappedList(fields.List):
-    """A list whose length is checked before its items are (a huge list fails fast)."""
-
-    def __init__(self, inner: fields.Field, cap: int, **kwargs: Any) -> None:
-        super().__init__(inner, **kwargs)
-        self.cap = cap
-
-    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
-        if isinstance(value, list) and not 1 <= len(value) <= self.cap:
-            raise ValidationError(f"Give between 1 and {self.cap} ids.")
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
-class StrictBoolean(fields.Boolean):
-    """JSON ``true``/``false`` only (no 1, "yes"...)."""
-
-    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
-        if not isinstance(value, bool):
-            raise ValidationError("Not a valid boolean.")
-        return value
-
-
-class IsoDateTime(fields.Field):
-    """An ISO 8601 date or datetime (naive = UTC). A bare date as an end bound means the
-    end of that day."""
-
-    def __init__(self, end_of_day: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.end_of_day = end_of_day
-
-    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
-        if not isinstance(value, str) or len(value) > 40:
-            raise ValidationError("Not a valid ISO 8601 date or datetime.")
-        try:
-            if len(value) == 10:
-                day = date.fromisoformat(value)
-                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-                return start + timedelta(days=1, microseconds=-1) if self.end_of_day else start
-            moment = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise ValidationError("Not a valid ISO 8601 date or datetime.") from exc
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _small_json(value: Any) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
+from marshmallow import ValidationError as FieldError
 from marshmallow import fields, validate
 from werkzeug.routing import BaseConverter, ValidationError
 
@@ -46,3 +48,47 @@ def isoformat(value: datetime | None) -> str | None:
 class UtcDateTime(fields.DateTime):
     def _serialize(self, value, attr, obj, **kwargs):  # type: ignore[override]
         return isoformat(value)
+
+
+class CappedList(fields.List):
+    """A list whose length is checked before its items are (a huge list fails fast)."""
+
+    def __init__(self, inner: fields.Field, cap: int, **kwargs: Any) -> None:
+        super().__init__(inner, **kwargs)
+        self.cap = cap
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
+        if isinstance(value, list) and not 1 <= len(value) <= self.cap:
+            raise FieldError(f"Give between 1 and {self.cap} ids.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only (no 1, "yes"...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
+        if not isinstance(value, bool):
+            raise FieldError("Not a valid boolean.")
+        return value
+
+
+class IsoDateTime(fields.Field):
+    """An ISO 8601 date or datetime (naive = UTC). A bare date as an end bound means the
+    end of that day."""
+
+    def __init__(self, end_of_day: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.end_of_day = end_of_day
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[override]
+        if not isinstance(value, str) or len(value) > 40:
+            raise FieldError("Not a valid ISO 8601 date or datetime.")
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                return start + timedelta(days=1, microseconds=-1) if self.end_of_day else start
+            moment = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise FieldError("Not a valid ISO 8601 date or datetime.") from exc
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
