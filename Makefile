@@ -11,13 +11,17 @@ PYTEST_ARGS ?=
 # flask, gunicorn and honcho from the venv for every child process.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint migrate bench venv stop-embedded
+.PHONY: run test test-fast lint migrate bench venv stop-embedded
 
 run: $(STAMP)
 	$(BIN)/python scripts/run
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The unit tier: no servers, seconds.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

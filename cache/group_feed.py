@@ -27,7 +27,7 @@ Writes are ops of a committed ``Change`` (absolute, so replays are harmless):
 Fills: ``rs`` from ``feed_item_views`` (W = 0, one bit per viewed position), ``live`` from
 ``feed_items``. Every path answers from Postgres alone when Redis is unavailable.
 
-Measured (Redis 7.0, ``MEMORY USAGE``; tests/test_group_feed_cache.py): at 1,000 items with
+Measured (Redis 7.0, ``MEMORY USAGE``; tests/integration/group_feed/test_group_feed_cache.py): at 1,000 items with
 10% viewed, 232 bytes for ``rs`` + 72 for its version copy per (user, group); 80 bytes after
 a mark-all; 232 bytes per group for ``live``. Alternatives measured at the same size: a
 second bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits

@@ -3,7 +3,7 @@
 Every key is ``<prefix>{<tag>}:<name>``. The hash tag ``{u:42}`` (one user) or ``{g:7}``
 (one group) puts every key an operation touches in one Redis Cluster slot, so multi-key
 scripts and pipelines stay legal on a cluster. A key format is permanent once data
-exists: ``tests/test_cache_keys.py`` pins the formats.
+exists: ``tests/unit/test_cache_keys.py`` pins the formats.
 """
 
 from __future__ import annotations

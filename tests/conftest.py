@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -23,25 +21,14 @@ from sqlalchemy.engine import make_url
 
 from cache.client import connect
 from service import create_app
-from service.auth import make_token
 from service.settings import Settings
+from tests.support import ROOT as PROJECT_ROOT
+from tests.support.auth import JWT_SECRET, bearer  # noqa: F401 - fixtures use them
+from tests.support.servers import server_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 sys.path.insert(0, str(ROOT / "scripts"))  # `import embedded`: scripts/embedded.py, a dev tool
 
-JWT_SECRET = "test-secret-" + "x" * 20
-
-
-def server_dir(prefix: str) -> Path:
-    """A fresh directory for an embedded server's data, outside pytest's basetemp.
-
-    Any pytest run (a test's subprocess, another session) resets ``/tmp/pytest-of-<user>``
-    to mode 0700; as root, Postgres runs as its own system user and would then lose its
-    data directory under our feet. A short path also keeps the Redis socket under 107 bytes.
-    """
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -146,10 +133,6 @@ def client(app):
 @pytest.fixture
 def state(app):
     return app.extensions["hc"]
-
-
-def bearer(user_id: int, admin: bool = False, ttl: int = 3600) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token(JWT_SECRET, user_id, admin, ttl)}"}
 
 
 @pytest.fixture

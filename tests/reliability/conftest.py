@@ -33,8 +33,7 @@ from sqlalchemy.engine import make_url
 
 from service import create_app
 from service.settings import Settings
-from tests.conftest import JWT_SECRET
-from tests.reliability.servers import (
+from tests.support.fault_servers import (
     FaultyRedis,
     PostgresProcess,
     RedisCluster3,
@@ -129,22 +128,6 @@ class CheckingClient(FlaskClient):
         if code >= 400 and not response.is_json:
             self.violations.append(f"non-JSON {code} on {where}")
         return response
-
-
-def reliability_settings(database_url: str, redis_url: str, **changes) -> Settings:
-    """Settings for an app on the servers a test owns (breaker tuned to recover fast)."""
-    base = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        key_prefix=f"r{uuid.uuid4().hex[:8]}:",
-        queue_prefix=f"r{uuid.uuid4().hex[:8]}:",
-        jwt_secret=JWT_SECRET,
-        db_pool_size=10,
-        breaker_cooldown=0.5,
-        log_level="WARNING",
-        rate_limit_anonymous=0, rate_limit_user=0, rate_limit_fanout=0,
-    )
-    return base.replace(**changes)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Races of the cache core, proven end to end through the HTTP endpoints of every read path
-(the mechanisms alone are in tests/test_cache_core.py).
+(the mechanisms alone are in tests/integration/platform/test_cache_core.py).
 
 3. Crash between commit and cache update: a process dies (``os._exit``) right after its
    Postgres commit; the scheduler's outbox relay repairs the cache within its stated
@@ -29,13 +29,14 @@ from sqlalchemy import text
 from cache import stats
 from cache.outbox import OUTBOX_MIN_AGE
 from storage.db import DB_QUERIES
-from tests.conftest import bearer
-from tests.reliability.conftest import reliability_settings
 from tests.reliability.crash_write import CRASHED
-from tests.reliability.test_cluster import counter_total
 from tests.reliability.workload import kinds_for, normalized, read_paths, snapshot
+from tests.support import ROOT as PROJECT_ROOT
+from tests.support.auth import bearer
+from tests.support.metrics import counter_total
+from tests.support.reliability import reliability_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT_ROOT
 USERS = [4001, 4002]
 PER_USER = 5
 RELAY_INTERVAL = 1

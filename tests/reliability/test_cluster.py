@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import redis
@@ -27,23 +26,14 @@ from cache.fill import Filler, read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.outbox import Applier
 from cache.versioned import Change
-from tests.reliability.conftest import reliability_settings
 from tests.reliability.workload import kinds_for, read_paths, snapshot
+from tests.support import ROOT as PROJECT_ROOT
+from tests.support.metrics import counter_total
+from tests.support.reliability import reliability_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT_ROOT
 USERS = [2001, 2002, 2003]
 PER_USER = 4
-
-
-def counter_total(counter, outcome: str | None = None) -> float:
-    total = 0.0
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and (
-                outcome is None or sample.labels.get("outcome") == outcome
-            ):
-                total += sample.value
-    return total
 
 
 def test_core_scripts_and_pipelines_on_cluster(redis_cluster):
@@ -192,11 +182,11 @@ def assert_user_keys_in_one_slot(app) -> None:
 
 # The read paths' own API test modules, run again with the cluster as the cache Redis.
 READ_PATH_MODULES = (
-    "tests/test_group_feed.py",
-    "tests/test_activity_feed.py",
-    "tests/test_community_feed.py",
-    "tests/test_ranked_feed.py",
-    "tests/test_reels_api.py",
+    "tests/integration/group_feed/test_group_feed.py",
+    "tests/integration/activity_feed/test_activity_feed.py",
+    "tests/integration/community_feed/test_community_feed.py",
+    "tests/integration/ranked_feed/test_ranked_feed.py",
+    "tests/integration/recent_reels/test_reels_api.py",
 )
 
 

@@ -25,7 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import bearer
+from tests.support.auth import bearer
 
 MAX_EXAMPLES = 6  # per operation as an admin (reaches every handler)
 ANON_EXAMPLES = 1  # per operation anonymously (mostly the 401 path)

@@ -25,8 +25,8 @@ import requests
 from sqlalchemy import text
 
 from service import create_app
-from tests.conftest import JWT_SECRET, bearer
-from tests.servers import web
+from tests.support.auth import JWT_SECRET, bearer
+from tests.support.servers import web
 
 OWNER, MEMBER, STRANGER = 501, 502, 777
 ADMIN = bearer(1, admin=True)
@@ -508,7 +508,7 @@ def test_the_shipped_proxy_answers_server_refusals_in_json(settings, tmp_path):
     """Bad framing and over-long heads through ops/nginx/hybrid-cache.conf in front of the
     Procfile's web: the contract's JSON error (granian alone answers them with an empty
     body); what passes the proxy still gets the app's JSON and its answers."""
-    from tests.reliability.servers import nginx_in_front
+    from tests.support.fault_servers import nginx_in_front
 
     with web(_web_env(settings, tmp_path), tmp_path / "web.log") as upstream, \
             nginx_in_front(upstream, tmp_path / "nginx") as base:

@@ -15,10 +15,10 @@ import time
 
 from rq import Queue
 
-from tests.conftest import bearer
-from tests.reliability.conftest import reliability_settings
-from tests.reliability.servers import FaultyRedis
 from tests.reliability.workload import Writers, kinds_for, read_paths, snapshot
+from tests.support.auth import bearer
+from tests.support.fault_servers import FaultyRedis
+from tests.support.reliability import reliability_settings
 
 WRITERS = READERS = 3
 USERS = [5001 + n for n in range(WRITERS * 4)]  # a writer moves on after PER_USER writes
@@ -48,7 +48,7 @@ def run(make_app, database_url, cache_redis, queue_redis, recorder) -> None:
     jobs = Queue(f"{cached.extensions['hc'].settings.queue_prefix}pressure",
                  connection=cached.extensions["hc"].queue_redis)
     for n in range(JOBS):
-        jobs.enqueue("tests.job_fixtures.record", "redis://unused", f"k{n}", 0.0)
+        jobs.enqueue("tests.support.job_fixtures.record", "redis://unused", f"k{n}", 0.0)
 
     prefix = cached.extensions["hc"].settings.key_prefix
     for user in USERS[:READERS]:

@@ -9,7 +9,7 @@ import pytest
 from cache.keys import Keyspace
 from cache.rate_limits import Limit, RateCounters
 from service import create_app
-from tests.conftest import bearer
+from tests.support.auth import bearer
 
 FEED = "/community/feed?feed_type=recent"
 MID_WINDOW = 1_800_000_020.0  # 20 s after a 60 s window starts

@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import text
 
 from cache import stats
-from tests.conftest import bearer
-from tests.reliability.conftest import reliability_settings
-from tests.reliability.test_cluster import counter_total
 from tests.reliability.workload import kinds_for, normalized, read_paths, snapshot
+from tests.support.auth import bearer
+from tests.support.metrics import counter_total
+from tests.support.reliability import reliability_settings
 
 USERS = [3001, 3002]
 PER_USER = 6
@@ -110,7 +110,7 @@ def test_no_stale_read_after_write_restart_or_flushall(make_app, database_url, f
     "documented for REDIS_URL) and after a FLUSHALL."))
 def test_no_stale_read_after_restore_from_old_snapshot(make_app, database_url, tmp_path,
                                                        redis_url):
-    from tests.reliability.servers import FaultyRedis
+    from tests.support.fault_servers import FaultyRedis
 
     server = FaultyRedis(tmp_path, "--dbfilename", "dump.rdb").start()
     try:

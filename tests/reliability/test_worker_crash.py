@@ -20,10 +20,11 @@ from pathlib import Path
 from rq.registry import StartedJobRegistry
 from sqlalchemy import text
 
-from tests.conftest import bearer
-from tests.reliability.conftest import reliability_settings
+from tests.support import ROOT as PROJECT_ROOT
+from tests.support.auth import bearer
+from tests.support.reliability import reliability_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT_ROOT
 USERS = list(range(10_001, 11_201))
 TITLE = "reminder: fast starts at dawn"
 

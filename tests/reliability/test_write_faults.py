@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import pytest
 
-from tests.reliability.conftest import reliability_settings
 from tests.reliability.workload import Outcome, Writers, kinds_for
+from tests.support.reliability import reliability_settings
 
 WRITERS = 6
 USERS_PER_WRITER = 4  # a writer moves to its next user after PER_USER writes of each kind

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
-from tests.conftest import bearer
+from tests.support.auth import bearer
 
 ADMIN = bearer(1, admin=True)
 

@@ -1,0 +1,223 @@
+"""Invalidation of the personalized feed's cache: every kind of change by a viewer shows in
+their next page (no stale page), while an unchanged viewer keeps hitting the page cache;
+deleted posts, blocked authors and muted collectives never come out of a cached page; a
+lost version copy is reloaded from Postgres, never restarted."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+
+from cache import ranked_feed as rf
+from cache.keys import Scope
+from service import ranked_feed
+from tests.support.ranked_feed_data import FROZEN_NOW, generate, oracle_order, set_preferences
+
+
+def counter(outcome: str, path: str = rf.PATH) -> float:
+    return REGISTRY.get_sample_value(
+        "cache_events_total", {"path": path, "outcome": outcome}) or 0.0
+
+
+def page(client, headers, **params) -> list[tuple[int, float]]:
+    query = "&".join(f"{k}={v}" for k, v in {"page_size": 50, **params}.items())
+    r = client.get(f"/api/posts/?{query}", headers=headers)
+    assert r.status_code == 200, r.get_json()
+    return [(p["id"], p["score"]) for p in r.get_json()["results"]]
+
+
+def expected_first_page(state, viewer: int) -> list[int]:
+    return [pid for pid, _ in oracle_order(state, viewer)[:50]]
+
+
+def _world(state, monkeypatch):
+    monkeypatch.setattr(ranked_feed, "now", lambda: FROZEN_NOW)
+    return generate(state, n_users=30, n_posts=150, n_collectives=5, seed=11)
+
+
+def test_each_change_shows_next_page_and_bystander_keeps_hitting(
+        client, auth, state, monkeypatch):
+    world = _world(state, monkeypatch)
+    viewer, bystander = world.users[0], world.users[-1]
+    with state.db.session() as s:  # the bystander shares nothing with the changes below
+        s.execute(text("DELETE FROM fellows WHERE user_id = :b OR fellow_id = :b"),
+                  {"b": bystander})
+        s.commit()
+        # Target: a post on the viewer's first page, in a collective, by someone else.
+        first_ids = [pid for pid, _ in oracle_order(state, viewer)[:50]]
+        rows = s.execute(text(
+            "SELECT id, author_id, collective_id FROM posts WHERE id = ANY(:ids)"),
+            {"ids": first_ids}).all()
+        by_id = {r.id: r for r in rows}
+        target = next(by_id[i] for i in first_ids if by_id[i].collective_id is not None
+                      and by_id[i].author_id not in (viewer, bystander))
+        other = next(by_id[i].author_id for i in first_ids
+                     if by_id[i].author_id not in (viewer, bystander, target.author_id)
+                     and by_id[i].collective_id != target.collective_id)
+        # Start from "no relation" so every change below really changes something.
+        for table in ("post_likes", "post_praises", "post_trophies"):
+            s.execute(text(f"DELETE FROM {table} WHERE user_id = :v AND post_id = :p"),
+                      {"v": viewer, "p": target.id})
+        s.execute(text("DELETE FROM fellows WHERE (user_id = :v AND fellow_id = :a) "
+                       "OR (user_id = :a AND fellow_id = :v)"),
+                  {"v": viewer, "a": target.author_id})
+        s.execute(text("UPDATE posts p SET "
+                       "like_count = (SELECT count(*) FROM post_likes x WHERE x.post_id = p.id),"
+                       "praise_count = (SELECT count(*) FROM post_praises x "
+                       "WHERE x.post_id = p.id),"
+                       "trophy_count = (SELECT count(*) FROM post_trophies x "
+                       "WHERE x.post_id = p.id)"))
+        s.commit()
+        # A post type outside the viewer's top 3: preferring it changes scores.
+        used = dict(s.execute(text(
+            "SELECT p.post_type, count(*) FROM (SELECT post_id FROM post_likes WHERE "
+            "user_id = :v UNION ALL SELECT post_id FROM post_praises WHERE user_id = :v "
+            "UNION ALL SELECT post_id FROM post_trophies WHERE user_id = :v) f "
+            "JOIN posts p ON p.id = f.post_id GROUP BY 1"), {"v": viewer}).all())
+    top3 = sorted(used, key=lambda t: (-used[t], t))[:3]
+    least = next(t for t in ("post", "prayer", "testimony", "question") if t not in top3)
+    fellow_of_target = target.author_id
+    h = auth(viewer)
+    changes = [
+        ("heart", lambda: client.post(f"/api/posts/{target.id}/heart/", headers=h)),
+        ("unheart", lambda: client.delete(f"/api/posts/{target.id}/heart/", headers=h)),
+        # A community like is the same fact as a heart: it must refresh the page too.
+        ("like", lambda: client.post(f"/community/posts/{target.id}/like", headers=h)),
+        ("unlike", lambda: client.delete(f"/community/posts/{target.id}/like", headers=h)),
+        ("praise", lambda: client.post(f"/api/posts/{target.id}/praise/", headers=h)),
+        ("trophy", lambda: client.post(f"/api/posts/{target.id}/trophy/", headers=h)),
+        ("fellow", lambda: client.post(f"/api/fellows/{fellow_of_target}/", headers=h)),
+        ("unfellow", lambda: client.delete(f"/api/fellows/{fellow_of_target}/", headers=h)),
+        # The viewer is in the target's collective (they see the target): leave, rejoin.
+        ("leave", lambda: client.delete(
+            f"/api/collectives/{target.collective_id}/join/", headers=h)),
+        ("join", lambda: client.post(
+            f"/api/collectives/{target.collective_id}/join/", headers=h)),
+        ("prefer", lambda: client.put("/api/user/preferences/", headers=h,
+                                      json={"preferred_post_types": [least]})),
+        ("mute", lambda: client.put("/api/user/preferences/", headers=h,
+                                    json={"muted_collectives": [target.collective_id]})),
+        ("block", lambda: client.put("/api/user/preferences/", headers=h,
+                                     json={"blocked_users": [other]})),
+    ]
+    bystander_first = page(client, auth(bystander))
+    for name, change in changes:
+        before = page(client, h)
+        hits = counter("hit")
+        assert page(client, h) == before, name  # unchanged: served from the page cache
+        assert counter("hit") == hits + 1, name
+        r = change()
+        assert r.status_code == 200, (name, r.get_json())
+        misses = counter("miss")
+        after = page(client, h)
+        assert counter("miss") == misses + 1, name  # a new version: recomputed
+        assert [pid for pid, _ in after] == expected_first_page(state, viewer), name
+        assert after != before, name
+        hits = counter("hit")
+        assert page(client, auth(bystander)) == bystander_first, name
+        assert counter("hit") == hits + 1, name  # the bystander's page stays cached
+
+
+def test_fellow_change_refreshes_both_sides(client, auth, state, monkeypatch):
+    world = _world(state, monkeypatch)
+    a, b = world.users[3], world.users[4]
+    client.delete(f"/api/fellows/{b}/", headers=auth(a))
+    page(client, auth(a)), page(client, auth(b))
+    assert client.post(f"/api/fellows/{b}/", headers=auth(a)).get_json() == {"fellow": True}
+    for user in (a, b):
+        misses = counter("miss")
+        assert [pid for pid, _ in page(client, auth(user))] == expected_first_page(state, user)
+        assert counter("miss") == misses + 1
+
+
+def test_deleted_blocked_muted_never_come_from_a_cached_page(client, auth, state, monkeypatch):
+    world = _world(state, monkeypatch)
+    viewer = world.users[1]
+    cached = page(client, auth(viewer))
+    deleted, blocked_post, muted_post = (pid for pid, _ in cached[:3])
+    with state.db.session() as s:
+        s.execute(text("UPDATE posts SET deleted_at = now() WHERE id = :p"), {"p": deleted})
+        blocked_author, = s.execute(text("SELECT author_id FROM posts WHERE id = :p"),
+                                    {"p": blocked_post}).one()
+        s.execute(text("UPDATE posts SET collective_id = :c WHERE id = :p"),
+                  {"c": world.collectives[0], "p": muted_post})
+        s.commit()
+    # Preferences written behind the cache's back (as if the version bump's apply were
+    # still pending): the cached page must still filter them.
+    set_preferences(state, viewer, muted=[world.collectives[0]], blocked=[blocked_author])
+    hits = counter("hit")
+    served = page(client, auth(viewer))
+    assert counter("hit") == hits + 1
+    ids = {pid for pid, _ in served}
+    assert deleted not in ids and blocked_post not in ids and muted_post not in ids
+    with state.db.session() as s:
+        rows = s.execute(text(
+            "SELECT author_id, collective_id FROM posts WHERE id = ANY(:ids)"),
+            {"ids": list(ids)}).all()
+    assert all(a != blocked_author and c != world.collectives[0] for a, c in rows)
+
+
+def test_invalidate_cache_forces_a_fresh_page(client, auth, state, monkeypatch):
+    world = _world(state, monkeypatch)
+    viewer = world.users[2]
+    first = page(client, auth(viewer))
+    with state.db.session() as s:  # someone else's new post: not a change of the viewer's
+        new_id = s.execute(text(
+            "INSERT INTO posts (author_id, title, created_at) VALUES (:a, 'fresh', :t) "
+            "RETURNING id"), {"a": world.users[5], "t": FROZEN_NOW}).scalar_one()
+        s.commit()
+    assert page(client, auth(viewer)) == first  # cached for up to PAGE_CACHE_TTL
+    fresh = page(client, auth(viewer), invalidate_cache="true")
+    assert new_id in {pid for pid, _ in fresh}
+    assert [pid for pid, _ in fresh] == expected_first_page(state, viewer)
+    hits = counter("hit")
+    assert page(client, auth(viewer)) == fresh  # the forced page replaced the cached one
+    assert counter("hit") == hits + 1
+
+
+def test_lost_version_copy_is_reloaded_not_restarted(client, auth, state, monkeypatch):
+    world = _world(state, monkeypatch)
+    viewer = world.users[6]
+    stale = page(client, auth(viewer))
+    with state.db.session() as s:
+        target = s.execute(text(
+            "SELECT id FROM posts WHERE deleted_at IS NULL AND author_id <> :v "
+            "AND (collective_id IS NULL OR collective_id IN (SELECT collective_id FROM "
+            "collective_members WHERE user_id = :v)) "
+            "ORDER BY created_at LIMIT 1"), {"v": viewer}).scalar_one()
+    assert client.post(f"/api/posts/{target}/trophy/", headers=auth(viewer)).status_code == 200
+    # Redis loses the version copy (e.g. eviction or restart) but an old page survives.
+    state.cache.redis.delete(state.cache.keys.version(rf.scope(viewer)))
+    after = page(client, auth(viewer))
+    assert after != stale
+    assert [pid for pid, _ in after] == expected_first_page(state, viewer)
+
+
+def test_inputs_are_cached_across_page_expiry(client, auth, state, monkeypatch):
+    world = _world(state, monkeypatch)
+    viewer = world.users[7]
+    first = page(client, auth(viewer))
+    version = state.filler.version(rf.PATH, rf.scope(viewer))
+    keys = state.cache.keys
+    assert 0 < state.cache.redis.ttl(rf.rank_key(keys, viewer, version, 0)) <= 300
+    assert 0 < state.cache.redis.ttl(rf.input_key(keys, viewer, "fellows", version)) <= 300
+    assert 300 < state.cache.redis.ttl(rf.input_key(keys, viewer, "stats", version)) <= 600
+    state.cache.redis.delete(rf.rank_key(keys, viewer, version, 0))  # the page expires
+    hits = counter("hit", rf.INPUTS_PATH)
+    assert page(client, auth(viewer)) == first
+    assert counter("hit", rf.INPUTS_PATH) == hits + 3
+
+
+def test_filler_publishes_with_the_given_ttl(state):
+    """Core: ``Filler.fill(ttl=...)`` sets the published keys' TTL (default idle TTL)."""
+    scope = Scope("u:77", "ttltest")
+    key = state.cache.keys.key("u:77", "ttltest")
+
+    def stage(pipe, temps, data):
+        pipe.set(temps[key], data)
+
+    state.filler.fill("test", scope, [key], lambda: "x", stage, ttl=42)
+    assert 0 < state.cache.redis.ttl(key) <= 42
+    state.filler.fill("test", scope, [key], lambda: "y", stage)
+    assert state.cache.redis.ttl(key) > 42
+    assert state.cache.redis.get(key) == b"y"
