@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from cache import stats
 from cache.client import Cache
 from cache.versioned import Change, Scripts, queue_apply
+
+if TYPE_CHECKING:
+    from cache.live_events import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +21,9 @@ class Applier:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
         self.scripts = Scripts(cache.redis)
+        # Live events (cache/live_events.py), set by the bootstrap: reads queued around the
+        # apply in the same pipeline, events appended after it.
+        self.publisher: Publisher | None = None
 
     def apply(self, changes: Iterable[Change], by: str = "request") -> None:
         """Apply ``changes`` in one pipelined round trip.
@@ -29,14 +36,21 @@ class Applier:
         if not changes:
             return
 
-        def run(r) -> None:
+        publisher = self.publisher
+
+        def run(r):
             pipe = r.pipeline(transaction=False)
+            plan = publisher.plan(pipe, changes) if publisher is not None else None
             for change in changes:
                 queue_apply(pipe, self.scripts, self.cache.keys, change, self.cache.idle_ttl)
-            pipe.execute()
+            if plan is not None:
+                plan.queue_after(pipe)
+            return plan, pipe.execute()
 
         if by == "relay":
-            self.cache.run_unguarded("outbox", run)
+            plan, replies = self.cache.run_unguarded("outbox", run)
         else:
-            self.cache.run("outbox", run)
+            plan, replies = self.cache.run("outbox", run)
         stats.OUTBOX_APPLIED.labels(by).inc(len(changes))
+        if plan is not None and publisher is not None:
+            publisher.publish(plan, replies)

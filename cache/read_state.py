@@ -347,6 +347,12 @@ class ReadStates:
                     session, user_id, store.member_group_ids(session, user_id)
                 )
 
+    def counts_from_raw(self, user_id: int, raw: dict[int, tuple[bytes | None, bytes | None]]
+                        ) -> dict[int, int]:
+        """Unread counts from (rs, live) strings fetched by the caller (live events read
+        them in the pipeline that applies a change), filling the missing ones."""
+        return self._counts(user_id, raw)
+
     def _counts(self, user_id: int, raw: dict[int, tuple[bytes | None, bytes | None]]
                 ) -> dict[int, int]:
         """Unread counts from fetched (rs, live) strings, filling the missing ones."""
