@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from cache import live_events
@@ -264,31 +266,34 @@ class Hub:
                 if now - conn.touched > live_events.STREAM_TTL / 4:
                     conn.touched = now
                     stale.add(conn.user_id)
-            if stale and self.redis_up:
-                try:
+            try:
+                await self.redis.ping()
+                if stale:
                     await live_events.touch(self.redis, self.keys, stale)
-                except (RedisError, OSError) as exc:
-                    self._redis_failed(exc, "touch")
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc, "ping")
 
     # Opening a stream.
 
-    async def open(self, conn: Connection, last_id: str | None) -> None:
-        """Queue the first messages: the replay (or ``reset``), or the resume point."""
+    async def open(self, conn: Connection, last_id: str | None) -> bytes:
+        """The first messages of a stream: the replay (or ``reset``), or the resume point.
+        The caller writes them, then marks the connection ready (``ready``)."""
         if last_id:
             missed = await live_events.replay(self.redis, self.keys, conn.user_id, last_id)
             if not missed.reset:
                 conn.last_id = last_id
+                out = []
                 for event in missed.events:
-                    conn.send(encode(event))
+                    out.append(encode(event))
                     conn.last_id = event.id
-                conn.ready = True
-                self.mark([conn])  # entries appended while we replayed
-                return
+                return b"".join(out)
         top = await live_events.resume_point(self.redis, self.keys, conn.user_id)
         conn.last_id = top
-        conn.send(reset_message(top) if last_id else b"id: %s\n\n" % top.encode())
+        return reset_message(top) if last_id else b"id: %s\n\n" % top.encode()
+
+    def ready(self, conn: Connection) -> None:
         conn.ready = True
-        self.mark([conn])
+        self.mark([conn])  # entries appended since the first messages were read
 
 
 def _json_error(status: int, message: str, code: str, headers: dict[str, str] | None = None
@@ -337,7 +342,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     hub.add(conn)
     try:
         try:
-            await hub.open(conn, last_id)
+            first = await hub.open(conn, last_id)
         except (RedisError, OSError):
             return _json_error(503, "Live updates are unavailable", "stream_unavailable",
                                {**cors, "Retry-After": "2"})
@@ -347,7 +352,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         })
         await response.prepare(request)
         conn.transport = request.transport
-        await response.write(b"retry: %d\n\n" % RETRY_MS)
+        await response.write(b"retry: %d\n\n" % RETRY_MS + first)
+        hub.ready(conn)
         timeout = hub.settings.stream_write_timeout
         while True:
             data = await conn.queue.get()
@@ -375,8 +381,11 @@ def make_app(settings: Settings) -> web.Application:
     app[ORIGINS_KEY] = allowed_origins(settings)
 
     async def lifecycle(app: web.Application):
+        # No silent retries: an outage must surface, so that every connection catches up
+        # (Pub/Sub messages published while the subscription was away are lost).
         aredis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
-                                         socket_timeout=None, health_check_interval=0)
+                                         socket_timeout=None, health_check_interval=0,
+                                         retry=Retry(NoBackoff(), 0))
         hub = Hub(settings, aredis, Keyspace(settings.key_prefix))
         app[HUB_KEY] = hub
         hub.start()
