@@ -27,11 +27,12 @@ Writes are ops of a committed ``Change`` (absolute, so replays are harmless):
 Fills: ``rs`` from ``feed_item_views`` (W = 0, one bit per viewed position), ``live`` from
 ``feed_items``. Every path answers from Postgres alone when Redis is unavailable.
 
-Measured (Redis 7.0, ``MEMORY USAGE``; tests/integration/group_feed/test_group_feed_cache.py): at 1,000 items with
-10% viewed, 232 bytes for ``rs`` + 72 for its version copy per (user, group); 80 bytes after
-a mark-all; 232 bytes per group for ``live``. Alternatives measured at the same size: a
-second bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits
-(392 bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 1
+Measured (Redis 7.0, ``MEMORY USAGE``;
+``tests/integration/group_feed/test_group_feed_cache.py``): at 1,000 items with 10% viewed,
+232 bytes for ``rs`` + 72 for its version copy per (user, group); 80 bytes after a
+mark-all; 232 bytes per group for ``live``. Alternatives measured at the same size: a second
+bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits (392
+bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 1
 (MULTI/EXEC in the user's slot), one group's unread count 1, all groups 2.
 """
 
@@ -416,6 +417,12 @@ class ReadStates:
                 return store.unread_counts(
                     session, user_id, store.member_group_ids(session, user_id)
                 )
+
+    def counts_from_raw(self, user_id: int, raw: dict[int, tuple[bytes | None, bytes | None]]
+                        ) -> dict[int, int]:
+        """Unread counts from (rs, live) strings fetched by the caller (live events read
+        them in the pipeline that applies a change), filling the missing ones."""
+        return self._counts(user_id, raw)
 
     def _counts(self, user_id: int, raw: dict[int, tuple[bytes | None, bytes | None]]
                 ) -> dict[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from cache import stats
 from cache.client import Cache
@@ -17,12 +18,18 @@ from cache.versioned import Change, queue_apply
 from storage import cache_state
 from storage.db import Database
 
+if TYPE_CHECKING:
+    from cache.live_events import Publisher
+
 log = logging.getLogger(__name__)
 
 
 class Applier:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
+        # Live events (cache/live_events.py), set by the bootstrap: reads queued around the
+        # apply in the same pipeline, events appended after it.
+        self.publisher: Publisher | None = None
 
     def apply(self, changes: Iterable[Change], by: str = "request") -> None:
         """Apply ``changes`` in one pipelined round trip.
@@ -35,17 +42,24 @@ class Applier:
         if not changes:
             return
 
-        def run(r) -> None:
+        publisher = self.publisher
+
+        def run(r):
             pipe = r.pipeline(transaction=False)
+            plan = publisher.plan(pipe, changes) if publisher is not None else None
             for change in changes:
                 queue_apply(pipe, self.cache.keys, change, self.cache.idle_ttl)
-            pipe.execute()
+            if plan is not None:
+                plan.queue_after(pipe)
+            return plan, pipe.execute()
 
         if by == "relay":
-            self.cache.run_unguarded("outbox", run)
+            plan, replies = self.cache.run_unguarded("outbox", run)
         else:
-            self.cache.run("outbox", run)
+            plan, replies = self.cache.run("outbox", run)
         stats.OUTBOX_APPLIED.labels(by).inc(len(changes))
+        if plan is not None and publisher is not None:
+            publisher.publish(plan, replies)
 
 
 # Rows younger than this belong to requests that are still applying them.

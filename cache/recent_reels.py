@@ -24,7 +24,8 @@ the answer comes from Postgres, identical by construction (same order, see
 
 Measured on Redis 7.0, one user's full list (50 reels + sentinel): ``OBJECT ENCODING``
 listpack; ``MEMORY USAGE`` 968 bytes with ten-digit reel ids (712 with ids below 100,
-1,096 with thirteen digits). ``tests/integration/recent_reels/test_reels_cache.py`` measures it after 1,000 views.
+1,096 with thirteen digits). ``tests/integration/recent_reels/test_reels_cache.py``
+measures it after 1,000 views.
 """
 
 from __future__ import annotations

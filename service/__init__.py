@@ -26,6 +26,7 @@ SECTION_MODULES = (
     "service.ranked_feed",
     "service.profiles",
     "service.reels",
+    "service.live_updates",
 )
 
 
@@ -104,5 +105,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api.register_blueprint(module.bp)
     metrics.init_app(app)
     warming.init_app(app)
+    importlib.import_module("service.live_updates").init_app(app)
     cli.init_app(app)
     return app

@@ -14,6 +14,7 @@ from cache.breaker import Breaker
 from cache.client import Cache, connect
 from cache.fill import Filler
 from cache.keys import Keyspace
+from cache.live_events import Publisher
 from cache.outbox import Applier, relay_outbox
 from service.settings import Settings
 from service.uow import UnitOfWork
@@ -84,6 +85,7 @@ def bootstrap(settings: Settings) -> AppState:
         ),
     )
     state.filler = Filler(cache, state.load_version)
+    applier.publisher = Publisher(cache, state.filler, db)
 
     def recover() -> None:
         # Redis answers again: apply what the outage left in the outbox before trusting it.

@@ -198,6 +198,13 @@ class Settings:
     rate_limit_window: int = 60  # seconds
     rate_limit_sync_interval: float = 0.5  # seconds between a process's counter syncs
     trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For gives the client address
+    # Live updates (API section 6, service/stream_server.py).
+    stream_port: int = 8001  # the Procfile's `stream` process listens here
+    stream_public_url: str = ""  # the stream's URL for browsers; "" = 127.0.0.1:STREAM_PORT
+    stream_heartbeat: float = 15.0  # seconds between `: ping` comments
+    stream_queue_max: int = 64  # messages waiting for one client before it is dropped
+    stream_write_timeout: float = 30.0  # seconds one write may block before the client is dropped
+    demo_pages: bool = False  # serve /demo/unread
     # Ops.
     log_level: str = "INFO"
     sentry_dsn: str = ""  # empty = no error tracking (service/error_tracking.py)
@@ -207,6 +214,11 @@ class Settings:
     @property
     def queue_redis_url(self) -> str:
         return self.rq_redis_url or self.redis_url
+
+    @property
+    def stream_url(self) -> str:
+        """Where browsers open the event stream (the demo page uses it)."""
+        return self.stream_public_url or f"http://127.0.0.1:{self.stream_port}/api/v1/stream"
 
     @property
     def cache_enabled(self) -> bool:
@@ -304,6 +316,12 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_SYNC_INTERVAL": ("rate_limit_sync_interval", float),
     "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
     "RANKING_LOG_SAMPLE": ("ranking_log_sample", float),
+    "STREAM_PORT": ("stream_port", int),
+    "STREAM_PUBLIC_URL": ("stream_public_url", str),
+    "STREAM_HEARTBEAT": ("stream_heartbeat", float),
+    "STREAM_QUEUE_MAX": ("stream_queue_max", int),
+    "STREAM_WRITE_TIMEOUT": ("stream_write_timeout", float),
+    "DEMO_PAGES": ("demo_pages", _bool),
     "LOG_LEVEL": ("log_level", str),
     "SENTRY_DSN": ("sentry_dsn", str),
     "SENTRY_ENVIRONMENT": ("sentry_environment", str),

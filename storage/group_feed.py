@@ -206,6 +206,16 @@ def member_group_ids(session: Session, user_id: int) -> list[int]:
     )
 
 
+def group_member_ids(session: Session, group_id: int) -> list[int]:
+    return list(
+        session.execute(
+            select(GroupMember.user_id)
+            .where(GroupMember.group_id == group_id)
+            .order_by(GroupMember.user_id)
+        ).scalars()
+    )
+
+
 def viewed_positions(session: Session, user_id: int, group_id: int) -> list[int]:
     """Positions of every item of the group the user viewed (deleted items included)."""
     return list(

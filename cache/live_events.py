@@ -1,0 +1,430 @@
+"""Live events (API section 6): one bounded Redis stream of events per user, and tickets.
+
+Key layout (prefix and hash tags as in ``cache/keys.py``; every command is one slot):
+
+``{u:<uid>}:live:ev``      STREAM  the user's events, newest last. Fields ``e`` (the event
+    name: ``unread``, ``activity``, ``reset``, or ``mark``, a resume point that carries no
+    event) and ``d`` (its JSON data). Trimmed at every append to about ``MAX_LEN`` entries
+    (``XADD MAXLEN ~``, which keeps at least ``MAX_LEN``).
+``{u:<uid>}:live:meta``    HASH    ``origin``: the id of the first entry of this incarnation
+    of the stream. Written (HSETNX) by the append that finds it missing: a new stream, or
+    one whose history Redis lost (restart, eviction).
+``{t:<ticket>}:live:ticket``  STRING  the user id a stream ticket was issued to; ``SET NX
+    EX 60`` at issue, ``GETDEL`` at use, so a ticket works once, for 60 s.
+channel ``<prefix>live:notify``  ``PUBLISH <uid>`` after each append; the stream process
+    reads the user's stream when told.
+
+Both keys expire ``STREAM_TTL`` after the last append; the stream process refreshes them
+while the user is connected. Appends go only to users whose ``meta`` exists, i.e. users who
+opened a stream within ``STREAM_TTL``: others read the REST endpoints when they connect.
+
+Replay (``Last-Event-ID: L``) is exact or refused: the entries after ``L`` are sent when
+``origin <= L`` (``L`` belongs to this incarnation), there are at most ``REPLAY_MAX`` of them
+and the oldest is at most ``REPLAY_SECONDS`` old; otherwise the client gets ``reset``. A
+trim that removed an entry after ``L`` leaves at least ``MAX_LEN = REPLAY_MAX + 1`` entries
+after ``L``, so it always shows as "too many".
+
+Events are appended by ``Publisher`` (wired into ``cache.outbox.Applier``): after a
+committed change is applied, in the same pipeline it reads the Redis state the REST
+endpoints read, so the counts it publishes equal their answers at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+
+from cache import activity_feed
+from cache import group_feed as gf_cache
+from cache.client import CACHE_ERRORS, NO_VALUE, Cache, CacheUnavailable
+from cache.fill import Filler
+from cache.keys import Keyspace, user_tag
+from cache.versioned import Change
+from storage import group_feed as group_store
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+REPLAY_MAX = 500  # events a Last-Event-ID may replay
+REPLAY_SECONDS = 600  # ...and how old the oldest of them may be
+MAX_LEN = REPLAY_MAX + 1
+STREAM_TTL = 3600  # seconds a user's stream outlives their last append or connection
+TICKET_TTL = 60
+TICKET_BYTES = 24
+
+UNREAD, ACTIVITY, RESET, MARK = "unread", "activity", "reset", "mark"
+
+PATH = "live_events"
+
+
+# --- key layout ---------------------------------------------------------------------------
+
+
+def events_key(keys: Keyspace, user_id: int) -> str:
+    return keys.key(user_tag(user_id), "live", "ev")
+
+
+def meta_key(keys: Keyspace, user_id: int) -> str:
+    return keys.key(user_tag(user_id), "live", "meta")
+
+
+def ticket_key(keys: Keyspace, ticket: str) -> str:
+    return keys.key(f"t:{ticket}", "live", "ticket")
+
+
+def channel(keys: Keyspace) -> str:
+    return f"{keys.prefix}live:notify"
+
+
+# --- stream ids ---------------------------------------------------------------------------
+
+
+def parse_id(raw: str | bytes) -> tuple[int, int] | None:
+    """``(ms, seq)`` of a stream id ``"<ms>-<seq>"``, or None if it is not one."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, sep, seq = text.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit() or len(ms) > 15 or len(seq) > 15:
+        return None
+    return int(ms), int(seq)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    name: str
+    data: bytes  # JSON
+
+    @classmethod
+    def from_entry(cls, entry: tuple[Any, dict[Any, Any]]) -> Event:
+        entry_id, fields = entry
+        name = fields.get(b"e", fields.get("e", b""))
+        data = fields.get(b"d", fields.get("d", b"{}"))
+        return cls(_text(entry_id), _text(name), data if isinstance(data, bytes)
+                   else str(data).encode())
+
+
+# --- tickets ------------------------------------------------------------------------------
+
+
+def issue_ticket(cache: Cache, user_id: int) -> str:
+    """A new single-use ticket for ``user_id``, valid ``TICKET_TTL`` s.
+
+    Raises ``CacheUnavailable`` if Redis is down (no ticket can be checked then either)."""
+    ticket = secrets.token_urlsafe(TICKET_BYTES)
+    key = ticket_key(cache.keys, ticket)
+    cache.run(PATH, lambda r: r.set(key, user_id, nx=True, ex=TICKET_TTL))
+    return ticket
+
+
+async def redeem_ticket(aredis: Any, keys: Keyspace, ticket: str) -> int | None:
+    """The user of ``ticket``, consuming it; None if unknown, used or expired.
+    Raises a Redis error if Redis is down."""
+    if not ticket or len(ticket) > 100:
+        return None
+    raw = await aredis.getdel(ticket_key(keys, ticket))
+    return None if raw is None else int(raw)
+
+
+# --- appending ----------------------------------------------------------------------------
+
+
+def append(client: Any, keys: Keyspace, events: Sequence[tuple[int, str, dict[str, Any]]]
+           ) -> list[str]:
+    """Append ``(user_id, name, data)`` events; returns their ids. One pipelined round trip
+    (two for users whose stream is new). Raises a Redis error if Redis fails."""
+    if not events:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for user_id, name, data in events:
+        queue_append(pipe, keys, user_id, name, data)
+    pipe.publish(channel(keys), ",".join(str(u) for u in dict.fromkeys(e[0] for e in events)))
+    replies = pipe.execute()
+    ids = [_text(replies[4 * i + 1]) for i in range(len(events))]
+    new = [(events[i][0], ids[i]) for i in range(len(events)) if not replies[4 * i]]
+    if new:
+        set_origins(client.pipeline(transaction=False), keys, new).execute()
+    return ids
+
+
+def queue_append(pipe: Any, keys: Keyspace, user_id: int, name: str, data: dict[str, Any]
+                 ) -> None:
+    """Queue the 4 commands of one append (replies: has-origin, id, 2 x expire)."""
+    ev, meta = events_key(keys, user_id), meta_key(keys, user_id)
+    pipe.hexists(meta, "origin")
+    pipe.xadd(ev, {"e": name, "d": orjson.dumps(data)}, maxlen=MAX_LEN, approximate=True)
+    pipe.expire(ev, STREAM_TTL)
+    pipe.expire(meta, STREAM_TTL)
+
+
+def set_origins(pipe: Any, keys: Keyspace, new: Iterable[tuple[int, str]]) -> Any:
+    for user_id, entry_id in new:
+        pipe.hsetnx(meta_key(keys, user_id), "origin", entry_id)
+        pipe.expire(meta_key(keys, user_id), STREAM_TTL)
+    return pipe
+
+
+# --- reading (the stream process, on redis.asyncio) ---------------------------------------
+
+
+@dataclass
+class Replay:
+    events: list[Event]
+    reset: bool
+
+
+def _older(a: str, b: str) -> bool:
+    pa, pb = parse_id(a), parse_id(b)
+    return pa is not None and pb is not None and pa < pb
+
+
+async def replay(aredis: Any, keys: Keyspace, user_id: int, last_id: str,
+                 now_ms: int | None = None) -> Replay:
+    """What the user missed after ``last_id`` (see the module docstring), or a reset."""
+    if parse_id(last_id) is None:
+        return Replay([], True)
+    pipe = aredis.pipeline(transaction=False)
+    pipe.hget(meta_key(keys, user_id), "origin")
+    pipe.xrange(events_key(keys, user_id), f"({last_id}", "+", count=MAX_LEN)
+    origin, entries = await pipe.execute()
+    if origin is None or _older(last_id, _text(origin)):
+        return Replay([], True)
+    events = [Event.from_entry(e) for e in entries]
+    if len(events) > REPLAY_MAX:
+        return Replay([], True)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if events and parse_id(events[0].id)[0] < now_ms - REPLAY_SECONDS * 1000:  # type: ignore[index]
+        return Replay([], True)
+    return Replay(events, False)
+
+
+async def fetch_after(aredis: Any, keys: Keyspace, cursors: Sequence[tuple[int, str]]
+                      ) -> list[list[Event] | None]:
+    """For each ``(user_id, last_id)``: the entries after ``last_id``, or None when there
+    are more than ``REPLAY_MAX`` (the client is too far behind: reset). One round trip."""
+    pipe = aredis.pipeline(transaction=False)
+    for user_id, last_id in cursors:
+        pipe.xrange(events_key(keys, user_id), f"({last_id}", "+", count=MAX_LEN)
+    out: list[list[Event] | None] = []
+    for entries in await pipe.execute():
+        out.append(None if len(entries) > REPLAY_MAX else [Event.from_entry(e) for e in entries])
+    return out
+
+
+async def resume_point(aredis: Any, keys: Keyspace, user_id: int) -> str:
+    """The id a new connection resumes from: the newest entry of the user's stream, after
+    appending a ``mark`` if the stream is new or its origin lost. Also refreshes the TTLs,
+    which makes the user's writes publish."""
+    ev, meta = events_key(keys, user_id), meta_key(keys, user_id)
+    pipe = aredis.pipeline(transaction=False)
+    pipe.hget(meta, "origin")
+    pipe.xrevrange(ev, "+", "-", count=1)
+    pipe.expire(ev, STREAM_TTL)
+    pipe.expire(meta, STREAM_TTL)
+    origin, top, _, _ = await pipe.execute()
+    if origin is not None and top:
+        return _text(top[0][0])
+    pipe = aredis.pipeline(transaction=False)
+    queue_append(pipe, keys, user_id, MARK, {})
+    replies = await pipe.execute()
+    entry_id = _text(replies[1])
+    await set_origins(aredis.pipeline(transaction=False), keys, [(user_id, entry_id)]).execute()
+    return entry_id
+
+
+async def touch(aredis: Any, keys: Keyspace, user_ids: Iterable[int]) -> None:
+    """Refresh the TTLs of connected users' streams (one round trip)."""
+    pipe = aredis.pipeline(transaction=False)
+    for user_id in user_ids:
+        pipe.expire(events_key(keys, user_id), STREAM_TTL)
+        pipe.expire(meta_key(keys, user_id), STREAM_TTL)
+    await pipe.execute()
+
+
+# --- publishing: which committed changes make which events --------------------------------
+
+
+def _user_of(tag: str) -> int | None:
+    return int(tag[2:]) if tag.startswith("u:") and tag[2:].isdigit() else None
+
+
+def _group_of(tag: str) -> int | None:
+    return int(tag[2:]) if tag.startswith("g:") and tag[2:].isdigit() else None
+
+
+@dataclass
+class Plan:
+    """The reads a batch of changes needs, queued around their apply in one pipeline."""
+
+    keys: Keyspace
+    n_changes: int
+    before: list[tuple[str, int, Any]] = field(default_factory=list)  # (kind, uid, extra)
+    after: list[tuple[str, int, Any]] = field(default_factory=list)
+    groups_live: list[int] = field(default_factory=list)  # groups whose live bitmap changed
+
+    def queue_after(self, pipe: Any) -> None:
+        for kind, user_id, extra in self.after:
+            pipe.exists(meta_key(self.keys, user_id))
+            if kind == UNREAD:
+                pipe.get(gf_cache.key(self.keys, user_id, extra))
+                pipe.get(gf_cache.live_key(self.keys, extra))
+
+    def split(self, replies: list[Any]) -> tuple[list[Any], list[Any]]:
+        n = len(self.before)
+        return replies[:n], replies[n + self.n_changes:]
+
+
+class Publisher:
+    """Turns applied changes into events for the users who have a stream.
+
+    Per change scope: a user's read state in a group (``rs:<g>``) gives that user an
+    ``unread`` event; a group's live bitmap (``live``) gives every member with a stream an
+    ``unread`` event; a user's memberships (``groups``) give ``unread`` events for groups
+    joined (their count) and left (0), or ``reset`` if the old set was not cached; a user's
+    activity feed (``activity``) gives an ``activity`` event with the unread count the
+    change wrote, and the newest item when the change added items.
+    """
+
+    def __init__(self, cache: Cache, filler: Filler, db: Database) -> None:
+        self.cache = cache
+        self.db = db
+        self.read_states = gf_cache.ReadStates(cache, filler, db)
+
+    def plan(self, pipe: Any, changes: Sequence[Change]) -> Plan:
+        """Queue the reads needed before the changes' apply; returns the plan."""
+        keys = self.cache.keys
+        plan = Plan(keys, len(changes))
+        for change in changes:
+            name, tag = change.scope.name, change.scope.tag
+            user_id = _user_of(tag)
+            if user_id is not None and name.startswith("rs:") and name[3:].isdigit():
+                plan.after.append((UNREAD, user_id, int(name[3:])))
+            elif user_id is not None and name == "activity":
+                pipe.hget(activity_feed.counts_key(keys, user_id), "total")
+                plan.before.append((ACTIVITY, user_id, change))
+                plan.after.append((ACTIVITY, user_id, change))
+            elif user_id is not None and name == "groups":
+                gf_cache.queue_groups(pipe, keys, user_id)
+                plan.before.append((RESET, user_id, None))
+                plan.after.append((RESET, user_id, None))
+            elif name == "live" and (group_id := _group_of(tag)) is not None:
+                plan.groups_live.append(group_id)
+        return plan
+
+    def publish(self, plan: Plan, replies: list[Any]) -> None:
+        """Compute and append the events. Never raises: a lost event only delays a badge
+        until the next one (the REST endpoints stay right)."""
+        try:
+            append(self.cache.redis, self.cache.keys, self._events(plan, replies))
+        except (CacheUnavailable, SQLAlchemyError, *CACHE_ERRORS) as exc:
+            log.warning("live events not published: %s", exc)
+
+    def _events(self, plan: Plan, replies: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+        before, after = plan.split(replies)
+        old: dict[tuple[str, int], Any] = {
+            (kind, uid): reply for (kind, uid, _), reply in zip(plan.before, before, strict=True)
+        }
+        events: list[tuple[int, str, dict[str, Any]]] = []
+        i = 0
+        for kind, user_id, extra in plan.after:
+            active = after[i]
+            i += 1
+            if kind == UNREAD:
+                raw = (after[i], after[i + 1])
+                i += 2
+                if active:
+                    count = self.read_states.counts_from_raw(user_id, {extra: raw})[extra]
+                    events.append((user_id, UNREAD, {"group": extra, "unread_count": count}))
+            elif not active:
+                continue
+            elif kind == ACTIVITY:
+                event = activity_event(extra, self.cache.keys, user_id, old[(kind, user_id)])
+                if event is not None:
+                    events.append((user_id, ACTIVITY, event))
+            elif kind == RESET:
+                events += self._membership_events(user_id, old[(kind, user_id)])
+        for group_id in plan.groups_live:
+            events += self._group_events(group_id)
+        return events
+
+    def _membership_events(self, user_id: int, old_reply: Any
+                           ) -> list[tuple[int, str, dict[str, Any]]]:
+        old = gf_cache.parse_groups(old_reply)
+        if old is NO_VALUE:
+            return [(user_id, RESET, {})]
+        with self.db.session() as session:
+            new = set(group_store.member_group_ids(session, user_id))
+        events = [(user_id, UNREAD, {"group": g, "unread_count": 0}) for g in sorted(old - new)]
+        for group_id in sorted(new - old):
+            _, count = self.read_states.group_unread(user_id, group_id, check_member=False)
+            events.append((user_id, UNREAD, {"group": group_id, "unread_count": count}))
+        return events
+
+    def _group_events(self, group_id: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Every member with a stream gets the group's new count (two round trips)."""
+        keys = self.cache.keys
+        with self.db.session() as session:
+            members = group_store.group_member_ids(session, group_id)
+        if not members:
+            return []
+
+        def active(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for user_id in members:
+                pipe.exists(meta_key(keys, user_id))
+            pipe.get(gf_cache.live_key(keys, group_id))
+            return pipe.execute()
+
+        reply = self.cache.run(PATH, active)
+        listening = [u for u, on in zip(members, reply, strict=False) if on]
+        if not listening:
+            return []
+        live_raw = reply[-1]
+        states = self.cache.run(PATH, lambda r: _get_all(
+            r, [gf_cache.key(keys, u, group_id) for u in listening]))
+        events = []
+        for user_id, rs_raw in zip(listening, states, strict=True):
+            count = self.read_states.counts_from_raw(user_id, {group_id: (rs_raw, live_raw)})
+            events.append((user_id, UNREAD, {"group": group_id, "unread_count": count[group_id]}))
+        return events
+
+
+def _get_all(r: Any, names: list[str]) -> list[Any]:
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.get(name)
+    return pipe.execute()
+
+
+def activity_event(change: Change, keys: Keyspace, user_id: int, old_total: Any
+                   ) -> dict[str, Any] | None:
+    """``{"unread_count"[, "item"]}`` from the absolute values an activity change wrote
+    (``cache.activity_feed.record_write``); ``item`` (the newest) when the total grew."""
+    counts, recent = activity_feed.counts_key(keys, user_id), activity_feed.recent_key(
+        keys, user_id)
+    values: dict[str, Any] = {}
+    items: list[dict[str, Any]] | None = None
+    for op in change.ops:
+        target = change.keys[op[1]]
+        if op[0] == "HSET" and target == counts:
+            args = op[2:]
+            values = {str(args[j]): args[j + 1] for j in range(0, len(args) - 1, 2)}
+        elif op[0] == "SET" and target == recent:
+            items = orjson.loads(op[2])
+    if "unread" not in values:
+        return None
+    event: dict[str, Any] = {"unread_count": int(values["unread"])}
+    if old_total is not None and items and int(values.get("total", 0)) > int(old_total):
+        event["item"] = items[0]
+    return event
+

@@ -1,0 +1,427 @@
+"""The ``stream`` process: API section 6's ``GET /api/v1/stream``, server-sent events.
+
+    python -m service.stream_server          # listens on 127.0.0.1:$STREAM_PORT
+
+An aiohttp server on one event loop (no Flask, no WSGI threads): each open stream is one
+coroutine, one small queue and one socket. Events come from the users' Redis streams
+(``cache/live_events.py``): one Pub/Sub subscription tells the process which users have new
+entries, and one pipelined ``XRANGE`` per batch of woken connections reads them.
+
+- Auth before the stream starts: ``ticket`` (single use, ``GETDEL``) or an
+  ``Authorization: Bearer`` JWT; otherwise a JSON ``401``. Redis down at that moment: ``503``.
+- Resume: ``Last-Event-ID`` (header, or the ``last_event_id`` query parameter for a client
+  that reconnects with a new ticket) replays what was missed, else a ``reset`` event; a new
+  stream starts with an ``id:``-only message, so a client has a resume point at once.
+- ``: ping`` every ``STREAM_HEARTBEAT`` s, from a timer, whatever Redis does.
+- A client more than ``STREAM_QUEUE_MAX`` messages behind, or whose socket accepts nothing
+  for ``STREAM_WRITE_TIMEOUT`` s, is dropped; others are unaffected.
+- Redis down: streams stay open and keep pinging; when Redis answers again every
+  connection catches up from its last id (or gets ``reset``: the history was lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from cache import live_events
+from cache.keys import Keyspace
+from service import configure_logging
+from service.activity_feed import present
+from service.auth import decode_token
+from service.errors import Unauthorized
+from service.settings import Settings
+
+log = logging.getLogger("service.stream_server")
+
+PING = b": ping\n\n"
+RETRY_MS = 2000  # the client's reconnect delay (the SSE ``retry:`` field)
+REDIS_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnects to Redis
+HUB_KEY = web.AppKey("hub", object)
+ORIGINS_KEY = web.AppKey("origins", set)
+
+
+@dataclass(eq=False)
+class Connection:
+    user_id: int
+    queue: asyncio.Queue[bytes | None]
+    last_id: str = "0-0"
+    ready: bool = False
+    closed: bool = False
+    transport: Any = None
+    touched: float = field(default_factory=time.monotonic)
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data``; False (and the connection dropped) if the client is too far
+        behind."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.drop()
+            return False
+        return True
+
+    def drop(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+
+
+def encode(event: live_events.Event) -> bytes:
+    """One SSE message: ``id``, ``event`` and ``data`` lines (a ``mark`` is id-only)."""
+    if event.name == live_events.MARK:
+        return b"id: %s\n\n" % event.id.encode()
+    data = event.data
+    if event.name == live_events.ACTIVITY and b'"item"' in data:
+        body = orjson.loads(data)
+        body["item"] = present(body["item"], datetime.now(UTC))
+        data = orjson.dumps(body)
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.name.encode(), data)
+
+
+def reset_message(entry_id: str) -> bytes:
+    return b"id: %s\nevent: reset\ndata: {}\n\n" % entry_id.encode()
+
+
+class Hub:
+    """Every open stream of this process, and the loops that feed them."""
+
+    def __init__(self, settings: Settings, aredis: Any, keys: Keyspace) -> None:
+        self.settings = settings
+        self.redis = aredis
+        self.keys = keys
+        self.by_user: dict[int, set[Connection]] = {}
+        self.dirty: set[Connection] = set()
+        self.recheck: set[Connection] = set()  # after an outage: full replay check
+        self.wake = asyncio.Event()
+        self.redis_up = True
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.delivered = 0
+
+    # Connections.
+
+    def add(self, conn: Connection) -> None:
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        conns = self.by_user.get(conn.user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_user[conn.user_id]
+        self.dirty.discard(conn)
+        self.recheck.discard(conn)
+
+    def connections(self) -> list[Connection]:
+        return [c for conns in self.by_user.values() for c in conns]
+
+    def mark(self, conns: Any) -> None:
+        self.dirty.update(c for c in conns if c.ready)
+        if self.dirty:
+            self.wake.set()
+
+    # Loops.
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(coro) for coro in
+                      (self._listen(), self._deliver(), self._heartbeat())]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in self.connections():
+            conn.drop()
+
+    def _redis_failed(self, exc: BaseException, what: str) -> None:
+        if self.redis_up:
+            log.warning("Redis unavailable (%s): streams keep pinging: %s", what, exc)
+        self.redis_up = False
+
+    async def _listen(self) -> None:
+        """Pub/Sub: which users have new entries. After every (re)subscription all
+        connections catch up, so nothing published while we were away is missed."""
+        attempt = 0
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(live_events.channel(self.keys))
+                if not self.redis_up:
+                    log.warning("Redis answers again: streams catch up")
+                    # Redis may have lost their history: check each origin too.
+                    self.recheck.update(c for c in self.connections() if c.ready)
+                self.redis_up = True
+                attempt = 0
+                self.mark(self.connections())
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=5.0)
+                    if message is None:
+                        continue
+                    for part in message["data"].split(b","):
+                        conns = self.by_user.get(int(part))
+                        if conns:
+                            self.mark(conns)
+            except (RedisError, OSError, ValueError) as exc:
+                self._redis_failed(exc, "subscribe")
+                await asyncio.sleep(REDIS_BACKOFF[min(attempt, len(REDIS_BACKOFF) - 1)])
+                attempt += 1
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    async def _deliver(self) -> None:
+        """Read the new entries of woken connections in one pipeline per batch."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            batch = [c for c in self.dirty if not c.closed]
+            self.dirty.clear()
+            if not batch:
+                continue
+            if self.recheck:
+                batch = await self._recheck(batch)
+            try:
+                results = await live_events.fetch_after(
+                    self.redis, self.keys, [(c.user_id, c.last_id) for c in batch])
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc, "read")
+                self.dirty.update(batch)  # the Pub/Sub loop re-marks them on recovery
+                await asyncio.sleep(REDIS_BACKOFF[0])
+                continue
+            for conn, events in zip(batch, results, strict=True):
+                if events is None:
+                    await self._reset(conn)
+                    continue
+                for event in events:
+                    if not conn.send(encode(event)):
+                        break
+                    conn.last_id = event.id
+                    self.delivered += 1
+
+    async def _recheck(self, batch: list[Connection]) -> list[Connection]:
+        """Catch up the connections of ``batch`` that wait for a full check (replay or
+        ``reset``); returns the others."""
+        rest = []
+        for conn in batch:
+            if conn not in self.recheck:
+                rest.append(conn)
+                continue
+            try:
+                missed = await live_events.replay(self.redis, self.keys, conn.user_id,
+                                                  conn.last_id)
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc, "replay")
+                self.dirty.add(conn)
+                continue
+            self.recheck.discard(conn)
+            if missed.reset:
+                await self._reset(conn)
+                continue
+            for event in missed.events:
+                if not conn.send(encode(event)):
+                    break
+                conn.last_id = event.id
+        return rest
+
+    async def _reset(self, conn: Connection) -> None:
+        try:
+            top = await live_events.resume_point(self.redis, self.keys, conn.user_id)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc, "reset")
+            self.dirty.add(conn)
+            return
+        conn.last_id = top
+        conn.send(reset_message(top))
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.stream_heartbeat
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            stale: set[int] = set()
+            for conn in self.connections():
+                conn.send(PING)
+                if now - conn.touched > live_events.STREAM_TTL / 4:
+                    conn.touched = now
+                    stale.add(conn.user_id)
+            try:
+                await self.redis.ping()
+                if stale:
+                    await live_events.touch(self.redis, self.keys, stale)
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc, "ping")
+
+    # Opening a stream.
+
+    async def open(self, conn: Connection, last_id: str | None) -> bytes:
+        """The first messages of a stream: the replay (or ``reset``), or the resume point.
+        The caller writes them, then marks the connection ready (``ready``)."""
+        if last_id:
+            missed = await live_events.replay(self.redis, self.keys, conn.user_id, last_id)
+            if not missed.reset:
+                conn.last_id = last_id
+                out = []
+                for event in missed.events:
+                    out.append(encode(event))
+                    conn.last_id = event.id
+                return b"".join(out)
+        top = await live_events.resume_point(self.redis, self.keys, conn.user_id)
+        conn.last_id = top
+        return reset_message(top) if last_id else b"id: %s\n\n" % top.encode()
+
+    def ready(self, conn: Connection) -> None:
+        conn.ready = True
+        self.mark([conn])  # entries appended since the first messages were read
+
+
+def _json_error(status: int, message: str, code: str, headers: dict[str, str] | None = None
+                ) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status,
+                             headers=headers, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def allowed_origins(settings: Settings) -> set[str]:
+    base = urlsplit(settings.public_base_url)
+    return {*settings.cors_allowed_origins, f"{base.scheme}://{base.netloc}"}
+
+
+async def authenticate(request: web.Request, hub: Hub) -> int:
+    """The caller's user id. Raises ``Unauthorized``; a Redis error if Redis is down."""
+    ticket = request.query.get("ticket")
+    if ticket is not None:
+        user_id = await live_events.redeem_ticket(hub.redis, hub.keys, ticket)
+        if user_id is None:
+            raise Unauthorized("Invalid, used or expired stream ticket", code="invalid_ticket")
+        return user_id
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("A stream ticket or a bearer token is required",
+                           code="missing_credentials")
+    return decode_token(token.strip(), hub.settings.jwt_secret).id
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    hub: Hub = request.app[HUB_KEY]  # type: ignore[assignment]
+    cors: dict[str, str] = {}
+    origin = request.headers.get("Origin")
+    if origin and origin in request.app[ORIGINS_KEY]:
+        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    try:
+        user_id = await authenticate(request, hub)
+    except Unauthorized as exc:
+        return _json_error(401, exc.message, exc.code, cors)
+    except (RedisError, OSError):
+        return _json_error(503, "Live updates are unavailable", "stream_unavailable",
+                           {**cors, "Retry-After": "2"})
+    last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    conn = Connection(user_id, asyncio.Queue(hub.settings.stream_queue_max))
+    response: web.StreamResponse | None = None
+    hub.add(conn)
+    try:
+        try:
+            first = await hub.open(conn, last_id)
+        except (RedisError, OSError):
+            return _json_error(503, "Live updates are unavailable", "stream_unavailable",
+                               {**cors, "Retry-After": "2"})
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no", **cors,
+        })
+        await response.prepare(request)
+        conn.transport = request.transport
+        await response.write(b"retry: %d\n\n" % RETRY_MS + first)
+        hub.ready(conn)
+        timeout = hub.settings.stream_write_timeout
+        while True:
+            data = await conn.queue.get()
+            if data is None or conn.closed:
+                break
+            async with asyncio.timeout(timeout):
+                await response.write(data)
+    except (ConnectionError, TimeoutError, asyncio.CancelledError, RuntimeError):
+        pass
+    finally:
+        conn.closed = True
+        hub.remove(conn)
+    return response if response is not None else web.Response(status=503)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    hub: Hub = request.app[HUB_KEY]  # type: ignore[assignment]
+    return web.json_response({"status": "ok", "streams": len(hub.connections()),
+                              "redis": "ok" if hub.redis_up else "down"})
+
+
+def make_app(settings: Settings) -> web.Application:
+    """The aiohttp application (its Redis client and loops start with it)."""
+    app = web.Application()
+    app[ORIGINS_KEY] = allowed_origins(settings)
+
+    async def lifecycle(app: web.Application):
+        # No silent retries: an outage must surface, so that every connection catches up
+        # (Pub/Sub messages published while the subscription was away are lost).
+        aredis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
+                                         socket_timeout=None, health_check_interval=0,
+                                         retry=Retry(NoBackoff(), 0))
+        hub = Hub(settings, aredis, Keyspace(settings.key_prefix))
+        app[HUB_KEY] = hub
+        hub.start()
+        yield
+        await hub.stop()
+        await aredis.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    for path in ("/api/v1/stream", "/api/v1/stream/"):
+        app.router.add_get(path, stream)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def raise_open_files_limit(wanted: int = 65536) -> int:
+    """Raise this process's open-files soft limit towards ``wanted`` (capped by the hard
+    limit); returns the new soft limit. Every stream is one socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def main() -> None:
+    """Run until SIGTERM / SIGINT (aiohttp's run_app stops the loop on them)."""
+    settings = Settings.from_env().require_runtime()
+    configure_logging(settings.log_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    raise_open_files_limit()
+    log.info("stream listening on 127.0.0.1:%d", settings.stream_port)
+    web.run_app(make_app(settings), host="127.0.0.1", port=settings.stream_port,
+                print=None, handle_signals=True, shutdown_timeout=2.0,
+                access_log=None)
+
+
+if __name__ == "__main__":
+    main()
