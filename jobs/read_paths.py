@@ -37,16 +37,16 @@ from typing import Any
 import orjson
 from flask import Flask, current_app, has_app_context
 
-from cache import activity_feed, memberships, ranked_feed, read_state, recent_reels
+from cache import activity_feed, memberships, read_state, recent_reels
 from cache import community_feed as cf
 from cache.client import NO_VALUE
 from cache.keys import Scope
 from cache.read_state import ReadState, ReadStates
-from cache.rebuild import drop, peek, version_copy
+from cache.rebuild import peek, version_copy
+from service import ranked_feed_ops
 from service.bootstrap import AppState
 from storage import group_feed as gf_store
 from storage import posts as posts_store
-from storage import ranked_feed as rf_store
 from storage import rebuild as store
 from storage import reels as reels_store
 
@@ -267,52 +267,23 @@ def warm_activity(state: AppState, user_id: int) -> None:
 # --- feeds: community followees and author set, personalized inputs and ranking ------------
 
 
-def _stats_json(session: Any, user_id: int) -> Any:
-    from service.ranked_feed import _stats_json as encode  # the slice's own encoding
-
-    return _json(encode(rf_store.load_interaction_stats(session, user_id)))
-
-
-INPUT_LOADERS: dict[str, Callable[[Any, int], Any]] = {
-    "fellows": rf_store.load_fellows,
-    "colls": rf_store.load_collectives,
-    "stats": _stats_json,
-}
-
-
 def check_feeds(state: AppState, user_id: int) -> list[Difference]:
     keys = state.cache.keys
     ck = cf.CommunityKeys(keys)
     size = state.settings.author_cache_size
-    follows, author, calc = (cf.follows_scope(user_id), cf.author_scope(user_id),
-                             ranked_feed.scope(user_id))
+    follows, author = cf.follows_scope(user_id), cf.author_scope(user_id)
     colls = cf.colls_scope(user_id)
     head = peek(state.cache, [
         ("get", keys.version(follows)), ("smembers", ck.followees(user_id)),
         ("get", keys.version(author)), ("zrange", ck.author(user_id)),
-        ("get", keys.version(calc)), ("get", ranked_feed.config_key(keys)),
         ("get", keys.version(colls)), ("smembers", ck.collectives(user_id)),
     ])
-    calc_copy = version_copy(head[4])
-    # The ranking is keyed by the controls' version too: without their copy, no page of
-    # the current controls can be read either, so only the inputs are checked.
-    controls_copy = (ranked_feed.Controls.decode(head[5][1]).version
-                     if head[5][0] and head[5][1] is not None else None)
-    ranked = []
-    if calc_copy is not None:
-        ranked = peek(state.cache, [
-            *[("get", ranked_feed.input_key(keys, user_id, n, calc_copy))
-              for n in ranked_feed.INPUT_NAMES],
-            *([("lrange", ranked_feed.rank_key(keys, user_id, calc_copy, controls_copy))]
-              if controls_copy is not None else []),
-        ])
-    scopes = [follows, author, calc, colls]
+    scopes = [follows, author, colls]
     before = _versions(state, scopes)
     with state.db.session() as session:
         followees = sorted(posts_store.followees(session, user_id))
         member_of = posts_store.collectives_of(session, user_id)
         newest = posts_store.author_recent_keys(session, [user_id], size + 1)[user_id]
-        inputs = {n: _json(INPUT_LOADERS[n](session, user_id)) for n in ranked_feed.INPUT_NAMES}
     after = _versions(state, scopes)
     out: list[Difference] = []
     who = {"user_id": user_id}
@@ -320,8 +291,8 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
     if exists and _settled(version_copy(head[0]), before, after, follows):
         got = sorted(int(m) for m in raw if m != cf.SENTINEL.encode())
         out += _differs("feeds", ck.followees(user_id), got, followees, **who)
-    exists, raw = head[7]
-    if exists and _settled(version_copy(head[6]), before, after, colls):
+    exists, raw = head[5]
+    if exists and _settled(version_copy(head[4]), before, after, colls):
         got = sorted(int(m) for m in raw if m != cf.SENTINEL.encode())
         out += _differs("feeds", ck.collectives(user_id), got, member_of, **who)
     exists, raw = head[3]
@@ -331,17 +302,9 @@ def check_feeds(state: AppState, user_id: int) -> list[Difference]:
         complete = any(m == cf.SENTINEL.encode() for m, _ in raw)
         out += _differs("feeds", ck.author(user_id), (got_keys, complete),
                         (newest[:size], len(newest) <= size), **who)
-    if calc_copy is not None and _settled(calc_copy, before, after, calc):
-        for name, (exists, raw) in zip(ranked_feed.INPUT_NAMES, ranked, strict=False):
-            if exists:
-                out += _differs("feeds", ranked_feed.input_key(keys, user_id, name, calc_copy),
-                                orjson.loads(raw), inputs[name], **who)
-        exists, raw = ranked[-1] if controls_copy is not None else (False, None)
-        if exists:  # the head announces the ranking's length: it must be whole
-            count = orjson.loads(raw[0]).get("n") if raw else None
-            out += _differs("feeds", ranked_feed.rank_key(keys, user_id, calc_copy,
-                                                          controls_copy),
-                            count, len(raw) - 1, **who)
+    # The personalized inputs and ranking: the slice's own check.
+    for key, cached, truth in ranked_feed_ops.check_user(state, user_id):
+        out += _differs("feeds", key, cached, truth, **who)
     return out
 
 
@@ -372,23 +335,11 @@ def _author_fill(state: AppState, user_id: int) -> None:
     cf.fill_many(state.cache, state.filler, "community_feed", targets, load)
 
 
-def _ranked_page(state: AppState, user_id: int, force: bool) -> None:
-    from service import ranked_feed as service
-
-    with app_context(state):
-        service.ranked_page(user_id, 0, 1, force=force)
-
-
 def rebuild_feeds(state: AppState, user_id: int) -> None:
     _followees_fill(state, user_id)
     _collectives_fill(state, user_id)
     _author_fill(state, user_id)
-    # The inputs are cached under the calc version and only loaded when missing: drop the
-    # current version's, then recompute the ranking (which reloads them) version-checked.
-    version = state.filler.version(REBUILD_PATH, ranked_feed.scope(user_id))
-    drop(state.cache, [ranked_feed.input_key(state.cache.keys, user_id, n, version)
-                       for n in ranked_feed.INPUT_NAMES])
-    _ranked_page(state, user_id, force=True)
+    ranked_feed_ops.rebuild_user(state, user_id, REBUILD_PATH)
 
 
 def warm_feeds(state: AppState, user_id: int) -> None:
@@ -398,7 +349,7 @@ def warm_feeds(state: AppState, user_id: int) -> None:
         followees = service.followees_of(user_id)
         service.FollowingSource(followees).next_keys(None, 20)  # their author sets
         service.viewer_collectives(user_id)
-    _ranked_page(state, user_id, force=False)
+    ranked_feed_ops.warm_user(state, user_id)
 
 
 # --- reels ------------------------------------------------------------------------------------

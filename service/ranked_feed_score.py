@@ -1,4 +1,5 @@
-"""The personalized feed's score (API.md section 4), as pure functions: no I/O.
+"""The personalized feed's score (API.md section 4), as pure functions over numpy columns:
+no I/O, and no Python work per candidate (one vector operation per component).
 
     score = Σ weight[k] · component[k]  (× VIEWED_FACTOR if the viewer already viewed it)
 
@@ -8,56 +9,90 @@ Components, for one viewer and one post:
 - ``social``       50 if the author is one of the viewer's fellows
 - ``interaction``  min(5 · n, 40), n = the viewer's hearts + praise + trophies on posts by
                    that author (every such fact, on live or deleted posts)
-- ``engagement``   min(hearts + 2 · praise + 5 · trophies + 0.5 · comments, 50)
+- ``engagement``   min(hearts + 2 · praise + 5 · trophies + 0.5 · comments, 50), kept on
+                   the post row (``posts.engagement``, migration 0008)
 - ``collective``   30 if the post is in a collective the viewer joined
 - ``post_type``    10 · n_t if the post's type t is among the viewer's top 3 types by
                    interactions (n_t > 0; ties broken by type name); a type listed in the
                    viewer's ``preferred_post_types`` scores at least 10
 
 Weights come from ``Settings.ranking_weights`` (with an admin's weights over them, see
-``service.ranked_feed``). Already-viewed posts (a ``post_views`` row)
-rank lower: their score is multiplied by ``VIEWED_FACTOR`` (0.5), so a viewed post stays
-in the feed but drops below unviewed posts of similar score. Order: score descending, then
-newest first, then id descending (a total order, so pages are stable).
+``service.ranked_feed_ops``). Already-viewed posts (a ``post_views`` row) rank lower: their
+score is multiplied by ``VIEWED_FACTOR`` (0.5), so a viewed post stays in the feed but
+drops below unviewed posts of similar score. Order: score descending, then newest first,
+then id descending (a total order, so pages are stable).
+
+The sum is taken left to right in ``COMPONENTS`` order, as a plain loop would, so a score
+equals the formula's to the last bit but for ``exp`` (numpy's may differ from libm's in
+the last place).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
+
+import numpy as np
 
 COMPONENTS = ("recency", "social", "interaction", "engagement", "collective", "post_type")
 VIEWED_FACTOR = 0.5
 TOP_POST_TYPES = 3
+NO_COLLECTIVE = 0  # ``Candidates.collective_ids`` of a public post (ids start at 1)
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """The facts about one post that its score depends on."""
+class Candidates:
+    """The facts the score depends on, one numpy column per fact, one row per post."""
 
-    id: int
-    author_id: int
-    post_type: str
-    collective_id: int | None
-    created_at: datetime
-    like_count: int
-    praise_count: int
-    trophy_count: int
-    comment_count: int
+    ids: np.ndarray  # int64
+    author_ids: np.ndarray  # int64
+    post_types: np.ndarray  # object (str)
+    collective_ids: np.ndarray  # int64, NO_COLLECTIVE for a public post
+    created_us: np.ndarray  # int64, microseconds since the epoch
+    engagement: np.ndarray  # float64, the engagement component
+    viewed: np.ndarray  # bool, the viewer has a post_views row
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[Any]]) -> Candidates:
+        """From ``(id, author_id, post_type, collective_id or 0, created_us, engagement,
+        viewed)`` tuples (``storage.ranked_feed.load_candidates``)."""
+        if not rows:
+            cols: list[Any] = [()] * 7
+        else:
+            cols = list(zip(*rows, strict=True))
+        return cls(
+            ids=np.array(cols[0], dtype=np.int64),
+            author_ids=np.array(cols[1], dtype=np.int64),
+            post_types=np.array(cols[2], dtype=object),
+            collective_ids=np.array(cols[3], dtype=np.int64),
+            created_us=np.array(cols[4], dtype=np.int64),
+            engagement=np.array(cols[5], dtype=np.float64),
+            viewed=np.array(cols[6], dtype=bool),
+        )
+
+    def without(self, ids: np.ndarray) -> Candidates:
+        """These candidates less the posts ``ids``."""
+        keep = ~np.isin(self.ids, ids)
+        return Candidates(*(getattr(self, f)[keep] for f in _FIELDS))
+
+
+_FIELDS = ("ids", "author_ids", "post_types", "collective_ids", "created_us", "engagement",
+           "viewed")
 
 
 @dataclass(frozen=True)
 class ViewerInputs:
-    """The per-viewer facts: the cached inputs plus preferences and viewed posts."""
+    """The per-viewer facts: the cached inputs plus preferences."""
 
     fellows: frozenset[int] = frozenset()
     collectives: frozenset[int] = frozenset()
     by_author: Mapping[int, int] = field(default_factory=dict)  # interactions per author
     by_type: Mapping[str, int] = field(default_factory=dict)  # interactions per post type
     preferred_types: frozenset[str] = frozenset()
-    viewed: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,20 @@ class Ranked:
         return out
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """Candidates best first: ids, final scores, components (one column per name in
+    ``COMPONENTS``) and viewed flags, as numpy arrays of one length."""
+
+    ids: np.ndarray  # int64
+    scores: np.ndarray  # float64
+    components: np.ndarray  # float64, shape (n, 6)
+    viewed: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def top_types(by_type: Mapping[str, int]) -> dict[str, int]:
     """The viewer's top 3 post types by interactions (n > 0), ties broken by name."""
     ranked = sorted((item for item in by_type.items() if item[1] > 0),
@@ -83,41 +132,52 @@ def top_types(by_type: Mapping[str, int]) -> dict[str, int]:
     return dict(ranked[:TOP_POST_TYPES])
 
 
-def components(post: Candidate, viewer: ViewerInputs, now: datetime,
-               top: Mapping[str, int]) -> tuple[float, ...]:
-    hours = max((now - post.created_at).total_seconds() / 3600.0, 0.0)
-    recency = 100.0 * math.exp(-hours / 24.0)
-    social = 50.0 if post.author_id in viewer.fellows else 0.0
-    interaction = float(min(5 * viewer.by_author.get(post.author_id, 0), 40))
-    engagement = min(
-        post.like_count + 2 * post.praise_count + 5 * post.trophy_count
-        + 0.5 * post.comment_count,
-        50.0,
-    )
-    collective = (
-        30.0 if post.collective_id is not None and post.collective_id in viewer.collectives
-        else 0.0
-    )
-    post_type = 10.0 * top.get(post.post_type, 0)
-    if post.post_type in viewer.preferred_types:
-        post_type = max(post_type, 10.0)
-    return (recency, social, interaction, float(engagement), collective, post_type)
+def _ids(values: frozenset[int]) -> np.ndarray:
+    return np.fromiter(values, dtype=np.int64, count=len(values))
 
 
-def rank(candidates: Iterable[Candidate], viewer: ViewerInputs,
-         weights: Mapping[str, float], now: datetime) -> list[Ranked]:
-    """Score every candidate and return them best first (a total, stable order)."""
+def components(c: Candidates, viewer: ViewerInputs, now_us: int) -> np.ndarray:
+    """The (n, 6) matrix of raw components, columns in ``COMPONENTS`` order."""
+    n = len(c)
+    out = np.zeros((n, len(COMPONENTS)), dtype=np.float64)
+    if n == 0:
+        return out
+    # Microseconds are exact in int64; one division, as timedelta.total_seconds() does.
+    hours = np.maximum((now_us - c.created_us).astype(np.float64) / 1e6 / 3600.0, 0.0)
+    out[:, 0] = 100.0 * np.exp(-hours / 24.0)
+    out[:, 1] = np.where(np.isin(c.author_ids, _ids(viewer.fellows)), 50.0, 0.0)
+    if viewer.by_author:
+        authors = np.fromiter(viewer.by_author.keys(), dtype=np.int64,
+                              count=len(viewer.by_author))
+        counts = np.fromiter(viewer.by_author.values(), dtype=np.int64,
+                             count=len(viewer.by_author))
+        order = np.argsort(authors)
+        authors, counts = authors[order], counts[order]
+        at = np.minimum(np.searchsorted(authors, c.author_ids), len(authors) - 1)
+        n_author = np.where(authors[at] == c.author_ids, counts[at], 0)
+        out[:, 2] = np.minimum(5 * n_author, 40).astype(np.float64)
+    out[:, 3] = c.engagement
+    joined = (c.collective_ids != NO_COLLECTIVE) & np.isin(c.collective_ids,
+                                                           _ids(viewer.collectives))
+    out[:, 4] = np.where(joined, 30.0, 0.0)
     top = top_types(viewer.by_type)
-    w = [float(weights[name]) for name in COMPONENTS]
-    scored: list[tuple[Ranked, float]] = []
-    for post in candidates:
-        parts = components(post, viewer, now, top)
-        score = 0.0
-        for weight, part in zip(w, parts, strict=True):
-            score += weight * part
-        viewed = post.id in viewer.viewed
-        if viewed:
-            score *= VIEWED_FACTOR
-        scored.append((Ranked(post.id, score, parts, viewed), post.created_at.timestamp()))
-    scored.sort(key=lambda item: (-item[0].score, -item[1], -item[0].id))
-    return [item[0] for item in scored]
+    if top or viewer.preferred_types:
+        types, inverse = np.unique(c.post_types, return_inverse=True)
+        per_type = np.array([  # one value per distinct type, not per post
+            max(10.0 * top.get(t, 0), 10.0) if t in viewer.preferred_types
+            else 10.0 * top.get(t, 0)
+            for t in types], dtype=np.float64)
+        out[:, 5] = per_type[inverse.reshape(-1)]
+    return out
+
+
+def rank(c: Candidates, viewer: ViewerInputs, weights: Mapping[str, float],
+         now_us: int) -> Ranking:
+    """Score every candidate and return them best first (a total, stable order)."""
+    parts = components(c, viewer, now_us)
+    score = np.zeros(len(c), dtype=np.float64)
+    for k, name in enumerate(COMPONENTS):  # left to right, like the formula's sum
+        score = score + float(weights[name]) * parts[:, k]
+    score = np.where(c.viewed, score * VIEWED_FACTOR, score)
+    order = np.lexsort((-c.ids, -c.created_us, -score))
+    return Ranking(c.ids[order], score[order], parts[order], c.viewed[order])

@@ -97,17 +97,15 @@ def load_collectives(session: Session, user_id: int) -> list[int]:
 
 
 _STATS = text(
-    "SELECT p.author_id, p.post_type, count(*) AS n FROM ("
-    " SELECT post_id FROM post_likes WHERE user_id = :u"
-    " UNION ALL SELECT post_id FROM post_praises WHERE user_id = :u"
-    " UNION ALL SELECT post_id FROM post_trophies WHERE user_id = :u"
-    ") f JOIN posts p ON p.id = f.post_id GROUP BY p.author_id, p.post_type"
+    "SELECT author_id, post_type, hearts + praises + trophies AS n "
+    "FROM user_post_preferences WHERE user_id = :u AND hearts + praises + trophies > 0"
 )
 
 
 def load_interaction_stats(session: Session, user_id: int) -> tuple[dict[int, int],
                                                                      dict[str, int]]:
-    """The viewer's hearts + praise + trophies, per author and per post type."""
+    """The viewer's hearts + praise + trophies, per author and per post type, from
+    ``user_post_preferences`` (kept by the fact tables' triggers, migration 0008)."""
     by_author: dict[int, int] = {}
     by_type: dict[str, int] = {}
     for author_id, post_type, n in session.execute(_STATS, {"u": user_id}):
@@ -124,43 +122,51 @@ def load_preferences(session: Session, user_id: int) -> Preferences:
                        list(row.blocked_users), list(row.preferred_artist_types))
 
 
+# Only what the score needs (and the order's tie-breaks). Run on the driver's cursor
+# (psycopg placeholders): plain tuples, no row objects for ~1,000 rows.
 _CANDIDATE_COLUMNS = (
-    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.like_count, "
-    "p.praise_count, p.trophy_count, p.comment_count"
+    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.engagement"
 )
 _ALLOWED = (
-    "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(:blocked AS bigint[]))) "
-    "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false) "
-    "AND (p.collective_id IS NULL OR CAST(:admin AS boolean) "
-    "OR p.collective_id = ANY(CAST(:colls AS bigint[])))"
+    "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(%(blocked)s AS bigint[]))) "
+    "AND NOT coalesce(p.collective_id = ANY(CAST(%(muted)s AS bigint[])), false) "
+    "AND (p.collective_id IS NULL OR CAST(%(admin)s AS boolean) "
+    "OR p.collective_id = ANY(CAST(%(colls)s AS bigint[])))"
 )
 
 
 def _newest_per(column: str, ids_param: str) -> str:
-    """The ``:k_social`` newest allowed posts whose ``column`` is in ``ids_param``: the
+    """The ``k_social`` newest allowed posts whose ``column`` is in ``ids_param``: the
     newest k of each id through its (column, created_at) index, then the newest k of
     those, so no source scans more than k rows per id."""
     return (
-        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(:{ids_param} AS bigint[])) AS s(v) "
-        f"CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
+        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(%({ids_param})s AS bigint[])) "
+        f"AS s(v) CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
         f"WHERE p.{column} = s.v AND {_ALLOWED} "
-        "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_social) p "
-        "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_social)"
+        "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s) p "
+        "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s)"
     )
 
 
-# UNION (not UNION ALL): a post found by two sources is one candidate.
-_CANDIDATES = text(
+# UNION (not UNION ALL): a post found by two sources is one candidate. created_at comes
+# as microseconds since the epoch (exact in an int64), and the viewed flag with it (one
+# indexed probe of post_views per candidate).
+_CANDIDATES = (
+    "SELECT c.id, c.author_id, c.post_type, coalesce(c.collective_id, 0), "
+    "(extract(epoch FROM c.created_at) * 1000000)::bigint, c.engagement, "
+    "EXISTS (SELECT 1 FROM post_views v WHERE v.viewer_id = %(viewer)s "
+    "AND v.post_id = c.id) FROM ("
     f"(SELECT {_CANDIDATE_COLUMNS} FROM posts p WHERE {_ALLOWED} "
-    "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_recent)"
+    "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_recent)s)"
     " UNION " + _newest_per("author_id", "fellows")
-    + " UNION " + _newest_per("collective_id", "colls")
+    + " UNION " + _newest_per("collective_id", "colls") + ") c"
 )
 
 
 def load_candidates(
     session: Session,
     *,
+    viewer: int,
     fellows: Sequence[int],
     collectives: Sequence[int],
     blocked: Sequence[int],
@@ -168,26 +174,21 @@ def load_candidates(
     k_recent: int,
     k_social: int,
     is_admin: bool = False,
-) -> list[dict[str, Any]]:
-    """The bounded candidate set (see the module docstring), as dicts of score facts:
-    public posts and those of the viewer's ``collectives`` (every collective's for an
-    admin)."""
-    rows = session.execute(_CANDIDATES, {
-        "fellows": list(fellows), "colls": list(collectives), "blocked": list(blocked),
-        "muted": list(muted), "k_recent": k_recent, "k_social": k_social,
-        "admin": is_admin,
-    })
-    return [dict(row._mapping) for row in rows]
-
-
-def load_viewed(session: Session, user_id: int, post_ids: Sequence[int]) -> set[int]:
-    if not post_ids:
-        return set()
-    return set(session.execute(
-        text("SELECT post_id FROM post_views WHERE viewer_id = :u "
-             "AND post_id = ANY(CAST(:ids AS bigint[]))"),
-        {"u": user_id, "ids": list(post_ids)},
-    ).scalars())
+) -> list[tuple[Any, ...]]:
+    """The bounded candidate set (see the module docstring) as tuples ``(id, author_id,
+    post_type, collective_id or 0, created_at in µs since the epoch, engagement,
+    viewed)``: public posts and those of the viewer's ``collectives`` (every
+    collective's for an admin)."""
+    cursor = session.connection().connection.driver_connection.cursor()
+    try:
+        cursor.execute(_CANDIDATES, {
+            "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
+            "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,
+            "k_social": k_social, "admin": is_admin,
+        })
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 # --- what a page shows ---------------------------------------------------------------------

@@ -46,7 +46,7 @@ def path_of(key: str) -> str:
 @pytest.fixture
 def active(client, state, monkeypatch) -> int:
     """The demo data (seed-demo's sizes); its most active user, warmed and signed in."""
-    from service import ranked_feed
+    from service import ranked_feed_ops as ranked_feed  # the clock of routes and jobs
 
     monkeypatch.setattr(ranked_feed, "now", lambda: FROZEN_NOW)
     seed(state.db, DemoSizes())

@@ -22,7 +22,7 @@ from cache import community_feed as cf
 from cache.keyspace_admin import clear_keyspace
 from jobs import read_paths, rebuild, reconcile, scheduler, warm
 from jobs.context import use_state
-from service import ranked_feed
+from service import ranked_feed_ops as ranked_feed  # the clock of routes and jobs
 from storage.demo import DemoSizes, seed
 from tests.conftest import bearer
 
