@@ -2,9 +2,10 @@
 
 Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc version:
 
-- **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>`` (5 min), ``rf:stats:<v>`` (10 min):
-  the viewer's fellows, joined collectives and interaction counts (per author, per post
-  type), JSON strings;
+- **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>``, ``rf:prefs:<v>`` (5 min),
+  ``rf:stats:<v>`` (10 min): the viewer's fellows, joined collectives, feed preferences
+  (preferred types, blocked authors, muted collectives) and interaction counts (per
+  author, per post type), JSON strings;
 - **ranking** ``rf:rank:packed:<v>:<c>`` (5 min): one string, a 16-byte header (the
   ranking's size, the entries kept, the clock it was ranked at) then the first entries
   best first, 32 bytes each (``RECORD``: id, score and the six components, exactly); a
@@ -58,7 +59,7 @@ from cache.keys import Keyspace, Scope, user_tag
 
 PATH = "ranked_feed"
 INPUTS_PATH = "ranked_feed_inputs"
-INPUT_NAMES = ("fellows", "colls", "stats")
+INPUT_NAMES = ("fellows", "colls", "stats", "prefs")
 
 
 def scope(user_id: int) -> Scope:

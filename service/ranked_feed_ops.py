@@ -2,10 +2,10 @@
 their dependencies (``AppState``): the HTTP routes (``service.ranked_feed``), the jobs and
 the operator's check / rebuild / warm call them; none needs a Flask context.
 
-A ranking: the viewer's inputs (fellows, collectives, interaction counts: cached per calc
-version, ``cache.ranked_feed``) and preferences, one lean query for the bounded candidate
+A ranking: the viewer's inputs (fellows, collectives, interaction counts, preferences:
+cached per calc version, ``cache.ranked_feed``), one lean query for the bounded candidate
 set (``storage.ranked_feed.load_candidates``: only the score's columns, the viewed flag
-included), then numpy scoring (``service.ranked_feed_score``). The first
+included, one round trip), then numpy scoring (``service.ranked_feed_score``). The first
 ``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores, components: 32 bytes each); a
 walk past them ranks again at the cached ranking's clock, less the entries already shown.
 
@@ -49,7 +49,7 @@ def cache_of(app_state: AppState) -> RankedFeedCache:
     return RankedFeedCache(
         app_state.cache, app_state.filler, s.page_cache_ttl,
         {"fellows": s.fellows_ttl, "colls": s.collectives_ttl,
-         "stats": s.interaction_stats_ttl},
+         "stats": s.interaction_stats_ttl, "prefs": s.fellows_ttl},
         keep=s.ranked_cache_entries,
     )
 
@@ -66,6 +66,7 @@ def input_loaders(session: Any, user_id: int) -> dict[str, Callable[[], Any]]:
         "fellows": lambda: store.load_fellows(session, user_id),
         "colls": lambda: store.load_collectives(session, user_id),
         "stats": lambda: stats_json(store.load_interaction_stats(session, user_id)),
+        "prefs": lambda: store.load_preferences(session, user_id).as_dict(),
     }
 
 
@@ -96,26 +97,26 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
     settings = app_state.settings
     clock = feed_cache.now_us(now()) if clock_us is None else clock_us
     with app_state.db.session() as session:
-        store.begin_ranking(session)
         loaders = input_loaders(session, user_id)
         if version is None:
             inputs = {name: load() for name, load in loaders.items()}
         else:
             inputs = cache_of(app_state).inputs(user_id, version, loaders)
-        prefs = store.load_preferences(session, user_id)
+        prefs = inputs["prefs"]
+        viewer = scoring.ViewerInputs(
+            fellows=frozenset(inputs["fellows"]),
+            collectives=frozenset(inputs["colls"]),
+            by_author={int(a): int(n) for a, n in inputs["stats"]["a"]},
+            by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
+            preferred_types=frozenset(prefs["preferred_post_types"]),
+        )
         rows = store.load_candidates(
             session, viewer=user_id, fellows=inputs["fellows"], collectives=inputs["colls"],
-            blocked=prefs.blocked_users, muted=prefs.muted_collectives,
+            blocked=prefs["blocked_users"], muted=prefs["muted_collectives"],
+            type_values=scoring.post_type_values(viewer),
             k_recent=settings.ranked_candidates_recent,
             k_social=settings.ranked_candidates_social, is_admin=is_admin,
         )
-    viewer = scoring.ViewerInputs(
-        fellows=frozenset(inputs["fellows"]),
-        collectives=frozenset(inputs["colls"]),
-        by_author={int(a): int(n) for a, n in inputs["stats"]["a"]},
-        by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
-        preferred_types=frozenset(prefs.preferred_post_types),
-    )
     candidates = scoring.Candidates.from_rows(rows)
     if exclude is not None and len(exclude):
         candidates = candidates.without(exclude)

@@ -17,7 +17,7 @@ from tests.conftest import bearer
 from tests.test_cache_ops import FROZEN_NOW, active_user
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
-SHORT_TTL = re.compile(r":rf:(rank|fellows|colls|stats):")  # page caches, minutes by design
+SHORT_TTL = re.compile(r":rf:(rank|fellows|colls|stats|prefs):")  # page caches, minutes by design
 
 
 def budget() -> dict[str, int]:
