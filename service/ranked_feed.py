@@ -92,8 +92,13 @@ class RankedPostOut(PostFieldsOut):
 
 
 class RankedPageOut(Schema):
-    count = fields.Integer()
-    next = fields.String(allow_none=True)
+    count = fields.Integer(metadata={"description": (
+        "personalized: the size of the ranked candidate set, the walk's bound (at most "
+        "RANKED_CANDIDATES_RECENT + 2·RANKED_CANDIDATES_SOCIAL posts, 1,000 by default); "
+        "chronological: every post the caller may see")})
+    next = fields.String(allow_none=True, metadata={"description": (
+        "the next page; null on the page holding the last post (a personalized page past "
+        "it is empty, never a 404)")})
     previous = fields.String(allow_none=True)
     results = fields.List(fields.Nested(RankedPostOut))
 
