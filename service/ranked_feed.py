@@ -44,7 +44,6 @@ from service.fields import Id, isoformat
 from service.posts_service import like_post, set_membership
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
-from storage import ranked_feed as store
 from storage.profiles import author_json
 
 bp = Blueprint("ranked_feed", __name__, description="Personalized ranked feed (section 4)")
@@ -295,16 +294,12 @@ def _set_heart(user_id: int, post_id: int, hearted: bool, is_admin: bool = False
     return like_post(user_id, post_id, hearted, is_admin)
 
 
-def _add_fact(post_id: int, add) -> dict[str, bool]:
-    return {"added": ops.add_fact(state(), g.user.id, post_id, g.user.is_admin, add)}
-
-
 @bp.route("/api/posts/<id:post_id>/praise/", methods=["POST"])
 @login_required
 @bp.response(200, PraiseTrophyOut)
 def praise(post_id: int):
     """Praise a post (once per user; ``added`` is false if already praised)."""
-    return _add_fact(post_id, store.add_praise)
+    return {"added": ops.praise(state(), g.user.id, post_id, g.user.is_admin)}
 
 
 @bp.route("/api/posts/<id:post_id>/trophy/", methods=["POST"])
@@ -312,7 +307,7 @@ def praise(post_id: int):
 @bp.response(200, PraiseTrophyOut)
 def trophy(post_id: int):
     """Give a post a trophy (once per user; ``added`` is false if already given)."""
-    return _add_fact(post_id, store.add_trophy)
+    return {"added": ops.trophy(state(), g.user.id, post_id, g.user.is_admin)}
 
 
 @bp.route("/api/fellows/<id:user_id>/")

@@ -206,10 +206,8 @@ def chronological_page(app_state: AppState, user_id: int | None, page: int,
 # --- the viewer's writes -------------------------------------------------------------------
 
 
-def add_fact(app_state: AppState, user_id: int, post_id: int, is_admin: bool,
-             add: Callable[[Any, int, int], bool]) -> bool:
-    """Praise or a trophy (``add``: ``store.add_praise`` / ``store.add_trophy``); True if
-    new. The viewer's calc version moves in the same transaction. Raises ``NotFound``."""
+def _add_fact(app_state: AppState, user_id: int, post_id: int, is_admin: bool,
+              add: Callable[[Any, int, int], bool]) -> bool:
     with app_state.uow() as uow:
         if not store.post_is_visible(uow.session, post_id, user_id, is_admin):
             raise NotFound("Post not found")
@@ -218,6 +216,17 @@ def add_fact(app_state: AppState, user_id: int, post_id: int, is_admin: bool,
             feed_cache.touch(uow, user_id)
         uow.commit()
     return added
+
+
+def praise(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
+    """Praise a post the viewer may see (once); True if new. The viewer's calc version
+    moves in the same transaction. Raises ``NotFound``."""
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_praise)
+
+
+def trophy(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
+    """Give a post the viewer may see a trophy (once); as ``praise``."""
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_trophy)
 
 
 def set_fellow(app_state: AppState, me: int, other: int, fellow: bool) -> bool:
