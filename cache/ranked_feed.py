@@ -449,7 +449,13 @@ def check(cache: Cache, user_id: int, truth: Callable[[], dict[str, Any]],
     entries). Read-only; raises ``CacheUnavailable``."""
     keys = cache.keys
     vkey, ckey = keys.version(scope(user_id)), config_key(keys)
-    raw_version, raw_controls = cache.run(PATH, lambda r: r.mget([vkey, ckey]))
+    def heads(r: Any) -> list[Any]:  # two slots: a pipeline, not one MGET
+        pipe = r.pipeline(transaction=False)
+        pipe.get(vkey)
+        pipe.get(ckey)
+        return pipe.execute()
+
+    raw_version, raw_controls = cache.run(PATH, heads)
     if raw_version is None:
         return []
     version = int(raw_version)
