@@ -2,15 +2,20 @@
 
 Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc version:
 
-- **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>`` (5 min), ``rf:stats:<v>`` (10 min):
-  the viewer's fellows, joined collectives and interaction counts (per author, per post
-  type), JSON strings;
-- **ranking** ``rf:rank:<v>:<c>`` (5 min): a list whose head is ``{"n": count}`` and whose
-  entries are the viewer's ranked candidates ``[id, score, [6 components], viewed]``;
-  a page is one ``LRANGE`` of it. ``<c>`` is the ranking controls' version (below).
-  Candidates are the posts the viewer may see (public or in their collectives); a caller
-  with the admin role sees every collective, so their ranking is kept apart,
-  ``rf:rank:<v>:<c>:a``.
+- **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>``, ``rf:prefs:<v>`` (5 min),
+  ``rf:stats:<v>`` (10 min): the viewer's fellows, joined collectives, feed preferences
+  (preferred types, blocked authors, muted collectives) and interaction counts (per
+  author, per post type), JSON strings;
+- **ranking** ``rf:rank:packed:<v>:<c>`` (5 min): one string, a 16-byte header (the
+  ranking's size, the entries kept, the clock it was ranked at) then the first entries
+  best first, 32 bytes each (``RECORD``: id, score and the six components, exactly); a
+  page is one ``GETRANGE`` of the header and one of its slice (one round trip). Only the
+  first ``keep`` entries (``RANKED_CACHE_ENTRIES``, 200: 6.4 KB) are kept; a page past
+  them ranks again at the kept clock, less the kept entries, and keeps the ranking
+  extended (the kept entries unchanged, so a walk never shows a post twice). ``<c>`` is
+  the ranking controls' version (below). Candidates are the posts the viewer may see
+  (public or in their collectives); a caller with the admin role sees every collective,
+  so their ranking is kept apart, ``rf:rank:packed:<v>:<c>:a``.
 
 And one key shared by every viewer, under its own tag: **controls** ``{rank}:config``, the
 admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
@@ -38,10 +43,13 @@ a batched SQL check of the page's ids (``storage.ranked_feed.visible_posts``).
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 
 from cache import stats
@@ -51,7 +59,7 @@ from cache.keys import Keyspace, Scope, user_tag
 
 PATH = "ranked_feed"
 INPUTS_PATH = "ranked_feed_inputs"
-INPUT_NAMES = ("fellows", "colls", "stats")
+INPUT_NAMES = ("fellows", "colls", "stats", "prefs")
 
 
 def scope(user_id: int) -> Scope:
@@ -62,12 +70,15 @@ CONFIG_TAG = "rank"
 CONFIG_PATH = "ranking_config"
 
 
+RANK_FORMAT = "packed"  # in the key: a deploy never reads another format's ranking
+
+
 def rank_key(
     keys: Keyspace, user_id: int, version: int, config_version: int, admin: bool = False
 ) -> str:
     parts: tuple[object, ...] = (version, config_version, "a") if admin else (
         version, config_version)
-    return keys.key(user_tag(user_id), "rf", "rank", *parts)
+    return keys.key(user_tag(user_id), "rf", "rank", RANK_FORMAT, *parts)
 
 
 def config_scope() -> Scope:
@@ -114,6 +125,20 @@ def touch(uow: Any, user_id: int) -> None:
     uow.change(scope(user_id))
 
 
+# --- the ranking: one string per viewer, ids, scores and components of its first pages ---
+
+# Header: the ranking's size (candidates), the entries kept, and its clock (µs since the
+# epoch) so that an extension ranks with the same recency.
+HEADER = struct.Struct("<IIq")
+# One entry: 32 bytes. Components are kept exactly: recency as a float64; social,
+# collective and viewed as flags; interaction (0..40), engagement × 2 (half points) and
+# post_type / 10 as integers (each component is exactly such a value).
+RECORD = np.dtype([("id", "<i8"), ("score", "<f8"), ("recency", "<f8"),
+                   ("post_type", "<u4"), ("engagement2", "<i2"), ("interaction", "u1"),
+                   ("flags", "u1")])
+SOCIAL, COLLECTIVE, VIEWED = 1, 2, 4
+
+
 @dataclass(frozen=True)
 class Entry:
     """One ranked post as cached: id, final score, raw components, viewed flag."""
@@ -123,13 +148,39 @@ class Entry:
     components: tuple[float, ...]
     viewed: bool
 
-    def encode(self) -> bytes:
-        return orjson.dumps([self.id, self.score, list(self.components), self.viewed])
 
-    @classmethod
-    def decode(cls, raw: bytes) -> Entry:
-        pid, score, parts, viewed = orjson.loads(raw)
-        return cls(int(pid), float(score), tuple(float(p) for p in parts), bool(viewed))
+def pack(ids: np.ndarray, scores: np.ndarray, components: np.ndarray,
+         viewed: np.ndarray) -> np.ndarray:
+    """Ranked columns (components in the score's order: recency, social, interaction,
+    engagement, collective, post_type) as ``RECORD`` entries."""
+    out = np.zeros(len(ids), dtype=RECORD)
+    out["id"], out["score"], out["recency"] = ids, scores, components[:, 0]
+    out["interaction"] = components[:, 2]
+    out["engagement2"] = np.rint(components[:, 3] * 2)
+    out["post_type"] = np.rint(components[:, 5] / 10)
+    out["flags"] = ((components[:, 1] > 0) * SOCIAL + (components[:, 4] > 0) * COLLECTIVE
+                    + viewed * VIEWED)
+    return out
+
+
+def entries(records: np.ndarray) -> list[Entry]:
+    """``RECORD`` entries (one page) as ``Entry`` values with their six components."""
+    return [
+        Entry(int(r["id"]), float(r["score"]), (
+            float(r["recency"]), 50.0 if r["flags"] & SOCIAL else 0.0,
+            float(r["interaction"]), float(r["engagement2"]) / 2,
+            30.0 if r["flags"] & COLLECTIVE else 0.0, 10.0 * float(r["post_type"]),
+        ), bool(r["flags"] & VIEWED))
+        for r in records
+    ]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A computed ranking: every candidate best first, and the clock it was ranked at."""
+
+    clock_us: int
+    records: np.ndarray  # RECORD
 
 
 @dataclass(frozen=True)
@@ -138,19 +189,57 @@ class RankedPage:
     entries: list[Entry]  # the requested slice
 
 
-def _slice(entries: list[Entry], start: int, stop: int) -> RankedPage:
-    return RankedPage(len(entries), entries[start:stop])
+@dataclass(frozen=True)
+class _Cached:
+    count: int
+    kept: int
+    clock_us: int
+    records: np.ndarray  # the requested slice (RECORD)
+
+
+def encode(ranking: Ranking, keep: int) -> bytes:
+    kept = ranking.records[:keep]
+    return HEADER.pack(len(ranking.records), len(kept), ranking.clock_us) + kept.tobytes()
+
+
+def decode_header(raw: bytes) -> tuple[int, int, int] | None:
+    """(count, kept, clock) of a cached ranking, None for a missing or malformed one."""
+    if len(raw) < HEADER.size:
+        return None
+    return HEADER.unpack_from(raw)
+
+
+def decode(raw: bytes) -> tuple[tuple[int, int, int], np.ndarray] | None:
+    """The header and every kept entry of a whole cached ranking (None if malformed)."""
+    head = decode_header(raw)
+    if head is None or len(raw) != HEADER.size + head[1] * RECORD.itemsize:
+        return None
+    return head, np.frombuffer(raw, dtype=RECORD, offset=HEADER.size)
+
+
+def _page(ranking: Ranking, start: int, stop: int) -> RankedPage:
+    return RankedPage(len(ranking.records), entries(ranking.records[start:stop]))
+
+
+def now_us(now: datetime) -> int:
+    """A clock as integer microseconds since the epoch (exact)."""
+    return (now - EPOCH) // timedelta(microseconds=1)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Compute = Callable[[int | None, int, np.ndarray | None], Ranking]
 
 
 class RankedFeedCache:
     """Reads and fills of one viewer's ranking and inputs."""
 
     def __init__(self, cache: Cache, filler: Filler, page_ttl: int,
-                 input_ttls: dict[str, int]) -> None:
+                 input_ttls: dict[str, int], keep: int = 200) -> None:
         self.cache = cache
         self.filler = filler
         self.page_ttl = page_ttl
         self.input_ttls = input_ttls
+        self.keep = keep
 
     def versions(self, user_id: int, load_controls: Callable[[], Controls]
                  ) -> tuple[int | None, Controls]:
@@ -203,7 +292,8 @@ class RankedFeedCache:
         config_version: int,
         start: int,
         stop: int,
-        compute: Callable[[int | None], list[Entry]],
+        compute: Compute,
+        clock_us: int,
         force: bool = False,
         admin: bool = False,
     ) -> RankedPage:
@@ -211,45 +301,88 @@ class RankedFeedCache:
 
         ``version`` and ``config_version`` are the viewer's calc version and the controls'
         version as ``versions`` read them (``version`` None: the cache is unusable).
-        ``compute(version)`` ranks from Postgres (``version`` is None when the cache is
-        unusable: inputs then come from Postgres too). ``force`` recomputes and replaces
-        the cached ranking (``invalidate_cache=true``); ``admin`` picks the admin-role
-        ranking (every collective's posts). Never raises for Redis trouble.
+        ``compute(version, clock_us, exclude)`` ranks from Postgres at ``clock_us``, less
+        the posts ``exclude`` (``version`` None when the cache is unusable: inputs then
+        come from Postgres too). The first ``keep`` entries are cached; a page past them
+        ranks again at the cached ranking's clock, less the entries already kept, and
+        keeps the ranking extended to twice as many (or the page's end). ``force``
+        recomputes and replaces the cached ranking (``invalidate_cache=true``); ``admin``
+        picks the admin-role ranking (every collective's posts). Never raises for Redis
+        trouble.
         """
         if version is None:
             stats.count(PATH, "fallback")
-            return _slice(compute(None), start, stop)
+            return _page(compute(None, clock_us, None), start, stop)
         key = rank_key(self.cache.keys, user_id, version, config_version, admin)
+        lo, hi = HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
 
-        def read(r: Any) -> RankedPage:
+        def read(r: Any) -> _Cached:
             pipe = r.pipeline(transaction=False)
-            pipe.lindex(key, 0)
-            pipe.lrange(key, start + 1, stop)
-            head, raw = pipe.execute()
-            if head is None:
+            pipe.getrange(key, 0, HEADER.size - 1)
+            pipe.getrange(key, lo, hi - 1)
+            raw_head, raw = pipe.execute()
+            head = decode_header(raw_head)
+            if head is None or len(raw) % RECORD.itemsize:
                 return NO_VALUE
-            return RankedPage(int(orjson.loads(head)["n"]), [Entry.decode(e) for e in raw])
+            return _Cached(*head, np.frombuffer(raw, dtype=RECORD))
 
-        def stage(pipe: Any, temps: dict[str, str], entries: list[Entry]) -> None:
-            pipe.rpush(temps[key], orjson.dumps({"n": len(entries)}),
-                       *(e.encode() for e in entries))
+        def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
+            pipe.set(temps[key], encode(ranking, max(self.keep, stop)))
 
-        def fill() -> RankedPage:
-            entries = self.filler.fill(PATH, scope(user_id), [key],
-                                       lambda: compute(version), stage, ttl=self.page_ttl)
-            return _slice(entries, start, stop)
+        def fill() -> _Cached:
+            ranking = self.filler.fill(PATH, scope(user_id), [key],
+                                       lambda: compute(version, clock_us, None), stage,
+                                       ttl=self.page_ttl)
+            return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
+                           ranking.records[start:stop])
 
-        def fallback() -> RankedPage:
-            return _slice(compute(None), start, stop)
+        def fallback() -> _Cached:
+            ranking = compute(None, clock_us, None)
+            return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
+                           ranking.records[start:stop])
 
         if force:
             stats.count(PATH, "miss")
             try:
-                return fill()
+                got = fill()
             except (LeaseHeld, CacheUnavailable):
                 stats.count(PATH, "fallback")
-                return fallback()
-        return read_through(self.cache, PATH, read, fill, fallback)
+                got = fallback()
+        else:
+            got = read_through(self.cache, PATH, read, fill, fallback)
+        if stop > got.kept and got.kept < got.count:  # past the kept entries: extend
+            return self._extend(user_id, version, key, start, stop, compute, clock_us)
+        return RankedPage(got.count, entries(got.records))
+
+    def _extend(self, user_id: int, version: int, key: str, start: int, stop: int,
+                compute: Compute, clock_us: int) -> RankedPage:
+        """Rank again at the cached ranking's clock, less the entries kept, and keep the
+        ranking extended (the kept entries first, unchanged, so no walk sees a post twice);
+        answered without writing when another process holds the lease or Redis fails."""
+        stats.count(PATH, "extend")
+        try:
+            whole = decode(self.cache.run(PATH, lambda r: r.get(key)) or b"")
+        except CacheUnavailable:
+            whole = None
+        if whole is None:  # gone or unreadable meanwhile: a fresh ranking, not kept
+            return _page(compute(None, clock_us, None), start, stop)
+        (_, kept, clock), prefix = whole
+        merged: list[Ranking] = []
+
+        def load() -> Ranking:
+            rest = compute(version, clock, prefix["id"])
+            merged.append(Ranking(clock, np.concatenate([prefix, rest.records])))
+            return merged[0]
+
+        def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
+            pipe.set(temps[key], encode(ranking, max(stop, 2 * kept)))
+
+        try:
+            ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
+                                       ttl=self.page_ttl)
+        except (LeaseHeld, CacheUnavailable):
+            ranking = merged[0] if merged else load()
+        return _page(ranking, start, stop)
 
     def inputs(
         self, user_id: int, version: int, loaders: dict[str, Callable[[], Any]]
@@ -282,3 +415,77 @@ class RankedFeedCache:
             with contextlib.suppress(CacheUnavailable):  # answered anyway; cached next time
                 self.cache.run(INPUTS_PATH, store)
         return values
+
+    # --- the operator's rebuild and warm of one user ------------------------------------
+
+    def rebuild(self, user_id: int, path: str, page: Callable[[], Any]) -> None:
+        """The inputs are cached under the calc version and only loaded when missing: drop
+        the current version's, then ``page()`` (a forced page) recomputes the ranking,
+        which reloads them, version-checked."""
+        version = self.filler.version(path, scope(user_id))
+        keys = [input_key(self.cache.keys, user_id, n, version) for n in INPUT_NAMES]
+
+        def drop(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(key)
+            pipe.execute()
+
+        self.cache.run(path, drop)
+        page()
+
+    def warm(self, page: Callable[[], Any]) -> None:
+        """``page()`` reads the first page through: a miss fills inputs and ranking."""
+        page()
+
+
+def check(cache: Cache, user_id: int, truth: Callable[[], dict[str, Any]],
+          load_version: Callable[[], int]) -> list[tuple[str, Any, Any]]:
+    """``(key, cached, Postgres)`` for each cached input of ``user_id`` at their current
+    calc version that differs from ``truth()`` (inputs by name), compared only when the
+    version is settled: the Redis copy equals ``load_version()`` (the Postgres row) read
+    before and after the truth. The ranking is a page cache of a time-dependent score that
+    others' activity moves by design: only its shape is checked (a whole header and
+    entries). Read-only; raises ``CacheUnavailable``."""
+    keys = cache.keys
+    vkey, ckey = keys.version(scope(user_id)), config_key(keys)
+    def heads(r: Any) -> list[Any]:  # two slots: a pipeline, not one MGET
+        pipe = r.pipeline(transaction=False)
+        pipe.get(vkey)
+        pipe.get(ckey)
+        return pipe.execute()
+
+    raw_version, raw_controls = cache.run(PATH, heads)
+    if raw_version is None:
+        return []
+    version = int(raw_version)
+    names = [input_key(keys, user_id, n, version) for n in INPUT_NAMES]
+    reads = list(names)
+    if raw_controls is not None:  # without the controls no current ranking is readable
+        config_version = Controls.decode(raw_controls).version
+        reads += [rank_key(keys, user_id, version, config_version, admin)
+                  for admin in (False, True)]
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for key in reads:
+            pipe.get(key)
+        return pipe.execute()
+
+    cached = cache.run(PATH, read)
+    before = load_version()
+    inputs = truth()
+    if load_version() != before or before != version:
+        return []  # a write moved the version meanwhile, or its apply is pending
+    out: list[tuple[str, Any, Any]] = []
+    for name, key, raw in zip(INPUT_NAMES, names, cached, strict=False):
+        if raw is not None:
+            got = orjson.loads(raw)
+            want = orjson.loads(orjson.dumps(inputs[name]))
+            if got != want:
+                out.append((key, got, want))
+    for key, raw in zip(reads[len(names):], cached[len(names):], strict=True):
+        if raw is not None:
+            whole = decode(raw)
+            if whole is None or whole[0][1] > whole[0][0]:
+                out.append((key, f"{len(raw)} bytes", "a header and whole entries"))
+    return out

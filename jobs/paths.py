@@ -18,18 +18,12 @@ recent_reels       recently viewed list
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-from flask import Flask, current_app, has_app_context
-
-from cache import activity_feed, checks, community_feed, group_feed, ranked_feed, recent_reels
+from cache import activity_feed, checks, community_feed, group_feed, recent_reels
 from cache.checks import Difference
-from service import ranked_feed as ranked_service
+from service import ranked_feed_ops
 from service.bootstrap import AppState
-from storage import ranked_feed as rf_store
 from storage import rebuild as store
 
 __all__ = ["READ_PATHS", "Difference", "ReadPath", "get", "group_ids"]
@@ -55,89 +49,17 @@ class ReadPath:
             after = ids[-1]
 
 
-# --- the personalized ranking (its use case computes the ranking) ---------------------------
-
-
-def _json(value: Any) -> Any:
-    return orjson.loads(orjson.dumps(value))
-
-
-def _stats_json(session: Any, user_id: int) -> Any:
-    return _json(ranked_service.stats_json(rf_store.load_interaction_stats(session, user_id)))
-
-
-INPUT_LOADERS: dict[str, Callable[[Any, int], Any]] = {
-    "fellows": rf_store.load_fellows,
-    "colls": rf_store.load_collectives,
-    "stats": _stats_json,
-}
+# --- the personalized ranking: its check is cache/ranked_feed.py's; rebuilding and warming
+# compute the ranking, which is its use case's (service/ranked_feed_ops.py).
 
 
 def ranked_check(state: AppState, user_id: int) -> list[Difference]:
-    keys = state.cache.keys
-    calc = ranked_feed.scope(user_id)
-    head = checks.peek(state.cache, [("get", keys.version(calc)),
-                                     ("get", ranked_feed.config_key(keys))])
-    calc_copy = checks.version_copy(head[0])
-    # The ranking is keyed by the controls' version too: without their copy, no page of
-    # the current controls can be read either, so only the inputs are checked.
-    controls_copy = (ranked_feed.Controls.decode(head[1][1]).version
-                     if head[1][0] and head[1][1] is not None else None)
-    if calc_copy is None:
-        return []
-    ranked = checks.peek(state.cache, [
-        *[("get", ranked_feed.input_key(keys, user_id, n, calc_copy))
-          for n in ranked_feed.INPUT_NAMES],
-        *([("lrange", ranked_feed.rank_key(keys, user_id, calc_copy, controls_copy))]
-          if controls_copy is not None else []),
-    ])
-    before = checks.versions(state, [calc])
-    with state.db.session() as session:
-        inputs = {n: _json(INPUT_LOADERS[n](session, user_id)) for n in ranked_feed.INPUT_NAMES}
-    after = checks.versions(state, [calc])
-    out: list[Difference] = []
-    who = {"user_id": user_id}
-    if not checks.settled(calc_copy, before, after, calc):
-        return out
-    for name, (exists, raw) in zip(ranked_feed.INPUT_NAMES, ranked, strict=False):
-        if exists:
-            out += checks.differs("ranked_feed",
-                                  ranked_feed.input_key(keys, user_id, name, calc_copy),
-                                  orjson.loads(raw), inputs[name], **who)
-    exists, raw = ranked[-1] if controls_copy is not None else (False, None)
-    if exists:  # the head announces the ranking's length: it must be whole
-        count = orjson.loads(raw[0]).get("n") if raw else None
-        out += checks.differs("ranked_feed",
-                              ranked_feed.rank_key(keys, user_id, calc_copy, controls_copy),
-                              count, len(raw) - 1, **who)
-    return out
-
-
-def _ranked_page(state: AppState, user_id: int, force: bool) -> None:
-    with app_context(state):
-        ranked_service.ranked_page(user_id, 0, 1, force=force)
+    return [d for key, cached, truth in ranked_feed_ops.check_user(state, user_id)
+            for d in checks.differs("ranked_feed", key, cached, truth, user_id=user_id)]
 
 
 def ranked_rebuild(state: AppState, user_id: int) -> None:
-    # The inputs are cached under the calc version and only loaded when missing: drop the
-    # current version's, then recompute the ranking (which reloads them) version-checked.
-    version = state.filler.version(checks.PATH, ranked_feed.scope(user_id))
-    checks.drop(state.cache, [ranked_feed.input_key(state.cache.keys, user_id, n, version)
-                              for n in ranked_feed.INPUT_NAMES])
-    _ranked_page(state, user_id, force=True)
-
-
-def ranked_warm(state: AppState, user_id: int) -> None:
-    _ranked_page(state, user_id, force=False)
-
-
-def app_context(state: AppState) -> AbstractContextManager[Any]:
-    """An app context whose ``state()`` is ``state`` (the ranking's use case reads it)."""
-    if has_app_context() and current_app.extensions.get("hc") is state:
-        return nullcontext()
-    app = Flask("jobs")
-    app.extensions["hc"] = state
-    return app.app_context()
+    ranked_feed_ops.rebuild_user(state, user_id, checks.PATH)
 
 
 READ_PATHS: dict[str, ReadPath] = {
@@ -147,7 +69,8 @@ READ_PATHS: dict[str, ReadPath] = {
                               activity_feed.warm),
     "community_feed": ReadPath("community_feed", community_feed.check, community_feed.rebuild,
                                community_feed.warm),
-    "ranked_feed": ReadPath("ranked_feed", ranked_check, ranked_rebuild, ranked_warm),
+    "ranked_feed": ReadPath("ranked_feed", ranked_check, ranked_rebuild,
+                            ranked_feed_ops.warm_user),
     "recent_reels": ReadPath("recent_reels", recent_reels.check, recent_reels.rebuild,
                              recent_reels.warm),
 }

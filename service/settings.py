@@ -163,6 +163,7 @@ class Settings:
     interaction_stats_ttl: int = 600
     ranked_candidates_recent: int = 500  # personalized feed: newest live posts considered
     ranked_candidates_social: int = 250  # ...plus this many from fellows and from collectives
+    ranked_cache_entries: int = 200  # ...of which the first this many are cached per viewer
     # Jobs.
     queue_prefix: str = ""  # RQ queue names are <prefix>default, <prefix>warm (tests isolate)
     outbox_relay_interval: int = 10  # seconds
@@ -254,6 +255,8 @@ class Settings:
             raise ValueError("CACHE_MODE must be 'on' or 'off'")
         if not 0.0 <= settings.ranking_log_sample <= 1.0:
             raise ValueError("RANKING_LOG_SAMPLE must be from 0 to 1")
+        if settings.ranked_cache_entries < 50:  # at least one page of the largest size
+            raise ValueError("RANKED_CACHE_ENTRIES must be at least 50")
         if not 1 <= settings.max_recent_reel_views <= 127:  # + a sentinel: <= 128, listpack
             raise ValueError("MAX_RECENT_REEL_VIEWS must be from 1 to 127")
         if "PUBLIC_BASE_URL" not in env and "public_base_url" not in overrides:
@@ -288,6 +291,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "INTERACTION_STATS_TTL": ("interaction_stats_ttl", int),
     "RANKED_CANDIDATES_RECENT": ("ranked_candidates_recent", int),
     "RANKED_CANDIDATES_SOCIAL": ("ranked_candidates_social", int),
+    "RANKED_CACHE_ENTRIES": ("ranked_cache_entries", int),
     "OUTBOX_RELAY_INTERVAL": ("outbox_relay_interval", int),
     "RECONCILE_INTERVAL": ("reconcile_interval", int),
     "RECONCILE_SAMPLE": ("reconcile_sample", int),

@@ -13,7 +13,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -247,6 +249,11 @@ class Post(Base):
     view_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     praise_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     trophy_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # The personalized feed's engagement component (seed 003's PostScore), computed by
+    # Postgres from the counters above in the statement that changes them (0008).
+    engagement: Mapped[float] = mapped_column(Float, Computed(
+        "LEAST((like_count + 2 * praise_count + 5 * trophy_count)::double precision "
+        "+ 0.5 * comment_count::double precision, 50)", persisted=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -385,6 +392,21 @@ class UserPreferences(Base):
         ARRAY(BigInteger), nullable=False, server_default="{}"
     )
     updated_at: Mapped[datetime] = _now()
+
+
+class UserPostPreference(Base):
+    """Seed 003's UserPostPreference: a viewer's hearts, praise and trophies on one
+    author's posts of one type. Kept by triggers on the fact tables in the writing
+    transaction (migration 0008); read by the personalized feed's interaction and post
+    type components."""
+
+    __tablename__ = "user_post_preferences"
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    author_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    post_type: Mapped[str] = mapped_column(String(50), primary_key=True)
+    hearts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    praises: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    trophies: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
 
 class RankingConfig(Base):

@@ -11,7 +11,7 @@ so a ranking costs O(k_recent + 2·k_social) rows whatever the size of ``posts``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +75,6 @@ class Preferences:
 EMPTY_PREFERENCES = Preferences([], [], [], [])
 
 
-def begin_ranking(session: Session) -> None:
-    """Settings for the ranking's small indexed queries in this transaction: no parallel
-    workers (starting them costs more than these queries take)."""
-    session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
-
-
 # --- per-viewer inputs ---------------------------------------------------------------------
 
 
@@ -97,17 +91,15 @@ def load_collectives(session: Session, user_id: int) -> list[int]:
 
 
 _STATS = text(
-    "SELECT p.author_id, p.post_type, count(*) AS n FROM ("
-    " SELECT post_id FROM post_likes WHERE user_id = :u"
-    " UNION ALL SELECT post_id FROM post_praises WHERE user_id = :u"
-    " UNION ALL SELECT post_id FROM post_trophies WHERE user_id = :u"
-    ") f JOIN posts p ON p.id = f.post_id GROUP BY p.author_id, p.post_type"
+    "SELECT author_id, post_type, hearts + praises + trophies AS n "
+    "FROM user_post_preferences WHERE user_id = :u AND hearts + praises + trophies > 0"
 )
 
 
 def load_interaction_stats(session: Session, user_id: int) -> tuple[dict[int, int],
                                                                      dict[str, int]]:
-    """The viewer's hearts + praise + trophies, per author and per post type."""
+    """The viewer's hearts + praise + trophies, per author and per post type, from
+    ``user_post_preferences`` (kept by the fact tables' triggers, migration 0008)."""
     by_author: dict[int, int] = {}
     by_type: dict[str, int] = {}
     for author_id, post_type, n in session.execute(_STATS, {"u": user_id}):
@@ -124,70 +116,84 @@ def load_preferences(session: Session, user_id: int) -> Preferences:
                        list(row.blocked_users), list(row.preferred_artist_types))
 
 
+# Only what the score needs (and the order's tie-breaks). Run on the driver's cursor
+# (psycopg placeholders): plain tuples, no row objects for ~1,000 rows.
 _CANDIDATE_COLUMNS = (
-    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.like_count, "
-    "p.praise_count, p.trophy_count, p.comment_count"
+    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.engagement"
+)
+_NOT_FILTERED = (
+    "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(%(blocked)s AS bigint[]))) "
+    "AND NOT coalesce(p.collective_id = ANY(CAST(%(muted)s AS bigint[])), false)"
 )
 _ALLOWED = (
-    "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(:blocked AS bigint[]))) "
-    "AND NOT coalesce(p.collective_id = ANY(CAST(:muted AS bigint[])), false) "
-    "AND (p.collective_id IS NULL OR CAST(:admin AS boolean) "
-    "OR p.collective_id = ANY(CAST(:colls AS bigint[])))"
+    f"{_NOT_FILTERED} AND (p.collective_id IS NULL OR CAST(%(admin)s AS boolean) "
+    "OR p.collective_id = ANY(CAST(%(colls)s AS bigint[])))"
 )
 
 
-def _newest_per(column: str, ids_param: str) -> str:
-    """The ``:k_social`` newest allowed posts whose ``column`` is in ``ids_param``: the
+def _newest_per(column: str, ids_param: str, allowed: str) -> str:
+    """The ``k_social`` newest ``allowed`` posts whose ``column`` is in ``ids_param``: the
     newest k of each id through its (column, created_at) index, then the newest k of
     those, so no source scans more than k rows per id."""
     return (
-        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(:{ids_param} AS bigint[])) AS s(v) "
-        f"CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
-        f"WHERE p.{column} = s.v AND {_ALLOWED} "
-        "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_social) p "
-        "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_social)"
+        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(%({ids_param})s AS bigint[])) "
+        f"AS s(v) CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
+        f"WHERE p.{column} = s.v AND {allowed} "
+        "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s) p "
+        "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s)"
     )
 
 
-# UNION (not UNION ALL): a post found by two sources is one candidate.
-_CANDIDATES = text(
+# UNION (not UNION ALL): a post found by two sources is one candidate. Every column is a
+# number, so the rows load into one float64 array: created_at as microseconds since the
+# epoch (exact below 2^53), the viewed flag (one indexed probe of post_views per
+# candidate), and the post_type component, looked up in the viewer's values per type. A
+# joined collective's posts need no membership test (the viewer is in it).
+_CANDIDATES = (
+    "SELECT c.id, c.author_id, coalesce(c.collective_id, 0), "
+    "(extract(epoch FROM c.created_at) * 1000000)::bigint, c.engagement, "
+    "EXISTS (SELECT 1 FROM post_views v WHERE v.viewer_id = %(viewer)s "
+    "AND v.post_id = c.id), "
+    "coalesce((CAST(%(type_values)s AS float8[]))[array_position("
+    "CAST(%(types)s AS text[]), c.post_type::text)], 0) FROM ("
     f"(SELECT {_CANDIDATE_COLUMNS} FROM posts p WHERE {_ALLOWED} "
-    "ORDER BY p.created_at DESC, p.id DESC LIMIT :k_recent)"
-    " UNION " + _newest_per("author_id", "fellows")
-    + " UNION " + _newest_per("collective_id", "colls")
+    "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_recent)s)"
+    " UNION " + _newest_per("author_id", "fellows", _ALLOWED)
+    + " UNION " + _newest_per("collective_id", "colls", _NOT_FILTERED) + ") c"
 )
+# The ranking's small indexed queries: no parallel workers (starting them costs more than
+# these queries take).
+_NO_PARALLEL = "SET LOCAL max_parallel_workers_per_gather = 0"
 
 
 def load_candidates(
     session: Session,
     *,
+    viewer: int,
     fellows: Sequence[int],
     collectives: Sequence[int],
     blocked: Sequence[int],
     muted: Sequence[int],
+    type_values: Mapping[str, float],
     k_recent: int,
     k_social: int,
     is_admin: bool = False,
-) -> list[dict[str, Any]]:
-    """The bounded candidate set (see the module docstring), as dicts of score facts:
-    public posts and those of the viewer's ``collectives`` (every collective's for an
-    admin)."""
-    rows = session.execute(_CANDIDATES, {
-        "fellows": list(fellows), "colls": list(collectives), "blocked": list(blocked),
-        "muted": list(muted), "k_recent": k_recent, "k_social": k_social,
-        "admin": is_admin,
-    })
-    return [dict(row._mapping) for row in rows]
-
-
-def load_viewed(session: Session, user_id: int, post_ids: Sequence[int]) -> set[int]:
-    if not post_ids:
-        return set()
-    return set(session.execute(
-        text("SELECT post_id FROM post_views WHERE viewer_id = :u "
-             "AND post_id = ANY(CAST(:ids AS bigint[]))"),
-        {"u": user_id, "ids": list(post_ids)},
-    ).scalars())
+) -> list[tuple[Any, ...]]:
+    """The bounded candidate set (see the module docstring) as tuples ``(id, author_id,
+    collective_id or 0, created_at in µs since the epoch, engagement, viewed,
+    type_values[post_type] or 0)``: public posts and those of the viewer's
+    ``collectives`` (every collective's for an admin). One round trip."""
+    conn = session.connection().connection.driver_connection
+    types = sorted(type_values)
+    with conn.pipeline(), conn.cursor() as cursor:
+        cursor.execute(_NO_PARALLEL)
+        cursor.execute(_CANDIDATES, {
+            "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
+            "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,
+            "k_social": k_social, "admin": is_admin, "types": types,
+            "type_values": [float(type_values[t]) for t in types],
+        })
+        return cursor.fetchall()
 
 
 # --- what a page shows ---------------------------------------------------------------------

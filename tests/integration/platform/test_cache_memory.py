@@ -17,7 +17,7 @@ from tests.support.auth import bearer
 from tests.support.cache_ops import FROZEN_NOW, active_user
 
 DOC = PROJECT_ROOT / "docs" / "operations.md"
-SHORT_TTL = re.compile(r":rf:(rank|fellows|colls|stats):")  # page caches, minutes by design
+SHORT_TTL = re.compile(r":rf:(rank|fellows|colls|stats|prefs):")  # page caches, minutes by design
 
 
 def budget() -> dict[str, int]:
@@ -47,7 +47,7 @@ def path_of(key: str) -> str:
 @pytest.fixture
 def active(client, state, monkeypatch) -> int:
     """The demo data (seed-demo's sizes); its most active user, warmed and signed in."""
-    from service import ranked_feed
+    from service import ranked_feed_ops as ranked_feed  # the clock of routes and jobs
 
     monkeypatch.setattr(ranked_feed, "now", lambda: FROZEN_NOW)
     seed(state.db, DemoSizes())

@@ -23,7 +23,8 @@ from jobs import cli as jobs_cli
 from jobs import paths as read_paths
 from jobs import rebuild, reconcile, scheduler
 from jobs.context import use_state
-from service import ranked_feed, warming
+from service import ranked_feed_ops as ranked_feed  # the clock of routes and jobs
+from service import warming
 from storage.demo import DemoSizes, seed
 from tests.support.auth import bearer
 from tests.support.cache_ops import FROZEN_NOW, active_user, groups_of, sql

@@ -74,7 +74,15 @@ def test_pagination_links_and_bad_pages(client, auth, posts):
     assert len(body["results"]) == 1
     assert body["next"].endswith("page=3") and "page_size=1" in body["next"]
     assert body["previous"].endswith("page=1")
+    r = client.get("/api/posts/?page_size=2&page=2", headers=auth(9))
+    assert r.get_json()["count"] == 4 and r.get_json()["next"] is None  # the walk's end
+    # Past the end of a personalized walk: empty, never a 404 (a ranking recomputed
+    # between pages may be shorter); chronological pages past the end are a 404.
     r = client.get("/api/posts/?page_size=2&page=3", headers=auth(9))
+    body = r.get_json()
+    assert r.status_code == 200 and body["results"] == [] and body["next"] is None
+    assert body["count"] == 4 and body["previous"].endswith("page=2")
+    r = client.get("/api/posts/?page_size=2&page=3&ordering=chronological", headers=auth(9))
     assert r.status_code == 404 and r.get_json()["code"] == "invalid_page"
     for bad in ("page=0", "page=x", "page_size=0", "page_size=51", "ordering=top",
                 "explain=maybe", "page=100001"):

@@ -84,8 +84,10 @@ def test_page_of_50_out_of_100k(client, auth, state):
         "cached page 3": timed(lambda: get("&page=3"), 300),
     }
     version = state.filler.version(rf.PATH, rf.scope(VIEWER))
-    size = state.cache.redis.llen(rf.rank_key(state.cache.keys, VIEWER, version, 0)) - 1
-    print(f"\nranking size (candidates): {size}")
+    key = rf.rank_key(state.cache.keys, VIEWER, version, 0)
+    (size, kept, _), _ = rf.decode(state.cache.redis.get(key))
+    memory = state.cache.redis.memory_usage(key, samples=0)
+    print(f"\nranking size (candidates): {size}, kept {kept}: {memory} bytes in Redis")
     for name, (median, p95) in results.items():
         print(f"{name}: median {median:.2f} ms, p95 {p95:.2f} ms")
     cold_median = results["uncached, cold (version, inputs and ranking rebuilt)"][0]

@@ -1,0 +1,334 @@
+"""Use cases of the personalized ranked feed (API.md section 4), as plain functions of
+their dependencies (``AppState``): the HTTP routes (``service.ranked_feed``), the jobs and
+the operator's check / rebuild / warm call them; none needs a Flask context.
+
+A ranking: the viewer's inputs (fellows, collectives, interaction counts, preferences:
+cached per calc version, ``cache.ranked_feed``), one lean query for the bounded candidate
+set (``storage.ranked_feed.load_candidates``: only the score's columns, the viewed flag
+included, one round trip), then numpy scoring (``service.ranked_feed_score``). The first
+``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores, components: 32 bytes each); a
+walk past them ranks again at the cached ranking's clock, less the entries already shown.
+
+The walk is bounded: ``count`` is the candidate set's size, at most
+``RANKED_CANDIDATES_RECENT + 2 · RANKED_CANDIDATES_SOCIAL`` posts (1,000 by default); the
+page holding its last entry has ``next: null``, and a page past it answers an empty
+``results`` (never a 404: a ranking recomputed between pages may have shrunk).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from cache import ranked_feed as feed_cache
+from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
+from service import ranked_feed_score as scoring
+from service.bootstrap import AppState
+from service.errors import ApiError, NotFound
+from storage import ranked_feed as store
+from storage import rebuild as rebuild_store
+
+DECISION_LOG_TOP = 10  # posts per sampled ranking-decision log line
+decisions = logging.getLogger("service.ranking")
+
+
+def now() -> datetime:
+    """The ranking clock of jobs (the routes pass theirs; tests freeze both)."""
+    return datetime.now(UTC)
+
+
+def cache_of(app_state: AppState) -> RankedFeedCache:
+    s = app_state.settings
+    return RankedFeedCache(
+        app_state.cache, app_state.filler, s.page_cache_ttl,
+        {"fellows": s.fellows_ttl, "colls": s.collectives_ttl,
+         "stats": s.interaction_stats_ttl, "prefs": s.fellows_ttl},
+        keep=s.ranked_cache_entries,
+    )
+
+
+def stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, Any]:
+    """The cached form of the viewer's interaction counts (input ``stats``)."""
+    by_author, by_type = user_stats
+    return {"a": sorted(by_author.items()), "t": by_type}
+
+
+def input_loaders(session: Any, user_id: int) -> dict[str, Callable[[], Any]]:
+    """The viewer's inputs from Postgres, by cached name, as JSON-able values."""
+    return {
+        "fellows": lambda: store.load_fellows(session, user_id),
+        "colls": lambda: store.load_collectives(session, user_id),
+        "stats": lambda: stats_json(store.load_interaction_stats(session, user_id)),
+        "prefs": lambda: store.load_preferences(session, user_id).as_dict(),
+    }
+
+
+# --- ranking -------------------------------------------------------------------------------
+
+
+def load_controls(app_state: AppState) -> Controls:
+    """The ranking controls from Postgres (the truth)."""
+    with app_state.db.session() as session:
+        stored = store.load_ranking_controls(session, feed_cache.config_scope().row_name)
+    return Controls(stored.version, stored.enabled, stored.weights)
+
+
+def weights_of(app_state: AppState, controls: Controls) -> dict[str, float]:
+    """``RANKING_WEIGHTS`` with the admin's weights over it."""
+    return {**app_state.settings.ranking_weights, **controls.weights}
+
+
+def compute_ranking(app_state: AppState, user_id: int, version: int | None,
+                    weights: dict[str, float] | None = None, is_admin: bool = False,
+                    clock_us: int | None = None,
+                    exclude: np.ndarray | None = None) -> Ranking:
+    """Rank the viewer's candidates (less the posts ``exclude``) at ``clock_us`` (default
+    now) with ``weights`` (default ``RANKING_WEIGHTS``); inputs from the cache at
+    ``version`` (straight from Postgres when ``version`` is None). Candidates are the
+    posts the viewer may see: public ones and their collectives' (every post for an
+    admin)."""
+    settings = app_state.settings
+    clock = feed_cache.now_us(now()) if clock_us is None else clock_us
+    with app_state.db.session() as session:
+        loaders = input_loaders(session, user_id)
+        if version is None:
+            inputs = {name: load() for name, load in loaders.items()}
+        else:
+            inputs = cache_of(app_state).inputs(user_id, version, loaders)
+        prefs = inputs["prefs"]
+        viewer = scoring.ViewerInputs(
+            fellows=frozenset(inputs["fellows"]),
+            collectives=frozenset(inputs["colls"]),
+            by_author={int(a): int(n) for a, n in inputs["stats"]["a"]},
+            by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
+            preferred_types=frozenset(prefs["preferred_post_types"]),
+        )
+        rows = store.load_candidates(
+            session, viewer=user_id, fellows=inputs["fellows"], collectives=inputs["colls"],
+            blocked=prefs["blocked_users"], muted=prefs["muted_collectives"],
+            type_values=scoring.post_type_values(viewer),
+            k_recent=settings.ranked_candidates_recent,
+            k_social=settings.ranked_candidates_social, is_admin=is_admin,
+        )
+    candidates = scoring.Candidates.from_rows(rows)
+    if exclude is not None and len(exclude):
+        candidates = candidates.without(exclude)
+    ranked = scoring.rank(candidates, viewer, weights or settings.ranking_weights, clock)
+    return Ranking(clock, feed_cache.pack(ranked.ids, ranked.scores, ranked.components,
+                                          ranked.viewed))
+
+
+def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
+                force: bool = False, is_admin: bool = False,
+                clock: datetime | None = None) -> tuple[Controls, RankedPage | None]:
+    """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
+    them (None when the admin switched ranking off); an admin's ranking (every collective)
+    is kept apart. Warm: one round trip for the versions, one for the page."""
+    cache = cache_of(app_state)
+    version, controls = cache.versions(user_id, lambda: load_controls(app_state))
+    if not controls.enabled:
+        return controls, None
+    weights = weights_of(app_state, controls)
+
+    def compute(v: int | None, clock_us: int, exclude: np.ndarray | None) -> Ranking:
+        return compute_ranking(app_state, user_id, v, weights, is_admin, clock_us, exclude)
+
+    return controls, cache.page(
+        user_id, version, controls.version, start, stop, compute,
+        feed_cache.now_us(clock or now()), force=force, admin=is_admin,
+    )
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    """One page: the walk's size, and its posts as rows (``storage.ranked_feed``
+    columns) with their ranked entry (None when chronological)."""
+
+    count: int
+    posts: list[tuple[dict[str, Any], Entry | None]]
+    personalized: bool
+
+
+def _log_decision(app_state: AppState, user_id: int, page: int, page_size: int,
+                  count: int, controls: Controls,
+                  shown: Sequence[tuple[dict[str, Any], Entry | None]]) -> None:
+    """One JSON line: the viewer, the page and its top posts with their components."""
+    top = [{"id": row["id"], "score": entry.score,
+            "components": dict(zip(scoring.COMPONENTS, entry.components, strict=True)),
+            "viewed": entry.viewed}
+           for row, entry in shown[:DECISION_LOG_TOP] if entry is not None]
+    decisions.info(json.dumps({
+        "event": "ranking_decision", "viewer": user_id, "page": page,
+        "page_size": page_size, "count": count, "config_version": controls.version,
+        "weights": weights_of(app_state, controls), "top": top,
+    }))
+
+
+def personalized_page(app_state: AppState, user_id: int, page: int, page_size: int,
+                      force: bool = False, is_admin: bool = False,
+                      clock: datetime | None = None) -> FeedPage:
+    """The viewer's personalized page ``page`` (chronological when ranking is off).
+    Posts deleted, blocked, muted or left since the ranking was cached are left out."""
+    start = (page - 1) * page_size
+    controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
+                                   force=force, is_admin=is_admin, clock=clock)
+    if ranked is None:
+        return chronological_page(app_state, user_id, page, page_size, is_admin)
+    with app_state.db.session() as session:
+        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries],
+                                   is_admin)
+    shown = [(rows[e.id], e) for e in ranked.entries if e.id in rows]
+    sample = app_state.settings.ranking_log_sample
+    if sample > 0 and random.random() < sample:  # noqa: S311 - sampling, not security
+        _log_decision(app_state, user_id, page, page_size, ranked.count, controls, shown)
+    return FeedPage(ranked.count, shown, True)
+
+
+def chronological_page(app_state: AppState, user_id: int | None, page: int,
+                       page_size: int, is_admin: bool = False) -> FeedPage:
+    """Newest first: every post the caller may see (anonymous: public ones)."""
+    with app_state.db.session() as session:
+        count, rows = store.chronological_page(session, user_id, (page - 1) * page_size,
+                                               page_size, is_admin)
+    return FeedPage(count, [(row, None) for row in rows], False)
+
+
+# --- the viewer's writes -------------------------------------------------------------------
+
+
+def _add_fact(app_state: AppState, user_id: int, post_id: int, is_admin: bool,
+              add: Callable[[Any, int, int], bool]) -> bool:
+    with app_state.uow() as uow:
+        if not store.post_is_visible(uow.session, post_id, user_id, is_admin):
+            raise NotFound("Post not found")
+        added = add(uow.session, user_id, post_id)
+        if added:
+            feed_cache.touch(uow, user_id)
+        uow.commit()
+    return added
+
+
+def praise(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
+    """Praise a post the viewer may see (once); True if new. The viewer's calc version
+    moves in the same transaction. Raises ``NotFound``."""
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_praise)
+
+
+def trophy(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
+    """Give a post the viewer may see a trophy (once); as ``praise``."""
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_trophy)
+
+
+def set_fellow(app_state: AppState, me: int, other: int, fellow: bool) -> bool:
+    """Fellowship is mutual: both rows, both users' calc versions (in id order)."""
+    if me == other:
+        raise ApiError("You cannot be your own fellow", code="self_fellow")
+    with app_state.uow() as uow:
+        write = store.add_fellow if fellow else store.remove_fellow
+        changed = write(uow.session, me, other)
+        if changed:
+            for user_id in sorted((me, other)):  # one lock order: no deadlocks
+                feed_cache.touch(uow, user_id)
+        uow.commit()
+    return changed
+
+
+def set_member(app_state: AppState, user_id: int, collective_id: int, member: bool,
+               membership_changed: Callable[[Any, int, int, bool], None]) -> bool:
+    """Join or leave; ``membership_changed(uow, ...)`` queues the community feed's
+    cache change. Raises ``NotFound`` for an unknown collective."""
+    with app_state.uow() as uow:
+        if not store.collective_exists(uow.session, collective_id):
+            raise NotFound("Collective not found")
+        write = store.join_collective if member else store.leave_collective
+        changed = write(uow.session, user_id, collective_id)
+        if changed:
+            feed_cache.touch(uow, user_id)
+            membership_changed(uow, user_id, collective_id, member)
+        uow.commit()
+    return changed
+
+
+def get_preferences(app_state: AppState, user_id: int) -> store.Preferences:
+    with app_state.db.session() as session:
+        return store.load_preferences(session, user_id)
+
+
+def save_preferences(app_state: AppState, user_id: int,
+                     body: dict[str, list]) -> store.Preferences:
+    """Replace the given lists (deduplicated, sorted; others kept). Raises ``ApiError``
+    for a self-block or unknown collectives."""
+    changes = {name: sorted(set(values)) for name, values in body.items()}
+    if user_id in changes.get("blocked_users", []):
+        raise ApiError("Invalid request", code="validation_error",
+                       details={"blocked_users": ["You cannot block yourself."]})
+    with app_state.uow() as uow:
+        unknown = store.unknown_collectives(uow.session, changes.get("muted_collectives", []))
+        if unknown:
+            raise ApiError("Invalid request", code="validation_error", details={
+                "muted_collectives": [f"Unknown collective ids: {unknown}"]})
+        saved = store.save_preferences(uow.session, user_id, changes)
+        feed_cache.touch(uow, user_id)
+        uow.commit()
+    return saved
+
+
+# --- the admin's ranking controls -----------------------------------------------------------
+
+
+def controls_out(app_state: AppState, controls: Controls) -> dict[str, Any]:
+    return {"enabled": controls.enabled, "weights": weights_of(app_state, controls)}
+
+
+def save_controls(app_state: AppState, enabled: bool | None,
+                  weights: dict[str, float]) -> Controls:
+    """Store ``enabled`` and/or some weights (others kept); every process ranks with
+    them from its next page (the controls' version moves in the same transaction)."""
+    if enabled is None and not weights:
+        return load_controls(app_state)
+    with app_state.uow() as uow:
+        stored_enabled, stored_weights = store.save_ranking_controls(
+            uow.session, enabled, weights)
+        feed_cache.controls_changed(uow, app_state.cache.keys)
+        uow.commit()
+    return Controls(0, stored_enabled, stored_weights)
+
+
+# --- the operator's check / rebuild / warm of one user --------------------------------------
+
+
+def check_user(app_state: AppState, user_id: int) -> list[tuple[str, Any, Any]]:
+    """``(key, cached, Postgres)`` for each of the user's cached inputs that differs from
+    Postgres (only when their calc version is settled), and for a malformed ranking."""
+    row = feed_cache.scope(user_id).row_name
+
+    def version() -> int:
+        with app_state.db.session() as session:
+            return rebuild_store.versions(session, [row])[row]
+
+    def truth() -> dict[str, Any]:
+        with app_state.db.session() as session:
+            return {n: load() for n, load in input_loaders(session, user_id).items()}
+
+    return feed_cache.check(app_state.cache, user_id, truth, version)
+
+
+def rebuild_user(app_state: AppState, user_id: int, path: str = "rebuild") -> None:
+    """Refill the user's inputs and ranking, version-checked, cached or not."""
+    cache_of(app_state).rebuild(user_id, path, lambda: ranked_page(
+        app_state, user_id, 0, 1, force=True))
+
+
+def warm_user(app_state: AppState, user_id: int) -> None:
+    """Read through the user's first page, so their next read is a hit."""
+    cache_of(app_state).warm(lambda: ranked_page(app_state, user_id, 0, 1))
