@@ -73,6 +73,7 @@ heavy followers), not done yet.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -112,6 +113,10 @@ def follows_scope(user_id: int) -> Scope:
 
 def colls_scope(user_id: int) -> Scope:
     return Scope(user_tag(user_id), "cf_colls")
+
+
+def blocked_scope(user_id: int) -> Scope:
+    return Scope(user_tag(user_id), "cf_blocked")
 
 
 class CommunityKeys:
@@ -155,6 +160,9 @@ class CommunityKeys:
 
     def collectives(self, user_id: int) -> str:
         return self.keys.key(user_tag(user_id), "cf", "colls")
+
+    def blocked(self, user_id: int) -> str:
+        return self.keys.key(user_tag(user_id), "cf", "blocked")
 
 
 # --- scores -------------------------------------------------------------------------------
@@ -213,6 +221,11 @@ def membership_changed(change: Change, ck: CommunityKeys, user_id: int, collecti
         change.op("SADD", key, str(collective_id))
     else:
         change.op("SREM", key, str(collective_id))
+
+
+def blocked_changed(change: Change, ck: CommunityKeys, user_id: int) -> None:
+    """The user's blocked authors changed: drop their cached set (refilled on next read)."""
+    change.op("DEL", ck.blocked(user_id))
 
 
 # Re-score one post if the trending set exists and its reference time is still ARGV[1].
@@ -334,6 +347,10 @@ def stage_followees(pipe: Any, temp: str, followee_ids: Sequence[int]) -> None:
 
 def stage_collectives(pipe: Any, temp: str, collective_ids: Sequence[int]) -> None:
     pipe.sadd(temp, SENTINEL, *[str(c) for c in collective_ids])
+
+
+def stage_blocked(pipe: Any, temp: str, author_ids: Sequence[int]) -> None:
+    pipe.sadd(temp, SENTINEL, *[str(a) for a in author_ids])
 
 
 def _parse_ids(exists: Any, members: Any) -> Any:
@@ -517,22 +534,46 @@ def decode_grouped(raw: bytes | str) -> Grouped:
     return int(public), {int(c): int(n) for c, n in per.items()}
 
 
+def blocked_field(viewer: int, field: str) -> str:
+    """The counts-hash field of the posts ``viewer``'s blocked authors have in ``field``."""
+    return count_field("b", viewer, field)
+
+
+def blocked_digest(author_ids: Sequence[int]) -> str:
+    return hashlib.sha1(json.dumps(sorted(author_ids)).encode()).hexdigest()[:16]
+
+
+def encode_adjustment(digest: str, value: Grouped) -> str:
+    return f"{digest}:{encode_grouped(value)}"
+
+
+def decode_adjustment(raw: bytes | str) -> tuple[str, Grouped]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    digest, _, value = text.partition(":")
+    return digest, decode_grouped(value)
+
+
 @dataclass
 class PageState:
     """What a page reads before walking: its cached count, the posts-scope version copy it
-    was read under, and the viewer's collectives (``NO_VALUE``: not cached; None: not
-    asked, e.g. anonymous callers and admins)."""
+    was read under, the viewer's collectives (``NO_VALUE``: not cached; None: not
+    asked, e.g. anonymous callers and admins), their blocked authors (same) and the
+    cached count of those authors' posts in the field with the digest of the blocked set
+    it was computed for (None: not cached)."""
 
     count: Grouped | None
     version: str
     collectives: Any
+    blocked: Any = None
+    blocked_count: tuple[str, Grouped] | None = None
 
 
-def read_count(cache: Cache, path: str, field: str,
-               member_of: int | None = None) -> PageState:
+def read_count(cache: Cache, path: str, field: str, member_of: int | None = None,
+               blocker: int | None = None) -> PageState:
     """The cached grouped count of ``field`` and the version copy, plus, if ``member_of``
-    is a user id, that user's cached collectives, in one pipeline (two slots: one round
-    trip per node). Raises ``CacheUnavailable``."""
+    is a user id, that user's cached collectives, and if ``blocker`` is one, that user's
+    cached blocked authors and the cached count of their posts in ``field``, in one
+    pipeline (two slots: one round trip per node). Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
 
@@ -543,22 +584,34 @@ def read_count(cache: Cache, path: str, field: str,
         if member_of is not None:
             pipe.exists(ck.collectives(member_of))
             pipe.smembers(ck.collectives(member_of))
+        if blocker is not None:
+            pipe.exists(ck.blocked(blocker))
+            pipe.smembers(ck.blocked(blocker))
+            pipe.hget(ck.counts, blocked_field(blocker, field))
         reply = pipe.execute()
-        version, value = reply[0], reply[1]
-        colls = _parse_ids(reply[2], reply[3]) if member_of is not None else None
+        version, value, rest = reply[0], reply[1], reply[2:]
+        colls = blocked = adjust = None
+        if member_of is not None:
+            colls, rest = _parse_ids(rest[0], rest[1]), rest[2:]
+        if blocker is not None:
+            blocked = _parse_ids(rest[0], rest[1])
+            adjust = None if rest[2] is None else decode_adjustment(rest[2])
         return PageState(None if value is None else decode_grouped(value),
-                         "0" if version is None else version.decode(), colls)
+                         "0" if version is None else version.decode(), colls, blocked,
+                         adjust)
 
     return cache.run(path, run)
 
 
-def write_count(cache: Cache, path: str, field: str, value: Grouped, version: str,
+def write_count(cache: Cache, path: str, field: str, value: Grouped | str, version: str,
                 ttl: int) -> None:
-    """Cache a grouped count computed under posts-scope ``version`` (dropped if it moved)."""
+    """Cache a grouped count (or an encoded adjustment) computed under posts-scope
+    ``version`` (dropped if it moved)."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
+    raw = value if isinstance(value, str) else encode_grouped(value)
     cache.run(path, lambda r: r.eval(COUNT_SET_LUA, 2, vkey, ck.counts, version, field,
-                                     encode_grouped(value), ttl))
+                                     raw, ttl))
 
 
 # --- batch fills (the following feed's author sets) ------------------------------------------

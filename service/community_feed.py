@@ -286,9 +286,11 @@ def decode_cursor(raw: str, feed: str, query: str) -> dict[str, Any]:
 
 
 class Source:
-    """Yields the feed's keys in order, strictly after a key; ``total()`` counts it."""
+    """Yields the feed's keys in order, strictly after a key. ``exact``: every key it
+    yields is a post of the page (filters and visibility applied by the source)."""
 
     outcome = "hit"
+    exact = False
 
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         raise NotImplementedError
@@ -415,6 +417,32 @@ class FollowingSource(Source):
         cf.fill_many(app.cache, app.filler, PATH, targets, load)
 
 
+class FilteredSource(Source):
+    """A filtered ``recent`` or ``following`` walk, answered by a Postgres index
+    (``posts.matching_keys``): the keys of the posts matching the filters that the viewer
+    may see, newest first, in one keyset statement per chunk whatever the table's size
+    (the sorted sets in Redis hold every post: walking them for a narrow filter read
+    post after post). Outcome ``index``: no cache involved, Redis up or down alike."""
+
+    outcome = "index"
+    exact = True
+
+    def __init__(self, authors: list[int] | None, asset_type: str | None,
+                 tags: list[str], viewer: int | None,
+                 vis: posts_service.Visibility) -> None:
+        self.authors, self.asset_type, self.tags = authors, asset_type, tags
+        self.viewer, self.vis = viewer, vis
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        vis = self.vis
+        colls = None if vis.sql is not None or vis.collectives is None else vis.collectives
+        with state().db.session() as session:
+            return posts.matching_keys(
+                session, n, after, authors=self.authors, asset_type=self.asset_type,
+                tags=self.tags, viewer_id=self.viewer,
+                collectives=None if colls is None else sorted(colls), visible_to=vis.sql)
+
+
 class TrendingSource(Source):
     """One walk's ranking: its durable snapshot down to its floor, then its deep tail
     (see service/community_trending.py)."""
@@ -469,7 +497,7 @@ def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
     may see are found, or ``SCAN_BUDGET`` keys were examined; returns (page rows with
     their keys, the key to resume after, None if the walk reached its end)."""
     found: list[tuple[Key, Any]] = []
-    chunk = limit + 1 if not (asset_type or tags) else 4 * (limit + 1)
+    chunk = limit + 1 if source.exact or not (asset_type or tags) else 4 * (limit + 1)
     cursor, scanned = after, 0
     while True:
         keys = source.next_keys(cursor, chunk)
@@ -508,15 +536,34 @@ def viewer_collectives(user_id: int) -> frozenset[int]:
         return frozenset(load())
 
 
+def viewer_blocked(user_id: int) -> frozenset[int]:
+    """The authors the user blocked: the cached set, filled from Postgres on a miss (or
+    read from Postgres when Redis is unusable or another request is filling it)."""
+    app = state()
+    key = cf.CommunityKeys(app.cache.keys).blocked(user_id)
+
+    def load() -> list[int]:
+        with app.db.session() as session:
+            return posts.blocked_by(session, user_id)
+
+    try:
+        return frozenset(app.filler.fill(
+            PATH, cf.blocked_scope(user_id), [key], load,
+            lambda pipe, temps, ids: cf.stage_blocked(pipe, temps[key], ids)))
+    except (LeaseHeld, CacheUnavailable):
+        return frozenset(load())
+
+
 def _page_state(field: str, viewer: int | None, is_admin: bool
                 ) -> tuple[posts_service.Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
-    read together in one pipeline. With Redis down, Postgres applies the rule in the
-    page's own queries (no statement more for the member set)."""
+    read together in one pipeline (with the viewer's blocked authors and the count of
+    their posts). With Redis down, Postgres applies the rule in the page's own queries
+    (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     app = state()
     try:
-        page = cf.read_count(app.cache, PATH, field, member_of)
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -546,6 +593,48 @@ def _total(field: str, page: cf.PageState | None, vis: posts_service.Visibility,
     return vis.total(*value)
 
 
+def _viewer_total(field: str, page: cf.PageState | None, vis: posts_service.Visibility,
+                  count: Callable[[Sequence[int] | None], cf.Grouped],
+                  viewer: int | None) -> int:
+    """``total_count`` as the viewer sees it: ``_total`` less the posts of the authors
+    they blocked (which pages never list). That part is counted once per blocked set (its
+    digest rides with the value) in the counts hash, read in the page's count pipeline,
+    and costs an index range per blocked author (``ix_posts_author_time``) when computed.
+    With Redis down (``page`` None), ``count`` excluded them in its own statement."""
+    total = _total(field, page, vis, lambda: count(None))
+    if page is None or viewer is None:
+        return total
+    blocked = page.blocked
+    if blocked is NO_VALUE or blocked is None:
+        blocked = viewer_blocked(viewer)
+    if not blocked:
+        return total
+    digest = cf.blocked_digest(blocked)
+    if page.blocked_count is not None and page.blocked_count[0] == digest:
+        value = page.blocked_count[1]
+    else:
+        value = count(sorted(blocked))
+        app = state()
+        with contextlib.suppress(CacheUnavailable):
+            cf.write_count(app.cache, PATH, cf.blocked_field(viewer, field),
+                           cf.encode_adjustment(digest, value), page.version,
+                           app.settings.idle_ttl)
+    return max(total - vis.total(*value), 0)
+
+
+def _no_match_page() -> dict[str, Any]:
+    return {"posts": [], "total_count": 0, "has_more": False, "next_cursor": None}
+
+
+def _nothing_matches(asset_type: str | None, tags: list[str]) -> bool:
+    """A filter no live post matches: one index probe answers the page (nothing walked,
+    nothing cached: a stream of made-up tags costs a probe each and no memory)."""
+    if not (asset_type or tags):
+        return False
+    with state().db.session() as session:
+        return not posts.any_match(session, asset_type, tags)
+
+
 @bp.route("/community/feed", methods=["GET"])
 @login_optional
 @bp.arguments(FeedArgs, location="query")
@@ -570,24 +659,35 @@ def feed(args):
     query = hashlib.sha1(orjson.dumps([asset_type, tags])).hexdigest()[:10]
     data = decode_cursor(args["cursor"], feed_type, query) if args["cursor"] else None
     after: Key | None = tuple(data["k"]) if data else None  # type: ignore[assignment]
+    if _nothing_matches(asset_type, tags):
+        stats.count(PATH + ":" + feed_type, "index")
+        return _no_match_page()
     filters = (asset_type, tags)
     app = state()
     extra: dict[str, Any] = {}
+
+    def unblocked() -> int | None:  # Redis down: counts exclude blocked authors in SQL
+        return viewer if page is None else None
+
+    authors: list[int] | None = None
     if feed_type == "recent":
         source: Source = RecentSource()
 
-        def count() -> cf.Grouped:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
             with app.db.session() as session:
-                return posts.count_live_grouped(session, None, *filters, vis.sql)
+                return posts.count_live_grouped(session, only, *filters, vis.sql,
+                                                unblocked())
 
         field = cf.count_field("g", "r", asset_type, tags)
     elif feed_type == "following":
         authors = followees_of(viewer)  # type: ignore[arg-type]
         source = FollowingSource(authors)
 
-        def count() -> cf.Grouped:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            mine = authors if only is None else sorted(set(authors) & set(only))
             with app.db.session() as session:
-                return posts.count_live_grouped(session, authors, *filters, vis.sql)
+                return posts.count_live_grouped(session, mine, *filters, vis.sql,
+                                                unblocked())
 
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
@@ -596,12 +696,15 @@ def feed(args):
         source = walk
         extra = {"s": walk.sid, **({"fl": list(walk.floor)} if walk.floor else {})}
 
-        def count() -> cf.Grouped:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
             with app.db.session() as session:
-                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters, vis.sql)
+                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters, vis.sql,
+                                                     unblocked(), only)
 
         field = cf.count_field("g", "t", walk.sid, asset_type, tags)
     vis, page = _page_state(field, viewer, is_admin)
+    if (asset_type or tags) and feed_type != "trending":
+        source = FilteredSource(authors, asset_type, tags, viewer, vis)
     rows, resume = collect(source, after, limit, viewer, vis, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None
@@ -609,7 +712,7 @@ def feed(args):
         next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(resume), **extra})
     return {
         "posts": [_post_json(row) for _, row in rows],
-        "total_count": _total(field, page, vis, count),
+        "total_count": _viewer_total(field, page, vis, count, viewer),
         "has_more": resume is not None,
         "next_cursor": next_cursor,
     }

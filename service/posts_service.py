@@ -172,6 +172,13 @@ def set_membership(uow: Any, user_id: int, collective_id: int, member: bool) -> 
                           member)
 
 
+def set_blocked(uow: Any, user_id: int) -> None:
+    """Queue, in ``uow``, the cache change of a committed change of the user's blocked
+    authors: their cached set (community ``total_count`` subtracts those authors' posts)."""
+    cf.blocked_changed(uow.change(cf.blocked_scope(user_id)),
+                       cf.CommunityKeys(state().cache.keys), user_id)
+
+
 def set_follow(user_id: int, followee_id: int, following: bool) -> bool:
     """Follow or unfollow; True if it changed. Callers reject self-follows first."""
     app = state()

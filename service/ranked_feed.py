@@ -46,7 +46,7 @@ from service import ranked_feed_score as scoring
 from service.auth import admin_required, login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, isoformat
-from service.posts_service import like_post, set_membership
+from service.posts_service import like_post, set_blocked, set_membership
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut
 from service.state import state
 from storage import ranked_feed as store
@@ -542,6 +542,8 @@ class Preferences(MethodView):
                     "muted_collectives": [f"Unknown collective ids: {unknown}"]})
             saved = store.save_preferences(uow.session, user_id, changes)
             touch(uow, user_id)
+            if "blocked_users" in changes:
+                set_blocked(uow, user_id)
             uow.commit()
         return saved.as_dict()
 

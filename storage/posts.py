@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, any_, delete, func, or_, select, text, true, update
+from sqlalchemy import and_, any_, delete, func, or_, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -243,6 +243,22 @@ def _filtered(query, asset_type: str | None, tags: Sequence[str]):
     return query
 
 
+def not_blocked_by(viewer_id: int):
+    """SQL condition: the post's author is not one the viewer blocked (their
+    ``user_preferences.blocked_users``; no preferences row: nobody blocked)."""
+    return ~(select(UserPreferences.user_id)
+             .where(UserPreferences.user_id == viewer_id,
+                    Post.author_id == any_(UserPreferences.blocked_users))
+             .exists())
+
+
+def blocked_by(session: Session, user_id: int) -> list[int]:
+    """The authors ``user_id`` blocked (sorted)."""
+    row = session.execute(select(UserPreferences.blocked_users)
+                          .where(UserPreferences.user_id == user_id)).scalar_one_or_none()
+    return sorted(set(row or ()))
+
+
 def load_page(
     session: Session,
     post_ids: Sequence[int],
@@ -274,11 +290,7 @@ def load_page(
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
     if viewer_id is not None:  # the viewer's blocked authors: in this query, no statement more
-        query = query.where(~(
-            select(UserPreferences.user_id)
-            .where(UserPreferences.user_id == viewer_id,
-                   Post.author_id == any_(UserPreferences.blocked_users))
-            .exists()))
+        query = query.where(not_blocked_by(viewer_id))
     rows: dict[int, PostRow] = {}
     for post, name, avatar, tier, is_liked_row in session.execute(query):
         rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
@@ -310,6 +322,62 @@ def recent_keys(
     return [(int(t), int(i)) for t, i in session.execute(query)]
 
 
+def matching_keys(
+    session: Session,
+    limit: int,
+    before: tuple[int, int] | None = None,
+    *,
+    authors: Sequence[int] | None = None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+    viewer_id: int | None = None,
+    collectives: Sequence[int] | None = None,
+    visible_to: tuple[int | None, bool] | None = None,
+) -> list[tuple[int, int]]:
+    """Newest-first ``(created_at_us, id)`` of the live posts matching the filters strictly
+    after the ``before`` key, as ``recent_keys``, and only those the viewer may see: not by
+    an author ``viewer_id`` blocked, public or in ``collectives`` if given, visible to
+    ``visible_to = (viewer, is_admin)`` if given. So each key is a post of the page.
+
+    Answered by an index, whatever the filters: the keyset is a row comparison on
+    ``(created_at, id)``, so an ``asset_type`` filter reads the range of
+    ``ix_posts_live_asset_time`` after the cursor, in order; ``tags`` are found in the GIN
+    index ``ix_posts_tags`` (a tag no post has: an empty index lookup, no post read)."""
+    query = select(_created_us(), Post.id).where(Post.deleted_at.is_(None))
+    if authors is not None:
+        if not authors:
+            return []
+        query = query.where(Post.author_id.in_(list(authors)))
+    if before is not None:
+        query = query.where(tuple_(Post.created_at, Post.id)
+                            < tuple_(from_us(before[0]), before[1]))
+    if viewer_id is not None:
+        query = query.where(not_blocked_by(viewer_id))
+    if collectives is not None:
+        query = query.where(or_(Post.collective_id.is_(None),
+                                Post.collective_id.in_(sorted(collectives))))
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
+    query = _filtered(query, asset_type, tags)
+    query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+    return [(int(t), int(i)) for t, i in session.execute(query)]
+
+
+def any_match(session: Session, asset_type: str | None, tags: Sequence[str]) -> bool:
+    """Whether any live post matches the filters: one index probe (``asset_type``: the
+    range of ``ix_posts_live_asset_time``; ``tags``: the GIN index)."""
+    query = _filtered(select(Post.id).where(Post.deleted_at.is_(None)), asset_type, tags)
+    return session.execute(query.limit(1)).first() is not None
+
+
+def from_us(us: int) -> datetime:
+    """Integer microseconds since the epoch (``_created_us``) as an exact datetime."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def count_live(
     session: Session,
     authors: Sequence[int] | None = None,
@@ -334,15 +402,19 @@ def count_live_grouped(
     asset_type: str | None = None,
     tags: Sequence[str] = (),
     visible_to: tuple[int | None, bool] | None = None,
+    unblocked_for: int | None = None,
 ) -> tuple[int, dict[int, int]]:
-    """Live posts matching the filters (and that ``visible_to`` may see, if given), as
-    (public ones, {collective id: its ones})."""
+    """Live posts matching the filters (and that ``visible_to`` may see, if given; not by
+    an author ``unblocked_for`` blocked, if given), as (public ones, {collective id: its
+    ones})."""
     if authors is not None and not authors:
         return 0, {}
     query = (select(Post.collective_id, func.count()).where(Post.deleted_at.is_(None))
              .group_by(Post.collective_id))
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
+    if unblocked_for is not None:
+        query = query.where(not_blocked_by(unblocked_for))
     if authors is not None:
         query = query.where(Post.author_id.in_(list(authors)))
     return grouped(session.execute(_filtered(query, asset_type, tags)))
