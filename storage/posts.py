@@ -355,7 +355,8 @@ def matching_keys(
         query = query.where(not_blocked_by(viewer_id))
     if collectives is not None:
         query = query.where(or_(Post.collective_id.is_(None),
-                                Post.collective_id.in_(sorted(collectives))))
+                                Post.collective_id.in_(sorted(collectives)))
+                            if collectives else Post.collective_id.is_(None))
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
     query = _filtered(query, asset_type, tags)
