@@ -7,13 +7,24 @@ filters applied, author names joined, the viewer's likes for the whole chunk). W
 down, the same order comes from Postgres (keyset queries; for trending, the walk's
 snapshot row), so answers are identical.
 
+Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
+index probe (``posts.any_match``): an empty last page, ``total_count`` 0, nothing walked
+or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
+(``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
+after the cursor, visibility and blocked authors in the same statement), not from the
+sorted sets, which hold every post. A filtered ``trending`` walk reads its snapshot and
+keeps the matching posts, within the scan budget below.
+
 Visibility: the sorted sets and cached counts hold every live post and are shared by all
 viewers; a page keeps the rows the viewer may see (``posts_service.Visibility``: public
 posts, plus their collectives' for members, all for admins), with the viewer's
 collectives read from their cached set in the same pipeline as the page's count. A page
 examines at most ``SCAN_BUDGET`` keys: a viewer who may see few of them gets what was
 found, ``has_more`` true and a cursor after the last key examined. ``total_count`` is the
-cached count grouped by collective, summed over what the viewer may see.
+cached count grouped by collective, summed over what the viewer may see, less the posts
+of the authors the viewer blocked (pages never list them): that part is counted per
+blocked set and cached beside the count, read in the same pipeline (see
+``_viewer_total``), so a warm page costs what it costs anyone.
 
 Cursors are opaque: base64url of JSON ``{"v":1,"f":feed,"q":filters,"k":[score,id]}`` plus,
 for trending, the walk's snapshot id ``s``. The ``(score, id)`` key is exact and total, so
@@ -643,9 +654,11 @@ def feed(args):
     """Posts of one feed, newest (``recent``, ``following``) or most trending first.
 
     Only posts the caller may see are listed and counted (a collective's posts for its
-    members and admins). A page examines at most a fixed number of posts, so it can hold
-    fewer than ``limit`` posts (even none) with ``has_more`` true: go on with
-    ``next_cursor``.
+    members and admins; never those of authors the caller blocked). A page examines at
+    most a fixed number of posts, so it can hold fewer than ``limit`` posts (even none)
+    with ``has_more`` true: go on with ``next_cursor``. Filtered ``recent`` and
+    ``following`` pages are read from an index (full pages); a filter no post matches
+    answers an empty last page at once.
     """
     feed_type, limit = args["feed_type"], args["limit"]
     asset_type, tags = args["asset_type"], _parse_tags(args["tags"])
