@@ -15,7 +15,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, any_, delete, func, or_, select, text, true, tuple_, update
+from sqlalchemy import (
+    String,
+    and_,
+    any_,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -365,8 +378,14 @@ def matching_keys(
 
 
 def any_match(session: Session, asset_type: str | None, tags: Sequence[str]) -> bool:
-    """Whether any live post matches the filters: one index probe (``asset_type``: the
-    range of ``ix_posts_live_asset_time``; ``tags``: the GIN index)."""
+    """Whether any live post matches the filters: one index probe (``asset_type`` alone:
+    the range of ``ix_posts_live_asset_time``; ``tags``: a bitmap of the GIN index, in the
+    function ``posts_any_tagged`` of migration 0008, whose planner settings rule out the
+    sequential scan a ``LIMIT 1`` invites)."""
+    if tags:
+        return bool(session.execute(
+            select(func.posts_any_tagged(cast(list(tags), Post.tags.type),
+                                         cast(asset_type, String)))).scalar_one())
     query = _filtered(select(Post.id).where(Post.deleted_at.is_(None)), asset_type, tags)
     return session.execute(query.limit(1)).first() is not None
 
