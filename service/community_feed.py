@@ -8,7 +8,7 @@ down, the same order comes from Postgres (keyset queries; for trending, the walk
 snapshot row), so answers are identical.
 
 Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
-index probe (``posts.any_match``): an empty last page, ``total_count`` 0, nothing walked
+index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
 or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
 (``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
 after the cursor, visibility and blocked authors in the same statement), not from the
@@ -440,9 +440,9 @@ class FilteredSource(Source):
 
     def __init__(self, authors: list[int] | None, asset_type: str | None,
                  tags: list[str], viewer: int | None,
-                 vis: posts_service.Visibility) -> None:
+                 vis: posts_service.Visibility, sparse: bool = False) -> None:
         self.authors, self.asset_type, self.tags = authors, asset_type, tags
-        self.viewer, self.vis = viewer, vis
+        self.viewer, self.vis, self.sparse = viewer, vis, sparse
 
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         vis = self.vis
@@ -451,7 +451,8 @@ class FilteredSource(Source):
             return posts.matching_keys(
                 session, n, after, authors=self.authors, asset_type=self.asset_type,
                 tags=self.tags, viewer_id=self.viewer,
-                collectives=None if colls is None else sorted(colls), visible_to=vis.sql)
+                collectives=None if colls is None else sorted(colls), visible_to=vis.sql,
+                sparse=self.sparse)
 
 
 class TrendingSource(Source):
@@ -637,13 +638,20 @@ def _no_match_page() -> dict[str, Any]:
     return {"posts": [], "total_count": 0, "has_more": False, "next_cursor": None}
 
 
-def _nothing_matches(asset_type: str | None, tags: list[str]) -> bool:
-    """A filter no live post matches: one index probe answers the page (nothing walked,
-    nothing cached: a stream of made-up tags costs a probe each and no memory)."""
+# Up to this many posts with a page's tags, their walk collects them from the GIN index
+# and sorts them (work: these few); from it on, it walks the time index, where matches
+# are at least this dense (see posts.matching_keys).
+SPARSE_TAGS = 1000
+
+
+def _matches(asset_type: str | None, tags: list[str]) -> int | None:
+    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter).
+    One index probe; 0 answers the page: nothing walked, nothing cached, so a stream of
+    made-up tags costs a probe each and no memory."""
     if not (asset_type or tags):
-        return False
+        return None
     with state().db.session() as session:
-        return not posts.any_match(session, asset_type, tags)
+        return posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
 
 
 @bp.route("/community/feed", methods=["GET"])
@@ -672,7 +680,8 @@ def feed(args):
     query = hashlib.sha1(orjson.dumps([asset_type, tags])).hexdigest()[:10]
     data = decode_cursor(args["cursor"], feed_type, query) if args["cursor"] else None
     after: Key | None = tuple(data["k"]) if data else None  # type: ignore[assignment]
-    if _nothing_matches(asset_type, tags):
+    matches = _matches(asset_type, tags)
+    if matches == 0:
         stats.count(PATH + ":" + feed_type, "index")
         return _no_match_page()
     filters = (asset_type, tags)
@@ -717,7 +726,8 @@ def feed(args):
         field = cf.count_field("g", "t", walk.sid, asset_type, tags)
     vis, page = _page_state(field, viewer, is_admin)
     if (asset_type or tags) and feed_type != "trending":
-        source = FilteredSource(authors, asset_type, tags, viewer, vis)
+        source = FilteredSource(authors, asset_type, tags, viewer, vis,
+                                sparse=bool(tags) and (matches or 0) < SPARSE_TAGS)
     rows, resume = collect(source, after, limit, viewer, vis, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None

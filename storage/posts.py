@@ -346,6 +346,7 @@ def matching_keys(
     viewer_id: int | None = None,
     collectives: Sequence[int] | None = None,
     visible_to: tuple[int | None, bool] | None = None,
+    sparse: bool = False,
 ) -> list[tuple[int, int]]:
     """Newest-first ``(created_at_us, id)`` of the live posts matching the filters strictly
     after the ``before`` key, as ``recent_keys``, and only those the viewer may see: not by
@@ -354,9 +355,14 @@ def matching_keys(
 
     Answered by an index, whatever the filters: the keyset is a row comparison on
     ``(created_at, id)``, so an ``asset_type`` filter reads the range of
-    ``ix_posts_live_asset_time`` after the cursor, in order; ``tags`` are found in the GIN
-    index ``ix_posts_tags`` (a tag no post has: an empty index lookup, no post read)."""
-    query = select(_created_us(), Post.id).where(Post.deleted_at.is_(None))
+    ``ix_posts_live_asset_time`` after the cursor, in order. ``sparse`` (tags few posts
+    have, see ``count_upto``): the matches after the cursor are collected from the GIN
+    index ``ix_posts_tags`` first (a materialized CTE: a bitmap, then a sort of those
+    few), rather than walking the time index until enough of them turn up, which the
+    planner may choose for a tag it cannot estimate and which reads every post when
+    they are old."""
+    query = select(_created_us().label("us"), Post.id, Post.created_at).where(
+        Post.deleted_at.is_(None))
     if authors is not None:
         if not authors:
             return []
@@ -373,21 +379,27 @@ def matching_keys(
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
     query = _filtered(query, asset_type, tags)
-    query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
-    return [(int(t), int(i)) for t, i in session.execute(query)]
+    if sparse:
+        found = query.cte("found").prefix_with("MATERIALIZED")
+        query = (select(found.c.us, found.c.id)
+                 .order_by(found.c.created_at.desc(), found.c.id.desc()).limit(limit))
+    else:
+        query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+    return [(int(row[0]), int(row[1])) for row in session.execute(query)]
 
 
-def any_match(session: Session, asset_type: str | None, tags: Sequence[str]) -> bool:
-    """Whether any live post matches the filters: one index probe (``asset_type`` alone:
-    the range of ``ix_posts_live_asset_time``; ``tags``: a bitmap of the GIN index, in the
-    function ``posts_any_tagged`` of migration 0008, whose planner settings rule out the
-    sequential scan a ``LIMIT 1`` invites)."""
+def count_upto(session: Session, asset_type: str | None, tags: Sequence[str],
+               cap: int) -> int:
+    """How many live posts match the filters, counted up to ``cap``: one index probe
+    (``asset_type`` alone: the range of ``ix_posts_live_asset_time``; ``tags``: a bitmap
+    of the GIN index, in the function ``posts_tagged_upto`` of migration 0008, whose
+    planner settings rule out the sequential scan a ``LIMIT`` invites)."""
     if tags:
-        return bool(session.execute(
-            select(func.posts_any_tagged(cast(list(tags), Post.tags.type),
-                                         cast(asset_type, String)))).scalar_one())
+        return int(session.execute(select(func.posts_tagged_upto(
+            cast(list(tags), Post.tags.type), cast(asset_type, String), cap))).scalar_one())
     query = _filtered(select(Post.id).where(Post.deleted_at.is_(None)), asset_type, tags)
-    return session.execute(query.limit(1)).first() is not None
+    return int(session.execute(
+        select(func.count()).select_from(query.limit(cap).subquery())).scalar_one())
 
 
 def from_us(us: int) -> datetime:
