@@ -11,7 +11,8 @@ Filters (``asset_type``, ``tags``): a filter no live post matches is answered by
 index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
 or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
 (``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
-after the cursor, visibility and blocked authors in the same statement), not from the
+after the cursor, visibility and blocked authors in the same statement; tags fewer than
+``SPARSE_TAGS`` posts have: their GIN matches collected, then sorted), not from the
 sorted sets, which hold every post. A filtered ``trending`` walk reads its snapshot and
 keeps the matching posts, within the scan budget below.
 
