@@ -11,10 +11,12 @@ Filters (``asset_type``, ``tags``): a filter no live post matches is answered by
 index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
 or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
 (``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
-after the cursor, visibility and blocked authors in the same statement; tags fewer than
-``SPARSE_TAGS`` posts have: their GIN matches collected, then sorted), not from the
-sorted sets, which hold every post. A filtered ``trending`` walk reads its snapshot and
-keeps the matching posts, within the scan budget below.
+after the cursor, visibility and blocked authors in the same statement) when the filter
+is an asset type alone (``ix_posts_live_asset_time``: exact) or tags fewer than
+``SPARSE_TAGS`` posts have (their GIN matches collected, then sorted), not from the
+sorted sets, which hold every post. Other filters (common tags: matches come quickly)
+and every filtered ``trending`` walk read the feed's own order and keep the matching
+posts, within the scan budget below.
 
 Visibility: the sorted sets and cached counts hold every live post and are shared by all
 viewers; a page keeps the rows the viewer may see (``posts_service.Visibility``: public
@@ -640,8 +642,9 @@ def _no_match_page() -> dict[str, Any]:
 
 
 # Up to this many posts with a page's tags, their walk collects them from the GIN index
-# and sorts them (work: these few); from it on, it walks the time index, where matches
-# are at least this dense (see posts.matching_keys).
+# and sorts them (work: these few); from it on, the page walks the feed's own order
+# within the scan budget (common tags: matches come quickly; the budget bounds a common
+# tag that recent posts lack, which a time-index walk in Postgres would read to its end).
 SPARSE_TAGS = 1000
 
 
@@ -665,9 +668,9 @@ def feed(args):
     Only posts the caller may see are listed and counted (a collective's posts for its
     members and admins; never those of authors the caller blocked). A page examines at
     most a fixed number of posts, so it can hold fewer than ``limit`` posts (even none)
-    with ``has_more`` true: go on with ``next_cursor``. Filtered ``recent`` and
-    ``following`` pages are read from an index (full pages); a filter no post matches
-    answers an empty last page at once.
+    with ``has_more`` true: go on with ``next_cursor``. ``recent`` and ``following``
+    pages filtered by an asset type or by tags few posts have are read from an index
+    (full pages); a filter no post matches answers an empty last page at once.
     """
     feed_type, limit = args["feed_type"], args["limit"]
     asset_type, tags = args["asset_type"], _parse_tags(args["tags"])
@@ -726,9 +729,9 @@ def feed(args):
 
         field = cf.count_field("g", "t", walk.sid, asset_type, tags)
     vis, page = _page_state(field, viewer, is_admin)
-    if (asset_type or tags) and feed_type != "trending":
-        source = FilteredSource(authors, asset_type, tags, viewer, vis,
-                                sparse=bool(tags) and (matches or 0) < SPARSE_TAGS)
+    sparse = bool(tags) and (matches or 0) < SPARSE_TAGS
+    if feed_type != "trending" and (sparse or (asset_type and not tags)):
+        source = FilteredSource(authors, asset_type, tags, viewer, vis, sparse=sparse)
     rows, resume = collect(source, after, limit, viewer, vis, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None

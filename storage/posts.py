@@ -360,7 +360,7 @@ def matching_keys(
     index ``ix_posts_tags`` first (a materialized CTE: a bitmap, then a sort of those
     few), rather than walking the time index until enough of them turn up, which the
     planner may choose for a tag it cannot estimate and which reads every post when
-    they are old."""
+    they are old. Tags many posts have are for a walk under a scan budget, not this."""
     query = select(_created_us().label("us"), Post.id, Post.created_at).where(
         Post.deleted_at.is_(None))
     if authors is not None:

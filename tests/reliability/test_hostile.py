@@ -542,7 +542,8 @@ def test_a_filter_that_matches_nothing_is_answered_by_an_index(app, client):
 def test_filtered_walks_read_an_index_not_the_posts(app, client):
     """A filter ten posts of 100,000 match: the recent and following walks read them from
     an index (``ix_posts_live_asset_time``, the GIN ``ix_posts_tags``), all ten in one
-    page with ``has_more`` false, in a fixed number of statements; the plans say so."""
+    page with ``has_more`` false, in a fixed number of statements; the plans say so. A
+    tag every post has walks the feed's order (full pages at once)."""
     from sqlalchemy import event
 
     state = app.extensions["hc"]
@@ -592,5 +593,11 @@ def test_filtered_walks_read_an_index_not_the_posts(app, client):
                 seen += [p["id"] for p in body["posts"]]
                 assert sql <= 4, sql
             assert len(seen) == len(set(seen)) == 10
+        # A tag every post has: the feed's own order under the scan budget, full pages.
+        for feed, headers in (("recent", {}), ("following", follower)):
+            body, sql, _, _ = _work(client, f"/community/feed?feed_type={feed}&tags=art",
+                                    headers)
+            assert len(body["posts"]) == 20 and body["has_more"], (feed, body)
+            assert body["total_count"] == 100_000 and sql <= 8, (feed, sql)
     finally:
         event.remove(state.db.engine, "before_cursor_execute", capture)
