@@ -362,6 +362,20 @@ def stage_blocked(pipe: Any, temp: str, author_ids: Sequence[int]) -> None:
     pipe.sadd(temp, SENTINEL, *[str(a) for a in author_ids])
 
 
+def read_blocked(cache: Cache, path: str, user_id: int) -> Any:
+    """The user's cached blocked authors (a frozenset), or ``NO_VALUE``. Raises
+    ``CacheUnavailable``."""
+    key = CommunityKeys(cache.keys).blocked(user_id)
+
+    def run(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        pipe.exists(key)
+        pipe.smembers(key)
+        return _parse_ids(*pipe.execute())
+
+    return cache.run(path, run)
+
+
 def _parse_ids(exists: Any, members: Any) -> Any:
     if not exists:
         return NO_VALUE

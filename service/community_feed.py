@@ -552,8 +552,9 @@ def viewer_collectives(user_id: int) -> frozenset[int]:
 
 
 def viewer_blocked(user_id: int) -> frozenset[int]:
-    """The authors the user blocked: the cached set, filled from Postgres on a miss (or
-    read from Postgres when Redis is unusable or another request is filling it)."""
+    """The authors the user blocked: the cached set, filled from Postgres on a miss, once
+    (a fill that landed since the page's read is read, not loaded again); read from
+    Postgres when Redis is unusable or another request is still filling it."""
     app = state()
     key = cf.CommunityKeys(app.cache.keys).blocked(user_id)
 
@@ -564,9 +565,16 @@ def viewer_blocked(user_id: int) -> frozenset[int]:
     try:
         return frozenset(app.filler.fill(
             PATH, cf.blocked_scope(user_id), [key], load,
-            lambda pipe, temps, ids: cf.stage_blocked(pipe, temps[key], ids)))
-    except (LeaseHeld, CacheUnavailable):
-        return frozenset(load())
+            lambda pipe, temps, ids: cf.stage_blocked(pipe, temps[key], ids),
+            only_if_missing=True))
+    except LeaseHeld:
+        with contextlib.suppress(CacheUnavailable):
+            found = cf.read_blocked(app.cache, PATH, user_id)
+            if found is not NO_VALUE:
+                return found
+    except CacheUnavailable:
+        pass
+    return frozenset(load())
 
 
 def _page_state(field: str, viewer: int | None, is_admin: bool
