@@ -14,9 +14,11 @@ or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres i
 after the cursor, visibility and blocked authors in the same statement) when the filter
 is an asset type alone (``ix_posts_live_asset_time``: exact) or tags fewer than
 ``SPARSE_TAGS`` posts have (their GIN matches collected, then sorted), not from the
-sorted sets, which hold every post. Other filters (common tags: matches come quickly)
-and every filtered ``trending`` walk read the feed's own order and keep the matching
-posts, within the scan budget below.
+sorted sets, which hold every post. Common tags on ``recent``: one statement over the
+newest ``SCAN_BUDGET`` posts after the cursor (the time index), ``has_more`` and a cursor
+at that window's end if it held too few. Common tags on ``following`` and every
+filtered ``trending`` walk read the feed's own order and keep the matching posts,
+within the scan budget below.
 
 Visibility: the sorted sets and cached counts hold every live post and are shared by all
 viewers; a page keeps the rows the viewer may see (``posts_service.Visibility``: public
@@ -443,19 +445,24 @@ class FilteredSource(Source):
 
     def __init__(self, authors: list[int] | None, asset_type: str | None,
                  tags: list[str], viewer: int | None,
-                 vis: posts_service.Visibility, sparse: bool = False) -> None:
+                 vis: posts_service.Visibility, sparse: bool = False,
+                 window: int | None = None) -> None:
         self.authors, self.asset_type, self.tags = authors, asset_type, tags
-        self.viewer, self.vis, self.sparse = viewer, vis, sparse
+        self.viewer, self.vis, self.sparse, self.window = viewer, vis, sparse, window
+        self.more: Key | None = None  # a short answer's resume key (its window's end)
 
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
-        vis = self.vis
+        vis, self.more = self.vis, None
         colls = None if vis.sql is not None or vis.collectives is None else vis.collectives
         with state().db.session() as session:
-            return posts.matching_keys(
+            keys = posts.matching_keys(
                 session, n, after, authors=self.authors, asset_type=self.asset_type,
                 tags=self.tags, viewer_id=self.viewer,
                 collectives=None if colls is None else sorted(colls), visible_to=vis.sql,
-                sparse=self.sparse)
+                sparse=self.sparse, window=self.window)
+            if self.window is not None and len(keys) < n:
+                self.more = posts.window_end(session, after, self.window)
+        return keys
 
 
 class TrendingSource(Source):
@@ -525,8 +532,8 @@ def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
             scanned += len(keys)
         if len(found) > limit:
             return found[:limit], found[limit - 1][0]
-        if len(keys) < chunk:
-            return found, None
+        if len(keys) < chunk:  # the end, or of the source's own window (``more``)
+            return found, getattr(source, "more", None)
         cursor = keys[-1]
         if scanned >= SCAN_BUDGET:
             return found, cursor
@@ -650,9 +657,10 @@ def _no_match_page() -> dict[str, Any]:
 
 
 # Up to this many posts with a page's tags, their walk collects them from the GIN index
-# and sorts them (work: these few); from it on, the page walks the feed's own order
-# within the scan budget (common tags: matches come quickly; the budget bounds a common
-# tag that recent posts lack, which a time-index walk in Postgres would read to its end).
+# and sorts them (work: these few); from it on, the page walks the feed's order within
+# the scan budget (common tags: matches come quickly; the budget bounds a common tag the
+# recent posts lack, which an unbounded time-index walk would read to its end): for
+# ``recent`` in one statement over the newest SCAN_BUDGET posts after the cursor.
 SPARSE_TAGS = 1000
 
 
@@ -740,6 +748,8 @@ def feed(args):
     sparse = bool(tags) and (matches or 0) < SPARSE_TAGS
     if feed_type != "trending" and (sparse or (asset_type and not tags)):
         source = FilteredSource(authors, asset_type, tags, viewer, vis, sparse=sparse)
+    elif feed_type == "recent" and tags:  # common tags: the newest posts, a window a page
+        source = FilteredSource(None, asset_type, tags, viewer, vis, window=SCAN_BUDGET)
     rows, resume = collect(source, after, limit, viewer, vis, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None

@@ -347,6 +347,7 @@ def matching_keys(
     collectives: Sequence[int] | None = None,
     visible_to: tuple[int | None, bool] | None = None,
     sparse: bool = False,
+    window: int | None = None,
 ) -> list[tuple[int, int]]:
     """Newest-first ``(created_at_us, id)`` of the live posts matching the filters strictly
     after the ``before`` key, as ``recent_keys``, and only those the viewer may see: not by
@@ -360,9 +361,18 @@ def matching_keys(
     index ``ix_posts_tags`` first (a materialized CTE: a bitmap, then a sort of those
     few), rather than walking the time index until enough of them turn up, which the
     planner may choose for a tag it cannot estimate and which reads every post when
-    they are old. Tags many posts have are for a walk under a scan budget, not this."""
+    they are old. ``window``: only the newest ``window`` live posts after the cursor are
+    examined (tags many posts have: their matches come early, and a tag the recent
+    posts lack costs ``window`` index entries, not the table; see ``window_end``)."""
     query = select(_created_us().label("us"), Post.id, Post.created_at).where(
         Post.deleted_at.is_(None))
+    if window is not None:
+        newest = select(Post.id).where(Post.deleted_at.is_(None))
+        if before is not None:
+            newest = newest.where(tuple_(Post.created_at, Post.id)
+                                  < tuple_(from_us(before[0]), before[1]))
+        newest = newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(window)
+        query = query.where(Post.id.in_(newest.scalar_subquery()))
     if authors is not None:
         if not authors:
             return []
@@ -386,6 +396,19 @@ def matching_keys(
     else:
         query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
     return [(int(row[0]), int(row[1])) for row in session.execute(query)]
+
+
+def window_end(session: Session, before: tuple[int, int] | None,
+               window: int) -> tuple[int, int] | None:
+    """The key of the ``window``-th newest live post after the cursor (the last one a
+    ``matching_keys(window=...)`` walk examined), None if fewer are left."""
+    query = select(_created_us(), Post.id).where(Post.deleted_at.is_(None))
+    if before is not None:
+        query = query.where(tuple_(Post.created_at, Post.id)
+                            < tuple_(from_us(before[0]), before[1]))
+    query = query.order_by(Post.created_at.desc(), Post.id.desc()).offset(window - 1).limit(1)
+    row = session.execute(query).first()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def count_upto(session: Session, asset_type: str | None, tags: Sequence[str],

@@ -600,5 +600,23 @@ def test_filtered_walks_read_an_index_not_the_posts(app, client):
             body, sql, _, _ = _work(client, path, headers)
             assert len(body["posts"]) == 20 and body["has_more"], (feed, body)
             assert body["total_count"] == 100_000 and sql <= 8, (feed, sql)
+        # A common tag only the 2,000 oldest posts have: each recent page examines the
+        # newest SCAN_BUDGET posts after its cursor (one statement), then says go on.
+        with state.db.session() as session:
+            session.execute(text("UPDATE posts SET tags = tags || ARRAY['old'] "
+                                 "WHERE substr(title, 2)::int > 98000"))
+            session.commit()
+        path, seen, pages, cursor = "/community/feed?feed_type=recent&limit=50&tags=old", \
+            [], 0, None
+        while True:
+            body, sql, _, _ = _work(client, path + (f"&cursor={cursor}" if cursor else ""),
+                                    {})
+            assert sql <= 6, (pages, sql)
+            seen += [p["id"] for p in body["posts"]]
+            pages += 1
+            if not body["has_more"]:
+                break
+            cursor = body["next_cursor"]
+        assert len(seen) == len(set(seen)) == 2000 and pages > 40, (len(seen), pages)
     finally:
         event.remove(state.db.engine, "before_cursor_execute", capture)
