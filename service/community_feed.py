@@ -7,13 +7,29 @@ filters applied, author names joined, the viewer's likes for the whole chunk). W
 down, the same order comes from Postgres (keyset queries; for trending, the walk's
 snapshot row), so answers are identical.
 
+Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
+index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
+or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
+(``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
+after the cursor, visibility and blocked authors in the same statement) when the filter
+is an asset type alone (``ix_posts_live_asset_time``: exact) or tags fewer than
+``SPARSE_TAGS`` posts have (their GIN matches collected, then sorted), not from the
+sorted sets, which hold every post. Common tags on ``recent``: one statement over the
+newest ``SCAN_BUDGET`` posts after the cursor (the time index), ``has_more`` and a cursor
+at that window's end if it held too few. Common tags on ``following`` and every
+filtered ``trending`` walk read the feed's own order and keep the matching posts,
+within the scan budget below.
+
 Visibility: the sorted sets and cached counts hold every live post and are shared by all
 viewers; a page keeps the rows the viewer may see (``posts_service.Visibility``: public
 posts, plus their collectives' for members, all for admins), with the viewer's
 collectives read from their cached set in the same pipeline as the page's count. A page
 examines at most ``SCAN_BUDGET`` keys: a viewer who may see few of them gets what was
 found, ``has_more`` true and a cursor after the last key examined. ``total_count`` is the
-cached count grouped by collective, summed over what the viewer may see.
+cached count grouped by collective, summed over what the viewer may see, less the posts
+of the authors the viewer blocked (pages never list them): that part is counted per
+blocked set and cached beside the count, read in the same pipeline (see
+``_viewer_total``), so a warm page costs what it costs anyone.
 
 Cursors are opaque: base64url of JSON ``{"v":1,"f":feed,"q":filters,"k":[score,id]}`` plus,
 for trending, the walk's snapshot id ``s``. The ``(score, id)`` key is exact and total, so
@@ -285,9 +301,11 @@ def decode_cursor(raw: str, feed: str, query: str) -> dict[str, Any]:
 
 
 class Source:
-    """Yields the feed's keys in order, strictly after a key; ``total()`` counts it."""
+    """Yields the feed's keys in order, strictly after a key. ``exact``: every key it
+    yields is a post of the page (filters and visibility applied by the source)."""
 
     outcome = "hit"
+    exact = False
 
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         raise NotImplementedError
@@ -393,6 +411,38 @@ class FollowingSource(Source):
         cf.fill_author_sets(state(), authors)
 
 
+class FilteredSource(Source):
+    """A filtered ``recent`` or ``following`` walk, answered by a Postgres index
+    (``posts.matching_keys``): the keys of the posts matching the filters that the viewer
+    may see, newest first, in one keyset statement per chunk whatever the table's size
+    (the sorted sets in Redis hold every post: walking them for a narrow filter read
+    post after post). Outcome ``index``: no cache involved, Redis up or down alike."""
+
+    outcome = "index"
+    exact = True
+
+    def __init__(self, authors: list[int] | None, asset_type: str | None,
+                 tags: list[str], viewer: int | None,
+                 vis: posts_service.Visibility, sparse: bool = False,
+                 window: int | None = None) -> None:
+        self.authors, self.asset_type, self.tags = authors, asset_type, tags
+        self.viewer, self.vis, self.sparse, self.window = viewer, vis, sparse, window
+        self.more: Key | None = None  # a short answer's resume key (its window's end)
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        vis, self.more = self.vis, None
+        colls = None if vis.sql is not None or vis.collectives is None else vis.collectives
+        with state().db.session() as session:
+            keys = posts.matching_keys(
+                session, n, after, authors=self.authors, asset_type=self.asset_type,
+                tags=self.tags, viewer_id=self.viewer,
+                collectives=None if colls is None else sorted(colls), visible_to=vis.sql,
+                sparse=self.sparse, window=self.window)
+            if self.window is not None and len(keys) < n:
+                self.more = posts.window_end(session, after, self.window)
+        return keys
+
+
 class TrendingSource(Source):
     """One walk's ranking: its durable snapshot down to its floor, then its deep tail
     (see service/community_trending.py)."""
@@ -447,7 +497,7 @@ def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
     may see are found, or ``SCAN_BUDGET`` keys were examined; returns (page rows with
     their keys, the key to resume after, None if the walk reached its end)."""
     found: list[tuple[Key, Any]] = []
-    chunk = limit + 1 if not (asset_type or tags) else 4 * (limit + 1)
+    chunk = limit + 1 if source.exact or not (asset_type or tags) else 4 * (limit + 1)
     cursor, scanned = after, 0
     while True:
         keys = source.next_keys(cursor, chunk)
@@ -460,8 +510,8 @@ def collect(source: Source, after: Key | None, limit: int, viewer: int | None,
             scanned += len(keys)
         if len(found) > limit:
             return found[:limit], found[limit - 1][0]
-        if len(keys) < chunk:
-            return found, None
+        if len(keys) < chunk:  # the end, or of the source's own window (``more``)
+            return found, getattr(source, "more", None)
         cursor = keys[-1]
         if scanned >= SCAN_BUDGET:
             return found, cursor
@@ -474,15 +524,42 @@ def viewer_collectives(user_id: int) -> frozenset[int]:
     return cf.collectives(state(), user_id)
 
 
+def viewer_blocked(user_id: int) -> frozenset[int]:
+    """The authors the user blocked: the cached set, filled from Postgres on a miss, once
+    (a fill that landed since the page's read is read, not loaded again); read from
+    Postgres when Redis is unusable or another request is still filling it."""
+    app = state()
+    key = cf.CommunityKeys(app.cache.keys).blocked(user_id)
+
+    def load() -> list[int]:
+        with app.db.session() as session:
+            return posts.blocked_by(session, user_id)
+
+    try:
+        return frozenset(app.filler.fill(
+            PATH, cf.blocked_scope(user_id), [key], load,
+            lambda pipe, temps, ids: cf.stage_blocked(pipe, temps[key], ids),
+            only_if_missing=True))
+    except LeaseHeld:
+        with contextlib.suppress(CacheUnavailable):
+            found = cf.read_blocked(app.cache, PATH, user_id)
+            if found is not NO_VALUE:
+                return found
+    except CacheUnavailable:
+        pass
+    return frozenset(load())
+
+
 def _page_state(field: str, viewer: int | None, is_admin: bool
                 ) -> tuple[posts_service.Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
-    read together in one pipeline. With Redis down, Postgres applies the rule in the
-    page's own queries (no statement more for the member set)."""
+    read together in one pipeline (with the viewer's blocked authors and the count of
+    their posts). With Redis down, Postgres applies the rule in the page's own queries
+    (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     app = state()
     try:
-        page = cf.read_count(app.cache, PATH, field, member_of)
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -512,6 +589,57 @@ def _total(field: str, page: cf.PageState | None, vis: posts_service.Visibility,
     return vis.total(*value)
 
 
+def _viewer_total(field: str, page: cf.PageState | None, vis: posts_service.Visibility,
+                  count: Callable[[Sequence[int] | None], cf.Grouped],
+                  viewer: int | None) -> int:
+    """``total_count`` as the viewer sees it: ``_total`` less the posts of the authors
+    they blocked (which pages never list). That part is counted once per blocked set (its
+    digest rides with the value) in the counts hash, read in the page's count pipeline,
+    and costs an index range per blocked author (``ix_posts_author_time``) when computed.
+    With Redis down (``page`` None), ``count`` excluded them in its own statement."""
+    total = _total(field, page, vis, lambda: count(None))
+    if page is None or viewer is None:
+        return total
+    blocked = page.blocked
+    if blocked is NO_VALUE or blocked is None:
+        blocked = viewer_blocked(viewer)
+    if not blocked:
+        return total
+    digest = cf.blocked_digest(blocked)
+    if page.blocked_count is not None and page.blocked_count[0] == digest:
+        value = page.blocked_count[1]
+    else:
+        value = count(sorted(blocked))
+        app = state()
+        with contextlib.suppress(CacheUnavailable):
+            cf.write_count(app.cache, PATH, cf.blocked_field(viewer, field),
+                           cf.encode_adjustment(digest, value), page.version,
+                           app.settings.idle_ttl)
+    return max(total - vis.total(*value), 0)
+
+
+def _no_match_page() -> dict[str, Any]:
+    return {"posts": [], "total_count": 0, "has_more": False, "next_cursor": None}
+
+
+# Up to this many posts with a page's tags, their walk collects them from the GIN index
+# and sorts them (work: these few); from it on, the page walks the feed's order within
+# the scan budget (common tags: matches come quickly; the budget bounds a common tag the
+# recent posts lack, which an unbounded time-index walk would read to its end): for
+# ``recent`` in one statement over the newest SCAN_BUDGET posts after the cursor.
+SPARSE_TAGS = 1000
+
+
+def _matches(asset_type: str | None, tags: list[str]) -> int | None:
+    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter).
+    One index probe; 0 answers the page: nothing walked, nothing cached, so a stream of
+    made-up tags costs a probe each and no memory."""
+    if not (asset_type or tags):
+        return None
+    with state().db.session() as session:
+        return posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
+
+
 @bp.route("/community/feed", methods=["GET"])
 @login_optional
 @bp.arguments(FeedArgs, location="query")
@@ -520,9 +648,11 @@ def feed(args):
     """Posts of one feed, newest (``recent``, ``following``) or most trending first.
 
     Only posts the caller may see are listed and counted (a collective's posts for its
-    members and admins). A page examines at most a fixed number of posts, so it can hold
-    fewer than ``limit`` posts (even none) with ``has_more`` true: go on with
-    ``next_cursor``.
+    members and admins; never those of authors the caller blocked). A page examines at
+    most a fixed number of posts, so it can hold fewer than ``limit`` posts (even none)
+    with ``has_more`` true: go on with ``next_cursor``. ``recent`` and ``following``
+    pages filtered by an asset type or by tags few posts have are read from an index
+    (full pages); a filter no post matches answers an empty last page at once.
     """
     feed_type, limit = args["feed_type"], args["limit"]
     asset_type, tags = args["asset_type"], _parse_tags(args["tags"])
@@ -534,24 +664,36 @@ def feed(args):
     query = hashlib.sha1(orjson.dumps([asset_type, tags])).hexdigest()[:10]
     data = decode_cursor(args["cursor"], feed_type, query) if args["cursor"] else None
     after: Key | None = tuple(data["k"]) if data else None  # type: ignore[assignment]
+    matches = _matches(asset_type, tags)
+    if matches == 0:
+        stats.count(PATH + ":" + feed_type, "index")
+        return _no_match_page()
     filters = (asset_type, tags)
     app = state()
     extra: dict[str, Any] = {}
+
+    def unblocked() -> int | None:  # Redis down: counts exclude blocked authors in SQL
+        return viewer if page is None else None
+
+    authors: list[int] | None = None
     if feed_type == "recent":
         source: Source = RecentSource()
 
-        def count() -> cf.Grouped:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
             with app.db.session() as session:
-                return posts.count_live_grouped(session, None, *filters, vis.sql)
+                return posts.count_live_grouped(session, only, *filters, vis.sql,
+                                                unblocked())
 
         field = cf.count_field("g", "r", asset_type, tags)
     elif feed_type == "following":
         authors = followees_of(viewer)  # type: ignore[arg-type]
         source = FollowingSource(authors)
 
-        def count() -> cf.Grouped:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            mine = authors if only is None else sorted(set(authors) & set(only))
             with app.db.session() as session:
-                return posts.count_live_grouped(session, authors, *filters, vis.sql)
+                return posts.count_live_grouped(session, mine, *filters, vis.sql,
+                                                unblocked())
 
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
@@ -560,12 +702,18 @@ def feed(args):
         source = walk
         extra = {"s": walk.sid, **({"fl": list(walk.floor)} if walk.floor else {})}
 
-        def count() -> cf.Grouped:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
             with app.db.session() as session:
-                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters, vis.sql)
+                return cf_sql.count_snapshot_grouped(session, walk.sid, *filters, vis.sql,
+                                                     unblocked(), only)
 
         field = cf.count_field("g", "t", walk.sid, asset_type, tags)
     vis, page = _page_state(field, viewer, is_admin)
+    sparse = bool(tags) and (matches or 0) < SPARSE_TAGS
+    if feed_type != "trending" and (sparse or (asset_type and not tags)):
+        source = FilteredSource(authors, asset_type, tags, viewer, vis, sparse=sparse)
+    elif feed_type == "recent" and tags:  # common tags: the newest posts, a window a page
+        source = FilteredSource(None, asset_type, tags, viewer, vis, window=SCAN_BUDGET)
     rows, resume = collect(source, after, limit, viewer, vis, asset_type, tags)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None
@@ -573,7 +721,7 @@ def feed(args):
         next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(resume), **extra})
     return {
         "posts": [_post_json(row) for _, row in rows],
-        "total_count": _total(field, page, vis, count),
+        "total_count": _viewer_total(field, page, vis, count, viewer),
         "has_more": resume is not None,
         "next_cursor": next_cursor,
     }

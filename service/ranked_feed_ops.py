@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cache import community_feed as cf
 from cache import ranked_feed as feed_cache
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
 from service import ranked_feed_score as scoring
@@ -279,6 +280,9 @@ def save_preferences(app_state: AppState, user_id: int,
                 "muted_collectives": [f"Unknown collective ids: {unknown}"]})
         saved = store.save_preferences(uow.session, user_id, changes)
         feed_cache.touch(uow, user_id)
+        if "blocked_users" in changes:  # the community feed's cached blocked set
+            cf.blocked_changed(uow.change(cf.blocked_scope(user_id)),
+                               cf.CommunityKeys(app_state.cache.keys), user_id)
         uow.commit()
     return saved
 

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from storage.models import Post, TrendingSnapshot, TrendingSnapshotTail
-from storage.posts import Engagement, _filtered, can_see, grouped
+from storage.posts import Engagement, _filtered, can_see, grouped, not_blocked_by
 
 
 def trending_window(session: Session, since: datetime, until: datetime,
@@ -181,12 +181,17 @@ def count_snapshot_live(session: Session, sid: int, asset_type: str | None,
 
 def count_snapshot_grouped(session: Session, sid: int, asset_type: str | None,
                            tags: Sequence[str],
-                           visible_to: tuple[int | None, bool] | None = None
+                           visible_to: tuple[int | None, bool] | None = None,
+                           unblocked_for: int | None = None,
+                           authors: Sequence[int] | None = None,
                            ) -> tuple[int, dict[int, int]]:
     """How many posts a full walk of snapshot ``sid`` returns (live, matching the
-    filters, that ``visible_to`` may see if given): those of its arrays and, if it has a
+    filters, that ``visible_to`` may see if given, not by an author ``unblocked_for``
+    blocked if given, only by ``authors`` if given): those of its arrays and, if it has a
     floor, every post created before it was taken (its deep tail); grouped by
     collective: (public, {collective id: n})."""
+    if authors is not None and not authors:
+        return 0, {}
     snap = select(TrendingSnapshot.created_at, TrendingSnapshot.floor_score).where(
         TrendingSnapshot.id == sid).subquery()
     ids = select(func.unnest(TrendingSnapshot.post_ids)).where(TrendingSnapshot.id == sid)
@@ -197,6 +202,10 @@ def count_snapshot_grouped(session: Session, sid: int, asset_type: str | None,
              .group_by(Post.collective_id))
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
+    if unblocked_for is not None:
+        query = query.where(not_blocked_by(unblocked_for))
+    if authors is not None:
+        query = query.where(Post.author_id.in_(list(authors)))
     return grouped(session.execute(_filtered(query, asset_type, tags)))
 
 

@@ -263,7 +263,10 @@ class Post(Base):
         ),
         Index("ix_posts_author_time", "author_id", "created_at"),
         Index("ix_posts_collective_time", "collective_id", "created_at"),
-        Index("ix_posts_tags", "tags", postgresql_using="gin"),
+        Index("ix_posts_tags", "tags", postgresql_using="gin",
+              postgresql_with={"fastupdate": "off"}),
+        Index("ix_posts_live_asset_time", "asset_type", "created_at", "id",
+              postgresql_where=text("deleted_at IS NULL")),
     )
 
 

@@ -12,10 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, any_, delete, func, or_, select, text, true, update
+from sqlalchemy import (
+    String,
+    and_,
+    any_,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -243,6 +256,22 @@ def _filtered(query, asset_type: str | None, tags: Sequence[str]):
     return query
 
 
+def not_blocked_by(viewer_id: int):
+    """SQL condition: the post's author is not one the viewer blocked (their
+    ``user_preferences.blocked_users``; no preferences row: nobody blocked)."""
+    return ~(select(UserPreferences.user_id)
+             .where(UserPreferences.user_id == viewer_id,
+                    Post.author_id == any_(UserPreferences.blocked_users))
+             .exists())
+
+
+def blocked_by(session: Session, user_id: int) -> list[int]:
+    """The authors ``user_id`` blocked (sorted)."""
+    row = session.execute(select(UserPreferences.blocked_users)
+                          .where(UserPreferences.user_id == user_id)).scalar_one_or_none()
+    return sorted(set(row or ()))
+
+
 def load_page(
     session: Session,
     post_ids: Sequence[int],
@@ -274,11 +303,7 @@ def load_page(
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
     if viewer_id is not None:  # the viewer's blocked authors: in this query, no statement more
-        query = query.where(~(
-            select(UserPreferences.user_id)
-            .where(UserPreferences.user_id == viewer_id,
-                   Post.author_id == any_(UserPreferences.blocked_users))
-            .exists()))
+        query = query.where(not_blocked_by(viewer_id))
     rows: dict[int, PostRow] = {}
     for post, name, avatar, tier, is_liked_row in session.execute(query):
         rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
@@ -310,6 +335,104 @@ def recent_keys(
     return [(int(t), int(i)) for t, i in session.execute(query)]
 
 
+def matching_keys(
+    session: Session,
+    limit: int,
+    before: tuple[int, int] | None = None,
+    *,
+    authors: Sequence[int] | None = None,
+    asset_type: str | None = None,
+    tags: Sequence[str] = (),
+    viewer_id: int | None = None,
+    collectives: Sequence[int] | None = None,
+    visible_to: tuple[int | None, bool] | None = None,
+    sparse: bool = False,
+    window: int | None = None,
+) -> list[tuple[int, int]]:
+    """Newest-first ``(created_at_us, id)`` of the live posts matching the filters strictly
+    after the ``before`` key, as ``recent_keys``, and only those the viewer may see: not by
+    an author ``viewer_id`` blocked, public or in ``collectives`` if given, visible to
+    ``visible_to = (viewer, is_admin)`` if given. So each key is a post of the page.
+
+    Answered by an index, whatever the filters: the keyset is a row comparison on
+    ``(created_at, id)``, so an ``asset_type`` filter reads the range of
+    ``ix_posts_live_asset_time`` after the cursor, in order. ``sparse`` (tags few posts
+    have, see ``count_upto``): the matches after the cursor are collected from the GIN
+    index ``ix_posts_tags`` first (a materialized CTE: a bitmap, then a sort of those
+    few), rather than walking the time index until enough of them turn up, which the
+    planner may choose for a tag it cannot estimate and which reads every post when
+    they are old. ``window``: only the newest ``window`` live posts after the cursor are
+    examined (tags many posts have: their matches come early, and a tag the recent
+    posts lack costs ``window`` index entries, not the table; see ``window_end``)."""
+    query = select(_created_us().label("us"), Post.id, Post.created_at).where(
+        Post.deleted_at.is_(None))
+    if window is not None:
+        newest = select(Post.id).where(Post.deleted_at.is_(None))
+        if before is not None:
+            newest = newest.where(tuple_(Post.created_at, Post.id)
+                                  < tuple_(from_us(before[0]), before[1]))
+        newest = newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(window)
+        query = query.where(Post.id.in_(newest.scalar_subquery()))
+    if authors is not None:
+        if not authors:
+            return []
+        query = query.where(Post.author_id.in_(list(authors)))
+    if before is not None:
+        query = query.where(tuple_(Post.created_at, Post.id)
+                            < tuple_(from_us(before[0]), before[1]))
+    if viewer_id is not None:
+        query = query.where(not_blocked_by(viewer_id))
+    if collectives is not None:
+        query = query.where(or_(Post.collective_id.is_(None),
+                                Post.collective_id.in_(sorted(collectives)))
+                            if collectives else Post.collective_id.is_(None))
+    if visible_to is not None:
+        query = query.where(can_see(*visible_to))
+    query = _filtered(query, asset_type, tags)
+    if sparse:
+        found = query.cte("found").prefix_with("MATERIALIZED")
+        query = (select(found.c.us, found.c.id)
+                 .order_by(found.c.created_at.desc(), found.c.id.desc()).limit(limit))
+    else:
+        query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+    return [(int(row[0]), int(row[1])) for row in session.execute(query)]
+
+
+def window_end(session: Session, before: tuple[int, int] | None,
+               window: int) -> tuple[int, int] | None:
+    """The key of the ``window``-th newest live post after the cursor (the last one a
+    ``matching_keys(window=...)`` walk examined), None if fewer are left."""
+    query = select(_created_us(), Post.id).where(Post.deleted_at.is_(None))
+    if before is not None:
+        query = query.where(tuple_(Post.created_at, Post.id)
+                            < tuple_(from_us(before[0]), before[1]))
+    query = query.order_by(Post.created_at.desc(), Post.id.desc()).offset(window - 1).limit(1)
+    row = session.execute(query).first()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def count_upto(session: Session, asset_type: str | None, tags: Sequence[str],
+               cap: int) -> int:
+    """How many live posts match the filters, counted up to ``cap``: one index probe
+    (``asset_type`` alone: the range of ``ix_posts_live_asset_time``; ``tags``: a bitmap
+    of the GIN index, in the function ``posts_tagged_upto`` of migration 0009, whose
+    planner settings rule out the sequential scan a ``LIMIT`` invites)."""
+    if tags:
+        return int(session.execute(select(func.posts_tagged_upto(
+            cast(list(tags), Post.tags.type), cast(asset_type, String), cap))).scalar_one())
+    query = _filtered(select(Post.id).where(Post.deleted_at.is_(None)), asset_type, tags)
+    return int(session.execute(
+        select(func.count()).select_from(query.limit(cap).subquery())).scalar_one())
+
+
+def from_us(us: int) -> datetime:
+    """Integer microseconds since the epoch (``_created_us``) as an exact datetime."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def count_live(
     session: Session,
     authors: Sequence[int] | None = None,
@@ -334,15 +457,19 @@ def count_live_grouped(
     asset_type: str | None = None,
     tags: Sequence[str] = (),
     visible_to: tuple[int | None, bool] | None = None,
+    unblocked_for: int | None = None,
 ) -> tuple[int, dict[int, int]]:
-    """Live posts matching the filters (and that ``visible_to`` may see, if given), as
-    (public ones, {collective id: its ones})."""
+    """Live posts matching the filters (and that ``visible_to`` may see, if given; not by
+    an author ``unblocked_for`` blocked, if given), as (public ones, {collective id: its
+    ones})."""
     if authors is not None and not authors:
         return 0, {}
     query = (select(Post.collective_id, func.count()).where(Post.deleted_at.is_(None))
              .group_by(Post.collective_id))
     if visible_to is not None:
         query = query.where(can_see(*visible_to))
+    if unblocked_for is not None:
+        query = query.where(not_blocked_by(unblocked_for))
     if authors is not None:
         query = query.where(Post.author_id.in_(list(authors)))
     return grouped(session.execute(_filtered(query, asset_type, tags)))

@@ -127,6 +127,17 @@ def _deep_trending(fx: Fixture, rng: random.Random, n: int) -> list[Line]:
              fx.tokens[u], "") for u, c in fx.cursors.get("trending_deep", [])]
 
 
+# A filter no post matches, on each feed (issue 16: each one walked the whole table).
+NO_MATCH = ("feed_type=recent&tags=no-such-tag", "feed_type=recent&asset_type=nope",
+            "feed_type=trending&tags=no-such-tag", "feed_type=following&asset_type=nope",
+            "feed_type=following&tags=music,no-such-tag")
+
+
+def _no_match(fx: Fixture, rng: random.Random, n: int) -> list[Line]:
+    return _per_user(fx, rng, n, lambda u: (
+        "GET", f"/community/feed?{rng.choice(NO_MATCH)}&limit=20", fx.tokens[u], ""))
+
+
 def _mark_viewed(fx: Fixture, rng: random.Random, n: int) -> list[Line]:
     def make(u: int) -> Line | None:
         items = fx.items_of.get(rng.choice(fx.groups_of[u]))
@@ -168,6 +179,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "/community/feed", _get("/community/feed?feed_type=trending&limit=20")),
     Endpoint("trending_deep", "community trending, deep cursor", "read", "GET",
              "/community/feed", _deep_trending, needs="trending_deep"),
+    Endpoint("feed_no_match", "community feed, a filter nothing matches", "read", "GET",
+             "/community/feed", _no_match),
+    Endpoint("recent_tag", "community recent, one tag (index walk)", "read", "GET",
+             "/community/feed", _get("/community/feed?feed_type=recent&tags=music&limit=20")),
     Endpoint("personalized_cached", "personalized page (cached)", "read", "GET",
              "/api/posts/", _get("/api/posts/?page=1&page_size=20", CACHED_PAGE_USERS)),
     Endpoint("personalized_uncached", "personalized page (uncached)", "read", "GET",
