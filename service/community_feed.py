@@ -33,7 +33,6 @@ from typing import Any
 
 import orjson
 from flask import Response, g
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from cache import community_feed as cf
@@ -43,6 +42,7 @@ from cache.fill import read_through
 from cache.lease import LeaseHeld, wait_for
 from service import community_trending as trending
 from service import posts_service
+from service.api import Blueprint
 from service.auth import login_optional, login_required
 from service.errors import ApiError, Unauthorized
 from service.fields import Id, UtcDateTime

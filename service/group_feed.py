@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Response, g
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 from sqlalchemy.orm import Session
 
 from cache import read_state
 from cache.read_state import ReadStates
+from service.api import Blueprint
 from service.auth import Caller, login_required
 from service.errors import ApiError, Forbidden, NotFound
 from service.fields import MAX_ID, Id, UtcDateTime

@@ -10,12 +10,12 @@ scrape; the live gauges of dead workers are dropped at each scrape.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 
+import orjson
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -172,22 +172,20 @@ def init_app(app: Flask) -> None:
             return response
         elapsed = time.perf_counter() - started
         endpoint = request.endpoint or "unmatched"
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-        LATENCY.labels(endpoint).observe(elapsed)
-        if response.status_code == 503:
-            DB_ERRORS.labels(endpoint).inc()
+        status = response.status_code
+        stats.child(REQUESTS, endpoint, request.method, str(status)).inc()
+        stats.child(LATENCY, endpoint).observe(elapsed)
+        if status == 503:
+            stats.child(DB_ERRORS, endpoint).inc()
         outcomes = stats.end_request()
-        if endpoint != "metrics.metrics":
-            log.info(
-                json.dumps(
-                    {
-                        "method": request.method,
-                        "path": request.path,
-                        "endpoint": endpoint,
-                        "status": response.status_code,
-                        "ms": round(elapsed * 1000, 2),
-                        "cache": outcomes,
-                    }
-                )
-            )
+        if endpoint != "metrics.metrics" and log.isEnabledFor(logging.INFO):
+            line = orjson.dumps({
+                "method": request.method,
+                "path": request.path,
+                "endpoint": endpoint,
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "cache": outcomes,
+            })
+            log.info(line.decode())
         return response

@@ -30,7 +30,6 @@ from urllib.parse import urlencode
 
 from flask import g, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from cache.ranked_feed import (
@@ -43,6 +42,7 @@ from cache.ranked_feed import (
     touch,
 )
 from service import ranked_feed_score as scoring
+from service.api import Blueprint
 from service.auth import admin_required, login_optional, login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, isoformat

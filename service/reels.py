@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import g
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from cache import recent_reels
+from service.api import Blueprint
 from service.auth import login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime
