@@ -1,9 +1,21 @@
 """Applying committed changes to Redis: right after commit, and by the relay for rows a
 crash or an outage left behind.
 
-The relay's staleness bound: a change committed at time t is in Redis by
+A write request commits its data, its version bumps and its outbox row in one transaction,
+applies the changes in one pipeline and never touches the row again. Clearing the outbox
+is the relay's batched job (a scheduler job every ``OUTBOX_RELAY_INTERVAL``): it applies
+every row older than ``OUTBOX_MIN_AGE`` once more and deletes it, 500 rows per
+transaction. The relay cannot tell from Postgres which rows their request applied and
+need not: ``APPLY`` is idempotent by version, so a row already in Redis is a no-op (the
+version copy is at or past it) and a row left behind (Redis down, a crash between commit
+and apply) is applied, or its scope's keys dropped when the copy is further behind.
+APPLY's answer tells the two apart, so ``cache_outbox_applied_total{by="relay"}`` and the
+relay's log count only the changes it had to apply.
+
+The staleness bound: a change committed at time t is in Redis by
 ``t + OUTBOX_MIN_AGE + OUTBOX_RELAY_INTERVAL`` (plus one relay run), as long as Redis
-answers. Applying is idempotent, so a relay racing the request that owns a row is safe.
+answers. Outbox rows live about as long (a change's request applies it at once), so the
+backlog gauge is about ``OUTBOX_RELAY_INTERVAL`` times the write rate in steady state.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from collections.abc import Iterable
 
 from cache import stats
 from cache.client import Cache
-from cache.versioned import Change, queue_apply
+from cache.versioned import APPLY_ALREADY_IN, Change, queue_apply
 from storage import cache_state
 from storage.db import Database
 
@@ -24,8 +36,9 @@ class Applier:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
 
-    def apply(self, changes: Iterable[Change], by: str = "request") -> None:
-        """Apply ``changes`` in one pipelined round trip.
+    def apply(self, changes: Iterable[Change], by: str = "request") -> int:
+        """Apply ``changes`` in one pipelined round trip; returns how many were not in
+        Redis yet (the others were already applied: no-ops).
 
         Raises ``CacheUnavailable`` if Redis fails (the outbox row stays for the relay).
         Runs even while the breaker is open when ``by == "relay"``: the relay is how the
@@ -33,19 +46,22 @@ class Applier:
         """
         changes = list(changes)
         if not changes:
-            return
+            return 0
 
-        def run(r) -> None:
+        def run(r) -> list:
             pipe = r.pipeline(transaction=False)
             for change in changes:
                 queue_apply(pipe, self.cache.keys, change, self.cache.idle_ttl)
-            pipe.execute()
+            return pipe.execute()
 
         if by == "relay":
-            self.cache.run_unguarded("outbox", run)
+            results = self.cache.run_unguarded("outbox", run)
         else:
-            self.cache.run("outbox", run)
-        stats.OUTBOX_APPLIED.labels(by).inc(len(changes))
+            results = self.cache.run("outbox", run)
+        applied = sum(1 for result in results if result != APPLY_ALREADY_IN)
+        if applied:
+            stats.child(stats.OUTBOX_APPLIED, by).inc(applied)
+        return applied
 
 
 # Rows younger than this belong to requests that are still applying them.
@@ -53,19 +69,24 @@ OUTBOX_MIN_AGE = 2.0
 
 
 def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE) -> int:
-    """Apply and delete every outbox row older than ``min_age`` seconds; returns how many
-    changes were applied. Raises ``CacheUnavailable`` if Redis is still down."""
-    total = 0
+    """Apply and delete every outbox row older than ``min_age`` seconds, in batches;
+    returns how many changes were not in Redis yet (left behind by their request).
+    Raises ``CacheUnavailable`` if Redis is still down (the rows stay)."""
+    applied = cleared = 0
     while True:
         with db.session() as session:
             rows = cache_state.pending_outbox(session, older_than=min_age)
             if not rows:
                 break
             changes = [Change.from_json(c) for row in rows for c in row.changes]
-            applier.apply(changes, by="relay")
-            cache_state.delete_outbox(session, [row.id for row in rows])
+            applied += applier.apply(changes, by="relay")
+            # Not durable (synchronous_commit off for this transaction): a delete lost in
+            # a Postgres crash only makes the next run apply those rows again, a no-op.
+            cache_state.delete_outbox(session, [row.id for row in rows], durable=False)
             session.commit()
-            total += len(changes)
-    if total:
-        log.info("outbox relay applied %d leftover cache changes", total)
-    return total
+            cleared += len(rows)
+    if applied:
+        log.info("outbox relay applied %d cache changes left behind", applied)
+    if cleared:
+        log.debug("outbox relay cleared %d rows", cleared)
+    return applied
