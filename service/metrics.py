@@ -77,9 +77,10 @@ class QueueCollector(Collector):
 
 
 class OutboxCollector(Collector):
-    """The outbox backlog, read from Postgres at scrape time (one statement): rows not yet
-    applied to Redis and the age of the oldest, beside the relay interval, so an alert can
-    say "older than twice the relay interval" without knowing the configuration."""
+    """The outbox backlog, read from Postgres at scrape time (one statement): rows the relay
+    has not cleared (requests apply their own rows but leave them to the relay) and the
+    age of the oldest, beside the relay interval, so an alert can say "older than twice
+    the relay interval" without knowing the configuration."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
@@ -96,8 +97,9 @@ class OutboxCollector(Collector):
                 rows, age = outbox_backlog(session)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Postgres is down
             return
-        yield GaugeMetricFamily("cache_outbox_pending", "Outbox rows not yet applied to Redis",
-                                value=rows)
+        yield GaugeMetricFamily("cache_outbox_pending",
+                                "Outbox rows the relay has not cleared yet (applied by their "
+                                "request or not)", value=rows)
         yield GaugeMetricFamily("cache_outbox_oldest_age_seconds",
                                 "Age of the oldest outbox row (0 when empty)", value=age)
 
