@@ -111,7 +111,7 @@ class Cache:
         if not self.enabled or not self.breaker.allow():
             raise CacheUnavailable(path)
         try:
-            stats.REDIS_CALLS.labels(path).inc()
+            stats.child(stats.REDIS_CALLS, path).inc()
             if self.breaker.state == HALF_OPEN:
                 # This call is the breaker's probe. Keys may be stale from writes whose
                 # apply failed during the outage: reach Redis and recover first (success()
@@ -122,7 +122,7 @@ class Cache:
                     raise CacheUnavailable(path)
             result = self._call(fn)
         except CACHE_ERRORS as exc:
-            stats.REDIS_ERRORS.labels(path).inc()
+            stats.child(stats.REDIS_ERRORS, path).inc()
             stats.count(path, "error")
             self.breaker.failure()
             raise CacheUnavailable(path) from exc
@@ -136,7 +136,7 @@ class Cache:
         try:
             return self._call(fn)
         except CACHE_ERRORS as exc:
-            stats.REDIS_ERRORS.labels(path).inc()
+            stats.child(stats.REDIS_ERRORS, path).inc()
             raise CacheUnavailable(path) from exc
 
     def _call(self, fn: Callable[[redis.Redis], T]) -> T:

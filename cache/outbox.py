@@ -1,20 +1,32 @@
 """Applying committed changes to Redis: right after commit, and by the relay for rows a
 crash or an outage left behind.
 
-The relay's staleness bound: a change committed at time t is in Redis by
+A write request commits its data, its version bumps and its outbox row in one transaction,
+applies the changes in one pipeline and never touches the row again. Clearing the outbox
+is the relay's batched job (a scheduler job every ``OUTBOX_RELAY_INTERVAL``): it applies
+every row older than ``OUTBOX_MIN_AGE`` once more and deletes it, 500 rows per
+transaction. The relay cannot tell from Postgres which rows their request applied and
+need not: ``APPLY`` is idempotent by version, so a row already in Redis is a no-op (the
+version copy is at or past it) and a row left behind (Redis down, a crash between commit
+and apply) is applied, or its scope's keys dropped when the copy is further behind.
+APPLY's answer tells the two apart, so ``cache_outbox_applied_total{by="relay"}`` and the
+relay's log count only the changes it had to apply.
+
+The staleness bound: a change committed at time t is in Redis by
 ``t + OUTBOX_MIN_AGE + OUTBOX_RELAY_INTERVAL`` (plus one relay run), as long as Redis
-answers. Applying is idempotent, so a relay racing the request that owns a row is safe.
+answers. Outbox rows live about as long (a change's request applies it at once), so the
+backlog gauge is about ``OUTBOX_RELAY_INTERVAL`` times the write rate in steady state.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cache import stats
 from cache.client import Cache
-from cache.versioned import Change, queue_apply
+from cache.versioned import APPLY_ALREADY_IN, Change, queue_apply
 from storage import cache_state
 from storage.db import Database
 
@@ -31,8 +43,30 @@ class Applier:
         # apply in the same pipeline, events appended after it.
         self.publisher: Publisher | None = None
 
-    def apply(self, changes: Iterable[Change], by: str = "request") -> None:
-        """Apply ``changes`` in one pipelined round trip.
+    def not_applied(self, changes: Sequence[Change]) -> tuple[list[Change], list[Change]]:
+        """Split ``changes`` by their scope's version copy in Redis (one pipelined round trip
+        of GETs, ignoring the breaker: the relay's check): ``(behind, unknown)``, those whose
+        copy is older than them, and those whose copy is missing (Redis lost it: every
+        stream of the user has had a ``reset`` since). Raises ``CacheUnavailable``."""
+        if not changes:
+            return [], []
+
+        def run(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for change in changes:
+                pipe.get(self.cache.keys.version(change.scope))
+            return pipe.execute()
+
+        copies = self.cache.run_unguarded("outbox", run)
+        behind = [c for c, copy in zip(changes, copies, strict=True)
+                  if copy is not None and int(copy) < c.version]
+        unknown = [c for c, copy in zip(changes, copies, strict=True) if copy is None]
+        return behind, unknown
+
+    def apply(self, changes: Iterable[Change], by: str = "request", announce: bool = True
+              ) -> int:
+        """Apply ``changes`` in one pipelined round trip; returns how many were not in
+        Redis yet (the others were already applied: no-ops).
 
         Raises ``CacheUnavailable`` if Redis fails (the outbox row stays for the relay).
         Runs even while the breaker is open when ``by == "relay"``: the relay is how the
@@ -40,11 +74,11 @@ class Applier:
         """
         changes = list(changes)
         if not changes:
-            return
+            return 0
 
-        publisher = self.publisher
+        publisher = self.publisher if announce else None
 
-        def run(r):
+        def run(r) -> tuple:
             pipe = r.pipeline(transaction=False)
             plan = publisher.plan(pipe, changes) if publisher is not None else None
             for change in changes:
@@ -57,9 +91,15 @@ class Applier:
             plan, replies = self.cache.run_unguarded("outbox", run)
         else:
             plan, replies = self.cache.run("outbox", run)
-        stats.OUTBOX_APPLIED.labels(by).inc(len(changes))
+        # One APPLY answer per change, after the publisher's reads queued before them.
+        start = len(plan.before) if plan is not None else 0
+        results = replies[start:start + len(changes)]
+        applied = sum(1 for result in results if result != APPLY_ALREADY_IN)
+        if applied:
+            stats.child(stats.OUTBOX_APPLIED, by).inc(applied)
         if plan is not None and publisher is not None:
             publisher.publish(plan, replies)
+        return applied
 
 
 # Rows younger than this belong to requests that are still applying them.
@@ -67,19 +107,30 @@ OUTBOX_MIN_AGE = 2.0
 
 
 def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE) -> int:
-    """Apply and delete every outbox row older than ``min_age`` seconds; returns how many
-    changes were applied. Raises ``CacheUnavailable`` if Redis is still down."""
-    total = 0
+    """Apply and delete every outbox row older than ``min_age`` seconds, in batches;
+    returns how many changes were not in Redis yet (left behind by their request).
+    Raises ``CacheUnavailable`` if Redis is still down (the rows stay)."""
+    applied = cleared = 0
     while True:
         with db.session() as session:
             rows = cache_state.pending_outbox(session, older_than=min_age)
             if not rows:
                 break
             changes = [Change.from_json(c) for row in rows for c in row.changes]
-            applier.apply(changes, by="relay")
-            cache_state.delete_outbox(session, [row.id for row in rows])
+            # Most rows were applied by their request: only the others are applied, and only
+            # those Redis still has a version copy of are announced to live streams (a lost
+            # copy means a lost history: the streams have sent ``reset``), so a relay pass
+            # never repeats an event.
+            behind, unknown = applier.not_applied(changes)
+            applied += applier.apply(behind, by="relay")
+            applied += applier.apply(unknown, by="relay", announce=False)
+            # Not durable (synchronous_commit off for this transaction): a delete lost in
+            # a Postgres crash only makes the next run apply those rows again, a no-op.
+            cache_state.delete_outbox(session, [row.id for row in rows], durable=False)
             session.commit()
-            total += len(changes)
-    if total:
-        log.info("outbox relay applied %d leftover cache changes", total)
-    return total
+            cleared += len(rows)
+    if applied:
+        log.info("outbox relay applied %d cache changes left behind", applied)
+    if cleared:
+        log.debug("outbox relay cleared %d rows", cleared)
+    return applied

@@ -8,6 +8,7 @@ concurrent fill held the lease), ``error`` (a Redis command failed).
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -32,8 +33,26 @@ BREAKER_OPEN = Gauge(
 )
 
 
+# Labelled children, looked up once per label set: ``.labels()`` takes a lock and checks
+# its values on every call, a few per request on the hot paths (issue 15's profile).
+# Bounded, for labels a client could vary (an HTTP method); past the bound, ``.labels()``.
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+MAX_CHILDREN = 4096
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered."""
+    key = (id(metric), *values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = metric.labels(*values)
+        if len(_CHILDREN) < MAX_CHILDREN:
+            _CHILDREN[key] = found
+    return found
+
+
 def count(path: str, outcome: str) -> None:
-    CACHE_EVENTS.labels(path, outcome).inc()
+    child(CACHE_EVENTS, path, outcome).inc()
     outcomes = _OUTCOMES.get()
     if outcomes is not None:
         outcomes.append(f"{path}:{outcome}")

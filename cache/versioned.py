@@ -56,6 +56,10 @@ end
 return 2
 """
 
+# APPLY's answers: the change was in already (the copy is at or past it), the scope's keys
+# were dropped (the copy was further behind), the ops ran.
+APPLY_ALREADY_IN, APPLY_DROPPED, APPLY_RAN = 0, 1, 2
+
 # KEYS: version, lease, then (key, temp) pairs. ARGV: expected version, ttl, lease token,
 # and optionally the data keys' TTL (default: ttl).
 PUBLISH_LUA = """

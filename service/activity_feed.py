@@ -17,11 +17,11 @@ from urllib.parse import urlencode
 import click
 import orjson
 from flask import Flask, g, request
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from redis.exceptions import RedisError
 
 from service import activity_feed_ops as ops
+from service.api import Blueprint
 from service.auth import admin_required, login_required
 from service.errors import NotFound, ServiceUnavailable
 from service.fields import MAX_ID, CappedList, Id, IsoDateTime, StrictBoolean, UtcDateTime

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask import Response
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from cache import group_feed as gf_cache
+from service.api import Blueprint
 from service.auth import admin_required
 from service.errors import NotFound
 from service.fields import UtcDateTime

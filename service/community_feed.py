@@ -49,7 +49,6 @@ from typing import Any
 
 import orjson
 from flask import Response, g
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from cache import community_feed as cf
@@ -58,6 +57,7 @@ from cache.client import NO_VALUE, CacheUnavailable
 from cache.lease import LeaseHeld, wait_for
 from service import community_trending as trending
 from service import posts_service
+from service.api import Blueprint
 from service.auth import login_optional, login_required
 from service.errors import ApiError, Unauthorized
 from service.fields import Id, UtcDateTime

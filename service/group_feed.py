@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, g
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service import group_feed_ops as ops
+from service.api import Blueprint
 from service.auth import login_required
 from service.fields import MAX_ID, Id, UtcDateTime
 from service.state import state

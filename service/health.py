@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from flask import jsonify
-from flask_smorest import Blueprint
 
+from service.api import Blueprint
 from service.schemas import ReadyOut, StatusOut
 from service.state import state
 

@@ -10,12 +10,12 @@ scrape; the live gauges of dead workers are dropped at each scrape.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 
+import orjson
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -77,9 +77,10 @@ class QueueCollector(Collector):
 
 
 class OutboxCollector(Collector):
-    """The outbox backlog, read from Postgres at scrape time (one statement): rows not yet
-    applied to Redis and the age of the oldest, beside the relay interval, so an alert can
-    say "older than twice the relay interval" without knowing the configuration."""
+    """The outbox backlog, read from Postgres at scrape time (one statement): rows the relay
+    has not cleared (requests apply their own rows but leave them to the relay) and the
+    age of the oldest, beside the relay interval, so an alert can say "older than twice
+    the relay interval" without knowing the configuration."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
@@ -96,8 +97,9 @@ class OutboxCollector(Collector):
                 rows, age = outbox_backlog(session)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Postgres is down
             return
-        yield GaugeMetricFamily("cache_outbox_pending", "Outbox rows not yet applied to Redis",
-                                value=rows)
+        yield GaugeMetricFamily("cache_outbox_pending",
+                                "Outbox rows the relay has not cleared yet (applied by their "
+                                "request or not)", value=rows)
         yield GaugeMetricFamily("cache_outbox_oldest_age_seconds",
                                 "Age of the oldest outbox row (0 when empty)", value=age)
 
@@ -172,22 +174,20 @@ def init_app(app: Flask) -> None:
             return response
         elapsed = time.perf_counter() - started
         endpoint = request.endpoint or "unmatched"
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-        LATENCY.labels(endpoint).observe(elapsed)
-        if response.status_code == 503:
-            DB_ERRORS.labels(endpoint).inc()
+        status = response.status_code
+        stats.child(REQUESTS, endpoint, request.method, str(status)).inc()
+        stats.child(LATENCY, endpoint).observe(elapsed)
+        if status == 503:
+            stats.child(DB_ERRORS, endpoint).inc()
         outcomes = stats.end_request()
-        if endpoint != "metrics.metrics":
-            log.info(
-                json.dumps(
-                    {
-                        "method": request.method,
-                        "path": request.path,
-                        "endpoint": endpoint,
-                        "status": response.status_code,
-                        "ms": round(elapsed * 1000, 2),
-                        "cache": outcomes,
-                    }
-                )
-            )
+        if endpoint != "metrics.metrics" and log.isEnabledFor(logging.INFO):
+            line = orjson.dumps({
+                "method": request.method,
+                "path": request.path,
+                "endpoint": endpoint,
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "cache": outcomes,
+            })
+            log.info(line.decode())
         return response

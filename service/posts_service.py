@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from cache import community_feed as cf
 from cache import ranked_feed
 from cache.client import CacheUnavailable
@@ -137,8 +139,8 @@ def like_post(user_id: int, post_id: int, liked: bool, is_admin: bool = False) -
         if changed:
             ranked_feed.touch(uow, user_id)
         uow.commit()
-    if changed:
-        _rescore(post_id)
+        if changed:
+            _rescore(post_id, session=uow.session)
     return changed
 
 
@@ -148,7 +150,7 @@ def add_comment(user_id: int, post_id: int, body: str, is_admin: bool = False) -
         _visible(uow.session, post_id, user_id, is_admin)
         comment = posts.add_comment(uow.session, post_id, user_id, body)
         uow.commit()
-    _rescore(post_id)
+        _rescore(post_id, session=uow.session)
     return comment
 
 
@@ -159,8 +161,8 @@ def record_view(user_id: int, post_id: int, is_admin: bool = False) -> bool:
         _visible(uow.session, post_id, user_id, is_admin)
         counted = posts.record_view(uow.session, post_id, user_id)
         uow.commit()
-    if counted:
-        _rescore(post_id)
+        if counted:
+            _rescore(post_id, session=uow.session)
     return counted
 
 
@@ -200,14 +202,22 @@ def engagement(post_id: int, viewer_id: int | None, is_admin: bool = False) -> d
 # --- trending upkeep (best effort; the scheduled rebuild repairs what this misses) --------
 
 
-def _rescore(post_id: int, new: bool = False) -> None:
+def _rescore(post_id: int, new: bool = False, session: Session | None = None) -> None:
+    """Re-score a post in the cached trending set from its committed engagement.
+
+    ``session``: the committed unit of work's, read again in a new transaction (what a
+    fresh session would see) without checking out and pinging another connection.
+    """
     app = state()
     try:
         ref = cf.trending_ref(app.cache, PATH)
         if ref is None:
             return  # no trending set: the next read or rebuild computes it whole
-        with app.db.session() as session:
+        if session is not None:
             eng = posts.engagement_of(session, post_id)
+        else:
+            with app.db.session() as own:
+                eng = posts.engagement_of(own, post_id)
         if eng is None:
             cf.rescore(app.cache, PATH, post_id, None, ref)
             return

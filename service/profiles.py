@@ -13,9 +13,9 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate
 
+from service.api import Blueprint
 from service.auth import admin_required, login_required
 from service.state import state
 from storage import profiles

@@ -33,11 +33,11 @@ from urllib.parse import urlencode
 
 from flask import g, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service import ranked_feed_ops as ops
 from service import ranked_feed_score as scoring
+from service.api import Blueprint
 from service.auth import admin_required, login_optional, login_required
 from service.errors import NotFound
 from service.fields import Id, isoformat

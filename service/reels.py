@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import g
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from cache import recent_reels
+from service.api import Blueprint
 from service.auth import login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime
@@ -212,25 +212,25 @@ def track_views(
     with app_state.uow() as uow:
         # The user's version row first (serialises their writers), then the reels.
         change = uow.change(recent_reels.scope(user_id))
-        reels = storage.lock_reels(uow.session, (r.reel_id for r in requests))
-        accepted: list[ViewWrite] = []
+        recorded = storage.record_views(
+            uow.session, user_id,
+            [ViewWrite(r.reel_id, r.viewed_at_ms, r.view_duration) for r in requests],
+            capacity)
+        accepted = 0
         rejected: dict[int, Rejection] = {}
         for i, r in enumerate(requests):
-            reel = reels.get(r.reel_id)
+            reel = recorded.reels.get(r.reel_id)
             if reel is None:
                 rejected[i] = Rejection(r.reel_id, REEL_NOT_FOUND, 404)
             elif not reel.is_available:
                 rejected[i] = Rejection(r.reel_id, REEL_NOT_AVAILABLE)
             else:
-                duration = (None if r.view_duration is None
-                            else min(r.view_duration, reel.duration))
-                accepted.append(ViewWrite(r.reel_id, r.viewed_at_ms, duration))
+                accepted += 1
         if accepted:
-            recorded = storage.record_views(uow.session, user_id, accepted, capacity)
             recent_reels.record(change, app_state.cache.keys, user_id, recorded.upserted,
                                 recorded.trimmed, capacity, app_state.cache.idle_ttl)
             uow.commit()
-    return len(accepted), rejected
+    return accepted, rejected
 
 
 def recent_page(user_id: int, page: int, per_page: int, wanted: Sequence[str]) -> dict:

@@ -7,18 +7,22 @@
 
 ``change(scope)`` bumps the scope's version row inside the transaction; ``commit()``
 writes the changes to the outbox in the same transaction, commits, then applies them to
-Redis and deletes the outbox row. If Redis is down the row stays and the relay applies it
-later; the write is acknowledged either way, because Postgres has it.
-Leaving the block without ``commit()`` rolls back.
+Redis in one pipeline. That is the whole write: one transaction and one round trip. The
+outbox row is not deleted here (that was a second transaction per write): the relay
+(``cache.outbox.relay_outbox``, a scheduler job) applies every row older than
+``OUTBOX_MIN_AGE`` again and deletes it. Applying is idempotent by version, so a row this
+request applied costs the relay one no-op, and a row it could not apply (Redis down, a
+crash right after the commit) is applied by the relay within the same bound.
+The write is acknowledged once Postgres has it. Leaving the block without ``commit()``
+rolls back.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from collections.abc import Callable
 from types import TracebackType
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cache.client import CacheUnavailable
@@ -28,8 +32,6 @@ from cache.versioned import Change
 from storage import cache_state
 from storage.db import Database
 
-log = logging.getLogger(__name__)
-
 
 class UnitOfWork:
     # Test hook: called right after the Postgres commit, before Redis is touched.
@@ -38,9 +40,6 @@ class UnitOfWork:
     def __init__(self, db: Database, applier: Applier) -> None:
         self.db = db
         self.applier = applier
-        # One pooled connection for the whole unit: the outbox delete after commit reuses
-        # it instead of checking out another (pre-ping, reset), a third of that delete's
-        # cost in a reel view's profile.
         self.connection = db.engine.connect()
         self.session: Session = Session(bind=self.connection, expire_on_commit=False)
         self.changes: list[Change] = []
@@ -73,22 +72,14 @@ class UnitOfWork:
         return change
 
     def commit(self) -> None:
-        outbox_id = None
         if self.changes:
-            outbox_id = cache_state.add_outbox(self.session, [c.to_json() for c in self.changes])
+            cache_state.add_outbox(self.session, [c.to_json() for c in self.changes])
         self.session.commit()
         self.committed = True
-        if outbox_id is None:
+        if not self.changes:
             return
         if UnitOfWork.after_commit is not None:
             UnitOfWork.after_commit()
-        try:
+        # Redis down or the breaker open: the relay applies it once Redis answers.
+        with contextlib.suppress(CacheUnavailable):
             self.applier.apply(self.changes)
-        except CacheUnavailable:
-            return  # the relay applies it once Redis answers
-        try:
-            cache_state.delete_outbox(self.session, [outbox_id], durable=False)
-            self.session.commit()
-        except SQLAlchemyError:
-            # Harmless: replaying an applied change is a no-op; the relay deletes it.
-            log.warning("could not delete applied outbox row %s", outbox_id, exc_info=True)

@@ -49,12 +49,11 @@ def add_outbox(session: Session, changes: list[dict[str, Any]]) -> int:
 
 
 def delete_outbox(session: Session, ids: Sequence[int], durable: bool = True) -> None:
-    """Delete applied outbox rows in the current transaction.
+    """Delete applied outbox rows in the current transaction (the relay's batches).
 
     ``durable=False`` lets this transaction commit without waiting for its WAL flush
     (``synchronous_commit = off``, this transaction only): a delete lost in a Postgres
-    crash only makes the relay apply the change again, which is a no-op. It saves the
-    second fsync wait of every write request (the first, for the data, stays durable).
+    crash only makes the relay apply the change again, which is a no-op.
     """
     if not ids:
         return
@@ -66,8 +65,9 @@ def delete_outbox(session: Session, ids: Sequence[int], durable: bool = True) ->
 def pending_outbox(
     session: Session, older_than: float = 5.0, limit: int = 500
 ) -> list[OutboxEntry]:
-    """Outbox rows left behind (older than ``older_than`` seconds), oldest first, locked
-    so that two relays never apply the same rows at once."""
+    """Outbox rows older than ``older_than`` seconds (applied by their request or left
+    behind: the relay applies them all again), oldest first, locked so that two relays
+    never take the same rows at once."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
     return list(
         session.execute(

@@ -483,7 +483,8 @@ class CacheVersion(Base):
 
 
 class OutboxEntry(Base):
-    """Cache changes committed with the data; deleted once applied to Redis."""
+    """Cache changes committed with the data; the outbox relay applies them (again) and
+    deletes them once they are ``OUTBOX_MIN_AGE`` old."""
 
     __tablename__ = "cache_outbox"
     id: Mapped[int] = _id()

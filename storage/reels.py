@@ -10,12 +10,12 @@ byte-wise descending, because that is how Redis orders equal scores in a sorted 
 Postgres and Redis therefore agree on every page and on which row the cap drops.
 
 Lock order, so concurrent writers never deadlock: the caller first takes the user's
-cache-version row (``UnitOfWork.change``), then ``lock_reels`` locks the reels in id order.
+cache-version row (``UnitOfWork.change``), then ``record_views`` locks the reels in id order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -50,8 +50,9 @@ class ReelInfo:
 
 @dataclass(frozen=True)
 class ViewWrite:
-    """One validated view to record; ``view_duration`` already capped at the reel's,
-    ``None`` when the client did not send one (the last known duration is kept)."""
+    """One view to record if its reel exists and is available; ``view_duration`` as the
+    client sent it (capped at the reel's in SQL), ``None`` when it sent none (the last
+    known duration is kept)."""
 
     reel_id: int
     viewed_at_ms: int
@@ -68,12 +69,14 @@ class ListEntry:
 
 @dataclass(frozen=True)
 class RecordedViews:
-    """What a ``record_views`` call changed in the user's list.
+    """What a ``record_views`` call found and changed in the user's list.
 
+    ``reels``: the named reels that exist (views of the available ones were recorded).
     ``upserted``: entries whose ``viewed_at`` is now the given one and that are still in
     the list after trimming. ``trimmed``: reel ids dropped from the list by the cap.
     """
 
+    reels: dict[int, ReelInfo]
     upserted: list[ListEntry]
     trimmed: list[int]
 
@@ -97,53 +100,52 @@ def get_reel(session: Session, reel_id: int) -> ReelInfo | None:
     return ReelInfo(*row) if row else None
 
 
-def lock_reels(session: Session, reel_ids: Iterable[int]) -> dict[int, ReelInfo]:
-    """The reels among ``reel_ids`` that exist, row-locked in id order until commit.
-
-    The lock (FOR NO KEY UPDATE: it does not block the foreign-key checks of other
-    inserts) is taken here, in a fixed order, because ``record_views`` increments their
-    ``views_count``: two batches naming the same reels in different orders cannot deadlock.
-    """
-    ids = sorted(set(reel_ids))
-    if not ids:
-        return {}
-    rows = session.execute(
-        text(
-            "SELECT id, duration, is_available FROM reels WHERE id = ANY(CAST(:ids AS bigint[])) "
-            "ORDER BY id FOR NO KEY UPDATE"
-        ),
-        {"ids": ids},
-    )
-    return {row.id: ReelInfo(*row) for row in rows}
-
-
-# The duration written is the newest known one, in viewed_at order: the view's own if it
-# has one, else the batch's newest view of that reel with one (``known_*``) unless the
-# stored row is newer, else the stored one (null on a first view). The stored row is read
-# in the same statement; the user's version row (locked by the caller) serialises writers.
-_UPSERT = text(
-    "INSERT INTO reel_views AS rv (user_id, reel_id, viewed_at, view_duration) "
-    "SELECT :user_id, v.reel_id, v.viewed_at,"
-    "  CASE WHEN v.view_duration IS NOT NULL THEN v.view_duration"
-    "       WHEN v.known_at IS NOT NULL AND (cur.viewed_at IS NULL OR v.known_at >= cur.viewed_at)"
-    "       THEN v.known_duration"
-    "       ELSE cur.view_duration END "
-    "FROM unnest("
-    "  CAST(:reel_ids AS bigint[]), CAST(:viewed_ats AS timestamptz[]),"
-    "  CAST(:durations AS integer[]), CAST(:known_ats AS timestamptz[]),"
-    "  CAST(:known_durations AS integer[]))"
-    "  AS v(reel_id, viewed_at, view_duration, known_at, known_duration) "
-    "LEFT JOIN reel_views cur ON cur.user_id = :user_id AND cur.reel_id = v.reel_id "
-    "ON CONFLICT (user_id, reel_id) DO UPDATE "
-    "SET viewed_at = excluded.viewed_at, view_duration = excluded.view_duration "
-    "WHERE excluded.viewed_at >= rv.viewed_at "
-    "RETURNING reel_id, viewed_at"
-)
-
-_COUNT_VIEWS = text(
-    "UPDATE reels SET views_count = reels.views_count + v.n "
-    "FROM unnest(CAST(:reel_ids AS bigint[]), CAST(:counts AS bigint[])) AS v(id, n) "
-    "WHERE reels.id = v.id"
+# One statement: lock the named reels, count the views of the available ones, upsert the
+# user's rows; it answers the reels found ('reel' rows) and the rows written ('view' rows).
+#
+# ``locked`` takes the reels' row locks (FOR NO KEY UPDATE: it does not block the
+# foreign-key checks of other inserts) in id order (LockRows above the Sort), before the
+# UPDATE of ``counted`` touches any of them: two batches naming the same reels in
+# different orders cannot deadlock. MATERIALIZED: computed once, shared by the three
+# readers. The upsert writes, per reel, the newest view of the batch; its duration is the
+# newest known one in viewed_at order: the view's own if it has one, else the batch's
+# newest view of that reel with one (``known_*``) unless the stored row is newer, else the
+# stored one (null on a first view); a duration is capped at the reel's. The stored row
+# is read in the same statement; the user's version row (locked by the caller) serialises
+# that user's writers. A view older than the stored one never overtakes it.
+_RECORD = text(
+    "WITH locked AS MATERIALIZED ("
+    "  SELECT id, duration, is_available FROM reels"
+    "  WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR NO KEY UPDATE), "
+    "counted AS ("
+    "  UPDATE reels SET views_count = reels.views_count + v.n"
+    "  FROM unnest(CAST(:count_ids AS bigint[]), CAST(:counts AS bigint[])) AS v(id, n),"
+    "       locked"
+    "  WHERE reels.id = v.id AND locked.id = v.id AND locked.is_available"
+    "  RETURNING reels.id), "
+    "upserted AS ("
+    "  INSERT INTO reel_views AS rv (user_id, reel_id, viewed_at, view_duration)"
+    "  SELECT :user_id, v.reel_id, v.viewed_at,"
+    "    CASE WHEN v.view_duration IS NOT NULL THEN LEAST(v.view_duration, l.duration)"
+    "         WHEN v.known_at IS NOT NULL"
+    "              AND (cur.viewed_at IS NULL OR v.known_at >= cur.viewed_at)"
+    "         THEN LEAST(v.known_duration, l.duration)"
+    "         ELSE cur.view_duration END"
+    "  FROM unnest("
+    "    CAST(:reel_ids AS bigint[]), CAST(:viewed_ats AS timestamptz[]),"
+    "    CAST(:durations AS integer[]), CAST(:known_ats AS timestamptz[]),"
+    "    CAST(:known_durations AS integer[]))"
+    "    AS v(reel_id, viewed_at, view_duration, known_at, known_duration)"
+    "  JOIN locked l ON l.id = v.reel_id AND l.is_available"
+    "  LEFT JOIN reel_views cur ON cur.user_id = :user_id AND cur.reel_id = v.reel_id"
+    "  ON CONFLICT (user_id, reel_id) DO UPDATE"
+    "  SET viewed_at = excluded.viewed_at, view_duration = excluded.view_duration"
+    "  WHERE excluded.viewed_at >= rv.viewed_at"
+    "  RETURNING reel_id, viewed_at) "
+    "SELECT 'reel' AS kind, id, duration, is_available, NULL::timestamptz AS viewed_at "
+    "FROM locked "
+    "UNION ALL "
+    "SELECT 'view', reel_id, NULL, NULL, viewed_at FROM upserted"
 )
 
 _TRIM = text(
@@ -157,13 +159,18 @@ _TRIM = text(
 def record_views(
     session: Session, user_id: int, views: Sequence[ViewWrite], keep: int
 ) -> RecordedViews:
-    """Record ``views`` of existing reels (locked by ``lock_reels``) for ``user_id``.
+    """Record ``user_id``'s ``views`` of the reels that exist and are available, in two
+    statements (the caller holds the user's version row lock):
 
     - one row per (user, reel): a view at least as new as the stored one replaces its
       ``viewed_at`` and ``view_duration``; an older one never overtakes it; a view without
       a duration keeps the newest known one (stored, or earlier in this batch), null if none;
-    - every view counts once in its reel's ``views_count``, overtaking or not;
+      a duration longer than the reel is capped at the reel's;
+    - every view of an available reel counts once in its ``views_count``, overtaking or not;
     - the user's rows beyond the newest ``keep`` are deleted in this same transaction.
+
+    The views of missing or unavailable reels change nothing; ``reels`` says which reels
+    exist, for the caller's rejections.
 
     Why trim here rather than in a job: Postgres then holds, at every commit, exactly the
     list Redis caches (at most ``keep`` rows per user, measured: 50 after 1,000 views).
@@ -172,6 +179,8 @@ def record_views(
     is needed. The cost is one DELETE over at most ``keep + len(views)`` index entries
     while this user's version row is locked anyway, i.e. no extra contention.
     """
+    if not views:
+        return RecordedViews({}, [], [])
     newest: dict[int, ViewWrite] = {}
     known: dict[int, ViewWrite] = {}  # per reel, the newest view that has a duration
     counts: dict[int, int] = {}
@@ -187,10 +196,13 @@ def record_views(
                 known[view.reel_id] = view
     rows = list(newest.values())
     carried = [known.get(v.reel_id) for v in rows]
-    changed = session.execute(
-        _UPSERT,
+    result = session.execute(
+        _RECORD,
         {
             "user_id": user_id,
+            "ids": sorted(counts),
+            "count_ids": list(counts),
+            "counts": list(counts.values()),
             "reel_ids": [v.reel_id for v in rows],
             "viewed_ats": [ms_to_datetime(v.viewed_at_ms) for v in rows],
             "durations": [v.view_duration for v in rows],
@@ -199,15 +211,17 @@ def record_views(
             "known_durations": [None if k is None else k.view_duration for k in carried],
         },
     ).all()
-    session.execute(
-        _COUNT_VIEWS, {"reel_ids": list(counts), "counts": list(counts.values())}
-    )
+    reels = {r.id: ReelInfo(r.id, r.duration, r.is_available)
+             for r in result if r.kind == "reel"}
+    changed = [r for r in result if r.kind == "view"]
+    if not any(reel.is_available for reel in reels.values()):
+        return RecordedViews(reels, [], [])
     trimmed = [r.reel_id for r in session.execute(_TRIM, {"user_id": user_id, "keep": keep})]
     gone = set(trimmed)
     upserted = [
-        ListEntry(r.reel_id, datetime_to_ms(r.viewed_at)) for r in changed if r.reel_id not in gone
+        ListEntry(r.id, datetime_to_ms(r.viewed_at)) for r in changed if r.id not in gone
     ]
-    return RecordedViews(upserted, trimmed)
+    return RecordedViews(reels, upserted, trimmed)
 
 
 def recent_views(session: Session, user_id: int, limit: int) -> list[ListEntry]:

@@ -9,13 +9,7 @@ from sqlalchemy import text
 
 from storage.models import User
 from tests.support.auth import bearer
-
-
-def make_post(client, auth, user_id, **body):
-    body.setdefault("title", "hello")
-    r = client.post("/community/posts", json=body, headers=auth(user_id))
-    assert r.status_code == 201, r.get_json()
-    return r.get_json()
+from tests.support.community_feed import make_post
 
 
 def walk(client, headers=None, **params):

@@ -59,15 +59,27 @@ def test_fill_then_apply(state):
     assert redis_hash(state) == {"base": "x", "a": "1"}
 
 
-def test_applied_change_leaves_no_outbox_row_and_the_data_commit_stays_durable(state):
+def test_applied_change_leaves_its_row_to_the_relay_which_clears_it(state):
     state.filler.fill("test", SCOPE, [key(state)], lambda: {"base": "x"}, stage_hash)
     write(state, "a", "1")
+    assert redis_hash(state) == {"base": "x", "a": "1"}  # applied by the request itself
+    with state.db.session() as s:
+        assert cache_state.outbox_size(s) == 1  # nothing marked after the commit
+    # The relay applies it again (a no-op: the copy is at its version) and deletes it.
+    assert relay_outbox(state.db, state.applier, min_age=0) == 0
     assert redis_hash(state) == {"base": "x", "a": "1"}
     with state.db.session() as s:
         assert cache_state.outbox_size(s) == 0
-        # The outbox delete commits with synchronous_commit off for its own transaction
+        # The relay's delete commits with synchronous_commit off for its own transaction
         # only (SET LOCAL): the session's next transaction is durable again.
         assert s.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+
+
+def test_relay_leaves_rows_younger_than_min_age(state):
+    write(state, "a", "1")
+    assert relay_outbox(state.db, state.applier, min_age=60) == 0
+    with state.db.session() as s:
+        assert cache_state.outbox_size(s) == 1
 
 
 def test_lost_change_invalidates(state):
