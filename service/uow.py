@@ -20,7 +20,6 @@ rolls back.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy.orm import Session
@@ -34,9 +33,6 @@ from storage.db import Database
 
 
 class UnitOfWork:
-    # Test hook: called right after the Postgres commit, before Redis is touched.
-    after_commit: Callable[[], None] | None = None
-
     def __init__(self, db: Database, applier: Applier) -> None:
         self.db = db
         self.applier = applier
@@ -78,8 +74,6 @@ class UnitOfWork:
         self.committed = True
         if not self.changes:
             return
-        if UnitOfWork.after_commit is not None:
-            UnitOfWork.after_commit()
         # Redis down or the breaker open: the relay applies it once Redis answers.
         with contextlib.suppress(CacheUnavailable):
             self.applier.apply(self.changes)

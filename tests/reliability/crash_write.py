@@ -21,13 +21,13 @@ CRASHED = 17
 
 def main(argv: list[str]) -> int:
     from service import create_app
-    from service.uow import UnitOfWork
     from tests.reliability.workload import ALL_KINDS
 
     job = json.loads(argv[1])
     kind = next(k for k in ALL_KINDS if k.name == job["kind"])
     app = create_app({"TESTING": True})
-    UnitOfWork.after_commit = lambda: os._exit(CRASHED)
+    # The applier runs first after a commit: die there, before Redis is touched.
+    app.extensions["hc"].applier.apply = lambda *args, **kwargs: os._exit(CRASHED)
     client = app.test_client()
     print("ready", flush=True)
     sys.stdin.readline()

@@ -12,8 +12,8 @@ from cache.client import NO_VALUE, CacheUnavailable
 from cache.fill import LeaseHeld, read_through
 from cache.keys import Scope
 from cache.outbox import relay_outbox
-from service.uow import UnitOfWork
 from storage import cache_state
+from tests.support.crash import crash_after_commit
 
 SCOPE = Scope("u:1", "test")
 
@@ -85,13 +85,9 @@ def test_relay_leaves_rows_younger_than_min_age(state):
 def test_lost_change_invalidates(state):
     state.filler.fill("test", SCOPE, [key(state)], lambda: {"base": "x"}, stage_hash)
     # A change commits in Postgres but never reaches Redis (crash between commit and apply).
-    UnitOfWork.after_commit = lambda: (_ for _ in ()).throw(SystemExit)
-    try:
-        with pytest.raises(SystemExit), state.uow() as uow:
-            uow.change(SCOPE).op("HSET", key(state), "lost", "1")
-            uow.commit()
-    finally:
-        UnitOfWork.after_commit = None
+    with crash_after_commit(state), pytest.raises(SystemExit), state.uow() as uow:
+        uow.change(SCOPE).op("HSET", key(state), "lost", "1")
+        uow.commit()
     assert redis_hash(state) == {"base": "x"}  # stale until the next change or the relay
     write(state, "b", "2")  # version gap: the scope's keys are dropped, not patched
     assert state.cache.redis.exists(key(state)) == 0
@@ -99,13 +95,9 @@ def test_lost_change_invalidates(state):
 
 def test_relay_applies_leftovers(state):
     state.filler.fill("test", SCOPE, [key(state)], lambda: {"base": "x"}, stage_hash)
-    UnitOfWork.after_commit = lambda: (_ for _ in ()).throw(SystemExit)
-    try:
-        with pytest.raises(SystemExit), state.uow() as uow:
-            uow.change(SCOPE).op("HSET", key(state), "a", "1")
-            uow.commit()
-    finally:
-        UnitOfWork.after_commit = None
+    with crash_after_commit(state), pytest.raises(SystemExit), state.uow() as uow:
+        uow.change(SCOPE).op("HSET", key(state), "a", "1")
+        uow.commit()
     assert relay_outbox(state.db, state.applier, min_age=0) == 1
     assert redis_hash(state) == {"base": "x", "a": "1"}
     assert relay_outbox(state.db, state.applier, min_age=0) == 0

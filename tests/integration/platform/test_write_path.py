@@ -17,6 +17,7 @@ from sqlalchemy import event
 from cache.outbox import relay_outbox
 from storage import cache_state
 from tests.support.community_feed import make_post
+from tests.support.crash import crash_after_commit
 from tests.support.group_feed import FEED, make_group, post_item
 from tests.support.recent_reels import make_reels, recent
 
@@ -124,19 +125,14 @@ def test_rejected_reel_views_commit_nothing(client, auth, admin_headers, state):
 
 def test_relay_clears_applied_rows_in_batches_and_applies_the_left_behind(client, auth,
                                                                           state):
-    from service.uow import UnitOfWork
 
     posts = [make_post(client, auth, 1)["id"] for _ in range(3)]
     client.get("/community/feed", headers=auth(2))
     for post in posts[:2]:
         assert client.post(f"/community/posts/{post}/like", headers=auth(2)).status_code == 200
     # The third like's request dies between its commit and its Redis apply.
-    UnitOfWork.after_commit = lambda: (_ for _ in ()).throw(SystemExit)
-    try:
-        with suppress(SystemExit):
-            client.post(f"/community/posts/{posts[2]}/like", headers=auth(2))
-    finally:
-        UnitOfWork.after_commit = None
+    with crash_after_commit(state), suppress(SystemExit):
+        client.post(f"/community/posts/{posts[2]}/like", headers=auth(2))
     assert outbox_rows(state) >= 3
     # Only the crashed write's changes were not in Redis yet.
     assert relay_outbox(state.db, state.applier, min_age=0) >= 1
