@@ -24,13 +24,6 @@ from tests.support.recent_reels import (  # noqa: F401
 
 
 @pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr("service.reels.now_ms", fake)
-    return fake
-
-
-@pytest.fixture
 def reels(client, admin_headers) -> list[int]:
     return make_reels(client, admin_headers, 5)
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from cache.outbox import relay_outbox
-from tests.support.recent_reels import FakeClock, iso, make_reels, pg_rows, recent, views_count
+from tests.support.recent_reels import iso, make_reels, pg_rows, recent, views_count
 
 N = 5  # small, so that trimming happens all the time
 REEL_DURATION = 30
@@ -23,13 +23,6 @@ USERS = itertools.count(1000)
 @pytest.fixture
 def settings(settings):
     return settings.replace(max_recent_reel_views=N)
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr("service.reels.now_ms", fake)
-    return fake
 
 
 @pytest.fixture
