@@ -61,7 +61,7 @@ from service.api import Blueprint
 from service.auth import login_optional, login_required
 from service.errors import ApiError, Unauthorized
 from service.fields import Id, UtcDateTime
-from service.schemas import TOGGLE_CHANGED, PostFieldsOut
+from service.schemas import TOGGLE_CHANGED, PostFieldsOut, post_fields
 from service.state import state
 from storage import community_feed as cf_sql
 from storage import posts, profiles
@@ -150,20 +150,9 @@ class EngagementOut(Schema):
 
 
 def _post_json(row: posts.PostRow) -> dict[str, Any]:
-    p = row.post
-    return {
-        "id": p.id, "user_id": p.author_id, "author_id": p.author_id, "title": p.title,
-        "description": p.description, "tags": list(p.tags or []), "post_type": p.post_type,
-        "asset_type": p.asset_type, "asset_url": p.asset_url,
-        "collective_id": p.collective_id, "show_prompt": p.show_prompt,
-        "prompt": p.prompt if p.show_prompt else None,  # a hidden prompt never leaves
-        "is_featured": p.is_featured, "inspired_by_post_id": p.inspired_by_post_id,
-        "created_at": p.created_at, "updated_at": p.updated_at,
-        "like_count": p.like_count, "comment_count": p.comment_count,
-        "view_count": p.view_count,
-        "author": row.author,
-        "is_liked_by_viewer": row.liked,
-    }
+    post = row.post
+    return {**post_fields(lambda name: getattr(post, name), row.author),
+            "is_liked_by_viewer": row.liked}
 
 
 @bp.route("/community/posts", methods=["POST"])

@@ -42,7 +42,7 @@ from service.auth import admin_required, login_optional, login_required
 from service.errors import NotFound
 from service.fields import Id, isoformat
 from service.posts_service import like_post, set_membership
-from service.schemas import TOGGLE_CHANGED, PostFieldsOut
+from service.schemas import TOGGLE_CHANGED, PostFieldsOut, post_fields
 from service.state import state
 from storage.profiles import author_json
 
@@ -183,31 +183,12 @@ class RankingOut(Schema):
 
 
 def _post_out(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "user_id": row["author_id"],
-        "author_id": row["author_id"],
-        "author": author_json(row["author_id"], row["author_display_name"],
-                              row["author_avatar_url"], row["author_tier"]),
-        "title": row["title"],
-        "description": row["description"],
-        "tags": list(row["tags"] or []),
-        "post_type": row["post_type"],
-        "asset_type": row["asset_type"],
-        "asset_url": row["asset_url"],
-        "collective_id": row["collective_id"],
-        "show_prompt": row["show_prompt"],
-        "prompt": row["prompt"] if row["show_prompt"] else None,  # hidden: never leaves
-        "is_featured": row["is_featured"],
-        "inspired_by_post_id": row["inspired_by_post_id"],
-        "like_count": row["like_count"],
-        "comment_count": row["comment_count"],
-        "view_count": row["view_count"],
-        "praise_count": row["praise_count"],
-        "trophy_count": row["trophy_count"],
-        "created_at": isoformat(row["created_at"]),
-        "updated_at": isoformat(row["updated_at"]),
-    }
+    author = author_json(row["author_id"], row["author_display_name"], row["author_avatar_url"],
+                         row["author_tier"])
+    out = post_fields(row.__getitem__, author)
+    out["created_at"], out["updated_at"] = isoformat(out["created_at"]), isoformat(
+        out["updated_at"])
+    return {**out, "praise_count": row["praise_count"], "trophy_count": row["trophy_count"]}
 
 
 def _render(page: ops.FeedPage, explain: bool) -> list[dict[str, Any]]:

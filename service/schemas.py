@@ -1,6 +1,10 @@
-"""Schemas shared by every section: the error body and small admin/setup bodies."""
+"""Schemas shared by every section: the error body, small admin/setup bodies, and the post
+as both feeds show it (``PostFieldsOut`` and its one builder, ``post_fields``)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from marshmallow import Schema, fields, validate
 
@@ -75,3 +79,20 @@ class PostFieldsOut(Schema):
     like_count = fields.Integer(metadata={"description": "likes (= hearts)"})
     comment_count = fields.Integer()
     view_count = fields.Integer()
+
+
+# The columns of ``PostFieldsOut`` a post row carries under the same name.
+POST_COLUMNS = ("id", "title", "description", "post_type", "asset_type", "asset_url",
+                "collective_id", "show_prompt", "is_featured", "inspired_by_post_id",
+                "created_at", "updated_at", "like_count", "comment_count", "view_count")
+
+
+def post_fields(get: Callable[[str], Any], author: dict[str, Any]) -> dict[str, Any]:
+    """A post's ``PostFieldsOut`` fields from ``get(column)`` (an ORM post's attributes or a
+    row's items): the one place a post is built for output, so both feeds agree."""
+    out = {name: get(name) for name in POST_COLUMNS}
+    out["user_id"] = out["author_id"] = get("author_id")
+    out["tags"] = list(get("tags") or [])
+    out["prompt"] = get("prompt") if out["show_prompt"] else None  # a hidden prompt never leaves
+    out["author"] = author
+    return out
