@@ -51,6 +51,8 @@ log = logging.getLogger("service.stream_server")
 PING = b": ping\n\n"
 RETRY_MS = 2000  # the client's reconnect delay (the SSE ``retry:`` field)
 REDIS_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnects to Redis
+REDIS_CONNECTIONS = 32  # the process's Redis connections (one is the Pub/Sub subscription)
+REDIS_POOL_WAIT = 10.0  # seconds an opening stream may wait for one before its 503
 HUB_KEY = web.AppKey("hub", object)
 ORIGINS_KEY = web.AppKey("origins", set)
 
@@ -383,15 +385,21 @@ def make_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application):
         # No silent retries: an outage must surface, so that every connection catches up
         # (Pub/Sub messages published while the subscription was away are lost).
-        aredis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
-                                         socket_timeout=None, health_check_interval=0,
-                                         retry=Retry(NoBackoff(), 0))
+        # A blocking pool: a burst of opening streams (10,000 clients reconnecting after a
+        # restart) waits for one of REDIS_CONNECTIONS connections instead of failing with
+        # "Too many connections" (redis-py's default pool caps at 100, then raises: 503s).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_POOL_WAIT,
+            socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=0,
+            retry=Retry(NoBackoff(), 0))
+        aredis = aioredis.Redis(connection_pool=pool)
         hub = Hub(settings, aredis, Keyspace(settings.key_prefix))
         app[HUB_KEY] = hub
         hub.start()
         yield
         await hub.stop()
         await aredis.aclose()
+        await pool.disconnect()
 
     app.cleanup_ctx.append(lifecycle)
     for path in ("/api/v1/stream", "/api/v1/stream/"):
@@ -418,7 +426,7 @@ def main() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     raise_open_files_limit()
     log.info("stream listening on 127.0.0.1:%d", settings.stream_port)
-    web.run_app(make_app(settings), host="127.0.0.1", port=settings.stream_port,
+    web.run_app(make_app(settings), host="127.0.0.1", port=settings.stream_port, backlog=4096,
                 print=None, handle_signals=True, shutdown_timeout=2.0,
                 access_log=None)
 
