@@ -8,9 +8,9 @@ import socket
 import time
 
 import pytest
-from cache.outbox import relay_outbox
 
 from cache import live_events
+from cache.outbox import relay_outbox
 from service import create_app
 from service.stream_server import Connection
 from tests.support.auth import bearer
