@@ -225,21 +225,39 @@ async def resume_point(aredis: Any, keys: Keyspace, user_id: int) -> str:
     """The id a new connection resumes from: the newest entry of the user's stream, after
     appending a ``mark`` if the stream is new or its origin lost. Also refreshes the TTLs,
     which makes the user's writes publish."""
-    ev, meta = events_key(keys, user_id), meta_key(keys, user_id)
+    return (await resume_points(aredis, keys, [user_id]))[user_id]
+
+
+async def resume_points(aredis: Any, keys: Keyspace, user_ids: Iterable[int]
+                        ) -> dict[int, str]:
+    """``resume_point`` of many users in at most three round trips (the stream process
+    batches the streams being opened: one pipeline for a burst of reconnects)."""
+    users = list(dict.fromkeys(user_ids))
     pipe = aredis.pipeline(transaction=False)
-    pipe.hget(meta, "origin")
-    pipe.xrevrange(ev, "+", "-", count=1)
-    pipe.expire(ev, STREAM_TTL)
-    pipe.expire(meta, STREAM_TTL)
-    origin, top, _, _ = await pipe.execute()
-    if origin is not None and top:
-        return _text(top[0][0])
-    pipe = aredis.pipeline(transaction=False)
-    queue_append(pipe, keys, user_id, MARK, {})
+    for user_id in users:
+        ev, meta = events_key(keys, user_id), meta_key(keys, user_id)
+        pipe.hget(meta, "origin")
+        pipe.xrevrange(ev, "+", "-", count=1)
+        pipe.expire(ev, STREAM_TTL)
+        pipe.expire(meta, STREAM_TTL)
     replies = await pipe.execute()
-    entry_id = _text(replies[1])
-    await set_origins(aredis.pipeline(transaction=False), keys, [(user_id, entry_id)]).execute()
-    return entry_id
+    out: dict[int, str] = {}
+    new = []
+    for i, user_id in enumerate(users):
+        origin, top = replies[4 * i], replies[4 * i + 1]
+        if origin is not None and top:
+            out[user_id] = _text(top[0][0])
+        else:
+            new.append(user_id)
+    if new:
+        pipe = aredis.pipeline(transaction=False)
+        for user_id in new:
+            queue_append(pipe, keys, user_id, MARK, {})
+        replies = await pipe.execute()
+        marks = [(user_id, _text(replies[4 * i + 1])) for i, user_id in enumerate(new)]
+        await set_origins(aredis.pipeline(transaction=False), keys, marks).execute()
+        out.update(marks)
+    return out
 
 
 async def touch(aredis: Any, keys: Keyspace, user_ids: Iterable[int]) -> None:

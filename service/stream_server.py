@@ -49,8 +49,12 @@ from service.settings import Settings
 log = logging.getLogger("service.stream_server")
 
 PING = b": ping\n\n"
+PING_SLICE, PING_PAUSE = 200, 0.01  # heartbeats sent per slice, and seconds between
 RETRY_MS = 2000  # the client's reconnect delay (the SSE ``retry:`` field)
 REDIS_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnects to Redis
+LOOP_CONNECTIONS = 8  # Redis connections of the loops (one is the Pub/Sub subscription)
+OPEN_CONNECTIONS = 32  # ...and of the streams being opened
+REDIS_POOL_WAIT = 20.0  # seconds a command may wait for a pooled connection (then: 503)
 HUB_KEY = web.AppKey("hub", object)
 ORIGINS_KEY = web.AppKey("origins", set)
 
@@ -105,9 +109,14 @@ def reset_message(entry_id: str) -> bytes:
 class Hub:
     """Every open stream of this process, and the loops that feed them."""
 
-    def __init__(self, settings: Settings, aredis: Any, keys: Keyspace) -> None:
+    def __init__(self, settings: Settings, aredis: Any, keys: Keyspace,
+                 opening: Any = None) -> None:
         self.settings = settings
-        self.redis = aredis
+        self.redis = aredis  # the loops' client
+        # Opening streams (tickets, replay, resume point) use their own connections, so a
+        # burst of opens never starves the loops (a heartbeat's ping waiting for a pooled
+        # connection would read as an outage).
+        self.opening = opening if opening is not None else aredis
         self.keys = keys
         self.by_user: dict[int, set[Connection]] = {}
         self.dirty: set[Connection] = set()
@@ -116,6 +125,8 @@ class Hub:
         self.redis_up = True
         self.tasks: list[asyncio.Task[Any]] = []
         self.delivered = 0
+        self.opening_users: list[tuple[int, asyncio.Future[str]]] = []
+        self.opening_wake = asyncio.Event()
 
     # Connections.
 
@@ -143,7 +154,7 @@ class Hub:
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(coro) for coro in
-                      (self._listen(), self._deliver(), self._heartbeat())]
+                      (self._listen(), self._deliver(), self._heartbeat(), self._resume())]
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -261,7 +272,11 @@ class Hub:
             await asyncio.sleep(interval)
             now = time.monotonic()
             stale: set[int] = set()
-            for conn in self.connections():
+            # In slices, the loop free between them: 10,000 pings at once would hold events
+            # back behind 10,000 socket writes (seconds of a loaded machine: the bench's p99).
+            for i, conn in enumerate(self.connections()):
+                if i and i % PING_SLICE == 0:
+                    await asyncio.sleep(PING_PAUSE)
                 conn.send(PING)
                 if now - conn.touched > live_events.STREAM_TTL / 4:
                     conn.touched = now
@@ -279,7 +294,8 @@ class Hub:
         """The first messages of a stream: the replay (or ``reset``), or the resume point.
         The caller writes them, then marks the connection ready (``ready``)."""
         if last_id:
-            missed = await live_events.replay(self.redis, self.keys, conn.user_id, last_id)
+            missed = await live_events.replay(self.opening, self.keys, conn.user_id,
+                                              last_id)
             if not missed.reset:
                 conn.last_id = last_id
                 out = []
@@ -287,9 +303,37 @@ class Hub:
                     out.append(encode(event))
                     conn.last_id = event.id
                 return b"".join(out)
-        top = await live_events.resume_point(self.redis, self.keys, conn.user_id)
+        top = await self.resume_point(conn.user_id)
         conn.last_id = top
         return reset_message(top) if last_id else b"id: %s\n\n" % top.encode()
+
+    async def resume_point(self, user_id: int) -> str:
+        """``live_events.resume_point``, batched with the other streams being opened."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.opening_users.append((user_id, future))
+        self.opening_wake.set()
+        return await future
+
+    async def _resume(self) -> None:
+        """One pipeline of resume points per batch of opening streams (a burst of 10,000
+        reconnects is a few hundred round trips, not 30,000)."""
+        while True:
+            await self.opening_wake.wait()
+            self.opening_wake.clear()
+            batch, self.opening_users = self.opening_users, []
+            if not batch:
+                continue
+            try:
+                tops = await live_events.resume_points(self.opening, self.keys,
+                                                       [u for u, _ in batch])
+            except (RedisError, OSError) as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for user_id, future in batch:
+                if not future.done():
+                    future.set_result(tops[user_id])
 
     def ready(self, conn: Connection) -> None:
         conn.ready = True
@@ -311,7 +355,7 @@ async def authenticate(request: web.Request, hub: Hub) -> int:
     """The caller's user id. Raises ``Unauthorized``; a Redis error if Redis is down."""
     ticket = request.query.get("ticket")
     if ticket is not None:
-        user_id = await live_events.redeem_ticket(hub.redis, hub.keys, ticket)
+        user_id = await live_events.redeem_ticket(hub.opening, hub.keys, ticket)
         if user_id is None:
             raise Unauthorized("Invalid, used or expired stream ticket", code="invalid_ticket")
         return user_id
@@ -383,15 +427,25 @@ def make_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application):
         # No silent retries: an outage must surface, so that every connection catches up
         # (Pub/Sub messages published while the subscription was away are lost).
-        aredis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
-                                         socket_timeout=None, health_check_interval=0,
-                                         retry=Retry(NoBackoff(), 0))
-        hub = Hub(settings, aredis, Keyspace(settings.key_prefix))
+        # Blocking pools: a burst of opening streams (10,000 clients reconnecting after a
+        # restart) waits for a connection instead of failing with "Too many connections"
+        # (redis-py's default pool caps at 100, then raises: 503s).
+        def pool(size: int) -> Any:
+            return aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=size, timeout=REDIS_POOL_WAIT,
+                socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=0,
+                retry=Retry(NoBackoff(), 0))
+
+        pools = [pool(LOOP_CONNECTIONS), pool(OPEN_CONNECTIONS)]
+        aredis, opening = (aioredis.Redis(connection_pool=p) for p in pools)
+        hub = Hub(settings, aredis, Keyspace(settings.key_prefix), opening)
         app[HUB_KEY] = hub
         hub.start()
         yield
         await hub.stop()
-        await aredis.aclose()
+        for client, p in zip((aredis, opening), pools, strict=True):
+            await client.aclose()
+            await p.disconnect()
 
     app.cleanup_ctx.append(lifecycle)
     for path in ("/api/v1/stream", "/api/v1/stream/"):
@@ -418,7 +472,7 @@ def main() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     raise_open_files_limit()
     log.info("stream listening on 127.0.0.1:%d", settings.stream_port)
-    web.run_app(make_app(settings), host="127.0.0.1", port=settings.stream_port,
+    web.run_app(make_app(settings), host="127.0.0.1", port=settings.stream_port, backlog=4096,
                 print=None, handle_signals=True, shutdown_timeout=2.0,
                 access_log=None)
 
