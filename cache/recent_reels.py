@@ -5,7 +5,7 @@ Layout: one sorted set per user, ``<prefix>{u:<id>}:reels:recent``; member = ree
 1.7e12: exact, far below 2^53). It holds at most ``MAX_RECENT_REEL_VIEWS`` reels (setting
 ``max_recent_reel_views``, <= 127) plus one sentinel, so at most 128 entries: the
 compact listpack (ziplist before Redis 7) encoding. Its version scope is
-``Scope(u:<id>, "reels")``; Postgres (``storage.reels``) holds the same list.
+``Scope(u:<id>, "reels")``; Postgres (``storage.recent_reels``) holds the same list.
 
 The sentinel member ``_`` at score ``-inf`` marks a filled list, so a user who viewed
 nothing is a cache hit (a set with only the sentinel), not a miss on every read. It lives
@@ -20,7 +20,7 @@ Writes (``record``) carry ZADD with absolute scores, ZREM of the ids Postgres tr
 and the rank trim as a bound, plus EXPIRE: all idempotent, as the versioned apply needs.
 A miss is rebuilt once from Postgres (single flight, ``cache.fill``); Redis down means
 the answer comes from Postgres, identical by construction (same order, see
-``storage.reels``).
+``storage.recent_reels``).
 
 Measured on Redis 7.0, one user's full list (50 reels + sentinel): ``OBJECT ENCODING``
 listpack; ``MEMORY USAGE`` 968 bytes with ten-digit reel ids (712 with ids below 100,
@@ -39,8 +39,8 @@ from cache.client import NO_VALUE
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.versioned import Change
-from storage import reels as reels_store
-from storage.reels import ListEntry
+from storage import recent_reels as reels_store
+from storage.recent_reels import ListEntry
 
 PATH = "recent_reels"
 SENTINEL = "_"

@@ -25,7 +25,7 @@ SECTION_MODULES = (
     "service.community_feed",
     "service.ranked_feed",
     "service.profiles",
-    "service.reels",
+    "service.recent_reels",
     "service.live_updates",
 )
 

@@ -6,13 +6,13 @@ import threading
 
 from sqlalchemy import text
 
-from storage.reels import datetime_to_ms, ms_to_datetime
+from storage.recent_reels import datetime_to_ms, ms_to_datetime
 
 BASE_MS = 1_750_000_000_000  # 2025-06-15: the fake clock's start
 
 
 class FakeClock:
-    """Replaces ``service.reels.now_ms``: time moves only when a test says so."""
+    """Replaces ``service.recent_reels.now_ms``: time moves only when a test says so."""
 
     def __init__(self, start: int = BASE_MS) -> None:
         self.now = start
@@ -72,7 +72,7 @@ def iso(ms: int) -> str:
 
 def pg_rows(state, user_id: int) -> list[tuple[int, int, int]]:
     """(reel_id, viewed_at ms, view_duration) in list order, straight from Postgres."""
-    from storage.reels import LIST_ORDER
+    from storage.recent_reels import LIST_ORDER
 
     with state.db.session() as s:
         rows = s.execute(text(

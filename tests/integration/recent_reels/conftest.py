@@ -9,7 +9,7 @@ from tests.support.recent_reels import FakeClock
 
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
-    """The view clock of ``service/reels.py``, under the test's control."""
+    """The view clock of ``service/recent_reels.py``, under the test's control."""
     fake = FakeClock()
-    monkeypatch.setattr("service.reels.now_ms", fake)
+    monkeypatch.setattr("service.recent_reels.now_ms", fake)
     return fake

@@ -333,7 +333,7 @@ def test_fields_without_details_skip_the_page_query(client, auth, reels, monkeyp
     h = auth(7)
     client.post(f"/api/reels/{reels[0]}/view", headers=h)
     calls = []
-    import storage.reels as storage
+    import storage.recent_reels as storage
 
     original = storage.page_details
     monkeypatch.setattr(storage, "page_details",

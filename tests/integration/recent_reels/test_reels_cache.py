@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-import storage.reels as storage
+import storage.recent_reels as storage
 from cache import recent_reels
 from cache.keys import Keyspace
 from cache.outbox import relay_outbox
@@ -170,7 +170,7 @@ def test_eight_threads_one_user_keep_newest_50(app, auth, state, monkeypatch):
             local.now = next(counter)
         return local.now
 
-    monkeypatch.setattr("service.reels.now_ms", server_clock)
+    monkeypatch.setattr("service.recent_reels.now_ms", server_clock)
     setup = app.test_client()
     reels = bulk_reels(state, 120)
     h = auth(7)
@@ -233,7 +233,7 @@ def test_measure_full_list_and_rows_after_1000_views(client, auth, state, monkey
     """The note's numbers: Redis bytes of one user's full list (compact encoding) and
     Postgres rows per user after 1,000 views."""
     clock = FakeClock()
-    monkeypatch.setattr("service.reels.now_ms", clock)
+    monkeypatch.setattr("service.recent_reels.now_ms", clock)
     with state.db.session() as s:  # realistic ids: ten digits
         s.execute(text("ALTER SEQUENCE reels_id_seq RESTART WITH 1000000000"))
         s.commit()

@@ -5,7 +5,7 @@ The legacy reel tracker (a browser script: ``POST /api/reels/<id>/view`` with
 works unchanged. Errors keep the legacy ``"error"`` text ("Reel not found", "Reel is not
 available") and add our ``"code"``.
 
-Each user's list lives in Postgres (``storage.reels``) and in a Redis sorted set
+Each user's list lives in Postgres (``storage.recent_reels``) and in a Redis sorted set
 (``cache.recent_reels``); a view commits to Postgres first, then applies to Redis.
 """
 
@@ -28,8 +28,8 @@ from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime
 from service.schemas import TOGGLE_CHANGED, ErrorSchema
 from service.state import state
-from storage import reels as storage
-from storage.reels import ListEntry, ViewWrite, datetime_to_ms, ms_to_datetime
+from storage import recent_reels as storage
+from storage.recent_reels import ListEntry, ViewWrite, datetime_to_ms, ms_to_datetime
 
 bp = Blueprint("reels", __name__, description="Reels: view tracking, recently viewed, likes")
 
