@@ -51,7 +51,8 @@ class Lease:
         return bool(client.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def release(self, client: Any) -> bool:
-        """Free the lease if it is still ours (on a client or queued on a pipeline)."""
+        """Free the lease if it is still ours; True if it was (a lease that expired and was
+        taken by another holder is left to them)."""
         return bool(RELEASE(keys=[self.key], args=[self.token], client=client))
 
 
