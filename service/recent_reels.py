@@ -5,47 +5,40 @@ The legacy reel tracker (a browser script: ``POST /api/reels/<id>/view`` with
 works unchanged. Errors keep the legacy ``"error"`` text ("Reel not found", "Reel is not
 available") and add our ``"code"``.
 
-Each user's list lives in Postgres (``storage.recent_reels``) and in a Redis sorted set
-(``cache.recent_reels``); a view commits to Postgres first, then applies to Redis.
+Routes and schemas here; the use cases (plain functions of the service's state) are in
+``service/recent_reels_ops.py``.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import g
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-from cache import recent_reels
+from service import recent_reels_ops as ops
 from service.api import Blueprint
 from service.auth import login_required
 from service.errors import ApiError, NotFound
 from service.fields import Id, UtcDateTime
+from service.recent_reels_ops import (
+    REEL_FIELDS,
+    Rejection,
+    ViewRequest,
+)
 from service.schemas import TOGGLE_CHANGED, ErrorSchema
 from service.state import state
-from storage import recent_reels as storage
-from storage.recent_reels import ListEntry, ViewWrite, datetime_to_ms, ms_to_datetime
+from storage.recent_reels import datetime_to_ms
 
 bp = Blueprint("reels", __name__, description="Reels: view tracking, recently viewed, likes")
 
-REEL_NOT_FOUND = "Reel not found"
-REEL_NOT_AVAILABLE = "Reel is not available"
 # Longer than any reel (the admin endpoint caps durations at a day): a bug, not a watch.
 MAX_VIEW_DURATION = 86_400
 MAX_BATCH = 100
 EARLIEST_VIEW_MS = datetime_to_ms(datetime(2000, 1, 1, tzinfo=UTC))
 CLOCK_SKEW_MS = 5 * 60 * 1000  # a client clock this far ahead is still accepted
-REEL_FIELDS = (
-    "reel_id", "video_url", "description", "viewed_at", "view_duration", "likes_count",
-    "views_count", "is_liked",
-)
-# Fields that need the page's query in Postgres (the others come from the list itself).
-DETAIL_FIELDS = frozenset(REEL_FIELDS) - {"reel_id", "viewed_at"}
 
 
 def now_ms() -> int:
@@ -185,105 +178,6 @@ class ReelUnlikedOut(Schema):
     unliked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
 
 
-# --- service functions ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ViewRequest:
-    reel_id: int
-    view_duration: int | None
-    viewed_at_ms: int
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reel_id: Any
-    error: str
-    status: int = 400
-
-
-def track_views(
-    user_id: int, requests: Sequence[ViewRequest]
-) -> tuple[int, dict[int, Rejection]]:
-    """Record the views of existing, available reels in one transaction and one Redis
-    apply; returns (views tracked, the others' rejections by position in ``requests``)."""
-    app_state = state()
-    capacity = app_state.settings.max_recent_reel_views
-    with app_state.uow() as uow:
-        # The user's version row first (serialises their writers), then the reels.
-        change = uow.change(recent_reels.scope(user_id))
-        recorded = storage.record_views(
-            uow.session, user_id,
-            [ViewWrite(r.reel_id, r.viewed_at_ms, r.view_duration) for r in requests],
-            capacity)
-        accepted = 0
-        rejected: dict[int, Rejection] = {}
-        for i, r in enumerate(requests):
-            reel = recorded.reels.get(r.reel_id)
-            if reel is None:
-                rejected[i] = Rejection(r.reel_id, REEL_NOT_FOUND, 404)
-            elif not reel.is_available:
-                rejected[i] = Rejection(r.reel_id, REEL_NOT_AVAILABLE)
-            else:
-                accepted += 1
-        if accepted:
-            recent_reels.record(change, app_state.cache.keys, user_id, recorded.upserted,
-                                recorded.trimmed, capacity, app_state.cache.idle_ttl)
-            uow.commit()
-    return accepted, rejected
-
-
-def recent_page(user_id: int, page: int, per_page: int, wanted: Sequence[str]) -> dict:
-    """One page of the user's recently viewed reels, newest first, in API.md's shape."""
-    app_state = state()
-    capacity = app_state.settings.max_recent_reel_views
-
-    def load() -> list[ListEntry]:
-        with app_state.db.session() as session:
-            return storage.recent_views(session, user_id, capacity)
-
-    result = recent_reels.recent_page(app_state, user_id, (page - 1) * per_page, per_page, load)
-    details: dict[int, storage.ReelDetails] = {}
-    need_details = bool(DETAIL_FIELDS.intersection(wanted))
-    if need_details and result.entries:
-        with app_state.db.session() as session:
-            details = storage.page_details(session, user_id, [e.reel_id for e in result.entries])
-    reels = []
-    for entry in result.entries:
-        row: dict[str, Any] = {
-            "reel_id": entry.reel_id, "viewed_at": ms_to_datetime(entry.viewed_at_ms)
-        }
-        if need_details:
-            detail = details.get(entry.reel_id)
-            if detail is None:
-                continue  # the reel row is gone (deleted between the two reads)
-            row.update(asdict(detail))
-        reels.append({name: row[name] for name in wanted})
-    pages = math.ceil(result.total / per_page)
-    return {
-        "status": "success",
-        "data": {
-            "reels": reels,
-            "pagination": {
-                "total": result.total,
-                "pages": pages,
-                "current_page": page,
-                "per_page": per_page,
-                "has_next": page < pages,
-                "has_prev": page > 1,
-            },
-        },
-    }
-
-
-def _reel_for_like(session, reel_id: int, must_be_available: bool) -> None:
-    reel = storage.get_reel(session, reel_id)
-    if reel is None:
-        raise NotFound(REEL_NOT_FOUND)
-    if must_be_available and not reel.is_available:
-        raise ApiError(REEL_NOT_AVAILABLE, code="reel_not_available")
-
-
 def _parse_item(raw: Any, now: int) -> ViewRequest | Rejection:
     """Validate one view of a batch; a bad one becomes a ``Rejection`` naming why."""
     if not isinstance(raw, dict):
@@ -323,7 +217,8 @@ def _parse_item(raw: Any, now: int) -> ViewRequest | Rejection:
 @bp.alt_response(404, schema=ErrorSchema, description="Reel not found")
 def track_view(body: dict, reel_id: int):
     """Track one view of a reel: moves it to the top of the caller's recently viewed."""
-    _, rejected = track_views(g.user.id, [ViewRequest(reel_id, body["view_duration"], now_ms())])
+    _, rejected = ops.track_views(state(), g.user.id,
+                                  [ViewRequest(reel_id, body["view_duration"], now_ms())])
     if rejected:
         refusal = rejected[0]
         if refusal.status == 404:
@@ -343,7 +238,7 @@ def track_view_batch(body: dict):
     now = now_ms()
     parsed = [_parse_item(raw, now) for raw in body["views"]]
     requests = [p for p in parsed if isinstance(p, ViewRequest)]
-    tracked, refused = track_views(g.user.id, requests) if requests else (0, {})
+    tracked, refused = ops.track_views(state(), g.user.id, requests) if requests else (0, {})
     refused_at = iter(refused.get(i) for i in range(len(requests)))
     # In request order: a valid item takes its verdict from track_views, if any.
     verdicts = [p if isinstance(p, Rejection) else next(refused_at) for p in parsed]
@@ -362,7 +257,8 @@ def track_view_batch(body: dict):
 def recently_viewed(query: dict):
     """The caller's recently viewed reels, most recent first (at most
     MAX_RECENT_REEL_VIEWS, default 50)."""
-    return recent_page(g.user.id, query["page"], query["per_page"], query["fields"])
+    return ops.recent_page(state(), g.user.id, query["page"], query["per_page"],
+                           query["fields"])
 
 
 @bp.route("/api/reels/<id:reel_id>/like", methods=["POST"])
@@ -373,11 +269,7 @@ def recently_viewed(query: dict):
 def like_reel(reel_id: int):
     """Like a reel: ``{"liked": true}`` if this call added the like, ``false`` if the
     caller already liked it (the count moves once)."""
-    with state().uow() as uow:
-        _reel_for_like(uow.session, reel_id, must_be_available=True)
-        added = storage.like(uow.session, g.user.id, reel_id)
-        uow.commit()
-    return {"liked": added}
+    return {"liked": ops.like(state(), g.user.id, reel_id)}
 
 
 @bp.route("/api/reels/<id:reel_id>/like", methods=["DELETE"])
@@ -387,8 +279,4 @@ def like_reel(reel_id: int):
 def unlike_reel(reel_id: int):
     """Remove the caller's like: ``{"unliked": true}`` if this call removed it, ``false``
     if there was none."""
-    with state().uow() as uow:
-        _reel_for_like(uow.session, reel_id, must_be_available=False)
-        removed = storage.unlike(uow.session, g.user.id, reel_id)
-        uow.commit()
-    return {"unliked": removed}
+    return {"unliked": ops.unlike(state(), g.user.id, reel_id)}
