@@ -37,8 +37,7 @@ class AppState:
         return UnitOfWork(self.db, self.applier)
 
     def load_version(self, row_name: str) -> int:
-        with self.db.session() as session:
-            return cache_state.get_version(session, row_name)
+        return load_version(self.db, row_name)
 
     def queue(self, name: str = "default"):
         """The RQ queue ``name`` (``default`` or ``warm``), under the configured prefix."""
@@ -53,6 +52,12 @@ class AppState:
         self.db.dispose()
         self.cache.redis.close()
         self.queue_redis.close()
+
+
+def load_version(db: Database, row_name: str) -> int:
+    """A scope's version in Postgres (0 if never bumped): the truth a lost copy reloads."""
+    with db.session() as session:
+        return cache_state.get_version(session, row_name)
 
 
 def bootstrap(settings: Settings) -> AppState:
@@ -74,18 +79,18 @@ def bootstrap(settings: Settings) -> AppState:
         lease_wait_ms=settings.lease_wait_ms,
     )
     applier = Applier(cache)
+    filler = Filler(cache, lambda row_name: load_version(db, row_name))
+    applier.publisher = Publisher(cache, filler, db)
     state = AppState(
         settings=settings,
         db=db,
         cache=cache,
-        filler=None,  # type: ignore[arg-type]  # set below: it needs state.load_version
+        filler=filler,
         applier=applier,
         queue_redis=redis.Redis.from_url(
             settings.queue_redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
         ),
     )
-    state.filler = Filler(cache, state.load_version)
-    applier.publisher = Publisher(cache, state.filler, db)
 
     def recover() -> None:
         # Redis answers again: apply what the outage left in the outbox before trusting it.
