@@ -699,35 +699,38 @@ def _publish_flags(results: list[Any], staged: list[bool]) -> list[bool]:
 PATH = "community_feed"
 
 
+def fill_followees(deps: checks.Deps, user_id: int) -> list[int]:
+    """Fill the user's followees set from Postgres (version-checked, single-flight: raises
+    ``LeaseHeld`` while another fill runs); returns what was loaded."""
+    key = CommunityKeys(deps.cache.keys).followees(user_id)
+    return deps.filler.fill(PATH, follows_scope(user_id), [key],
+                            lambda: checks.sql(deps, posts_store.followees, user_id),
+                            lambda pipe, temps, ids: stage_followees(pipe, temps[key], ids))
+
+
+def fill_collectives(deps: checks.Deps, user_id: int) -> list[int]:
+    """Fill the user's collectives set from Postgres, as ``fill_followees`` does."""
+    key = CommunityKeys(deps.cache.keys).collectives(user_id)
+    return deps.filler.fill(PATH, colls_scope(user_id), [key],
+                            lambda: checks.sql(deps, posts_store.collectives_of, user_id),
+                            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids))
+
+
 def followees(deps: checks.Deps, user_id: int) -> list[int]:
     """The user's followees: the cached set, filled from Postgres on a miss."""
-    key = CommunityKeys(deps.cache.keys).followees(user_id)
-
-    def load() -> list[int]:
-        return checks.sql(deps, posts_store.followees, user_id)
-
-    def fill() -> list[int]:
-        return deps.filler.fill(PATH, follows_scope(user_id), [key], load,
-                                lambda pipe, temps, ids: stage_followees(pipe, temps[key], ids))
-
     read = followees_reader(deps.cache.keys, user_id)
-    return sorted(read_through(deps.cache, PATH + ":followees", read, fill, load))
+    return sorted(read_through(
+        deps.cache, PATH + ":followees", read, lambda: fill_followees(deps, user_id),
+        lambda: checks.sql(deps, posts_store.followees, user_id)))
 
 
 def collectives(deps: checks.Deps, user_id: int) -> frozenset[int]:
     """The user's collectives: the cached set, filled from Postgres on a miss (or read
     from Postgres when Redis is unusable or another request is filling it)."""
-    key = CommunityKeys(deps.cache.keys).collectives(user_id)
-
-    def load() -> list[int]:
-        return checks.sql(deps, posts_store.collectives_of, user_id)
-
     try:
-        return frozenset(deps.filler.fill(
-            PATH, colls_scope(user_id), [key], load,
-            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids)))
+        return frozenset(fill_collectives(deps, user_id))
     except (LeaseHeld, CacheUnavailable):
-        return frozenset(load())
+        return frozenset(checks.sql(deps, posts_store.collectives_of, user_id))
 
 
 def fill_author_sets(deps: checks.Deps, authors: Sequence[int]) -> set[str]:
@@ -787,16 +790,8 @@ def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
 
 
 def rebuild(deps: checks.Deps, user_id: int) -> None:
-    ck = CommunityKeys(deps.cache.keys)
-    follows_key, colls_key = ck.followees(user_id), ck.collectives(user_id)
-    deps.filler.fill(
-        PATH, follows_scope(user_id), [follows_key],
-        lambda: checks.sql(deps, posts_store.followees, user_id),
-        lambda pipe, temps, ids: stage_followees(pipe, temps[follows_key], ids))
-    deps.filler.fill(
-        PATH, colls_scope(user_id), [colls_key],
-        lambda: checks.sql(deps, posts_store.collectives_of, user_id),
-        lambda pipe, temps, ids: stage_collectives(pipe, temps[colls_key], ids))
+    fill_followees(deps, user_id)
+    fill_collectives(deps, user_id)
     fill_author_sets(deps, [user_id])
 
 
