@@ -74,12 +74,14 @@ def apps(make_app, database_url, faulty_redis, redis_url):
 
 @pytest.fixture
 def stampede_apps(make_app, database_url, faulty_redis, redis_url):
-    """A stampede tests single flight, not the Redis timeouts: 50 threads on a starved
-    2-core host can stretch a Redis call past the production 100 ms, which opens the
-    breaker and sends every request to Postgres (the breaker's own tests cover that)."""
+    """A stampede tests single flight, not the timeouts: 50 threads on a starved 2-core host
+    can stretch a Redis call past the production 100 ms, which opens the breaker and sends
+    every request to Postgres, and can keep a request waiting for one of the 10 pooled
+    connections past the production 2 s, which answers 503 (the breaker's and the pool's
+    own tests cover those)."""
     return build_apps(make_app, database_url, faulty_redis.url, redis_url,
                       redis_read_timeout=2.0, redis_connect_timeout=2.0,
-                      lease_wait_ms=5000, lease_ttl_ms=10000)
+                      lease_wait_ms=5000, lease_ttl_ms=10000, db_pool_timeout=30.0)
 
 
 def stale_paths(cached, plain, paths) -> list[str]:
