@@ -69,20 +69,26 @@ def test_processes_exit_at_once_without_server_urls(tmp_path, cmd):
 
 
 @pytest.mark.parametrize("secret", ["", "short", "x" * 31])
-def test_service_refuses_a_missing_or_short_jwt_secret(tmp_path, secret):
+def test_the_app_refuses_a_missing_or_short_jwt_secret(secret):
     settings = Settings(database_url="postgresql+psycopg://x@127.0.0.1/x",
                         redis_url="redis://127.0.0.1:1/0", jwt_secret=secret)
     with pytest.raises(NotConfigured) as raised:
         create_app({"SETTINGS": settings})
     assert "JWT_SECRET must be set to at least 32 bytes" in str(raised.value.code)
+
+
+# Each process once, each with another of the bad secrets above (the check is the app's).
+@pytest.mark.parametrize(("cmd", "secret"), [
+    (["python", str(ROOT / "web.py")], ""),
+    (["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"], "short"),
+    (["flask", "--app", "service", "worker", "--burst"], "x" * 31),
+], ids=["web", "gunicorn", "worker"])
+def test_processes_refuse_a_missing_or_short_jwt_secret(tmp_path, cmd, secret):
     env = {"DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/0",
            "JWT_SECRET": secret}
-    for cmd in (["python", str(ROOT / "web.py")],
-                ["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "service:create_app()"],
-                ["flask", "--app", "service", "worker", "--burst"]):
-        done = run([str(BIN / cmd[0]), *cmd[1:]], tmp_path, **env)
-        assert done.returncode != 0 and "JWT_SECRET must be set" in done.stderr, cmd
-        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    done = run([str(BIN / cmd[0]), *cmd[1:]], tmp_path, **env)
+    assert done.returncode != 0 and "JWT_SECRET must be set" in done.stderr, cmd
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
 def test_flask_token_uses_the_development_secret_of_make_run(tmp_path):
