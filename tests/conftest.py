@@ -80,7 +80,7 @@ class DatabasePool:
     background thread: a test takes a ready copy instead of waiting for ``CREATE DATABASE``
     and ``DROP DATABASE``, which otherwise cost each test a few hundred milliseconds."""
 
-    AHEAD = 2
+    AHEAD = 4
 
     def __init__(self, db_url: str, template: str) -> None:
         self._db_url = db_url
