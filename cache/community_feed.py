@@ -774,6 +774,25 @@ def blocked(deps: checks.Deps, user_id: int) -> frozenset[int]:
     return frozenset(checks.sql(deps, posts_store.blocked_by, user_id))
 
 
+def author_ranges(deps: checks.Deps, authors: Sequence[int], after: tuple[int, int] | None,
+                  n: int) -> tuple[list[KeyRange], str]:
+    """Up to ``n`` keys strictly after ``after`` of each author's set (the following
+    feed's fan-out on read), and the outcome: ``hit``, or ``miss`` when some sets were
+    missing and were filled. Raises ``CacheUnavailable`` (-> Postgres) when Redis fails or
+    a set is still missing after the fill (another request holds its lease)."""
+    ck = CommunityKeys(deps.cache.keys)
+    keys = [ck.author(a) for a in authors]
+    ranges = range_after(deps.cache, PATH, keys, after, n)
+    missing = [a for a, r in zip(authors, ranges, strict=True) if r.entries is None]
+    if not missing:
+        return ranges, "hit"
+    fill_author_sets(deps, missing)
+    ranges = range_after(deps.cache, PATH, keys, after, n)
+    if any(r.entries is None for r in ranges):
+        raise CacheUnavailable(PATH)
+    return ranges, "miss"
+
+
 # --- the recent set -------------------------------------------------------------------------
 
 

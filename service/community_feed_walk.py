@@ -117,20 +117,13 @@ class FollowingSource(Source):
         if not self.authors:
             return []
         app = self.app
-        ck = cf.CommunityKeys(app.cache.keys)
-        keys = [ck.author(a) for a in self.authors]
         try:
-            ranges = cf.range_after(app.cache, cf.PATH, keys, after, n)
-            missing = [i for i, r in enumerate(ranges) if r.entries is None]
-            if missing:
-                self.outcome = "miss"
-                cf.fill_author_sets(app, [self.authors[i] for i in missing])
-                ranges = cf.range_after(app.cache, cf.PATH, keys, after, n)
-                if any(r.entries is None for r in ranges):
-                    raise CacheUnavailable(cf.PATH)
+            ranges, outcome = cf.author_ranges(app, self.authors, after, n)
         except CacheUnavailable:
             self.outcome = "fallback"
             return _recent_pg(app, after, n, self.authors)
+        if outcome == "miss":
+            self.outcome = "miss"
         merged = sorted((k for r in ranges for k in r.entries or []), reverse=True)[:n]
         # An author set that was trimmed and ran out hides older posts below its last key.
         floor = max((r.entries[-1] if r.entries else after or (2**63, 0)
