@@ -36,7 +36,7 @@ Structures:
   reference time in ``{cf}:trending:ref``. ``{cf}:trending:floor`` is the key
   ``score:id`` of the head's last post, or empty when the older posts all fit in the head:
   above the floor the set holds every live post in exact order; below it, older posts are
-  missing (a walk continues in Postgres, service/community_trending.py). Rebuilt by
+  missing (a walk continues in Postgres, service/community_feed_trending.py). Rebuilt by
   the scheduled job every ``TRENDING_RECOMPUTE_INTERVAL`` s; between rebuilds each like,
   comment, view or new post re-scores its post (best effort, ``ZADD`` of the absolute
   score at the same reference time, only if the reference did not change meanwhile).
@@ -56,7 +56,7 @@ Structures:
   at most TTL/REUSE snapshots exist (60 x <= 11,000 entries by default). Choice
   documented here: a snapshot per walk (shared by walks that
   start together) rather than a cursor carrying the ranking, because a cursor must stay
-  small and a ranking of 10,000 posts is not. The walk itself: service/community_trending.py.
+  small and a ranking of 10,000 posts is not. The walk itself: service/community_feed_trending.py.
 - ``{cf}:counts``: cached ``total_count`` per (feed, filters, ...), scope ``cf|posts``: a
   create or delete deletes it; a count is written only if that scope's version did not
   move while it was computed. A value is grouped by collective, ``[public, {"<cid>": n}]``
@@ -93,7 +93,7 @@ from cache import checks
 from cache.client import NO_VALUE, Cache, CacheUnavailable
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
-from cache.lease import Lease, LeaseHeld
+from cache.lease import Lease, LeaseHeld, wait_for
 from cache.scripts import LuaScript
 from cache.versioned import PUBLISH, Change, publish_keys
 from storage import posts as posts_store
@@ -746,6 +746,128 @@ def fill_author_sets(deps: checks.Deps, authors: Sequence[int]) -> set[str]:
         return {i: (per[authors[i]][:size], len(per[authors[i]]) <= size) for i in indices}
 
     return fill_many(deps.cache, deps.filler, PATH, targets, load)
+
+
+def fill_blocked(deps: checks.Deps, user_id: int) -> list[int]:
+    """Fill the user's blocked authors set from Postgres if it is missing (version-checked,
+    single-flight: raises ``LeaseHeld`` while another fill runs); returns what it holds."""
+    key = CommunityKeys(deps.cache.keys).blocked(user_id)
+    return deps.filler.fill(PATH, blocked_scope(user_id), [key],
+                            lambda: checks.sql(deps, posts_store.blocked_by, user_id),
+                            lambda pipe, temps, ids: stage_blocked(pipe, temps[key], ids),
+                            only_if_missing=True)
+
+
+def blocked(deps: checks.Deps, user_id: int) -> frozenset[int]:
+    """The authors the user blocked: the cached set, filled from Postgres on a miss, once
+    (a fill that landed since the page's read is read, not loaded again); read from
+    Postgres when Redis is unusable or another request is still filling it."""
+    try:
+        return frozenset(fill_blocked(deps, user_id))
+    except LeaseHeld:
+        with contextlib.suppress(CacheUnavailable):
+            found = read_blocked(deps.cache, PATH, user_id)
+            if found is not NO_VALUE:
+                return found
+    except CacheUnavailable:
+        pass
+    return frozenset(checks.sql(deps, posts_store.blocked_by, user_id))
+
+
+def author_ranges(deps: checks.Deps, authors: Sequence[int], after: tuple[int, int] | None,
+                  n: int) -> tuple[list[KeyRange], str]:
+    """Up to ``n`` keys strictly after ``after`` of each author's set (the following
+    feed's fan-out on read), and the outcome: ``hit``, or ``miss`` when some sets were
+    missing and were filled. Raises ``CacheUnavailable`` (-> Postgres) when Redis fails or
+    a set is still missing after the fill (another request holds its lease)."""
+    ck = CommunityKeys(deps.cache.keys)
+    keys = [ck.author(a) for a in authors]
+    ranges = range_after(deps.cache, PATH, keys, after, n)
+    missing = [a for a, r in zip(authors, ranges, strict=True) if r.entries is None]
+    if not missing:
+        return ranges, "hit"
+    fill_author_sets(deps, missing)
+    ranges = range_after(deps.cache, PATH, keys, after, n)
+    if any(r.entries is None for r in ranges):
+        raise CacheUnavailable(PATH)
+    return ranges, "miss"
+
+
+# --- the recent set -------------------------------------------------------------------------
+
+
+def fill_recent(deps: checks.Deps) -> list[tuple[int, int]]:
+    """Fill ``{cf}:recent`` from Postgres if it is missing: the newest
+    ``RECENT_CACHE_SIZE`` keys, complete when that is all of them (version-checked,
+    single-flight: raises ``LeaseHeld`` while another fill runs)."""
+    ck = CommunityKeys(deps.cache.keys)
+    size = deps.settings.recent_cache_size
+
+    def stage(pipe: Any, temps: dict[str, str], keys: list[tuple[int, int]]) -> None:
+        stage_sorted(pipe, temps[ck.recent], keys[:size], complete=len(keys) <= size)
+
+    return deps.filler.fill(PATH, posts_scope(), [ck.recent],
+                            lambda: checks.sql(deps, posts_store.recent_keys, size + 1),
+                            stage, only_if_missing=True)
+
+
+def recent_after(deps: checks.Deps, after: tuple[int, int] | None, n: int
+                 ) -> tuple[KeyRange, str]:
+    """Up to ``n`` keys of the recent set strictly after ``after``, and the outcome:
+    ``hit``, or ``miss`` when the set was missing and a fill (this request's, or a
+    concurrent one's, polled for up to ``lease_wait_ms``) landed: a stampede of misses
+    costs one load, not one per request. Raises ``CacheUnavailable`` (-> Postgres) when
+    Redis fails or no fill lands in time."""
+    ck = CommunityKeys(deps.cache.keys)
+
+    def read() -> Any:
+        rng = range_after(deps.cache, PATH, [ck.recent], after, n)[0]
+        return NO_VALUE if rng.entries is None else rng
+
+    rng = read()
+    if rng is not NO_VALUE:
+        return rng, "hit"
+    with contextlib.suppress(LeaseHeld):  # another request fills it: wait for its fill
+        fill_recent(deps)
+    rng = read()
+    if rng is NO_VALUE:
+        rng = wait_for(read, deps.cache.lease_wait_ms)
+    if rng is NO_VALUE:
+        raise CacheUnavailable(PATH)
+    return rng, "miss"
+
+
+# --- a page's cached counts -----------------------------------------------------------------
+
+
+def grouped_count(deps: checks.Deps, field: str, page: PageState | None,
+                  compute: Callable[[], Grouped]) -> Grouped:
+    """A page's grouped count: the cached one read with the page (``page``), else
+    ``compute()``, cached under the version the page was read under (not with Redis
+    down: ``page`` None)."""
+    if page is not None and page.count is not None:
+        return page.count
+    value = compute()
+    if page is not None:
+        with contextlib.suppress(CacheUnavailable):
+            write_count(deps.cache, PATH, field, value, page.version, deps.settings.idle_ttl)
+    return value
+
+
+def blocked_grouped_count(deps: checks.Deps, viewer: int, field: str, page: PageState,
+                          blocked_ids: frozenset[int],
+                          compute: Callable[[Sequence[int]], Grouped]) -> Grouped:
+    """The grouped count of the posts of ``viewer``'s blocked authors in ``field``: the
+    cached one read with the page if it was computed for this blocked set (its digest
+    rides with the value), else ``compute(sorted ids)``, cached beside the count."""
+    digest = blocked_digest(blocked_ids)
+    if page.blocked_count is not None and page.blocked_count[0] == digest:
+        return page.blocked_count[1]
+    value = compute(sorted(blocked_ids))
+    with contextlib.suppress(CacheUnavailable):
+        write_count(deps.cache, PATH, blocked_field(viewer, field),
+                    encode_adjustment(digest, value), page.version, deps.settings.idle_ttl)
+    return value
 
 
 # --- the operator's check / rebuild / warm (see cache/checks.py) ----------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from jobs.periodic import Periodic
 from service.bootstrap import AppState
-from service.community_trending import trending_upkeep
+from service.community_feed_trending import trending_upkeep
 
 
 def trending_job(app: AppState) -> Periodic:

@@ -5,14 +5,12 @@ from __future__ import annotations
 from flask import Response
 from marshmallow import Schema, fields, validate
 
-from cache import group_feed as gf_cache
+from service import admin_ops as ops
 from service.api import Blueprint
 from service.auth import admin_required
-from service.errors import NotFound
 from service.fields import UtcDateTime
 from service.schemas import MemberIn, NamedOut, NameIn
 from service.state import state
-from storage import setup
 
 bp = Blueprint("admin", __name__, description="Admin setup (role admin)")
 
@@ -35,22 +33,12 @@ class ReelOut(Schema):
     created_at = UtcDateTime()
 
 
-def _membership_changed(uow, user_id: int) -> None:
-    app_state = state()
-    uow.change(gf_cache.groups_scope(user_id)).op(
-        "DEL", gf_cache.groups_key(app_state.cache.keys, user_id)
-    )
-
-
 @bp.route("/api/v1/groups/", methods=["POST"])
 @admin_required
 @bp.arguments(NameIn)
 @bp.response(201, NamedOut)
 def create_group(body):
-    with state().uow() as uow:
-        group = setup.create_group(uow.session, body["name"])
-        uow.commit()
-    return {"id": group.id, "name": group.name}
+    return ops.create_group(state(), body["name"])
 
 
 @bp.route("/api/v1/groups/<id:group_id>/members/", methods=["POST"])
@@ -59,12 +47,7 @@ def create_group(body):
 @bp.response(201, MemberIn)
 def add_member(body, group_id: int):
     """Idempotent: adding a member twice is still a 201."""
-    with state().uow() as uow:
-        if not setup.group_exists(uow.session, group_id):
-            raise NotFound("Group not found")
-        if setup.add_member(uow.session, group_id, body["user_id"]):
-            _membership_changed(uow, body["user_id"])
-        uow.commit()
+    ops.add_member(state(), group_id, body["user_id"])
     return {"user_id": body["user_id"]}
 
 
@@ -72,12 +55,7 @@ def add_member(body, group_id: int):
 @admin_required
 @bp.response(204)
 def remove_member(group_id: int, user_id: int):
-    with state().uow() as uow:
-        if not setup.group_exists(uow.session, group_id):
-            raise NotFound("Group not found")
-        if setup.remove_member(uow.session, group_id, user_id):  # idempotent
-            _membership_changed(uow, user_id)
-        uow.commit()
+    ops.remove_member(state(), group_id, user_id)  # idempotent
     return Response(status=204)
 
 
@@ -86,10 +64,7 @@ def remove_member(group_id: int, user_id: int):
 @bp.arguments(ReelIn)
 @bp.response(201, ReelOut)
 def create_reel(body):
-    with state().uow() as uow:
-        reel = setup.create_reel(uow.session, **body)
-        uow.commit()
-    return reel
+    return ops.create_reel(state(), body)
 
 
 @bp.route("/api/collectives/", methods=["POST"])
@@ -97,7 +72,4 @@ def create_reel(body):
 @bp.arguments(NameIn)
 @bp.response(201, NamedOut)
 def create_collective(body):
-    with state().uow() as uow:
-        collective = setup.create_collective(uow.session, body["name"])
-        uow.commit()
-    return {"id": collective.id, "name": collective.name}
+    return ops.create_collective(state(), body["name"])

@@ -15,10 +15,10 @@ from flask import g
 from flask.views import MethodView
 from marshmallow import Schema, ValidationError, fields, validate
 
+from service import profiles_ops as ops
 from service.api import Blueprint
 from service.auth import admin_required, login_required
 from service.state import state
-from storage import profiles
 from storage.models import SUBSCRIPTION_TIERS
 
 bp = Blueprint("profiles", __name__, description="Profiles (a post's author)")
@@ -52,30 +52,20 @@ class ProfileOut(Schema):
     subscription_tier = fields.String(required=True)
 
 
-def _save(user_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-    with state().uow() as uow:
-        if not changes:
-            return profiles.get_profile(uow.session, user_id)
-        saved = profiles.save_profile(uow.session, user_id, changes)
-        uow.commit()
-    return saved
-
-
 @bp.route("/api/user/profile/")
 class OwnProfile(MethodView):
     @login_required
     @bp.response(200, ProfileOut)
     def get(self):
         """The caller's profile (the defaults if they never saved one)."""
-        with state().db.session() as session:
-            return profiles.get_profile(session, g.user.id)
+        return ops.get_profile(state(), g.user.id)
 
     @login_required
     @bp.arguments(ProfileIn)
     @bp.response(200, ProfileOut)
     def put(self, body: dict[str, Any]):
         """Change the caller's display name and/or avatar (the tier is an admin's)."""
-        return _save(g.user.id, body)
+        return ops.save_profile(state(), g.user.id, body)
 
 
 @bp.route("/api/users/<id:user_id>/profile/", methods=["PUT"])
@@ -84,4 +74,4 @@ class OwnProfile(MethodView):
 @bp.response(200, ProfileOut)
 def admin_put(body: dict[str, Any], user_id: int):
     """Change any user's profile, the subscription tier included (role admin)."""
-    return _save(user_id, body)
+    return ops.save_profile(state(), user_id, body)

@@ -41,7 +41,6 @@ from service.api import Blueprint
 from service.auth import admin_required, login_optional, login_required
 from service.errors import NotFound
 from service.fields import Id, isoformat
-from service.posts_service import like_post, set_membership
 from service.schemas import TOGGLE_CHANGED, PostFieldsOut, post_fields
 from service.state import state
 from storage.profiles import author_json
@@ -269,10 +268,7 @@ class Heart(MethodView):
 
 
 def _set_heart(user_id: int, post_id: int, hearted: bool, is_admin: bool = False) -> bool:
-    """A heart is a community like: ``like_post`` writes it and bumps the viewer's calc
-    version in the same transaction when it changed; True if this call changed it
-    (raises ``NotFound``)."""
-    return like_post(user_id, post_id, hearted, is_admin)
+    return ops.heart(state(), user_id, post_id, hearted, is_admin)
 
 
 @bp.route("/api/posts/<id:post_id>/praise/", methods=["POST"])
@@ -329,7 +325,7 @@ class Join(MethodView):
 
 
 def _set_member(user_id: int, collective_id: int, member: bool) -> bool:
-    return ops.set_member(state(), user_id, collective_id, member, set_membership)
+    return ops.set_member(state(), user_id, collective_id, member)
 
 
 @bp.route("/api/user/preferences/")

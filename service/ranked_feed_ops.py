@@ -30,6 +30,7 @@ import numpy as np
 from cache import community_feed as cf
 from cache import ranked_feed as feed_cache
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
+from service import community_feed_ops
 from service import ranked_feed_score as scoring
 from service.bootstrap import AppState
 from service.errors import ApiError, NotFound
@@ -244,10 +245,17 @@ def set_fellow(app_state: AppState, me: int, other: int, fellow: bool) -> bool:
     return changed
 
 
-def set_member(app_state: AppState, user_id: int, collective_id: int, member: bool,
-               membership_changed: Callable[[Any, int, int, bool], None]) -> bool:
-    """Join or leave; ``membership_changed(uow, ...)`` queues the community feed's
-    cache change. Raises ``NotFound`` for an unknown collective."""
+def heart(app_state: AppState, user_id: int, post_id: int, hearted: bool,
+          is_admin: bool = False) -> bool:
+    """A heart is a community like: ``community_feed_ops.like_post`` writes it and bumps
+    the viewer's calc version in the same transaction when it changed; True if this call
+    changed it (raises ``NotFound``)."""
+    return community_feed_ops.like_post(app_state, user_id, post_id, hearted, is_admin)
+
+
+def set_member(app_state: AppState, user_id: int, collective_id: int, member: bool) -> bool:
+    """Join or leave; the community feed's cache change (the user's cached collectives)
+    is queued in the same unit of work. Raises ``NotFound`` for an unknown collective."""
     with app_state.uow() as uow:
         if not store.collective_exists(uow.session, collective_id):
             raise NotFound("Collective not found")
@@ -255,7 +263,7 @@ def set_member(app_state: AppState, user_id: int, collective_id: int, member: bo
         changed = write(uow.session, user_id, collective_id)
         if changed:
             feed_cache.touch(uow, user_id)
-            membership_changed(uow, user_id, collective_id, member)
+            community_feed_ops.set_membership(app_state, uow, user_id, collective_id, member)
         uow.commit()
     return changed
 

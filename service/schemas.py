@@ -1,5 +1,6 @@
 """Schemas shared by every section: the error body, small admin/setup bodies, and the post
-as both feeds show it (``PostFieldsOut`` and its one builder, ``post_fields``)."""
+as both feeds show it (``PostFieldsOut`` and its one builder, ``post_fields``); and the
+community feed's (section 3) request and response bodies."""
 
 from __future__ import annotations
 
@@ -96,3 +97,76 @@ def post_fields(get: Callable[[str], Any], author: dict[str, Any]) -> dict[str, 
     out["prompt"] = get("prompt") if out["show_prompt"] else None  # a hidden prompt never leaves
     out["author"] = author
     return out
+
+
+# --- the community feed (section 3) ---------------------------------------------------------
+
+
+class PostIn(Schema):
+    title = fields.String(required=True, validate=validate.Length(1, 300))
+    description = fields.String(load_default=None, allow_none=True,
+                                validate=validate.Length(max=10_000))
+    tags = fields.List(fields.String(validate=validate.Length(1, 50)), load_default=list,
+                       validate=validate.Length(max=20))
+    post_type = fields.String(load_default="post", validate=validate.Length(1, 50))
+    asset_type = fields.String(load_default=None, allow_none=True,
+                               validate=validate.Length(1, 50))
+    asset_url = fields.String(load_default=None, allow_none=True,
+                              validate=validate.Length(max=2000))
+    collective_id = Id(load_default=None, allow_none=True)
+    show_prompt = fields.Boolean(load_default=False)
+    prompt = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Length(max=5000))
+    inspired_by_post_id = Id(load_default=None, allow_none=True,
+                             metadata={"description": "a live post the caller can see"})
+
+
+class PostOut(PostFieldsOut):
+    is_liked_by_viewer = fields.Boolean()
+
+
+class FeedArgs(Schema):
+    feed_type = fields.String(load_default="trending",
+                              validate=validate.OneOf(["trending", "recent", "following"]))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=2000))
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 50))
+    asset_type = fields.String(load_default=None, validate=validate.Length(1, 50))
+    tags = fields.String(load_default=None, validate=validate.Length(max=1100))
+
+
+class FeedOut(Schema):
+    posts = fields.List(fields.Nested(PostOut))
+    total_count = fields.Integer()
+    has_more = fields.Boolean()
+    next_cursor = fields.String(allow_none=True)
+
+
+class CommentIn(Schema):
+    body = fields.String(required=True, validate=validate.Length(1, 10_000))
+
+
+class CommentOut(Schema):
+    id = fields.Integer()
+    post_id = fields.Integer()
+    author_id = fields.Integer()
+    body = fields.String()
+    created_at = UtcDateTime()
+
+
+class LikedOut(Schema):
+    liked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
+
+
+class UnlikedOut(Schema):
+    unliked = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
+
+
+class FollowingOut(Schema):
+    following = fields.Boolean(required=True, metadata={"description": TOGGLE_CHANGED})
+
+
+class EngagementOut(Schema):
+    like_count = fields.Integer()
+    comment_count = fields.Integer()
+    view_count = fields.Integer()
+    is_liked = fields.Boolean()

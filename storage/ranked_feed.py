@@ -1,6 +1,6 @@
 """SQL of the personalized feed (API.md section 4): the facts its score is computed from,
 the posts a page shows, and the viewer's writes (praise, trophies, fellows, collectives,
-preferences). Hearts are community likes: ``service.posts_service.like_post`` writes them.
+preferences). Hearts are community likes: ``service.community_feed_ops.like_post`` writes them.
 
 Candidate bound: a viewer's ranking considers at most ``k_recent`` newest live posts plus
 the ``k_social`` newest live posts by their fellows plus the ``k_social`` newest live posts

@@ -77,3 +77,31 @@ def test_one_lease_and_no_raw_lua_outside_the_cache_core():
                 and rel != "cache/lease.py":
             offenders.append(f"{rel}: a wait loop of its own")
     assert not offenders, "\n".join(offenders)
+
+
+def _imported(path: Path) -> set[str]:
+    return {module for _, module in _imports(ast.parse(path.read_text()))}
+
+
+def test_use_cases_take_the_app_state_and_know_no_flask():
+    """``*_ops.py`` modules are plain functions of their parameters: no ``state()``
+    global, no Flask request or app context."""
+    offenders = []
+    for path in sorted((ROOT / "service").glob("*_ops.py")):
+        for module in sorted(_imported(path)):
+            if module == "service.state" or module.split(".")[0] == "flask":
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_only_routes_and_cli_commands_read_the_state_global():
+    """``service.state`` is the route layer's accessor: a module that imports it defines
+    routes (a ``Blueprint``) or CLI commands (``cli.py``)."""
+    offenders = []
+    for path in _modules():
+        rel = path.relative_to(ROOT)
+        if "service.state" not in _imported(path) or rel == Path("service/state.py"):
+            continue
+        if path.name != "cli.py" and "Blueprint(" not in path.read_text():
+            offenders.append(str(rel))
+    assert not offenders, "\n".join(offenders)

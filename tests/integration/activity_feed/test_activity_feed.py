@@ -10,7 +10,6 @@ from sqlalchemy import text
 from cache import activity_feed as feed_cache
 from cache import stats
 from service import create_app
-from service.activity_feed import age_display
 from service.activity_feed_ops import MAX_MARK_READ_IDS
 from tests.support.activity_feed_truth import (
     api_summary,
@@ -178,22 +177,6 @@ def test_listing_bad_query_is_400(client, auth):
 def test_listing_needs_a_token(client):
     assert client.get(FEED).status_code == 401
     assert client.get(FEED + "summary/").status_code == 401
-
-
-def test_age_display():
-    now = datetime(2025, 1, 31, 12, tzinfo=UTC)
-
-    def ago(**delta) -> str:
-        return age_display((now - timedelta(**delta)).isoformat(), now)
-
-    assert ago(seconds=5) == "just now"
-    assert ago(seconds=-5) == "just now"  # clock skew: never "-1m ago"
-    assert ago(minutes=3) == "3m ago"
-    assert ago(hours=2, minutes=59) == "2h ago"
-    assert ago(days=3) == "3d ago"
-    assert ago(days=15) == "2w ago"
-    assert ago(days=95) == "3mo ago"
-    assert ago(days=800) == "2y ago"
 
 
 # --- summary and mark-read ----------------------------------------------------------------
@@ -407,14 +390,3 @@ def test_cache_mode_off_same_answers(client, auth, settings, feed_of_7):
         assert off.test_client().get(FEED + "summary/", headers=h).get_json() == on
     finally:
         off.extensions["hc"].close()
-
-
-def test_key_formats():
-    from cache.keys import Keyspace
-
-    keys = Keyspace("hc:")
-    assert feed_cache.counts_key(keys, 42) == "hc:{u:42}:act:counts"
-    assert feed_cache.recent_key(keys, 42) == "hc:{u:42}:act:recent"
-    assert feed_cache.page_key(keys, 42, False) == "hc:{u:42}:act:page:all"
-    assert feed_cache.page_key(keys, 42, True) == "hc:{u:42}:act:page:unread"
-    assert feed_cache.scope(42).row_name == "u:42|activity"

@@ -15,7 +15,7 @@ from cache import community_feed as cf
 from cache import stats
 from cache.keyspace_admin import clear_keyspace
 from cache.outbox import relay_outbox
-from service import community_feed, create_app
+from service import community_feed_walk, create_app
 from storage import posts as posts_store
 from storage.db import DB_QUERIES
 from tests.support.auth import bearer
@@ -270,7 +270,7 @@ def test_sparse_visibility_is_bounded_per_page(client, state, monkeypatch):
     """A non-member over a feed of mostly collective posts: each page examines at most
     the scan budget, answers what it found with ``has_more`` true and a cursor, and the
     walk still ends with exactly the public posts."""
-    monkeypatch.setattr(community_feed, "SCAN_BUDGET", 8)
+    monkeypatch.setattr(community_feed_walk, "SCAN_BUDGET", 8)
     coll = _collective(client, "big")
     _join(client, AUTHOR, coll)
     public = [_post(client, 30)]

@@ -1,4 +1,4 @@
-"""Durable trending snapshots (service/community_trending.py): one snapshot per start
+"""Durable trending snapshots (service/community_feed_trending.py): one snapshot per start
 window however many walks start together, bounded size, pruned by the trending job,
 unknown or expired snapshots answered with a 400, reuse across a Redis flush."""
 
@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, text
 
 from cache.keyspace_admin import clear_keyspace
 from jobs.scheduler import default_jobs
-from service import community_trending as trending
+from service import community_feed_trending as trending
 from service import create_app
 from storage.models import TrendingSnapshot
 from tests.support.auth import bearer

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, text
 
 from cache import community_feed as cf
 from cache.keyspace_admin import clear_keyspace
-from service import community_trending as trending
+from service import community_feed_trending as trending
 from service import create_app
 from storage import community_feed as cf_sql
 from storage.models import TrendingSnapshot, TrendingSnapshotTail

@@ -1,5 +1,5 @@
 """scripts/bench: a tiny ``--quick`` run produces complete output (not checked: the numbers,
-this machine is noisy), plus unit tests of the pieces that turn counters into figures."""
+this machine is noisy); the pieces that turn counters into figures: tests/unit/test_dev_tools.py."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import profile, scrape  # noqa: E402
-from benchlib.endpoints import CEILING, ENDPOINTS, normalise, routes_of  # noqa: E402
+from benchlib.endpoints import CEILING, ENDPOINTS, routes_of  # noqa: E402
 
 RUN_FIELDS = ("rps", "p50_ms", "p99_ms", "requests", "non_2xx", "hit_rate",
               "redis_round_trips_per_request", "sql_queries_per_request", "cpu_cores",
@@ -32,12 +31,6 @@ def test_every_benchmarked_route_is_in_the_openapi_document(client):
     assert not missing, f"routes the benchmark loads are gone: {missing}"
 
 
-def test_route_templates_compare_without_parameter_names_or_trailing_slash():
-    assert normalise("/api/v1/messaging/feed/{item_id}/mark-viewed/") == normalise(
-        "/api/v1/messaging/feed/{id}/mark-viewed")
-    assert normalise("/") == "/"
-
-
 def test_sql_statements_are_counted(state):
     def value() -> float:
         return REGISTRY.get_sample_value("db_queries_total") or 0.0
@@ -47,47 +40,6 @@ def test_sql_statements_are_counted(state):
         session.execute(text("SELECT 1"))
         session.execute(text("SELECT 2"))
     assert value() - before == 2
-
-
-def test_run_counters_are_per_request_deltas():
-    def sample(name, **labels):
-        return (name, tuple(sorted(labels.items())))
-
-    before = {
-        sample("http_requests_total", endpoint="x.y", method="GET", status="200"): 10,
-        sample("cache_events_total", path="p", outcome="hit"): 5,
-        sample("db_queries_total"): 100,
-    }
-    after = {
-        sample("http_requests_total", endpoint="x.y", method="GET", status="200"): 30,
-        sample("http_requests_total", endpoint="metrics.metrics", method="GET",
-               status="200"): 7,
-        sample("cache_events_total", path="p", outcome="hit"): 20,
-        sample("cache_events_total", path="p", outcome="miss"): 5,
-        sample("redis_round_trips_total", path="p"): 40,
-        sample("db_queries_total"): 110,
-    }
-    out = scrape.run_counters(before, after)
-    assert out["served"] == 20  # scrapes of /metrics do not count
-    assert out["hit_rate"] == 15 / 20
-    assert out["redis_round_trips_per_request"] == 2
-    assert out["sql_queries_per_request"] == 0.5
-
-
-def test_profile_summary_names_layers_and_functions(tmp_path):
-    raw = tmp_path / "p.txt"
-    raw.write_text(
-        "process 1:\"gunicorn\";run (gunicorn/workers/gthread.py:10);"
-        "page (/work/main/service/x.py:3);execute (site-packages/sqlalchemy/engine/base.py:9);"
-        "recv (socket.py:1) 3\n"
-        "process 1:\"gunicorn\";run (gunicorn/workers/gthread.py:10);"
-        "dumps (site-packages/flask/json/provider.py:5) 1\n"
-    )
-    out = profile.summarise(raw)
-    assert out["samples"] == 4
-    assert dict(out["by_layer"]) == {"sqlalchemy": 0.75, "flask": 0.25}
-    assert out["self"][0] == ("recv (socket.py)", 0.75)
-    assert "| sqlalchemy | 75.0% |" in profile.markdown({"endpoint": "e", "status": "ok", **out})
 
 
 @pytest.mark.skipif(not shutil.which("wrk") and not shutil.which("apt-get"),

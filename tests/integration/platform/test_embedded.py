@@ -121,26 +121,3 @@ def test_redis_falls_back_to_loopback_port_when_socket_path_is_too_long(
     finally:
         embedded.stop_redis(data_dir)
     assert not embedded.redis_running(data_dir)
-
-
-def test_nothing_started_when_both_urls_are_set(tmp_path: Path) -> None:
-    given = Settings(
-        database_url="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        redis_url="redis://127.0.0.1:6379/0",
-        data_dir=str(tmp_path / "data"),
-    )
-    started: list[str] = []
-    assert embedded.ensure_servers(given, started=started) is given
-    assert started == []
-    assert not (tmp_path / "data" / "postgres").exists()
-
-
-def test_sqlalchemy_url_conversion() -> None:
-    assert (
-        embedded._sqlalchemy_url("postgresql://postgres:@/postgres?host=/tmp/a b/pg")
-        == "postgresql+psycopg://postgres@/postgres?host=/tmp/a%20b/pg"
-    )
-    assert (
-        embedded._sqlalchemy_url("postgresql://postgres:@127.0.0.1:5433/postgres")
-        == "postgresql+psycopg://postgres@127.0.0.1:5433/postgres"
-    )

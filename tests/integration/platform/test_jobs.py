@@ -9,14 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 import redis
 from rq import SimpleWorker
 
-from jobs.scheduler import Periodic, last_run_at, next_run_after, run_once, tick
+from jobs.scheduler import Periodic, run_once, tick
 from service import failed_jobs as failed
 from tests.support import ROOT as PROJECT_ROOT
 from tests.support import job_fixtures
@@ -82,24 +81,6 @@ def test_scheduler_job_failure_does_not_escape(state):
 
 def _utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)
-
-
-def test_next_run_after_fixed_times():
-    daily = "0 2 * * *"
-    assert next_run_after(daily, _utc(2026, 12, 1, 1, 59, 59)) == _utc(2026, 12, 1, 2, 0)
-    # Strictly after: at 02:00 exactly, the next one is tomorrow's.
-    assert next_run_after(daily, _utc(2026, 12, 1, 2, 0)) == _utc(2026, 12, 2, 2, 0)
-    assert next_run_after(daily, _utc(2026, 12, 1, 2, 0, 0, 1)) == _utc(2026, 12, 2, 2, 0)
-    assert next_run_after(daily, _utc(2026, 12, 31, 23, 0)) == _utc(2027, 1, 1, 2, 0)
-    assert next_run_after(daily, datetime(2026, 12, 1, 1, 0)) == _utc(2026, 12, 1, 2, 0)  # naive
-    # The schedule is UTC: 03:30 at +02:00 is 01:30 UTC, before that day's run.
-    plus2 = datetime(2026, 12, 1, 3, 30, tzinfo=timezone(timedelta(hours=2)))
-    assert next_run_after(daily, plus2) == _utc(2026, 12, 1, 2, 0)
-    assert next_run_after("*/15 * * * *", _utc(2026, 12, 1, 10, 7)) == _utc(2026, 12, 1, 10, 15)
-    assert last_run_at(daily, _utc(2026, 12, 1, 2, 0)) == _utc(2026, 12, 1, 2, 0)
-    assert last_run_at(daily, _utc(2026, 12, 1, 1, 59, 59)) == _utc(2026, 11, 30, 2, 0)
-    with pytest.raises(ValueError):
-        next_run_after("every day at 2", _utc(2026, 12, 1))
 
 
 def test_cron_job_runs_at_its_times_not_from_process_start(state):

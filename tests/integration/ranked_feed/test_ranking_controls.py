@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from service import create_app, ranked_feed
-from service.settings import DEFAULT_RANKING_WEIGHTS, Settings
+from service.settings import DEFAULT_RANKING_WEIGHTS
 from tests.support.ranked_feed_data import FROZEN_NOW
 
 URL = "/api/admin/ranking/"
@@ -241,11 +241,3 @@ def test_sampled_decision_log_line(client, auth, state, world, monkeypatch, deci
     monkeypatch.setattr(state, "settings", state.settings.replace(ranking_log_sample=1.0))
     order(client, auth, ordering="chronological")  # not a ranked page: no line
     assert decision_lines == []
-
-
-def test_log_sample_setting():
-    assert Settings.from_env({}).ranking_log_sample == 0.01
-    assert Settings.from_env({"RANKING_LOG_SAMPLE": "0.5"}).ranking_log_sample == 0.5
-    for bad in ("1.5", "-0.1", "nan", "often"):
-        with pytest.raises(ValueError, match="RANKING_LOG_SAMPLE"):
-            Settings.from_env({"RANKING_LOG_SAMPLE": bad})

@@ -73,7 +73,6 @@ from cache import community_feed as cf
 from cache.client import NO_VALUE, CacheUnavailable
 from cache.lease import LeaseHeld, wait_for
 from service.bootstrap import AppState
-from service.state import state
 from storage import community_feed as cf_sql
 from storage.posts import Engagement
 
@@ -85,10 +84,9 @@ class UnknownSnapshot(Exception):
     """The cursor names a snapshot that does not exist (expired and deleted, or forged)."""
 
 
-def start_walk() -> tuple[int, cf.Floor, str]:
+def start_walk(app: AppState) -> tuple[int, cf.Floor, str]:
     """The snapshot a new trending walk reads, its floor, and the cache outcome
     (hit/miss/fallback)."""
-    app = state()
     redis_ok = True
     try:
         shared = cf.snapshot_pointer(app.cache, PATH)
@@ -112,22 +110,21 @@ def start_walk() -> tuple[int, cf.Floor, str]:
     return row.id, row.floor, "miss"
 
 
-def walk_after(sid: int, floor: cf.Floor, after: Key | None, n: int
+def walk_after(app: AppState, sid: int, floor: cf.Floor, after: Key | None, n: int
                ) -> tuple[list[Key], str]:
     """Up to ``n`` keys of the walk of snapshot ``sid`` strictly after ``after``: the
     snapshot down to its ``floor``, then its deep tail; and the cache outcome. Raises
     ``UnknownSnapshot``."""
     if floor is None:
-        return keys_after(sid, after, n)
+        return keys_after(app, sid, after, n)
     keys: list[Key] = []
     outcome = "hit"
     if after is None or after > floor:
-        head, outcome = keys_after(sid, after, n)
+        head, outcome = keys_after(app, sid, after, n)
         keys = [k for k in head if k >= floor]
         if len(keys) == len(head) and len(head) == n:
             return keys, outcome
         after = floor
-    app = state()
     with app.db.session() as session:
         if not cf_sql.ensure_tail(session, sid):
             raise UnknownSnapshot(sid)
@@ -135,10 +132,10 @@ def walk_after(sid: int, floor: cf.Floor, after: Key | None, n: int
     return keys, outcome
 
 
-def keys_after(sid: int, after: Key | None, n: int) -> tuple[list[Key], str]:
+def keys_after(app: AppState, sid: int, after: Key | None, n: int
+               ) -> tuple[list[Key], str]:
     """Up to ``n`` keys of snapshot ``sid``'s own entries strictly after ``after``, and
     the cache outcome. Raises ``UnknownSnapshot``."""
-    app = state()
     ck = cf.CommunityKeys(app.cache.keys)
     outcome = "miss"
     try:

@@ -1,0 +1,426 @@
+"""The community feed's use cases (API section 3), and the post writes the personalized
+feed (section 4) shares: plain functions of the service's state (``AppState``), called by
+the routes in ``service/community_feed.py`` (and ``service/ranked_feed.py`` for hearts
+and collective membership).
+
+Writes: each is one unit of work: Postgres rows and counters first, the community feed's
+cache changes in the same outbox entry, then (after commit) a best-effort re-score of the
+post in the trending set (see ``cache/community_feed.py`` for how stale that can get).
+They raise ``NotFound`` for unknown or deleted posts, ``Forbidden`` when the caller may
+not delete a post. A post with a ``collective_id`` exists only for that collective's
+members and for admins; for everyone else its endpoints answer ``NotFound`` (checked
+against Postgres in the write's own transaction). A like is a heart (section 4):
+``like_post`` also bumps the liker's personalized-feed version in the same transaction,
+whichever endpoint the like came through.
+
+Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``),
+the rows from one Postgres query per chunk of ids (``storage.posts.load_page``: live posts
+only, filters applied, author names joined, the viewer's likes for the whole chunk). With
+Redis down, the same order comes from Postgres (keyset queries; for trending, the walk's
+snapshot row), so answers are identical. The walk itself (sources, visibility, the scan
+budget) is ``service/community_feed_walk.py``; cursors ``service/community_feed_cursor.py``.
+
+Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
+index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
+or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
+(``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
+after the cursor, visibility and blocked authors in the same statement) when the filter
+is an asset type alone (``ix_posts_live_asset_time``: exact) or tags fewer than
+``SPARSE_TAGS`` posts have (their GIN matches collected, then sorted), not from the
+sorted sets, which hold every post. Common tags on ``recent``: one statement over the
+newest ``SCAN_BUDGET`` posts after the cursor (the time index), ``has_more`` and a cursor
+at that window's end if it held too few. Common tags on ``following`` and every
+filtered ``trending`` walk read the feed's own order and keep the matching posts,
+within the scan budget.
+
+``total_count`` is the cached count grouped by collective, summed over what the viewer
+may see, less the posts of the authors the viewer blocked (pages never list them): that
+part is counted per blocked set and cached beside the count, read in the same pipeline
+(see ``_viewer_total``), so a warm page costs what it costs anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy.orm import Session
+
+from cache import community_feed as cf
+from cache import ranked_feed, stats
+from cache.client import NO_VALUE, CacheUnavailable
+from service import community_feed_walk as walk
+from service.bootstrap import AppState
+from service.community_feed_cursor import decode_cursor, encode_cursor, filters_digest
+from service.community_feed_walk import (
+    PUBLIC,
+    FilteredSource,
+    FollowingSource,
+    Key,
+    RecentSource,
+    Source,
+    TrendingSource,
+    Visibility,
+)
+from service.errors import ApiError, Forbidden, NotFound
+from service.schemas import post_fields
+from storage import community_feed as cf_sql
+from storage import posts, profiles
+from storage.models import Comment, Post
+from storage.ranked_feed import collective_exists
+
+log = logging.getLogger(__name__)
+
+PATH = cf.PATH
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Up to this many posts with a page's tags, their walk collects them from the GIN index
+# and sorts them (work: these few); from it on, the page walks the feed's order within
+# the scan budget (common tags: matches come quickly; the budget bounds a common tag the
+# recent posts lack, which an unbounded time-index walk would read to its end): for
+# ``recent`` in one statement over the newest SCAN_BUDGET posts after the cursor.
+SPARSE_TAGS = 1000
+
+
+def created_us(created_at: datetime) -> int:
+    """``created_at`` as exact integer microseconds since the epoch."""
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
+    return (created_at - EPOCH) // timedelta(microseconds=1)
+
+
+def post_json(row: posts.PostRow) -> dict[str, Any]:
+    """A post as the community feed shows it (``PostOut``)."""
+    post = row.post
+    return {**post_fields(lambda name: getattr(post, name), row.author),
+            "is_liked_by_viewer": row.liked}
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+def _visible(session: Any, post_id: int, user_id: int | None, is_admin: bool) -> Post:
+    post = posts.get_visible_post(session, post_id, user_id, is_admin)
+    if post is None:
+        raise NotFound("Post not found")
+    return post
+
+
+def create_post(app: AppState, author_id: int, is_admin: bool, fields: dict[str, Any]
+                ) -> dict[str, Any]:
+    """Create a post by ``author_id`` from ``PostIn`` fields; returns it as ``PostOut``.
+
+    A ``collective_id`` must name a collective the author belongs to (admins: any), an
+    ``inspired_by_post_id`` a live post the author can see (share-locked until commit, so
+    it cannot be deleted meanwhile); else ``ApiError`` (400) naming the field.
+    """
+    collective_id = fields.get("collective_id")
+    if collective_id is not None:
+        with app.db.session() as session:
+            if not collective_exists(session, collective_id):
+                raise ApiError("Unknown collective", code="validation_error",
+                               details={"collective_id": ["Unknown collective."]})
+            if not is_admin and collective_id not in posts.collectives_of(session, author_id):
+                raise ApiError("Not a member of this collective", code="validation_error",
+                               details={"collective_id": ["Join the collective to post in it."]})
+    fields = {**fields, "tags": sorted(set(fields.get("tags") or []))}
+    post = _create_post(app, author_id, is_admin, fields)
+    with app.db.session() as session:
+        row = posts.load_page(session, [post.id], author_id).get(post.id)
+        if row is None:  # deleted in between: still report what was created
+            row = posts.PostRow(post, profiles.get_profile(session, post.author_id), False)
+    return post_json(row)
+
+
+def _create_post(app: AppState, author_id: int, is_admin: bool, fields: dict[str, Any]
+                 ) -> Post:
+    ck = cf.CommunityKeys(app.cache.keys)
+    with app.uow() as uow:
+        inspired = fields.get("inspired_by_post_id")
+        if inspired is not None and not posts.post_visible(uow.session, inspired, author_id,
+                                                           is_admin, lock=True):
+            raise ApiError("Invalid request", code="validation_error", details={
+                "inspired_by_post_id": ["No live post with this id that you can see."]})
+        post = posts.create_post(uow.session, author_id, **fields)
+        cf.post_created(
+            uow.change(cf.posts_scope()), uow.change(cf.author_scope(author_id)), ck,
+            post.id, author_id, created_us(post.created_at),
+            app.settings.recent_cache_size, app.settings.author_cache_size,
+        )
+        uow.commit()
+    _rescore(app, post.id, new=True)
+    return post
+
+
+def delete_post(app: AppState, post_id: int, user_id: int, is_admin: bool = False) -> None:
+    """Soft delete (author or admin). Deleting an already deleted post is a 404, and so
+    is a post the caller may not see (unless they wrote it)."""
+    ck = cf.CommunityKeys(app.cache.keys)
+    with app.uow() as uow:
+        post = posts.get_live_post(uow.session, post_id)
+        if post is None:
+            raise NotFound("Post not found")
+        if post.author_id != user_id and not is_admin:
+            if posts.get_visible_post(uow.session, post_id, user_id) is None:
+                raise NotFound("Post not found")
+            raise Forbidden("Only the author or an admin may delete this post")
+        if not posts.soft_delete(uow.session, post_id):
+            raise NotFound("Post not found")
+        cf.post_deleted(uow.change(cf.posts_scope()),
+                        uow.change(cf.author_scope(post.author_id)), ck, post_id,
+                        post.author_id)
+        uow.commit()
+    _unrank(app, post_id)
+
+
+def like_post(app: AppState, user_id: int, post_id: int, liked: bool,
+              is_admin: bool = False) -> bool:
+    """Like or unlike; True if the like row changed (idempotent otherwise).
+
+    A change bumps the liker's personalized-feed version in the same transaction, so
+    their next personalized page reflects it. Raises ``NotFound`` (also for a post the
+    user may not see).
+    """
+    with app.uow() as uow:
+        _visible(uow.session, post_id, user_id, is_admin)
+        changed = posts.set_like(uow.session, post_id, user_id, liked)
+        if changed:
+            ranked_feed.touch(uow, user_id)
+        uow.commit()
+        if changed:
+            _rescore(app, post_id, session=uow.session)
+    return changed
+
+
+def add_comment(app: AppState, user_id: int, post_id: int, body: str,
+                is_admin: bool = False) -> Comment:
+    """Add a comment (counted in trending). Raises ``NotFound``."""
+    with app.uow() as uow:
+        _visible(uow.session, post_id, user_id, is_admin)
+        comment = posts.add_comment(uow.session, post_id, user_id, body)
+        uow.commit()
+        _rescore(app, post_id, session=uow.session)
+    return comment
+
+
+def record_view(app: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
+    """Count a view unless this viewer had one counted in the last 30 minutes. Raises
+    ``NotFound``."""
+    with app.uow() as uow:
+        _visible(uow.session, post_id, user_id, is_admin)
+        counted = posts.record_view(uow.session, post_id, user_id)
+        uow.commit()
+        if counted:
+            _rescore(app, post_id, session=uow.session)
+    return counted
+
+
+def set_membership(app: AppState, uow: Any, user_id: int, collective_id: int,
+                   member: bool) -> None:
+    """Queue, in ``uow``, the cache change of a committed join (``member``) or leave: the
+    user's cached collectives (their next community page is filtered with it)."""
+    cf.membership_changed(uow.change(cf.colls_scope(user_id)),
+                          cf.CommunityKeys(app.cache.keys), user_id, collective_id, member)
+
+
+def set_follow(app: AppState, user_id: int, followee_id: int, following: bool) -> bool:
+    """Follow or unfollow; True if it changed. Raises ``ApiError`` (``self_follow``) for
+    oneself."""
+    if followee_id == user_id:
+        raise ApiError("You cannot follow yourself", code="self_follow")
+    ck = cf.CommunityKeys(app.cache.keys)
+    with app.uow() as uow:
+        changed = posts.set_follow(uow.session, user_id, followee_id, following)
+        if changed:
+            cf.follow_changed(uow.change(cf.follows_scope(user_id)), ck, user_id,
+                              followee_id, following)
+        uow.commit()
+    return changed
+
+
+def engagement(app: AppState, post_id: int, viewer_id: int | None,
+               is_admin: bool = False) -> dict[str, Any]:
+    """Counts of a live post and whether the viewer likes it. Raises ``NotFound``."""
+    with app.db.session() as session:
+        counts = posts.post_counts(session, post_id, viewer_id, is_admin)
+        if counts is None:
+            raise NotFound("Post not found")
+        liked = viewer_id is not None and posts.is_liked(session, post_id, viewer_id)
+    likes, comments, views = counts
+    return {"like_count": likes, "comment_count": comments, "view_count": views,
+            "is_liked": liked}
+
+
+# --- trending upkeep (best effort; the scheduled rebuild repairs what this misses) --------
+
+
+def _rescore(app: AppState, post_id: int, new: bool = False,
+             session: Session | None = None) -> None:
+    """Re-score a post in the cached trending set from its committed engagement.
+
+    ``session``: the committed unit of work's, read again in a new transaction (what a
+    fresh session would see) without checking out and pinging another connection.
+    """
+    try:
+        ref = cf.trending_ref(app.cache, PATH)
+        if ref is None:
+            return  # no trending set: the next read or rebuild computes it whole
+        if session is not None:
+            eng = posts.engagement_of(session, post_id)
+        else:
+            with app.db.session() as own:
+                eng = posts.engagement_of(own, post_id)
+        if eng is None:
+            cf.rescore(app.cache, PATH, post_id, None, ref)
+            return
+        score = cf.trending_score(eng.like_count, eng.comment_count, eng.view_count,
+                                  eng.is_featured, eng.created_at.timestamp(), float(ref))
+        cf.rescore(app.cache, PATH, post_id, score, ref, new=new)
+    except CacheUnavailable:
+        log.debug("trending re-score of post %s skipped: cache unavailable", post_id)
+
+
+def _unrank(app: AppState, post_id: int) -> None:
+    try:
+        ref = cf.trending_ref(app.cache, PATH)
+        if ref is not None:
+            cf.rescore(app.cache, PATH, post_id, None, ref)
+    except CacheUnavailable:
+        log.debug("trending removal of post %s skipped: cache unavailable", post_id)
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool
+                ) -> tuple[Visibility, cf.PageState | None]:
+    """The viewer's visibility and the page's cached count state (None: Redis down),
+    read together in one pipeline (with the viewer's blocked authors and the count of
+    their posts). With Redis down, Postgres applies the rule in the page's own queries
+    (no statement more for the member set)."""
+    member_of = viewer if viewer is not None and not is_admin else None
+    try:
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer)
+    except CacheUnavailable:
+        page = None
+    if is_admin:
+        return Visibility(None), page
+    if member_of is None:
+        return PUBLIC, page
+    if page is None:
+        return Visibility(None, sql=(member_of, False)), None
+    colls = page.collectives
+    if colls is NO_VALUE:
+        colls = cf.collectives(app, member_of)
+    return Visibility.of(colls), page
+
+
+def _viewer_total(app: AppState, field: str, page: cf.PageState | None, vis: Visibility,
+                  count: Callable[[Sequence[int] | None], cf.Grouped],
+                  viewer: int | None) -> int:
+    """``total_count`` as the viewer sees it: the cached grouped count (computed and
+    cached on a miss) summed over what they may see, less the posts of the authors they
+    blocked (which pages never list). That part is counted once per blocked set (its
+    digest rides with the value) in the counts hash, read in the page's count pipeline,
+    and costs an index range per blocked author (``ix_posts_author_time``) when computed.
+    With Redis down (``page`` None), ``count`` excluded them in its own statement."""
+    total = vis.total(*cf.grouped_count(app, field, page, lambda: count(None)))
+    if page is None or viewer is None:
+        return total
+    blocked = page.blocked
+    if blocked is NO_VALUE or blocked is None:
+        blocked = cf.blocked(app, viewer)
+    if not blocked:
+        return total
+    value = cf.blocked_grouped_count(app, viewer, field, page, blocked, count)
+    return max(total - vis.total(*value), 0)
+
+
+def _no_match_page() -> dict[str, Any]:
+    return {"posts": [], "total_count": 0, "has_more": False, "next_cursor": None}
+
+
+def _matches(app: AppState, asset_type: str | None, tags: list[str]) -> int | None:
+    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter).
+    One index probe; 0 answers the page: nothing walked, nothing cached, so a stream of
+    made-up tags costs a probe each and no memory."""
+    if not (asset_type or tags):
+        return None
+    with app.db.session() as session:
+        return posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
+
+
+def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
+              cursor: str | None, limit: int, asset_type: str | None, tags: list[str]
+              ) -> dict[str, Any]:
+    """One page of ``feed_type`` (``trending``, ``recent``, ``following``: needs a
+    ``viewer``) after ``cursor``, as ``FeedOut``. ``tags``: parsed (sorted, unique).
+    Raises ``BadCursor`` for a cursor that is not one of this feed's and filters'."""
+    query = filters_digest(asset_type, tags)
+    data = decode_cursor(cursor, feed_type, query) if cursor else None
+    after: Key | None = tuple(data["k"]) if data else None  # type: ignore[assignment]
+    matches = _matches(app, asset_type, tags)
+    if matches == 0:
+        stats.count(PATH + ":" + feed_type, "index")
+        return _no_match_page()
+    filters = (asset_type, tags)
+    extra: dict[str, Any] = {}
+
+    def unblocked() -> int | None:  # Redis down: counts exclude blocked authors in SQL
+        return viewer if page is None else None
+
+    authors: list[int] | None = None
+    if feed_type == "recent":
+        source: Source = RecentSource(app)
+
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            with app.db.session() as session:
+                return posts.count_live_grouped(session, only, *filters, vis.sql,
+                                                unblocked())
+
+        field = cf.count_field("g", "r", asset_type, tags)
+    elif feed_type == "following":
+        authors = cf.followees(app, viewer)  # type: ignore[arg-type]
+        source = FollowingSource(app, authors)
+
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            mine = authors if only is None else sorted(set(authors) & set(only))
+            with app.db.session() as session:
+                return posts.count_live_grouped(session, mine, *filters, vis.sql,
+                                                unblocked())
+
+        digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
+        field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
+    else:
+        trend = TrendingSource.resume(app, data) if data else TrendingSource.start(app)
+        source = trend
+        extra = trend.cursor_fields()
+
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            with app.db.session() as session:
+                return cf_sql.count_snapshot_grouped(session, trend.sid, *filters, vis.sql,
+                                                     unblocked(), only)
+
+        field = cf.count_field("g", "t", trend.sid, asset_type, tags)
+    vis, page = _page_state(app, field, viewer, is_admin)
+    sparse = bool(tags) and (matches or 0) < SPARSE_TAGS
+    if feed_type != "trending" and (sparse or (asset_type and not tags)):
+        source = FilteredSource(app, authors, asset_type, tags, viewer, vis, sparse=sparse)
+    elif feed_type == "recent" and tags:  # common tags: the newest posts, a window a page
+        source = FilteredSource(app, None, asset_type, tags, viewer, vis,
+                                window=walk.SCAN_BUDGET)
+    rows, resume = walk.collect(app, source, after, limit, viewer, vis, asset_type, tags)
+    stats.count(PATH + ":" + feed_type, source.outcome)
+    next_cursor = None
+    if resume is not None:
+        next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(resume), **extra})
+    return {
+        "posts": [post_json(row) for _, row in rows],
+        "total_count": _viewer_total(app, field, page, vis, count, viewer),
+        "has_more": resume is not None,
+        "next_cursor": next_cursor,
+    }

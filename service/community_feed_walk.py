@@ -1,0 +1,228 @@
+"""A community feed page's walk (API section 3): who sees what, the ordered sources of
+keys after a cursor, and the loop that collects a page from them.
+
+Every feed orders its posts by one exact, total key ``(score, post id)`` (``Key``), so a
+walk resumes strictly after the last key it returned:
+
+- ``RecentSource``: the recent sorted set (``cache.community_feed.recent_after``); past
+  its (trimmed) end, and with Redis down, the same keyset in Postgres.
+- ``FollowingSource``: fan-out on read, the followees' author sets merged; Postgres when
+  one ran out trimmed or Redis is down.
+- ``FilteredSource``: a filtered ``recent`` or ``following`` walk read from a Postgres
+  index (``storage.posts.matching_keys``), Redis up or down alike.
+- ``TrendingSource``: one walk's durable ranking snapshot, then its deep tail
+  (``service/community_feed_trending.py``).
+
+Visibility: the cached structures hold every live post and are shared by all viewers; a
+page keeps the rows the viewer may see (``Visibility``: public posts, plus their
+collectives' for members, all for admins). A page examines at most ``SCAN_BUDGET`` keys:
+a viewer who may see few of them gets what was found, ``has_more`` true and a cursor
+after the last key examined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cache import community_feed as cf
+from cache.client import CacheUnavailable
+from service import community_feed_trending as trending
+from service.bootstrap import AppState
+from service.community_feed_cursor import BadCursor
+from storage import posts
+
+Key = tuple[int, int]  # (score, post id): the exact sort key of every feed
+
+# Keys one page may examine: a viewer who may see few of the posts (or a narrow filter)
+# gets the posts found within it, ``has_more`` true and a cursor to go on from there.
+SCAN_BUDGET = 2000
+
+OUTCOME_RANK = {"hit": 0, "miss": 1, "fallback": 2}
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Which posts one viewer may see: public ones, plus those of ``collectives``
+    (``None``: every post, for admins). ``sql``: ``(viewer, is_admin)`` when Postgres
+    applies the rule itself (Redis down: no member set to read), rows and counts then
+    come filtered and ``collectives`` is None."""
+
+    collectives: frozenset[int] | None
+    sql: tuple[int | None, bool] | None = None
+
+    @classmethod
+    def of(cls, collectives: Iterable[int] | None) -> Visibility:
+        return cls(None if collectives is None else frozenset(collectives))
+
+    def sees(self, collective_id: int | None) -> bool:
+        return (collective_id is None or self.collectives is None
+                or collective_id in self.collectives)
+
+    def total(self, public: int, per_collective: dict[int, int]) -> int:
+        """A viewer's count from a count grouped by collective."""
+        return public + sum(n for c, n in per_collective.items() if self.sees(c))
+
+
+PUBLIC = Visibility(frozenset())
+
+
+class Source:
+    """Yields the feed's keys in order, strictly after a key. ``exact``: every key it
+    yields is a post of the page (filters and visibility applied by the source).
+    ``more``: after a short answer, the key to resume after (None: the end)."""
+
+    outcome = "hit"
+    exact = False
+    more: Key | None = None
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        raise NotImplementedError
+
+
+def _recent_pg(app: AppState, after: Key | None, n: int,
+               authors: Sequence[int] | None = None) -> list[Key]:
+    with app.db.session() as session:
+        return posts.recent_keys(session, n, after, authors)
+
+
+class RecentSource(Source):
+    """The recent sorted set; past its (trimmed) end, the same keyset in Postgres."""
+
+    def __init__(self, app: AppState) -> None:
+        self.app = app
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        try:
+            rng, outcome = cf.recent_after(self.app, after, n)
+        except CacheUnavailable:
+            self.outcome = "fallback"
+            return _recent_pg(self.app, after, n)
+        if outcome == "miss":
+            self.outcome = "miss"
+        keys = rng.entries or []
+        if len(keys) < n and not rng.complete:
+            keys += _recent_pg(self.app, keys[-1] if keys else after, n - len(keys))
+        return keys
+
+
+class FollowingSource(Source):
+    """Fan-out on read: merge the followees' author sets (see cache/community_feed.py)."""
+
+    def __init__(self, app: AppState, followee_ids: list[int]) -> None:
+        self.app, self.authors = app, followee_ids
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        if not self.authors:
+            return []
+        app = self.app
+        try:
+            ranges, outcome = cf.author_ranges(app, self.authors, after, n)
+        except CacheUnavailable:
+            self.outcome = "fallback"
+            return _recent_pg(app, after, n, self.authors)
+        if outcome == "miss":
+            self.outcome = "miss"
+        merged = sorted((k for r in ranges for k in r.entries or []), reverse=True)[:n]
+        # An author set that was trimmed and ran out hides older posts below its last key.
+        floor = max((r.entries[-1] if r.entries else after or (2**63, 0)
+                     for r in ranges if not r.complete and len(r.entries or []) < n),
+                    default=None)
+        if floor is not None and (len(merged) < n or merged[-1] < floor):
+            return _recent_pg(app, after, n, self.authors)
+        return merged
+
+
+class FilteredSource(Source):
+    """A filtered ``recent`` or ``following`` walk, answered by a Postgres index
+    (``posts.matching_keys``): the keys of the posts matching the filters that the viewer
+    may see, newest first, in one keyset statement per chunk whatever the table's size
+    (the sorted sets in Redis hold every post: walking them for a narrow filter read
+    post after post). Outcome ``index``: no cache involved, Redis up or down alike.
+    ``window``: examine at most that many of the newest posts after the cursor per call
+    (a short answer then resumes at ``more``, the window's end)."""
+
+    outcome = "index"
+    exact = True
+
+    def __init__(self, app: AppState, authors: list[int] | None, asset_type: str | None,
+                 tags: list[str], viewer: int | None, vis: Visibility,
+                 sparse: bool = False, window: int | None = None) -> None:
+        self.app = app
+        self.authors, self.asset_type, self.tags = authors, asset_type, tags
+        self.viewer, self.vis, self.sparse, self.window = viewer, vis, sparse, window
+        self.more = None
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        vis, self.more = self.vis, None
+        colls = None if vis.sql is not None or vis.collectives is None else vis.collectives
+        with self.app.db.session() as session:
+            keys = posts.matching_keys(
+                session, n, after, authors=self.authors, asset_type=self.asset_type,
+                tags=self.tags, viewer_id=self.viewer,
+                collectives=None if colls is None else sorted(colls), visible_to=vis.sql,
+                sparse=self.sparse, window=self.window)
+            if self.window is not None and len(keys) < n:
+                self.more = posts.window_end(session, after, self.window)
+        return keys
+
+
+class TrendingSource(Source):
+    """One walk's ranking: its durable snapshot down to its floor, then its deep tail
+    (see service/community_feed_trending.py)."""
+
+    def __init__(self, app: AppState, sid: int, floor: cf.Floor, outcome: str = "hit"
+                 ) -> None:
+        self.app, self.sid, self.floor, self.outcome = app, sid, floor, outcome
+
+    @classmethod
+    def start(cls, app: AppState) -> TrendingSource:
+        return cls(app, *trending.start_walk(app))
+
+    @classmethod
+    def resume(cls, app: AppState, data: dict[str, Any]) -> TrendingSource:
+        """The walk a decoded cursor names (its snapshot id ``s`` and floor ``fl``)."""
+        floor = data.get("fl")
+        return cls(app, data["s"], None if floor is None else (floor[0], floor[1]))
+
+    def cursor_fields(self) -> dict[str, Any]:
+        """What every cursor of this walk carries besides its key."""
+        return {"s": self.sid, **({"fl": list(self.floor)} if self.floor else {})}
+
+    def next_keys(self, after: Key | None, n: int) -> list[Key]:
+        try:
+            keys, outcome = trending.walk_after(self.app, self.sid, self.floor, after, n)
+        except trending.UnknownSnapshot as exc:
+            raise BadCursor() from exc
+        if OUTCOME_RANK[outcome] > OUTCOME_RANK[self.outcome]:
+            self.outcome = outcome
+        return keys
+
+
+def collect(app: AppState, source: Source, after: Key | None, limit: int,
+            viewer: int | None, vis: Visibility, asset_type: str | None, tags: list[str]
+            ) -> tuple[list[tuple[Key, posts.PostRow]], Key | None]:
+    """Walk ``source`` after ``after`` until ``limit + 1`` live matching posts the viewer
+    may see are found, or ``SCAN_BUDGET`` keys were examined; returns (page rows with
+    their keys, the key to resume after, None if the walk reached its end)."""
+    found: list[tuple[Key, posts.PostRow]] = []
+    chunk = limit + 1 if source.exact or not (asset_type or tags) else 4 * (limit + 1)
+    cursor, scanned = after, 0
+    while True:
+        keys = source.next_keys(cursor, chunk)
+        if keys:
+            with app.db.session() as session:
+                rows = posts.load_page(session, [k[-1] for k in keys], viewer, asset_type,
+                                       tags, vis.sql)
+            found += [(k, rows[k[-1]]) for k in keys
+                      if k[-1] in rows and vis.sees(rows[k[-1]].post.collective_id)]
+            scanned += len(keys)
+        if len(found) > limit:
+            return found[:limit], found[limit - 1][0]
+        if len(keys) < chunk:  # the end, or of the source's own window (``more``)
+            return found, source.more
+        cursor = keys[-1]
+        if scanned >= SCAN_BUDGET:
+            return found, cursor
+        chunk = min(chunk * 2, 1000, SCAN_BUDGET - scanned)

@@ -1,0 +1,25 @@
+"""The profile use cases (API.md "Profiles"): plain functions of the service's state,
+called by the routes in ``service/profiles.py``. A profile is a ``users`` row's display
+fields; a user who never saved one reads as seed 002's defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.bootstrap import AppState
+from storage import profiles
+
+
+def get_profile(app: AppState, user_id: int) -> dict[str, Any]:
+    with app.db.session() as session:
+        return profiles.get_profile(session, user_id)
+
+
+def save_profile(app: AppState, user_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Save the fields in ``changes`` (none: nothing written); returns the profile."""
+    with app.uow() as uow:
+        if not changes:
+            return profiles.get_profile(uow.session, user_id)
+        saved = profiles.save_profile(uow.session, user_id, changes)
+        uow.commit()
+    return saved
