@@ -116,6 +116,47 @@ def load_preferences(session: Session, user_id: int) -> Preferences:
                        list(row.blocked_users), list(row.preferred_artist_types))
 
 
+_INPUTS = text(
+    "SELECT ARRAY(SELECT fellow_id FROM fellows WHERE user_id = :u ORDER BY 1) AS fellows, "
+    "ARRAY(SELECT collective_id FROM collective_members WHERE user_id = :u ORDER BY 1) "
+    "AS colls, "
+    + ", ".join(
+        f"ARRAY(SELECT {column} FROM user_post_preferences WHERE user_id = :u "
+        "AND hearts + praises + trophies > 0 ORDER BY author_id, post_type) AS " + name
+        for column, name in (("author_id", "s_author"), ("post_type", "s_type"),
+                             ("hearts + praises + trophies", "s_n")))
+    + ", up.preferred_post_types, up.muted_collectives, up.blocked_users, "
+    "up.preferred_artist_types "
+    "FROM (SELECT 1) one LEFT JOIN user_preferences up ON up.user_id = :u"
+)
+
+
+@dataclass(frozen=True)
+class RankingInputs:
+    """Every per-viewer input of the ranking, as the four loaders above give them."""
+
+    fellows: list[int]
+    collectives: list[int]
+    by_author: dict[int, int]
+    by_type: dict[str, int]
+    preferences: Preferences
+
+
+def load_inputs(session: Session, user_id: int) -> RankingInputs:
+    """``load_fellows``, ``load_collectives``, ``load_interaction_stats`` and
+    ``load_preferences`` of ``user_id`` in one statement (one round trip, one snapshot)."""
+    row = session.execute(_INPUTS, {"u": user_id}).one()
+    by_author: dict[int, int] = {}
+    by_type: dict[str, int] = {}
+    for author_id, post_type, n in zip(row.s_author, row.s_type, row.s_n, strict=True):
+        by_author[author_id] = by_author.get(author_id, 0) + n
+        by_type[post_type] = by_type.get(post_type, 0) + n
+    prefs = EMPTY_PREFERENCES if row.preferred_post_types is None else Preferences(
+        list(row.preferred_post_types), list(row.muted_collectives),
+        list(row.blocked_users), list(row.preferred_artist_types))
+    return RankingInputs(list(row.fellows), list(row.colls), by_author, by_type, prefs)
+
+
 # The candidate query's filters. It runs on the driver's cursor (psycopg placeholders):
 # plain tuples, no row objects for ~1,000 rows.
 _NOT_FILTERED = (
