@@ -269,10 +269,8 @@ class Post(Base):
               postgresql_where=text("deleted_at IS NULL")),
         # The personalized feed's per-fellow and per-collective candidate sources (0010).
         Index("ix_posts_live_author_created", "author_id", "created_at", "id",
-              postgresql_include=["collective_id"],
               postgresql_where=text("deleted_at IS NULL")),
         Index("ix_posts_live_collective_created", "collective_id", "created_at", "id",
-              postgresql_include=["author_id"],
               postgresql_where=text("deleted_at IS NULL AND collective_id IS NOT NULL")),
     )
 

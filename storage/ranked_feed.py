@@ -157,8 +157,11 @@ def load_inputs(session: Session, user_id: int) -> RankingInputs:
     return RankingInputs(list(row.fellows), list(row.colls), by_author, by_type, prefs)
 
 
-# The candidate query's filters. It runs on the driver's cursor (psycopg placeholders):
-# plain tuples, no row objects for ~1,000 rows.
+# Only what the score needs (and the order's tie-breaks). Run on the driver's cursor
+# (psycopg placeholders): plain tuples, no row objects for ~1,000 rows.
+_CANDIDATE_COLUMNS = (
+    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.engagement"
+)
 _NOT_FILTERED = (
     "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(%(blocked)s AS bigint[]))) "
     "AND NOT coalesce(p.collective_id = ANY(CAST(%(muted)s AS bigint[])), false)"
@@ -170,42 +173,44 @@ _ALLOWED = (
 
 
 def _newest_per(column: str, ids_param: str, allowed: str) -> str:
-    """Ids and times of the ``k_social`` newest ``allowed`` posts whose ``column`` is in
-    ``ids_param``: the newest k of each id, read backwards from its covering index
-    (``ix_posts_live_author_created`` / ``ix_posts_live_collective_created``, migration
-    0010: an index-only scan that stops at k rows), then the newest k of those."""
+    """The ``k_social`` newest ``allowed`` posts whose ``column`` is in ``ids_param``: the
+    newest k of each id, read backwards from its ``(column, created_at, id)`` index of
+    live posts (``ix_posts_live_author_created`` / ``ix_posts_live_collective_created``,
+    migration 0010) and stopping there, then the newest k of those, so no source reads
+    more than k rows per id."""
     return (
-        f"(SELECT p.id, p.created_at FROM unnest(CAST(%({ids_param})s AS bigint[])) "
-        "AS s(v) CROSS JOIN LATERAL (SELECT p.id, p.created_at FROM posts p "
+        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(%({ids_param})s AS bigint[])) "
+        f"AS s(v) CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
         f"WHERE p.{column} = s.v AND {allowed} "
         "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s) p "
         "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s)"
     )
 
 
-# Only what the score needs (and the order's tie-breaks). The three sources yield ids
-# only (UNION, not UNION ALL: a post found by two sources is one candidate); the score's
-# columns are then read once per candidate, by primary key.
-# Every column is a number, so the rows load into one float64 array: created_at as
-# microseconds since the epoch (exact below 2^53), the viewed flag (one probe of the
-# viewer's post_views), and the post_type component, looked up in the viewer's values per
-# type. A joined collective's posts need no membership test (the viewer is in it).
+# UNION (not UNION ALL): a post found by two sources is one candidate. Every column is a
+# number, so the rows load into one float64 array: created_at as microseconds since the
+# epoch (exact below 2^53), the viewed flag (one indexed probe of post_views per
+# candidate), and the post_type component, looked up in the viewer's values per type. A
+# joined collective's posts need no membership test (the viewer is in it).
 _CANDIDATES = (
-    "SELECT p.id, p.author_id, coalesce(p.collective_id, 0), "
-    "(extract(epoch FROM p.created_at) * 1000000)::bigint, p.engagement, "
+    "SELECT c.id, c.author_id, coalesce(c.collective_id, 0), "
+    "(extract(epoch FROM c.created_at) * 1000000)::bigint, c.engagement, "
     "EXISTS (SELECT 1 FROM post_views v WHERE v.viewer_id = %(viewer)s "
-    "AND v.post_id = p.id), "
+    "AND v.post_id = c.id), "
     "coalesce((CAST(%(type_values)s AS float8[]))[array_position("
-    "CAST(%(types)s AS text[]), p.post_type::text)], 0) FROM ("
-    f"(SELECT p.id, p.created_at FROM posts p WHERE {_ALLOWED} "
+    "CAST(%(types)s AS text[]), c.post_type::text)], 0) FROM ("
+    f"(SELECT {_CANDIDATE_COLUMNS} FROM posts p WHERE {_ALLOWED} "
     "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_recent)s)"
     " UNION " + _newest_per("author_id", "fellows", _ALLOWED)
-    + " UNION " + _newest_per("collective_id", "colls", _NOT_FILTERED) + ") c "
-    "JOIN posts p ON p.id = c.id"
+    + " UNION " + _newest_per("collective_id", "colls", _NOT_FILTERED) + ") c"
 )
 # The ranking's small indexed queries: no parallel workers (starting them costs more than
-# these queries take).
-_NO_PARALLEL = "SET LOCAL max_parallel_workers_per_gather = 0"
+# these queries take), and the cost of a random page read as on an SSD or a cached table
+# (the server default, 4, assumes spinning disks: with it the planner reads every post of
+# a collective with a bitmap scan and sorts them, rather than read the newest k through
+# the ordered index of migration 0010, which touches fewer than half the pages).
+_RANKING_SETTINGS = ("SET LOCAL max_parallel_workers_per_gather = 0",
+                     "SET LOCAL random_page_cost = 1.1")
 
 
 def load_candidates(
@@ -228,7 +233,8 @@ def load_candidates(
     conn = session.connection().connection.driver_connection
     types = sorted(type_values)
     with conn.pipeline(), conn.cursor() as cursor:
-        cursor.execute(_NO_PARALLEL)
+        for setting in _RANKING_SETTINGS:
+            cursor.execute(setting)
         cursor.execute(_CANDIDATES, {
             "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
             "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,

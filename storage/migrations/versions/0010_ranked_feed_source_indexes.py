@@ -1,4 +1,4 @@
-"""personalized feed: each candidate source read from a covering index, limit first
+"""personalized feed: each candidate source read in order from an index, limit first
 
 Revision ID: 0010_ranked_feed_source_indexes
 Revises: 0009_feed_filter_indexes
@@ -8,11 +8,8 @@ of each fellow and of each joined collective. ``ix_posts_author_time`` and
 ``ix_posts_collective_time`` (0001) hold ``(author_id | collective_id, created_at)``
 without ``id`` or the live condition, so Postgres read every post of a collective, then
 sorted them by ``(created_at, id)`` to keep 250. These partial indexes hold the sort key
-``(…, created_at, id)`` of live posts plus the one other column the source filters on
-(``collective_id`` for blocked-author / muted-collective / membership tests of a fellow's
-posts, ``author_id`` for blocked authors in a collective), so each source is an index-only
-backward scan that stops at ``k_social`` rows; only the final candidates are fetched from
-the heap. Neither holds a counter, so likes and comments stay HOT updates.
+``(…, created_at, id)`` of live posts, so each source is a backward index scan that stops
+at ``k_social`` rows. Neither holds a counter, so likes and comments stay HOT updates.
 """
 
 from collections.abc import Sequence
@@ -28,10 +25,10 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_index("ix_posts_live_author_created", "posts",
-                    ["author_id", "created_at", "id"], postgresql_include=["collective_id"],
+                    ["author_id", "created_at", "id"],
                     postgresql_where=sa.text("deleted_at IS NULL"))
     op.create_index("ix_posts_live_collective_created", "posts",
-                    ["collective_id", "created_at", "id"], postgresql_include=["author_id"],
+                    ["collective_id", "created_at", "id"],
                     postgresql_where=sa.text("deleted_at IS NULL AND collective_id IS NOT NULL"))
 
 
