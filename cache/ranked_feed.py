@@ -385,31 +385,38 @@ class RankedFeedCache:
         return _page(ranking, start, stop)
 
     def inputs(
-        self, user_id: int, version: int, loaders: dict[str, Callable[[], Any]]
+        self, user_id: int, version: int, load: Callable[[], dict[str, Any]]
     ) -> dict[str, Any]:
-        """The viewer's inputs at ``version``: cached ones from Redis (one round trip),
-        the others from ``loaders[name]()`` (JSON-able values), then cached with their TTL.
-        Keys carry the version, so a value loaded after a bump can never be read under the
-        new version; values are only ever as new as or newer than their key's version."""
-        keys = {name: input_key(self.cache.keys, user_id, name, version) for name in loaders}
+        """The viewer's inputs at ``version`` (by name, ``INPUT_NAMES``): cached ones from
+        Redis (one round trip); if any is missing, ``load()`` gives every input from
+        Postgres (JSON-able values, one statement) and the missing ones are cached with
+        their TTL. Keys carry the version, so a value loaded after a bump can never be
+        read under the new version; values are only ever as new as or newer than their
+        key's version."""
+        keys = {name: input_key(self.cache.keys, user_id, name, version)
+                for name in INPUT_NAMES}
         try:
             raw = self.cache.run(INPUTS_PATH, lambda r: r.mget(list(keys.values())))
         except CacheUnavailable:
             raw = [None] * len(keys)
         values: dict[str, Any] = {}
-        missing: dict[str, Any] = {}
+        missing: list[str] = []
         for name, cached in zip(keys, raw, strict=True):
             if cached is not None:
                 stats.count(INPUTS_PATH, "hit")
                 values[name] = orjson.loads(cached)
             else:
                 stats.count(INPUTS_PATH, "miss")
-                values[name] = missing[name] = loaders[name]()
+                missing.append(name)
         if missing:
+            loaded = load()
+            values.update({name: loaded[name] for name in missing})
+
             def store(r: Any) -> None:
                 pipe = r.pipeline(transaction=False)
-                for name, value in missing.items():
-                    pipe.set(keys[name], orjson.dumps(value), ex=self.input_ttls[name])
+                for name in missing:
+                    pipe.set(keys[name], orjson.dumps(loaded[name]),
+                             ex=self.input_ttls[name])
                 pipe.execute()
 
             with contextlib.suppress(CacheUnavailable):  # answered anyway; cached next time

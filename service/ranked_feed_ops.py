@@ -3,9 +3,11 @@ their dependencies (``AppState``): the HTTP routes (``service.ranked_feed``), th
 the operator's check / rebuild / warm call them; none needs a Flask context.
 
 A ranking: the viewer's inputs (fellows, collectives, interaction counts, preferences:
-cached per calc version, ``cache.ranked_feed``), one lean query for the bounded candidate
+cached per calc version, ``cache.ranked_feed``; on a miss all four come from one
+statement, ``storage.ranked_feed.load_inputs``), one lean query for the bounded candidate
 set (``storage.ranked_feed.load_candidates``: only the score's columns, the viewed flag
-included, one round trip), then numpy scoring (``service.ranked_feed_score``). The first
+included, one round trip), then numpy scoring (``service.ranked_feed_score``). A page's
+ranking and its post rows share one session (one pool checkout). The first
 ``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores, components: 32 bytes each); a
 walk past them ranks again at the cached ranking's clock, less the entries already shown.
 
@@ -62,14 +64,13 @@ def stats_json(user_stats: tuple[dict[int, int], dict[str, int]]) -> dict[str, A
     return {"a": sorted(by_author.items()), "t": by_type}
 
 
-def input_loaders(session: Any, user_id: int) -> dict[str, Callable[[], Any]]:
-    """The viewer's inputs from Postgres, by cached name, as JSON-able values."""
-    return {
-        "fellows": lambda: store.load_fellows(session, user_id),
-        "colls": lambda: store.load_collectives(session, user_id),
-        "stats": lambda: stats_json(store.load_interaction_stats(session, user_id)),
-        "prefs": lambda: store.load_preferences(session, user_id).as_dict(),
-    }
+def load_inputs(session: Any, user_id: int) -> dict[str, Any]:
+    """The viewer's inputs from Postgres (one statement), by cached name, as JSON-able
+    values."""
+    got = store.load_inputs(session, user_id)
+    return {"fellows": got.fellows, "colls": got.collectives,
+            "stats": stats_json((got.by_author, got.by_type)),
+            "prefs": got.preferences.as_dict()}
 
 
 # --- ranking -------------------------------------------------------------------------------
@@ -90,35 +91,38 @@ def weights_of(app_state: AppState, controls: Controls) -> dict[str, float]:
 def compute_ranking(app_state: AppState, user_id: int, version: int | None,
                     weights: dict[str, float] | None = None, is_admin: bool = False,
                     clock_us: int | None = None,
-                    exclude: np.ndarray | None = None) -> Ranking:
+                    exclude: np.ndarray | None = None, session: Any = None) -> Ranking:
     """Rank the viewer's candidates (less the posts ``exclude``) at ``clock_us`` (default
     now) with ``weights`` (default ``RANKING_WEIGHTS``); inputs from the cache at
     ``version`` (straight from Postgres when ``version`` is None). Candidates are the
     posts the viewer may see: public ones and their collectives' (every post for an
-    admin)."""
+    admin). ``session``: the caller's (default: a session of its own)."""
+    if session is None:
+        with app_state.db.session() as own:
+            return compute_ranking(app_state, user_id, version, weights, is_admin,
+                                   clock_us, exclude, own)
     settings = app_state.settings
     clock = feed_cache.now_us(now()) if clock_us is None else clock_us
-    with app_state.db.session() as session:
-        loaders = input_loaders(session, user_id)
-        if version is None:
-            inputs = {name: load() for name, load in loaders.items()}
-        else:
-            inputs = cache_of(app_state).inputs(user_id, version, loaders)
-        prefs = inputs["prefs"]
-        viewer = scoring.ViewerInputs(
-            fellows=frozenset(inputs["fellows"]),
-            collectives=frozenset(inputs["colls"]),
-            by_author={int(a): int(n) for a, n in inputs["stats"]["a"]},
-            by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
-            preferred_types=frozenset(prefs["preferred_post_types"]),
-        )
-        rows = store.load_candidates(
-            session, viewer=user_id, fellows=inputs["fellows"], collectives=inputs["colls"],
-            blocked=prefs["blocked_users"], muted=prefs["muted_collectives"],
-            type_values=scoring.post_type_values(viewer),
-            k_recent=settings.ranked_candidates_recent,
-            k_social=settings.ranked_candidates_social, is_admin=is_admin,
-        )
+    if version is None:
+        inputs = load_inputs(session, user_id)
+    else:
+        inputs = cache_of(app_state).inputs(user_id, version,
+                                            lambda: load_inputs(session, user_id))
+    prefs = inputs["prefs"]
+    viewer = scoring.ViewerInputs(
+        fellows=frozenset(inputs["fellows"]),
+        collectives=frozenset(inputs["colls"]),
+        by_author={int(a): int(n) for a, n in inputs["stats"]["a"]},
+        by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
+        preferred_types=frozenset(prefs["preferred_post_types"]),
+    )
+    rows = store.load_candidates(
+        session, viewer=user_id, fellows=inputs["fellows"], collectives=inputs["colls"],
+        blocked=prefs["blocked_users"], muted=prefs["muted_collectives"],
+        type_values=scoring.post_type_values(viewer),
+        k_recent=settings.ranked_candidates_recent,
+        k_social=settings.ranked_candidates_social, is_admin=is_admin,
+    )
     candidates = scoring.Candidates.from_rows(rows)
     if exclude is not None and len(exclude):
         candidates = candidates.without(exclude)
@@ -129,10 +133,12 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
 
 def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                 force: bool = False, is_admin: bool = False,
-                clock: datetime | None = None) -> tuple[Controls, RankedPage | None]:
+                clock: datetime | None = None,
+                session: Any = None) -> tuple[Controls, RankedPage | None]:
     """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
     them (None when the admin switched ranking off); an admin's ranking (every collective)
-    is kept apart. Warm: one round trip for the versions, one for the page."""
+    is kept apart. Warm: one round trip for the versions, one for the page. A ranking is
+    computed on ``session`` when given (one connection for the whole request)."""
     cache = cache_of(app_state)
     version, controls = cache.versions(user_id, lambda: load_controls(app_state))
     if not controls.enabled:
@@ -140,7 +146,8 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
     weights = weights_of(app_state, controls)
 
     def compute(v: int | None, clock_us: int, exclude: np.ndarray | None) -> Ranking:
-        return compute_ranking(app_state, user_id, v, weights, is_admin, clock_us, exclude)
+        return compute_ranking(app_state, user_id, v, weights, is_admin, clock_us, exclude,
+                               session)
 
     return controls, cache.page(
         user_id, version, controls.version, start, stop, compute,
@@ -182,11 +189,12 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
     """The viewer's personalized page ``page`` (chronological when ranking is off).
     Posts deleted, blocked, muted or left since the ranking was cached are left out."""
     start = (page - 1) * page_size
-    controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
-                                   force=force, is_admin=is_admin, clock=clock)
-    if ranked is None:
-        return chronological_page(app_state, user_id, page, page_size, is_admin)
-    with app_state.db.session() as session:
+    with app_state.db.session() as session:  # a connection only once a statement runs
+        controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
+                                       force=force, is_admin=is_admin, clock=clock,
+                                       session=session)
+        if ranked is None:
+            return chronological_page(app_state, user_id, page, page_size, is_admin)
         rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries],
                                    is_admin)
     shown = [(rows[e.id], e) for e in ranked.entries if e.id in rows]
@@ -330,7 +338,7 @@ def check_user(app_state: AppState, user_id: int) -> list[tuple[str, Any, Any]]:
 
     def truth() -> dict[str, Any]:
         with app_state.db.session() as session:
-            return {n: load() for n, load in input_loaders(session, user_id).items()}
+            return load_inputs(session, user_id)
 
     return feed_cache.check(app_state.cache, user_id, truth, version)
 

@@ -29,6 +29,7 @@ the last place).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,9 +61,11 @@ class Candidates:
     def from_rows(cls, rows: Sequence[Sequence[Any]]) -> Candidates:
         """From ``(id, author_id, collective_id or 0, created_us, engagement, viewed,
         post_type component)`` tuples (``storage.ranked_feed.load_candidates``): one
-        conversion of the whole list (every value is exact in a float64: ids and
-        microseconds are below 2^53)."""
-        table = np.array(rows, dtype=np.float64).reshape(len(rows), 7)
+        conversion of the whole list, value by value without inspecting each tuple as a
+        sequence (every value is exact in a float64: ids and microseconds are below
+        2^53)."""
+        table = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
+                            count=7 * len(rows)).reshape(len(rows), 7)
         ints = table[:, :4].astype(np.int64)
         return cls(ids=ints[:, 0], author_ids=ints[:, 1], collective_ids=ints[:, 2],
                    created_us=ints[:, 3], engagement=table[:, 4],

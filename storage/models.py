@@ -267,6 +267,11 @@ class Post(Base):
               postgresql_with={"fastupdate": "off"}),
         Index("ix_posts_live_asset_time", "asset_type", "created_at", "id",
               postgresql_where=text("deleted_at IS NULL")),
+        # The personalized feed's per-fellow and per-collective candidate sources (0010).
+        Index("ix_posts_live_author_created", "author_id", "created_at", "id",
+              postgresql_where=text("deleted_at IS NULL")),
+        Index("ix_posts_live_collective_created", "collective_id", "created_at", "id",
+              postgresql_where=text("deleted_at IS NULL AND collective_id IS NOT NULL")),
     )
 
 

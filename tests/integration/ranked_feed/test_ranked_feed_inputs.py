@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from cache import ranked_feed as rf
 from service import ranked_feed
+from storage import ranked_feed as store
 from tests.support.ranked_feed_data import FROZEN_NOW, generate, oracle_order
 
 FACT_STATS = (
@@ -58,6 +59,30 @@ def test_kept_inputs_equal_the_facts_after_api_writes(client, auth, state, world
                        headers=auth(viewer)).status_code in (200, 201)
     assert rows(state, KEPT_STATS, u=viewer) == rows(state, FACT_STATS, u=viewer)
     assert not rows(state, ENGAGEMENT)
+
+
+def test_one_statement_loads_what_the_single_loaders_load(state, world):
+    """``load_inputs`` (every input in one round trip) equals the four loaders, for
+    viewers with and without preferences, fellows, collectives and interactions."""
+    with state.db.session() as s:
+        s.execute(text("INSERT INTO user_preferences (user_id, preferred_post_types, "
+                       "muted_collectives, blocked_users) VALUES (:u, '{prayer}', :m, :b)"),
+                  {"u": world.users[1], "m": world.collectives[:1], "b": world.users[5:7]})
+        s.execute(text("DELETE FROM fellows WHERE user_id = :u OR fellow_id = :u"),
+                  {"u": world.users[2]})
+        s.commit()
+        checked = 0
+        for user in [*world.users[:6], 10**9]:
+            got = store.load_inputs(s, user)
+            assert got.fellows == store.load_fellows(s, user)
+            assert got.collectives == store.load_collectives(s, user)
+            assert (got.by_author, got.by_type) == store.load_interaction_stats(s, user)
+            assert got.preferences == store.load_preferences(s, user)
+            checked += bool(got.by_author) and bool(got.collectives)
+        assert checked  # the world gives some viewer interactions and collectives
+        assert store.load_inputs(s, world.users[1]).preferences.blocked_users == sorted(
+            world.users[5:7])
+        assert store.load_inputs(s, world.users[2]).fellows == []
 
 
 def walk(client, headers, page_size: int) -> tuple[list[dict], list[dict]]:
