@@ -38,14 +38,16 @@ bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.entities import Entity, EntityStore, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
+from cache.scripts import BITFIELD_IF_EXISTS
 from cache.versioned import Change
 from storage import group_feed as store
 from storage import rebuild as rebuild_store
@@ -56,6 +58,8 @@ T = TypeVar("T")
 PATH_PAGE = "group_feed.has_viewed"
 PATH_UNREAD = "group_feed.unread"
 PATH_LIVE = "group_feed.live"
+PATH_ITEMS_LIST = "group_feed.items_list"
+PATH_ITEMS = "group_feed.items"
 
 HEADER_BYTES = 4
 OFFSET = HEADER_BYTES * 8  # bit offset of position 0 in the rs string
@@ -81,6 +85,16 @@ def live_scope(group_id: int) -> Scope:
 
 def live_key(keys: Keyspace, group_id: int) -> str:
     return keys.key(group_tag(group_id), "live")
+
+
+def items_key(keys: Keyspace, group_id: int) -> str:
+    """The group's newest live items: member = position, score = item id."""
+    return keys.key(group_tag(group_id), "items")
+
+
+def item_key(keys: Keyspace, group_id: int, item_id: int) -> str:
+    """One item's entity (``cache/entities.py``), in the group's slot."""
+    return keys.key(group_tag(group_id), "item", item_id)
 
 
 # --- the user's groups -------------------------------------------------------------------
@@ -204,6 +218,66 @@ def unread(live: bytes, state: ReadState) -> int:
     return (live_int & ~seen).bit_count()
 
 
+# --- the group's newest items (rule 7: a warm page sends no SQL) ----------------------------
+# ``{g:<gid>}:items`` holds the newest live items of the group: member = the item's
+# position (decimal), score = its id (ids follow positions within a group, and stay far
+# below 2^53, so scores are exact). At most ITEMS_LIST_SIZE entries (compact listpack).
+# The member ``_`` at score 0 (ids are positive) says the list reaches the group's first
+# item: without it the list holds exactly the live items whose id is at least its lowest
+# score (a create trims the oldest, a delete removes its own; both keep that true), so a
+# page that runs past its end is answered from Postgres. Scope: the group's ``live``.
+
+ITEMS_LIST_SIZE = 128
+ITEMS_SENTINEL = "_"
+ITEMS_SENTINEL_SCORE = 0
+
+
+@dataclass(frozen=True)
+class ItemsList:
+    """Part of the newest-items list: (id, position) newest first, and whether the list
+    reaches the group's first item."""
+
+    entries: list[tuple[int, int]]
+    complete: bool
+
+    def page(self, limit: int, before: int | None) -> list[tuple[int, int]] | None:
+        """The page's (id, position)s, or None if the list cannot tell (past its end)."""
+        entries = [e for e in self.entries if before is None or e[0] < before][:limit]
+        if len(entries) == limit or self.complete:
+            return entries
+        return None
+
+
+def parse_items(reply: Sequence[tuple[bytes, float]]) -> ItemsList:
+    entries, complete = [], False
+    for member, score in reply:
+        if member == ITEMS_SENTINEL.encode():
+            complete = True
+        else:
+            entries.append((int(score), int(member)))
+    return ItemsList(entries, complete)
+
+
+def _stage_items(pipe: Any, temp: str, rows: Sequence[tuple[int, int]]) -> None:
+    mapping: dict[str, float] = {str(position): item_id for item_id, position in rows}
+    if len(rows) < ITEMS_LIST_SIZE:
+        mapping[ITEMS_SENTINEL] = ITEMS_SENTINEL_SCORE
+    pipe.zadd(temp, mapping)
+
+
+def items_list_of(rows: Sequence[tuple[int, int]]) -> ItemsList:
+    """What a fill of ``rows`` (the newest ITEMS_LIST_SIZE live items) caches."""
+    return ItemsList(list(rows), len(rows) < ITEMS_LIST_SIZE)
+
+
+@dataclass(frozen=True)
+class CachedPage:
+    """A page from the cache: ``items`` as (rendered entity fields, has_viewed)."""
+
+    member: bool
+    items: list[tuple[dict[bytes, bytes], bool]]
+
+
 # --- write side: the ops a committed change carries ----------------------------------------
 
 
@@ -227,12 +301,23 @@ def on_all_viewed(change: Change, keys: Keyspace, user_id: int, group_id: int, w
             change.op("SETBIT", rs_key, bit, 1)
 
 
-def on_item_created(change: Change, keys: Keyspace, group_id: int, position: int) -> None:
+def on_item_created(change: Change, keys: Keyspace, group_id: int, position: int,
+                    item_id: int) -> None:
+    """The item joins the live bitmap and the newest-items list (trimmed to its bound: a
+    full list loses its oldest entry, the sentinel first). Its entity is cached by the
+    first read that misses it (a change never creates a key)."""
     change.op("SETBIT", live_key(keys, group_id), position, 1)
+    lkey = items_key(keys, group_id)
+    change.op("ZADD", lkey, item_id, position)
+    change.op("ZREMRANGEBYRANK", lkey, 0, -(ITEMS_LIST_SIZE + 1))
 
 
-def on_item_deleted(change: Change, keys: Keyspace, group_id: int, position: int) -> None:
+def on_item_deleted(change: Change, keys: Keyspace, group_id: int, position: int,
+                    item_id: int) -> None:
+    """Out of the live bitmap and the list; its entity dropped."""
     change.op("SETBIT", live_key(keys, group_id), position, 0)
+    change.op("ZREMRANGEBYSCORE", items_key(keys, group_id), item_id, item_id)
+    change.op("DEL", item_key(keys, group_id, item_id))
 
 
 # --- read side ------------------------------------------------------------------------------
@@ -251,6 +336,7 @@ class ReadStates:
         self.cache = cache
         self.filler = filler
         self.db = db
+        self.entities = EntityStore(filler, PATH_ITEMS)
 
     # Loads from Postgres (what fills are made of).
 
@@ -311,6 +397,106 @@ class ReadStates:
             stats.count(GROUPS_PATH, "hit")
             return cached
         return group_id in fill_groups(self.filler, user_id, self._load_groups(user_id))
+
+    def _load_items_list(self, group_id: int) -> list[tuple[int, int]]:
+        with self.db.session() as session:
+            return store.newest_item_positions(session, group_id, ITEMS_LIST_SIZE)
+
+    def fill_items_list(self, group_id: int, refresh: bool = False) -> ItemsList:
+        """Fill the group's newest-items list after a miss (``refresh``: replace it)."""
+        lkey = items_key(self.cache.keys, group_id)
+
+        def poll(r: Any) -> Any:
+            reply = r.zrevrange(lkey, 0, -1, withscores=True)
+            return parse_items(reply) if reply else NO_VALUE
+
+        stats.count(PATH_ITEMS_LIST, "miss")
+        got = self.filler.fill_or_wait(
+            PATH_ITEMS_LIST, live_scope(group_id), [lkey],
+            lambda: self._load_items_list(group_id),
+            lambda pipe, temps, rows: _stage_items(pipe, temps[lkey], rows),
+            poll, refresh=refresh)
+        return got if isinstance(got, ItemsList) else items_list_of(got)
+
+    def cached_page(
+        self,
+        user_id: int,
+        group_id: int,
+        limit: int,
+        before: int | None,
+        check_member: bool,
+        load_items: Callable[[list[int]], Mapping[int, Mapping[str, Any]]],
+        before_fill: Callable[[], None] = lambda: None,
+    ) -> CachedPage | None:
+        """A feed page from Redis alone when warm, or None when the cache cannot answer it
+        (Redis down, or a page past the cached list's end): the caller reads Postgres.
+
+        Warm: two round trips. 1) the group's list (the page's ids and positions) and the
+        caller's membership; 2) the page's entities (group slot) and the caller's bits for
+        their positions (user slot). ``load_items(ids)`` renders missing entities (one
+        batched load); ``before_fill()`` runs before the list is filled from Postgres
+        (an admin's group check: an unknown group is never cached).
+        """
+        keys = self.cache.keys
+        lkey = items_key(keys, group_id)
+        rs_key = key(keys, user_id, group_id)
+        top = "+inf" if before is None else f"({before}"
+
+        def read_list(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)  # two slots: plain single-key commands
+            if check_member:
+                queue_member_check(pipe, keys, user_id, group_id)
+            pipe.zrevrangebyscore(lkey, top, "-inf", start=0, num=limit + 1, withscores=True)
+            pipe.exists(lkey)
+            return pipe.execute()
+
+        try:
+            reply = self.cache.run(PATH_ITEMS_LIST, read_list)
+            if check_member:
+                if not self._member(user_id, group_id, parse_member_check(reply[0])):
+                    return CachedPage(False, [])
+                reply = reply[1:]
+            listed, exists = reply
+            if exists:
+                stats.count(PATH_ITEMS_LIST, "hit")
+                entries = parse_items(listed).page(limit, before)
+            else:
+                before_fill()
+                entries = self.fill_items_list(group_id).page(limit, before)
+            if entries is None:
+                return None  # past the cached list: Postgres answers
+            wanted = [Entity(item_id, live_scope(group_id), item_key(keys, group_id, item_id))
+                      for item_id, _ in entries]
+            positions = [p for _, p in entries]
+
+            def read_page(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)  # two slots
+                queue_read(pipe, wanted)
+                BITFIELD_IF_EXISTS(
+                    keys=[rs_key],
+                    args=["GET", "u32", 0, *(a for p in positions for a in ("GET", "u1",
+                                                                            OFFSET + p))],
+                    client=pipe)
+                return pipe.execute()
+
+            reply = self.cache.run(PATH_PAGE, read_page) if wanted else [None]
+            found, fields = reply[:-1], reply[-1]
+            rendered = self.entities.complete(wanted, found, load_items)
+            if fields is not None:
+                stats.count(PATH_PAGE, "hit")
+                watermark = fields[0]
+                viewed = [p <= watermark or bool(b) for p, b in zip(positions, fields[1:],
+                                                                     strict=True)]
+            elif wanted:
+                state = self.fill_state(user_id, group_id, PATH_PAGE)
+                viewed = [state.viewed(p) for p in positions]
+            else:
+                viewed = []
+            # An entity gone meanwhile (deleted after the list was read) is left out.
+            return CachedPage(True, [(rendered[e.id], v) for e, v in
+                                     zip(wanted, viewed, strict=True) if e.id in rendered])
+        except CacheUnavailable:
+            return None
 
     # Read paths.
 
