@@ -38,13 +38,15 @@ bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
-from cache.entities import Entity, EntityStore, queue_read
+from cache.entities import Entity, EntityStore, isoformat, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 from cache.scripts import BITFIELD_IF_EXISTS
@@ -52,6 +54,7 @@ from cache.versioned import Change
 from storage import group_feed as store
 from storage import rebuild as rebuild_store
 from storage.db import Database
+from storage.models import FeedItem
 
 T = TypeVar("T")
 
@@ -265,6 +268,20 @@ def _stage_items(pipe: Any, temp: str, rows: Sequence[tuple[int, int]]) -> None:
     pipe.zadd(temp, mapping)
 
 
+def render_item(item: FeedItem) -> dict[str, bytes]:
+    """An item's entity fields: ``j``, its JSON object (FeedItemOut's fields and formats,
+    ``service/group_feed.py``) without ``has_viewed`` and the closing brace, which each
+    viewer's page appends."""
+    return {"j": orjson.dumps({
+        "id": item.id,
+        "group": item.group_id,
+        "title": item.title,
+        "content_type": item.content_type,
+        "author_id": item.author_id,
+        "created_at": isoformat(item.created_at),
+    })[:-1]}
+
+
 def items_list_of(rows: Sequence[tuple[int, int]]) -> ItemsList:
     """What a fill of ``rows`` (the newest ITEMS_LIST_SIZE live items) caches."""
     return ItemsList(list(rows), len(rows) < ITEMS_LIST_SIZE)
@@ -402,6 +419,14 @@ class ReadStates:
         with self.db.session() as session:
             return store.newest_item_positions(session, group_id, ITEMS_LIST_SIZE)
 
+    def _load_items(self, group_id: int) -> Callable[[list[int]], dict[int, dict[str, bytes]]]:
+        def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
+            with self.db.session() as session:
+                return {item.id: render_item(item)
+                        for item in store.live_items_by_id(session, group_id, ids)}
+
+        return load
+
     def fill_items_list(self, group_id: int, refresh: bool = False) -> ItemsList:
         """Fill the group's newest-items list after a miss (``refresh``: replace it)."""
         lkey = items_key(self.cache.keys, group_id)
@@ -425,7 +450,6 @@ class ReadStates:
         limit: int,
         before: int | None,
         check_member: bool,
-        load_items: Callable[[list[int]], Mapping[int, Mapping[str, Any]]],
         before_fill: Callable[[], None] = lambda: None,
     ) -> CachedPage | None:
         """A feed page from Redis alone when warm, or None when the cache cannot answer it
@@ -433,8 +457,8 @@ class ReadStates:
 
         Warm: two round trips. 1) the group's list (the page's ids and positions) and the
         caller's membership; 2) the page's entities (group slot) and the caller's bits for
-        their positions (user slot). ``load_items(ids)`` renders missing entities (one
-        batched load); ``before_fill()`` runs before the list is filled from Postgres
+        their positions (user slot). Missing entities are one batched load;
+        ``before_fill()`` runs before the list is filled from Postgres
         (an admin's group check: an unknown group is never cached).
         """
         keys = self.cache.keys
@@ -481,7 +505,7 @@ class ReadStates:
 
             reply = self.cache.run(PATH_PAGE, read_page) if wanted else [None]
             found, fields = reply[:-1], reply[-1]
-            rendered = self.entities.complete(wanted, found, load_items)
+            rendered = self.entities.complete(wanted, found, self._load_items(group_id))
             if fields is not None:
                 stats.count(PATH_PAGE, "hit")
                 watermark = fields[0]
@@ -724,4 +748,7 @@ def rebuild_group(deps: checks.Deps, group_id: int) -> None:
 
 
 def warm(deps: checks.Deps, user_id: int) -> None:
-    _states(deps).all_unread(user_id)  # groups set, read states, live bitmaps
+    states = _states(deps)
+    states.all_unread(user_id)  # groups set, read states, live bitmaps
+    for gid in _member_groups(deps, user_id):  # each group's list and its entities
+        states.cached_page(user_id, gid, ITEMS_LIST_SIZE, None, check_member=False)

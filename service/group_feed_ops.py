@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy.orm import Session
 
 from cache import group_feed as gf_cache
@@ -23,7 +22,7 @@ from cache.group_feed import ReadStates
 from service.auth import Caller
 from service.bootstrap import AppState
 from service.errors import ApiError, Forbidden, NotFound
-from service.fields import MAX_ID, isoformat
+from service.fields import MAX_ID
 from storage import group_feed as store
 from storage.models import FeedItem
 
@@ -46,24 +45,12 @@ def item_out(item: FeedItem, has_viewed: bool) -> dict[str, Any]:
     }
 
 
-# --- the item's entity: rendered once, shared by every viewer (cache/entities.py) --------
-# ``j`` is the item's JSON object without its closing brace; a page appends each viewer's
-# ``"has_viewed"`` and the brace, so no schema runs per item on the hot path. The fields and
-# formats are FeedItemOut's (service/group_feed.py; a test checks pages against it).
+# A page is assembled from the items' rendered entities (``cache.group_feed.render_item``:
+# each item's JSON object without its closing brace) and each viewer's ``"has_viewed"``,
+# so no schema runs per item on the hot path; FeedItemOut (service/group_feed.py) stays
+# the contract and a test checks pages against it.
 
 _VIEWED = (b',"has_viewed":false}', b',"has_viewed":true}')
-
-
-def render_item(item: FeedItem) -> dict[str, bytes]:
-    """The entity's fields (``j``: the JSON fragment)."""
-    return {"j": orjson.dumps({
-        "id": item.id,
-        "group": item.group_id,
-        "title": item.title,
-        "content_type": item.content_type,
-        "author_id": item.author_id,
-        "created_at": isoformat(item.created_at),
-    })[:-1]}
 
 
 def assemble_page(items: list[tuple[bytes, bool]]) -> bytes:
@@ -148,15 +135,10 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
             _check_group(session, group_id, caller)
         checked = True
 
-    def load_items(ids: list[int]) -> dict[int, dict[str, bytes]]:
-        with app_state.db.session() as session:
-            return {item.id: render_item(item)
-                    for item in store.live_items_by_id(session, group_id, ids)}
-
     # An admin's group check needs Postgres only when the group's list is not cached (a
     # cached list means the group exists: groups are never deleted).
     cached = states.cached_page(caller.id, group_id, limit, before,
-                                check_member=not caller.is_admin, load_items=load_items,
+                                check_member=not caller.is_admin,
                                 before_fill=check_admin if caller.is_admin else lambda: None)
     if cached is not None:
         if not cached.member:
@@ -174,7 +156,7 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
     if not page.member:
         with app_state.db.session() as session:
             _deny_group(session, group_id)
-    return assemble_page([(render_item(item)["j"], viewed)
+    return assemble_page([(gf_cache.render_item(item)["j"], viewed)
                           for item, viewed in zip(items, page.viewed, strict=True)])
 
 
