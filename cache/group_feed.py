@@ -9,6 +9,10 @@ Key layout (prefix and hash tags as in ``cache/keys.py``):
 ``{u:<uid>}:groups``  the user's group ids plus a sentinel 0 (see "the user's groups").
 ``{g:<gid>}:live``  one string per group, scope ``live`` of the group's tag: bit p is set
     iff the item at position p exists and is not deleted.
+``{g:<gid>}:items``  the group's newest live items (at most ``ITEMS_LIST_SIZE``), member =
+    position, score = item id; same scope (see "the group's newest items" below).
+``{g:<gid>}:item:<id>``  one item's entity (``cache/entities.py``): ``j`` = its rendered
+    JSON without ``has_viewed``; same scope. Shared by every member.
 
 ``unread(u, g) = popcount(live AND NOT viewed)``, computed here from the two strings; the
 two keys are in different slots, so they are fetched with plain GETs in one
@@ -22,7 +26,9 @@ Writes are ops of a committed ``Change`` (absolute, so replays are harmless):
   query); marking unread is rare, so this keeps one key per (user, group).
 - all viewed: ``SET rs "" KEEPTTL`` + ``SETBIT`` of the one-bits of the new W (the group's
   last position, read in the same snapshot as the SQL insert): O(1), at most 33 ops.
-- item created / deleted at p: ``SETBIT live p 1`` / ``0`` (every user's count at once).
+- item created / deleted at p: ``SETBIT live p 1`` / ``0`` (every user's count at once),
+  ``ZADD`` + rank trim of the list / ``ZREMRANGEBYSCORE`` of its id and ``DEL`` of its
+  entity (a new item's entity is cached by the first read that misses it).
 
 Fills: ``rs`` from ``feed_item_views`` (W = 0, one bit per viewed position), ``live`` from
 ``feed_items``. Every path answers from Postgres alone when Redis is unavailable.
@@ -32,8 +38,11 @@ Measured (Redis 7.0, ``MEMORY USAGE``;
 232 bytes for ``rs`` + 72 for its version copy per (user, group); 80 bytes after a
 mark-all; 232 bytes per group for ``live``. Alternatives measured at the same size: a second
 bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits (392
-bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 1
-(MULTI/EXEC in the user's slot), one group's unread count 1, all groups 2.
+bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 2 and
+0 SQL (the list and membership; the entities and the caller's bits), one group's unread
+count 1, all groups 2. A page past the cached list (older than the newest
+``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one statement) and its bits in one
+round trip.
 """
 
 from __future__ import annotations
@@ -676,6 +685,8 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
     for gid in live_groups:
         scopes.append(live_scope(gid))
         reads += [("get", keys.version(scopes[-1])), ("get", live_key(keys, gid))]
+    for gid in live_groups:  # the newest-items lists (same scope as the live bitmaps)
+        reads.append(("zrange", items_key(keys, gid)))
     cached = checks.peek(deps.cache, reads)
     before = checks.versions(deps, scopes)
     with deps.db.session() as session:
@@ -683,6 +694,8 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
         viewed = {p: set(store.viewed_positions(session, *p)) for p in pairs}
         live = {gid: set(store.live_positions(session, gid))
                 for gid in {g for _, g in pairs} | set(live_groups)}
+        newest = {gid: store.newest_item_positions(session, gid, ITEMS_LIST_SIZE)
+                  for gid in live_groups}
     after = checks.versions(deps, scopes)
     out: list[checks.Difference] = []
     i = 0
@@ -708,6 +721,18 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
             out += checks.differs(OPS_PATH, live_key(keys, gid), sorted(_bits(raw)),
                                   sorted(live[gid]), **who)
         i += 2
+    for n, gid in enumerate(live_groups):
+        copy = checks.version_copy(cached[len(users) * 2 + len(pairs) * 2 + 2 * n])
+        exists, raw = cached[i]
+        if exists and checks.settled(copy, before, after, live_scope(gid)):
+            # The list is the newest live items, all of them when it has the sentinel.
+            got = parse_items(list(reversed(raw)))
+            size = len(newest[gid]) if got.complete else len(got.entries)
+            out += checks.differs(OPS_PATH, items_key(keys, gid),
+                                  (got.entries, got.complete),
+                                  (newest[gid][:size], len(newest[gid]) < ITEMS_LIST_SIZE
+                                   if got.complete else False), **who)
+        i += 1
     return out
 
 

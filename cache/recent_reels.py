@@ -271,10 +271,12 @@ def _load(deps: checks.Deps, user_id: int) -> Callable[[], list[ListEntry]]:
 
 
 def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
-    """The recently viewed list (ids, view times and its completeness mark)."""
+    """The recently viewed list (ids, view times and its completeness mark) and the
+    user's durations and likes beside it."""
     keys = deps.cache.keys
-    user_scope, k = scope(user_id), key(keys, user_id)
-    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("zrange", k)])
+    user_scope, k, mk = scope(user_id), key(keys, user_id), mine_key(keys, user_id)
+    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("zrange", k),
+                                      ("hgetall", mk)])
     before = checks.versions(deps, [user_scope])
     truth = _load(deps, user_id)()
     after = checks.versions(deps, [user_scope])
@@ -285,7 +287,15 @@ def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
     got = sorted((int(m), int(s)) for m, s in raw if m != SENTINEL.encode())
     marked = any(m == SENTINEL.encode() for m, _ in raw)
     want = sorted((e.reel_id, e.viewed_at_ms) for e in truth)
-    return checks.differs(PATH, k, (got, marked), (want, True), user_id=user_id)
+    out = checks.differs(PATH, k, (got, marked), (want, True), user_id=user_id)
+    mine_exists, mine = cached[2]
+    if mine_exists:
+        want_mine = {MINE_SENTINEL: "1"}
+        for e in truth:
+            want_mine.update(_mine_fields(e))
+        out += checks.differs(PATH, mk, {f.decode(): v.decode() for f, v in mine.items()},
+                              want_mine, user_id=user_id)
+    return out
 
 
 def rebuild(deps: checks.Deps, user_id: int) -> None:
