@@ -112,3 +112,27 @@ def test_redis_down_same_page(client, auth, admin_headers, clock, state):
             {"reel_id": r["reel_id"], "likes_count": r["likes_count"]} for r in warm["reels"]]
     finally:
         state.cache.enabled = True
+
+
+def test_a_slow_fill_never_publishes_over_a_newer_write(client, auth, admin_headers, clock,
+                                                         state, monkeypatch):
+    import storage.recent_reels as storage
+    from service import recent_reels_ops
+
+    [reel] = make_reels(client, admin_headers, 1)
+    _view(client, auth(USER), reel)
+    recent(client, auth(USER))
+    r, key = state.cache.redis, recent_reels.reel_key(state.cache.keys, reel)
+    r.delete(key)  # evicted
+    original = storage.reel_entities
+
+    def slow(session, ids):
+        rows = original(session, ids)  # likes_count 0
+        monkeypatch.setattr(storage, "reel_entities", original)
+        assert recent_reels_ops.like(state, OTHER, reel) is True  # commits and applies
+        return rows
+
+    monkeypatch.setattr(storage, "reel_entities", slow)
+    recent(client, auth(USER))
+    assert not r.exists(key), "the fill loaded before the like must not be published"
+    assert recent(client, auth(USER))["reels"][0]["likes_count"] == 1
