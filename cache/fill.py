@@ -9,6 +9,7 @@ waiting), and a fill computed under an old version is discarded (see ``versioned
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,10 +27,14 @@ __all__ = ["Filler", "LeaseHeld", "read_through"]
 class Filler:
     """Fills for one cache: knows where versions' truth lives."""
 
-    def __init__(self, cache: Cache, load_version: Callable[[str], int]) -> None:
+    def __init__(self, cache: Cache, load_version: Callable[[str], int],
+                 load_versions: Callable[[list[str]], dict[str, int]] | None = None) -> None:
         self.cache = cache
         # load_version(row_name) -> the version in Postgres (0 if never bumped).
         self.load_version = load_version
+        # load_versions(row_names) -> {row_name: version}, one statement for many scopes.
+        self.load_versions = load_versions or (
+            lambda names: {name: load_version(name) for name in names})
 
     def version(self, path: str, scope: Scope) -> int:
         """The scope's current version, loading the copy from Postgres when Redis lost it."""
@@ -108,6 +113,119 @@ class Filler:
         if not cache.run(path, publish):
             stats.STALE_FILLS.labels(path).inc()
         return data
+
+    def fill_batch(
+        self,
+        path: str,
+        targets: Sequence[tuple[Scope, str]],
+        load: Callable[[list[int]], dict[int, T]],
+        stage: Callable[[Any, str, T], None],
+        poll: Callable[[Any, list[str]], list[Any]],
+        ttl: int | None = None,
+    ) -> dict[int, T]:
+        """``fill`` for many keys at once (the entities of a page), each under its own
+        scope's version: one round trip takes the leases and reads the version copies, ONE
+        ``load(indices)`` reads the keys this call leased from Postgres, one round trip
+        publishes them (``PUBLISH`` per key: a key whose scope moved meanwhile is dropped,
+        a key ``load`` did not answer is deleted). On a cluster each round trip is one
+        pipeline per node (redis-py sends them all before reading any reply).
+
+        Keys leased by another filler (or filled meanwhile) are polled with
+        ``poll(redis, keys)`` (``NO_VALUE`` per key not there yet) for ``lease_wait_ms``;
+        those still missing are loaded in a second batch without writing.
+        Returns ``{index in targets: value}`` for every index ``load`` answered.
+        Raises ``CacheUnavailable`` if Redis fails.
+        """
+        if not targets:
+            return {}
+        cache = self.cache
+        token = uuid.uuid4().hex
+        leases = [Lease(cache.keys.lease(key), cache.lease_ttl_ms, token) for _, key in targets]
+
+        def take_leases(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for (scope, key), lease in zip(targets, leases, strict=True):
+                lease.queue_take(pipe)
+                pipe.get(cache.keys.version(scope))
+                pipe.exists(key)
+            return pipe.execute()
+
+        replies = cache.run(path, take_leases)
+        mine: list[int] = []
+        others: list[int] = []
+        landed: list[int] = []
+        versions: dict[Scope, int] = {}
+        for i, (scope, _) in enumerate(targets):
+            got, raw_version, filled = replies[3 * i:3 * i + 3]
+            if not got:
+                others.append(i)
+            elif filled:
+                landed.append(i)
+            else:
+                mine.append(i)
+                if raw_version is not None:
+                    versions.setdefault(scope, int(raw_version))
+        lost = sorted({targets[i][0] for i in mine} - versions.keys(), key=str)
+        if lost:
+            # Copies Redis lost: their truth from Postgres (one statement), never restarted.
+            truth = self.load_versions([s.row_name for s in lost])
+
+            def set_max(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)
+                for s in lost:
+                    SET_MAX(keys=[cache.keys.version(s)],
+                            args=[truth[s.row_name], cache.idle_ttl], client=pipe)
+                return pipe.execute()
+
+            versions.update(zip(lost, (int(v) for v in cache.run(path, set_max)),
+                                strict=True))
+        out: dict[int, T] = {}
+        if mine:
+            data = load(mine)
+            out.update(data)
+
+            def publish(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)
+                for i in landed:
+                    leases[i].release(pipe)
+                at = []  # where each PUBLISH's answer is in the replies
+                for i in mine:
+                    scope, key = targets[i]
+                    temp = cache.keys.temp(key, token)
+                    pipe.delete(temp)
+                    if i in data:
+                        stage(pipe, temp, data[i])
+                    at.append(len(pipe))
+                    PUBLISH(
+                        keys=publish_keys(cache.keys, scope, leases[i].key, [(key, temp)]),
+                        args=[versions[scope], cache.idle_ttl, token, ttl or cache.idle_ttl],
+                        client=pipe,
+                    )
+                replies = pipe.execute()
+                return [replies[n] for n in at]
+
+            published = cache.run(path, publish)
+            stale = sum(1 for ok in published if not ok)
+            if stale:
+                stats.STALE_FILLS.labels(path).inc(stale)
+        elif landed:
+            cache.run(path, lambda r: [leases[i].release(r) for i in landed])
+        waiting = others + landed
+        if waiting:
+            wait_keys = [targets[i][1] for i in waiting]
+
+            def read_all() -> Any:
+                values = cache.run(path, lambda r: poll(r, wait_keys))
+                return NO_VALUE if any(v is NO_VALUE for v in values) else values
+
+            values = wait_for(read_all, cache.lease_wait_ms) if others else read_all()
+            if values is NO_VALUE:
+                stats.count(path, "fallback")
+                out.update(load(waiting))
+            else:
+                out.update((i, v) for i, v in zip(waiting, values, strict=True)
+                           if v is not None)
+        return out
 
     def fill_or_wait(
         self,

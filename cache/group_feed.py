@@ -9,6 +9,10 @@ Key layout (prefix and hash tags as in ``cache/keys.py``):
 ``{u:<uid>}:groups``  the user's group ids plus a sentinel 0 (see "the user's groups").
 ``{g:<gid>}:live``  one string per group, scope ``live`` of the group's tag: bit p is set
     iff the item at position p exists and is not deleted.
+``{g:<gid>}:items``  the group's newest live items (at most ``ITEMS_LIST_SIZE``), member =
+    position, score = item id; same scope (see "the group's newest items" below).
+``{g:<gid>}:item:<id>``  one item's entity (``cache/entities.py``): ``j`` = its rendered
+    JSON without ``has_viewed``; same scope. Shared by every member.
 
 ``unread(u, g) = popcount(live AND NOT viewed)``, computed here from the two strings; the
 two keys are in different slots, so they are fetched with plain GETs in one
@@ -22,7 +26,9 @@ Writes are ops of a committed ``Change`` (absolute, so replays are harmless):
   query); marking unread is rare, so this keeps one key per (user, group).
 - all viewed: ``SET rs "" KEEPTTL`` + ``SETBIT`` of the one-bits of the new W (the group's
   last position, read in the same snapshot as the SQL insert): O(1), at most 33 ops.
-- item created / deleted at p: ``SETBIT live p 1`` / ``0`` (every user's count at once).
+- item created / deleted at p: ``SETBIT live p 1`` / ``0`` (every user's count at once),
+  ``ZADD`` + rank trim of the list / ``ZREMRANGEBYSCORE`` of its id and ``DEL`` of its
+  entity (a new item's entity is cached by the first read that misses it).
 
 Fills: ``rs`` from ``feed_item_views`` (W = 0, one bit per viewed position), ``live`` from
 ``feed_items``. Every path answers from Postgres alone when Redis is unavailable.
@@ -32,8 +38,11 @@ Measured (Redis 7.0, ``MEMORY USAGE``;
 232 bytes for ``rs`` + 72 for its version copy per (user, group); 80 bytes after a
 mark-all; 232 bytes per group for ``live``. Alternatives measured at the same size: a second
 bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits (392
-bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 1
-(MULTI/EXEC in the user's slot), one group's unread count 1, all groups 2.
+bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 2 and
+0 SQL (the list and membership; the entities and the caller's bits), one group's unread
+count 1, all groups 2. A page past the cached list (older than the newest
+``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one statement) and its bits in one
+round trip.
 """
 
 from __future__ import annotations
@@ -42,20 +51,27 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.entities import Entity, EntityStore, isoformat, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
+from cache.scripts import BITFIELD_IF_EXISTS
 from cache.versioned import Change
 from storage import group_feed as store
 from storage import rebuild as rebuild_store
 from storage.db import Database
+from storage.models import FeedItem
 
 T = TypeVar("T")
 
 PATH_PAGE = "group_feed.has_viewed"
 PATH_UNREAD = "group_feed.unread"
 PATH_LIVE = "group_feed.live"
+PATH_ITEMS_LIST = "group_feed.items_list"
+PATH_ITEMS = "group_feed.items"
 
 HEADER_BYTES = 4
 OFFSET = HEADER_BYTES * 8  # bit offset of position 0 in the rs string
@@ -81,6 +97,16 @@ def live_scope(group_id: int) -> Scope:
 
 def live_key(keys: Keyspace, group_id: int) -> str:
     return keys.key(group_tag(group_id), "live")
+
+
+def items_key(keys: Keyspace, group_id: int) -> str:
+    """The group's newest live items: member = position, score = item id."""
+    return keys.key(group_tag(group_id), "items")
+
+
+def item_key(keys: Keyspace, group_id: int, item_id: int) -> str:
+    """One item's entity (``cache/entities.py``), in the group's slot."""
+    return keys.key(group_tag(group_id), "item", item_id)
 
 
 # --- the user's groups -------------------------------------------------------------------
@@ -204,6 +230,80 @@ def unread(live: bytes, state: ReadState) -> int:
     return (live_int & ~seen).bit_count()
 
 
+# --- the group's newest items (rule 7: a warm page sends no SQL) ----------------------------
+# ``{g:<gid>}:items`` holds the newest live items of the group: member = the item's
+# position (decimal), score = its id (ids follow positions within a group, and stay far
+# below 2^53, so scores are exact). At most ITEMS_LIST_SIZE entries (compact listpack).
+# The member ``_`` at score 0 (ids are positive) says the list reaches the group's first
+# item: without it the list holds exactly the live items whose id is at least its lowest
+# score (a create trims the oldest, a delete removes its own; both keep that true), so a
+# page that runs past its end is answered from Postgres. Scope: the group's ``live``.
+
+ITEMS_LIST_SIZE = 128
+ITEMS_SENTINEL = "_"
+ITEMS_SENTINEL_SCORE = 0
+
+
+@dataclass(frozen=True)
+class ItemsList:
+    """Part of the newest-items list: (id, position) newest first, and whether the list
+    reaches the group's first item."""
+
+    entries: list[tuple[int, int]]
+    complete: bool
+
+    def page(self, limit: int, before: int | None) -> list[tuple[int, int]] | None:
+        """The page's (id, position)s, or None if the list cannot tell (past its end)."""
+        entries = [e for e in self.entries if before is None or e[0] < before][:limit]
+        if len(entries) == limit or self.complete:
+            return entries
+        return None
+
+
+def parse_items(reply: Sequence[tuple[bytes, float]]) -> ItemsList:
+    entries, complete = [], False
+    for member, score in reply:
+        if member == ITEMS_SENTINEL.encode():
+            complete = True
+        else:
+            entries.append((int(score), int(member)))
+    return ItemsList(entries, complete)
+
+
+def _stage_items(pipe: Any, temp: str, rows: Sequence[tuple[int, int]]) -> None:
+    mapping: dict[str, float] = {str(position): item_id for item_id, position in rows}
+    if len(rows) < ITEMS_LIST_SIZE:
+        mapping[ITEMS_SENTINEL] = ITEMS_SENTINEL_SCORE
+    pipe.zadd(temp, mapping)
+
+
+def render_item(item: FeedItem) -> dict[str, bytes]:
+    """An item's entity fields: ``j``, its JSON object (FeedItemOut's fields and formats,
+    ``service/group_feed.py``) without ``has_viewed`` and the closing brace, which each
+    viewer's page appends."""
+    return {"j": orjson.dumps({
+        "id": item.id,
+        "group": item.group_id,
+        "title": item.title,
+        "content_type": item.content_type,
+        "author_id": item.author_id,
+        "created_at": isoformat(item.created_at),
+    })[:-1]}
+
+
+def items_list_of(rows: Sequence[tuple[int, int]]) -> ItemsList:
+    """What a fill of ``rows`` (the newest ITEMS_LIST_SIZE live items) caches."""
+    return ItemsList(list(rows), len(rows) < ITEMS_LIST_SIZE)
+
+
+@dataclass(frozen=True)
+class CachedPage:
+    """A page from the cache: ``items`` as (rendered entity fields, has_viewed)."""
+
+    member: bool
+    items: list[tuple[dict[bytes, bytes], bool]]
+
+
 # --- write side: the ops a committed change carries ----------------------------------------
 
 
@@ -227,12 +327,23 @@ def on_all_viewed(change: Change, keys: Keyspace, user_id: int, group_id: int, w
             change.op("SETBIT", rs_key, bit, 1)
 
 
-def on_item_created(change: Change, keys: Keyspace, group_id: int, position: int) -> None:
+def on_item_created(change: Change, keys: Keyspace, group_id: int, position: int,
+                    item_id: int) -> None:
+    """The item joins the live bitmap and the newest-items list (trimmed to its bound: a
+    full list loses its oldest entry, the sentinel first). Its entity is cached by the
+    first read that misses it (a change never creates a key)."""
     change.op("SETBIT", live_key(keys, group_id), position, 1)
+    lkey = items_key(keys, group_id)
+    change.op("ZADD", lkey, item_id, position)
+    change.op("ZREMRANGEBYRANK", lkey, 0, -(ITEMS_LIST_SIZE + 1))
 
 
-def on_item_deleted(change: Change, keys: Keyspace, group_id: int, position: int) -> None:
+def on_item_deleted(change: Change, keys: Keyspace, group_id: int, position: int,
+                    item_id: int) -> None:
+    """Out of the live bitmap and the list; its entity dropped."""
     change.op("SETBIT", live_key(keys, group_id), position, 0)
+    change.op("ZREMRANGEBYSCORE", items_key(keys, group_id), item_id, item_id)
+    change.op("DEL", item_key(keys, group_id, item_id))
 
 
 # --- read side ------------------------------------------------------------------------------
@@ -251,6 +362,7 @@ class ReadStates:
         self.cache = cache
         self.filler = filler
         self.db = db
+        self.entities = EntityStore(filler, PATH_ITEMS)
 
     # Loads from Postgres (what fills are made of).
 
@@ -311,6 +423,113 @@ class ReadStates:
             stats.count(GROUPS_PATH, "hit")
             return cached
         return group_id in fill_groups(self.filler, user_id, self._load_groups(user_id))
+
+    def _load_items_list(self, group_id: int) -> list[tuple[int, int]]:
+        with self.db.session() as session:
+            return store.newest_item_positions(session, group_id, ITEMS_LIST_SIZE)
+
+    def _load_items(self, group_id: int) -> Callable[[list[int]], dict[int, dict[str, bytes]]]:
+        def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
+            with self.db.session() as session:
+                return {item.id: render_item(item)
+                        for item in store.live_items_by_id(session, group_id, ids)}
+
+        return load
+
+    def fill_items_list(self, group_id: int, refresh: bool = False) -> ItemsList:
+        """Fill the group's newest-items list after a miss (``refresh``: replace it)."""
+        lkey = items_key(self.cache.keys, group_id)
+
+        def poll(r: Any) -> Any:
+            reply = r.zrevrange(lkey, 0, -1, withscores=True)
+            return parse_items(reply) if reply else NO_VALUE
+
+        stats.count(PATH_ITEMS_LIST, "miss")
+        got = self.filler.fill_or_wait(
+            PATH_ITEMS_LIST, live_scope(group_id), [lkey],
+            lambda: self._load_items_list(group_id),
+            lambda pipe, temps, rows: _stage_items(pipe, temps[lkey], rows),
+            poll, refresh=refresh)
+        return got if isinstance(got, ItemsList) else items_list_of(got)
+
+    def cached_page(
+        self,
+        user_id: int,
+        group_id: int,
+        limit: int,
+        before: int | None,
+        check_member: bool,
+        before_fill: Callable[[], None] = lambda: None,
+    ) -> CachedPage | None:
+        """A feed page from Redis alone when warm, or None when the cache cannot answer it
+        (Redis down, or a page past the cached list's end): the caller reads Postgres.
+
+        Warm: two round trips. 1) the group's list (the page's ids and positions) and the
+        caller's membership; 2) the page's entities (group slot) and the caller's bits for
+        their positions (user slot). Missing entities are one batched load;
+        ``before_fill()`` runs before the list is filled from Postgres
+        (an admin's group check: an unknown group is never cached).
+        """
+        keys = self.cache.keys
+        lkey = items_key(keys, group_id)
+        rs_key = key(keys, user_id, group_id)
+        top = "+inf" if before is None else f"({before}"
+
+        def read_list(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)  # two slots: plain single-key commands
+            if check_member:
+                queue_member_check(pipe, keys, user_id, group_id)
+            pipe.zrevrangebyscore(lkey, top, "-inf", start=0, num=limit + 1, withscores=True)
+            pipe.exists(lkey)
+            return pipe.execute()
+
+        try:
+            reply = self.cache.run(PATH_ITEMS_LIST, read_list)
+            if check_member:
+                if not self._member(user_id, group_id, parse_member_check(reply[0])):
+                    return CachedPage(False, [])
+                reply = reply[1:]
+            listed, exists = reply
+            if exists:
+                stats.count(PATH_ITEMS_LIST, "hit")
+                entries = parse_items(listed).page(limit, before)
+            else:
+                before_fill()
+                entries = self.fill_items_list(group_id).page(limit, before)
+            if entries is None:
+                return None  # past the cached list: Postgres answers
+            wanted = [Entity(item_id, live_scope(group_id), item_key(keys, group_id, item_id))
+                      for item_id, _ in entries]
+            positions = [p for _, p in entries]
+
+            def read_page(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)  # two slots
+                queue_read(pipe, wanted)
+                BITFIELD_IF_EXISTS(
+                    keys=[rs_key],
+                    args=["GET", "u32", 0, *(a for p in positions for a in ("GET", "u1",
+                                                                            OFFSET + p))],
+                    client=pipe)
+                return pipe.execute()
+
+            reply = self.cache.run(PATH_PAGE, read_page) if wanted else [None]
+            found, fields = reply[:-1], reply[-1]
+            rendered = self.entities.complete(wanted, found, self._load_items(group_id))
+            if fields is not None:
+                stats.count(PATH_PAGE, "hit")
+                watermark = fields[0]
+                viewed = [p <= watermark or bool(b) for p, b in zip(positions, fields[1:],
+                                                                     strict=True)]
+            elif wanted:
+                state = self.fill_state(user_id, group_id, PATH_PAGE)
+                viewed = [state.viewed(p) for p in positions]
+            else:
+                viewed = []
+            # An entity gone meanwhile (deleted after the list was read) is left out.
+            return CachedPage(True, [(rendered[e.id], v) for e, v in
+                                     zip(wanted, viewed, strict=True) if e.id in rendered])
+        except CacheUnavailable:
+            return None
 
     # Read paths.
 
@@ -466,6 +685,8 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
     for gid in live_groups:
         scopes.append(live_scope(gid))
         reads += [("get", keys.version(scopes[-1])), ("get", live_key(keys, gid))]
+    for gid in live_groups:  # the newest-items lists (same scope as the live bitmaps)
+        reads.append(("zrange", items_key(keys, gid)))
     cached = checks.peek(deps.cache, reads)
     before = checks.versions(deps, scopes)
     with deps.db.session() as session:
@@ -473,6 +694,8 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
         viewed = {p: set(store.viewed_positions(session, *p)) for p in pairs}
         live = {gid: set(store.live_positions(session, gid))
                 for gid in {g for _, g in pairs} | set(live_groups)}
+        newest = {gid: store.newest_item_positions(session, gid, ITEMS_LIST_SIZE)
+                  for gid in live_groups}
     after = checks.versions(deps, scopes)
     out: list[checks.Difference] = []
     i = 0
@@ -498,6 +721,18 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
             out += checks.differs(OPS_PATH, live_key(keys, gid), sorted(_bits(raw)),
                                   sorted(live[gid]), **who)
         i += 2
+    for n, gid in enumerate(live_groups):
+        copy = checks.version_copy(cached[len(users) * 2 + len(pairs) * 2 + 2 * n])
+        exists, raw = cached[i]
+        if exists and checks.settled(copy, before, after, live_scope(gid)):
+            # The list is the newest live items, all of them when it has the sentinel.
+            got = parse_items(list(reversed(raw)))
+            size = len(newest[gid]) if got.complete else len(got.entries)
+            out += checks.differs(OPS_PATH, items_key(keys, gid),
+                                  (got.entries, got.complete),
+                                  (newest[gid][:size], len(newest[gid]) < ITEMS_LIST_SIZE
+                                   if got.complete else False), **who)
+        i += 1
     return out
 
 
@@ -538,4 +773,7 @@ def rebuild_group(deps: checks.Deps, group_id: int) -> None:
 
 
 def warm(deps: checks.Deps, user_id: int) -> None:
-    _states(deps).all_unread(user_id)  # groups set, read states, live bitmaps
+    states = _states(deps)
+    states.all_unread(user_id)  # groups set, read states, live bitmaps
+    for gid in _member_groups(deps, user_id):  # each group's list and its entities
+        states.cached_page(user_id, gid, ITEMS_LIST_SIZE, None, check_member=False)

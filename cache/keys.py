@@ -19,6 +19,10 @@ def group_tag(group_id: int) -> str:
     return f"g:{group_id}"
 
 
+def reel_tag(reel_id: int) -> str:
+    return f"r:{reel_id}"
+
+
 GLOBAL_TAG = "global"
 
 

@@ -53,7 +53,7 @@ def user_fixed_keys(keys: Keyspace, user_id: int) -> list[str]:
     copies (the per-group read states are found through the cached groups set)."""
     names = [
         *activity_feed.all_keys(keys, user_id),
-        recent_reels.key(keys, user_id),
+        *recent_reels.scope_keys(keys, user_id),
         gf_cache.groups_key(keys, user_id),
         CommunityKeys(keys).followees(user_id),
         CommunityKeys(keys).collectives(user_id),

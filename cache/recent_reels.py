@@ -22,6 +22,20 @@ A miss is rebuilt once from Postgres (single flight, ``cache.fill``); Redis down
 the answer comes from Postgres, identical by construction (same order, see
 ``storage.recent_reels``).
 
+Beside it, in the same slot and scope, ``{u:<id>}:reels:mine``: a hash of what only this
+user sees of each reel in the list (``d:<reel>``: the last known ``view_duration``, empty
+for null; ``l:<reel>``: ``1`` if the user likes it) plus the sentinel field ``_``. A read
+needs both keys; either missing is a miss and both are filled together. Views, trims and
+(un)likes keep it current through the user's change.
+
+The reels themselves (rule 7): one entity per reel (``cache/entities.py``), shared by every
+viewer, ``{r:<id>}:reel`` in the reel's own slot under ``Scope(r:<id>, "reel")``:
+``video_url`` and ``description`` as rendered JSON, ``likes_count`` and ``views_count`` as
+decimal fields that the view's or like's change sets in place (``HSET`` of the absolute
+count the write read under the reel's row lock; the reel's version orders them). A warm
+page is two round trips and no SQL: the user's slot (list + hash), then the page's reels
+(one pipeline; on a cluster one per node, in parallel).
+
 Measured on Redis 7.0, one user's full list (50 reels + sentinel): ``OBJECT ENCODING``
 listpack; ``MEMORY USAGE`` 968 bytes with ten-digit reel ids (712 with ids below 100,
 1,096 with thirteen digits). ``tests/integration/recent_reels/test_reels_cache.py``
@@ -34,15 +48,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from cache import checks
 from cache.client import NO_VALUE
+from cache.entities import Entity, EntityStore, Fields
 from cache.fill import read_through
-from cache.keys import Keyspace, Scope, user_tag
+from cache.keys import Keyspace, Scope, reel_tag, user_tag
 from cache.versioned import Change
 from storage import recent_reels as reels_store
-from storage.recent_reels import ListEntry
+from storage.recent_reels import ListEntry, ReelEntity
 
 PATH = "recent_reels"
+PATH_REELS = "recent_reels.reels"
 SENTINEL = "_"
 SENTINEL_SCORE = "-inf"
 # A sorted set keeps its compact encoding up to 128 entries: N reels plus the sentinel.
@@ -55,6 +73,31 @@ def scope(user_id: int) -> Scope:
 
 def key(keys: Keyspace, user_id: int) -> str:
     return keys.key(user_tag(user_id), "reels", "recent")
+
+
+def mine_key(keys: Keyspace, user_id: int) -> str:
+    """The user's view durations and likes of the reels in their list."""
+    return keys.key(user_tag(user_id), "reels", "mine")
+
+
+def scope_keys(keys: Keyspace, user_id: int) -> list[str]:
+    """Every key of the user's ``reels`` scope (a change names them all)."""
+    return [key(keys, user_id), mine_key(keys, user_id)]
+
+
+def reel_scope(reel_id: int) -> Scope:
+    return Scope(reel_tag(reel_id), "reel")
+
+
+def reel_key(keys: Keyspace, reel_id: int) -> str:
+    return keys.key(reel_tag(reel_id), "reel")
+
+
+def reel_entity(keys: Keyspace, reel_id: int) -> Entity:
+    return Entity(reel_id, reel_scope(reel_id), reel_key(keys, reel_id))
+
+
+MINE_SENTINEL = "_"
 
 
 @dataclass(frozen=True)
@@ -75,27 +118,45 @@ def read(redis: Any, keys: Keyspace, user_id: int, start: int, count: int, ttl: 
 
     Refreshes the idle TTL of a list in use.
     """
-    k = key(keys, user_id)
+    k, mk = key(keys, user_id), mine_key(keys, user_id)
     pipe = redis.pipeline(transaction=False)
     pipe.zcard(k)
     # Newest first; the sentinel (lowest) can only show at the end of the last page.
     pipe.zrevrange(k, start, start + count - 1, withscores=True)
+    pipe.hgetall(mk)
     pipe.expire(k, ttl)
-    size, members, _ = pipe.execute()
-    if not size:
+    pipe.expire(mk, ttl)
+    size, members, mine, _, _ = pipe.execute()
+    if not size or not mine:
         return NO_VALUE
-    entries = [
-        ListEntry(int(member), int(score)) for member, score in members
-        if member != SENTINEL.encode()
-    ]
+    entries = []
+    for member, score in members:
+        if member == SENTINEL.encode():
+            continue
+        duration = mine.get(b"d:" + member)
+        entries.append(ListEntry(int(member), int(score),
+                                 int(duration) if duration else None,
+                                 b"l:" + member in mine))
     return RecentPage(size - 1, entries)
 
 
-def stage(pipe: Any, temp: str, entries: Sequence[ListEntry]) -> None:
-    """Write a whole list (from Postgres) into the fill's temporary key."""
+def _mine_fields(e: ListEntry) -> dict[str, str]:
+    fields = {f"d:{e.reel_id}": "" if e.view_duration is None else str(e.view_duration)}
+    if e.is_liked:
+        fields[f"l:{e.reel_id}"] = "1"
+    return fields
+
+
+def stage(pipe: Any, temps: dict[str, str], keys: Keyspace, user_id: int,
+          entries: Sequence[ListEntry]) -> None:
+    """Write a whole list (from Postgres) into the fill's temporary keys."""
     mapping: dict[str, Any] = {SENTINEL: SENTINEL_SCORE}
     mapping.update({str(e.reel_id): e.viewed_at_ms for e in entries})
-    pipe.zadd(temp, mapping)
+    pipe.zadd(temps[key(keys, user_id)], mapping)
+    mine: dict[str, str] = {MINE_SENTINEL: "1"}
+    for e in entries:
+        mine.update(_mine_fields(e))
+    pipe.hset(temps[mine_key(keys, user_id)], mapping=mine)
 
 
 def record(
@@ -107,18 +168,70 @@ def record(
     capacity: int,
     ttl: int,
 ) -> None:
-    """Add to ``change`` the ops that turn the cached list into the committed one."""
-    k = key(keys, user_id)
+    """Add to ``change`` the ops that turn the cached list (and the user's durations and
+    likes beside it) into the committed one."""
+    k, mk = key(keys, user_id), mine_key(keys, user_id)
     if upserted:
         args: list[str] = []
+        mine: list[str] = []
+        unliked: list[str] = []
         for e in upserted:
             args += [str(e.viewed_at_ms), str(e.reel_id)]
+            for name, value in _mine_fields(e).items():
+                mine += [name, value]
+            if not e.is_liked:
+                unliked.append(f"l:{e.reel_id}")
         change.op("ZADD", k, *args)
+        change.op("HSET", mk, *mine)
+        if unliked:
+            change.op("HDEL", mk, *unliked)
     if trimmed:
         change.op("ZREM", k, *(str(r) for r in trimmed))
+        change.op("HDEL", mk, *(f"{p}:{r}" for r in trimmed for p in ("d", "l")))
     # A bound, not the mechanism: ZREM above already removed exactly what Postgres did.
     change.op("ZREMRANGEBYRANK", k, "1", str(-(capacity + 1)))
     change.op("EXPIRE", k, str(ttl))
+    change.op("EXPIRE", mk, str(ttl))
+
+
+def on_like(change: Change, keys: Keyspace, user_id: int, reel_id: int, liked: bool) -> None:
+    """The user's like of a reel in their list (``is_liked`` on their page)."""
+    if liked:
+        change.op("HSET", mine_key(keys, user_id), f"l:{reel_id}", "1")
+    else:
+        change.op("HDEL", mine_key(keys, user_id), f"l:{reel_id}")
+
+
+def on_counts(change: Change, keys: Keyspace, reel_id: int, **counts: int) -> None:
+    """A reel's counters (``likes_count``, ``views_count``), absolute, in place."""
+    args: list[Any] = []
+    for name, value in counts.items():
+        args += [name, value]
+    change.op("HSET", reel_key(keys, reel_id), *args)
+
+
+def render_reel(reel: ReelEntity) -> dict[str, bytes]:
+    """A reel's entity fields: each shared field's JSON value, rendered once."""
+    return {
+        "video_url": orjson.dumps(reel.video_url),
+        "description": orjson.dumps(reel.description),
+        "likes_count": b"%d" % reel.likes_count,
+        "views_count": b"%d" % reel.views_count,
+    }
+
+
+def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields]:
+    """The entities of a page's reels: one pipeline, the missing ones one batched fill;
+    Redis down: from Postgres. A reel that no longer exists is absent."""
+
+    def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
+        with app_state.db.session() as session:
+            return {i: render_reel(r)
+                    for i, r in reels_store.reel_entities(session, ids).items()}
+
+    keys = app_state.cache.keys
+    return EntityStore(app_state.filler, PATH_REELS).read(
+        [reel_entity(keys, e.reel_id) for e in entries], load)
 
 
 def recent_page(
@@ -132,11 +245,11 @@ def recent_page(
     Postgres); with Redis down or busy, the page computed from ``load()`` alone."""
     cache = app_state.cache
     keys = cache.keys
-    k = key(keys, user_id)
 
     def fill() -> RecentPage:
         entries = app_state.filler.fill(
-            PATH, scope(user_id), [k], load, lambda pipe, temps, data: stage(pipe, temps[k], data)
+            PATH, scope(user_id), scope_keys(keys, user_id), load,
+            lambda pipe, temps, data: stage(pipe, temps, keys, user_id, data)
         )
         return page_of(entries, start, count)
 
@@ -158,10 +271,12 @@ def _load(deps: checks.Deps, user_id: int) -> Callable[[], list[ListEntry]]:
 
 
 def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
-    """The recently viewed list (ids, view times and its completeness mark)."""
+    """The recently viewed list (ids, view times and its completeness mark) and the
+    user's durations and likes beside it."""
     keys = deps.cache.keys
-    user_scope, k = scope(user_id), key(keys, user_id)
-    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("zrange", k)])
+    user_scope, k, mk = scope(user_id), key(keys, user_id), mine_key(keys, user_id)
+    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("zrange", k),
+                                      ("hgetall", mk)])
     before = checks.versions(deps, [user_scope])
     truth = _load(deps, user_id)()
     after = checks.versions(deps, [user_scope])
@@ -172,14 +287,25 @@ def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
     got = sorted((int(m), int(s)) for m, s in raw if m != SENTINEL.encode())
     marked = any(m == SENTINEL.encode() for m, _ in raw)
     want = sorted((e.reel_id, e.viewed_at_ms) for e in truth)
-    return checks.differs(PATH, k, (got, marked), (want, True), user_id=user_id)
+    out = checks.differs(PATH, k, (got, marked), (want, True), user_id=user_id)
+    mine_exists, mine = cached[2]
+    if mine_exists:
+        want_mine = {MINE_SENTINEL: "1"}
+        for e in truth:
+            want_mine.update(_mine_fields(e))
+        out += checks.differs(PATH, mk, {f.decode(): v.decode() for f, v in mine.items()},
+                              want_mine, user_id=user_id)
+    return out
 
 
 def rebuild(deps: checks.Deps, user_id: int) -> None:
-    k = key(deps.cache.keys, user_id)
-    deps.filler.fill(PATH, scope(user_id), [k], _load(deps, user_id),
-                     lambda pipe, temps, data: stage(pipe, temps[k], data))
+    keys = deps.cache.keys
+    deps.filler.fill(PATH, scope(user_id), scope_keys(keys, user_id), _load(deps, user_id),
+                     lambda pipe, temps, data: stage(pipe, temps, keys, user_id, data))
 
 
 def warm(deps: checks.Deps, user_id: int) -> None:
-    recent_page(deps, user_id, 0, 20, _load(deps, user_id))
+    """The list, the hash beside it and the entities of every reel in it."""
+    capacity = deps.settings.max_recent_reel_views
+    page = recent_page(deps, user_id, 0, capacity, _load(deps, user_id))
+    page_reels(deps, page.entries)

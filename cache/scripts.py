@@ -46,3 +46,14 @@ def load_all(client: Any) -> None:
     """Load every registered script into ``client``'s script cache."""
     for script in _REGISTERED:
         client.script_load(script.source)
+
+
+# Read helpers a pipeline needs to be atomic on one key without MULTI (a pipeline spanning
+# slots cannot hold a MULTI).
+
+# BITFIELD_RO of KEYS[1] with ARGV as its GET arguments, or nil if the key is missing (a
+# missing key would read as zeros: "nothing viewed", a wrong answer).
+BITFIELD_IF_EXISTS = LuaScript("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('BITFIELD_RO', KEYS[1], unpack(ARGV))
+""")

@@ -33,8 +33,8 @@ from cache.scripts import LuaScript
 
 # Commands a Change may carry: all idempotent when given absolute values.
 ALLOWED_OPS = frozenset(
-    {"SETBIT", "ZADD", "ZREM", "ZREMRANGEBYRANK", "HSET", "HDEL", "SET", "DEL", "SADD", "SREM",
-     "EXPIRE"}
+    {"SETBIT", "ZADD", "ZREM", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "HSET", "HDEL", "SET",
+     "DEL", "SADD", "SREM", "EXPIRE"}
 )
 
 APPLY_LUA = """

@@ -60,6 +60,12 @@ def load_version(db: Database, row_name: str) -> int:
         return cache_state.get_version(session, row_name)
 
 
+def load_versions(db: Database, row_names: list[str]) -> dict[str, int]:
+    """Many scopes' versions in Postgres, one statement (entity fills after a Redis loss)."""
+    with db.session() as session:
+        return cache_state.get_versions(session, row_names)
+
+
 def bootstrap(settings: Settings) -> AppState:
     """Build the service's dependencies. ``settings`` must carry both URLs."""
     if not settings.database_url or not settings.redis_url:
@@ -79,7 +85,8 @@ def bootstrap(settings: Settings) -> AppState:
         lease_wait_ms=settings.lease_wait_ms,
     )
     applier = Applier(cache)
-    filler = Filler(cache, lambda row_name: load_version(db, row_name))
+    filler = Filler(cache, lambda row_name: load_version(db, row_name),
+                    lambda row_names: load_versions(db, row_names))
     applier.publisher = Publisher(cache, filler, db)
     state = AppState(
         settings=settings,

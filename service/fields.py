@@ -10,6 +10,8 @@ from marshmallow import ValidationError as FieldError
 from marshmallow import fields, validate
 from werkzeug.routing import BaseConverter, ValidationError
 
+from cache.entities import isoformat  # the one time format; entities are rendered with it
+
 MAX_ID = 2**63 - 1
 # An id as text: ASCII digits (``\d`` would admit fullwidth and other Unicode digits), no
 # leading zero, at most as many digits as MAX_ID. Other spellings are not the id: 404/401.
@@ -36,13 +38,6 @@ def Id(**kwargs) -> fields.Integer:  # noqa: N802 - reads like a field class
     return fields.Integer(strict=True, validate=validate.Range(1, MAX_ID), **kwargs)
 
 
-def isoformat(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with ``Z``, as API.md requires."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class UtcDateTime(fields.DateTime):

@@ -135,7 +135,9 @@ def create_item(body: dict[str, Any]):
 @bp.response(200, FeedItemOut(many=True))
 def list_feed(args: dict[str, Any]):
     """A group's live items, newest first, each with the caller's ``has_viewed``."""
-    return ops.list_page(state(), g.user, args["group"], args["limit"], args["before"])
+    # Assembled from cached JSON (no per-item dump); FeedItemOut stays the contract.
+    return Response(ops.list_page(state(), g.user, args["group"], args["limit"],
+                                  args["before"]), mimetype="application/json")
 
 
 @bp.route("/api/v1/messaging/feed/<id:item_id>/", methods=["DELETE"])

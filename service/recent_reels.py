@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import g
+from flask import Response, g
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from service import recent_reels_ops as ops
@@ -257,8 +257,9 @@ def track_view_batch(body: dict):
 def recently_viewed(query: dict):
     """The caller's recently viewed reels, most recent first (at most
     MAX_RECENT_REEL_VIEWS, default 50)."""
-    return ops.recent_page(state(), g.user.id, query["page"], query["per_page"],
-                           query["fields"])
+    # Assembled from cached JSON (no per-reel dump); RecentReelsOut stays the contract.
+    return Response(ops.recent_page(state(), g.user.id, query["page"], query["per_page"],
+                                    query["fields"]), mimetype="application/json")
 
 
 @bp.route("/api/reels/<id:reel_id>/like", methods=["POST"])

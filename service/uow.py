@@ -67,6 +67,14 @@ class UnitOfWork:
         self.changes.append(change)
         return change
 
+    def adopt(self, change: Change) -> Change:
+        """Add a change whose version the write's own statement bumped in this transaction
+        (``storage.recent_reels.record_views`` bumps its reels' versions)."""
+        if any(existing.scope == change.scope for existing in self.changes):
+            raise ValueError(f"{change.scope} is changed twice in one unit of work")
+        self.changes.append(change)
+        return change
+
     def commit(self) -> None:
         if self.changes:
             cache_state.add_outbox(self.session, [c.to_json() for c in self.changes])

@@ -28,6 +28,15 @@ def bump_version(session: Session, name: str) -> int:
     return int(session.execute(_BUMP, {"name": name}).scalar_one())
 
 
+def get_versions(session: Session, names: Sequence[str]) -> dict[str, int]:
+    """Versions of many scopes in one statement (0 for a name never bumped)."""
+    rows = session.execute(
+        select(CacheVersion.name, CacheVersion.version).where(CacheVersion.name.in_(names))
+    ).all()
+    found = {name: int(version) for name, version in rows}
+    return {name: found.get(name, 0) for name in names}
+
+
 def get_version(session: Session, name: str) -> int:
     value = session.execute(
         select(CacheVersion.version).where(CacheVersion.name == name)

@@ -24,6 +24,8 @@ __all__ = [
     "create_item",
     "get_live_item",
     "list_items",
+    "newest_item_positions",
+    "live_items_by_id",
     "soft_delete_item",
     "get_view",
     "add_view",
@@ -90,6 +92,29 @@ def list_items(
     if before is not None:
         query = query.where(FeedItem.id < before)
     return list(session.execute(query.order_by(FeedItem.id.desc()).limit(limit)).scalars())
+
+
+def newest_item_positions(session: Session, group_id: int, limit: int
+                          ) -> list[tuple[int, int]]:
+    """(id, position) of the group's newest ``limit`` live items, newest first."""
+    rows = session.execute(
+        select(FeedItem.id, FeedItem.position)
+        .where(FeedItem.group_id == group_id, FeedItem.deleted_at.is_(None))
+        .order_by(FeedItem.id.desc())
+        .limit(limit)
+    )
+    return [(r.id, r.position) for r in rows]
+
+
+def live_items_by_id(session: Session, group_id: int, item_ids: Sequence[int]
+                     ) -> list[FeedItem]:
+    """The group's live items among ``item_ids`` (one statement, primary-key lookups)."""
+    if not item_ids:
+        return []
+    return list(session.execute(
+        select(FeedItem).where(FeedItem.id.in_(list(item_ids)), FeedItem.group_id == group_id,
+                               FeedItem.deleted_at.is_(None))
+    ).scalars())
 
 
 def soft_delete_item(session: Session, item_id: int) -> int | None:

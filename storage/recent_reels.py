@@ -15,8 +15,8 @@ cache-version row (``UnitOfWork.change``), then ``record_views`` locks the reels
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
@@ -61,10 +61,14 @@ class ViewWrite:
 
 @dataclass(frozen=True)
 class ListEntry:
-    """One entry of a user's recently viewed list."""
+    """One entry of a user's recently viewed list, with what only this viewer sees of the
+    reel (the last known ``view_duration``, ``is_liked``; not part of equality: an entry is
+    its place in the list)."""
 
     reel_id: int
     viewed_at_ms: int
+    view_duration: int | None = field(default=None, compare=False)
+    is_liked: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -73,24 +77,37 @@ class RecordedViews:
 
     ``reels``: the named reels that exist (views of the available ones were recorded).
     ``upserted``: entries whose ``viewed_at`` is now the given one and that are still in
-    the list after trimming. ``trimmed``: reel ids dropped from the list by the cap.
+    the list after trimming (with the viewer's duration and like). ``trimmed``: reel ids
+    dropped from the list by the cap. ``views_counts``: the counted reels' new
+    ``views_count`` (absolute, read under their row locks); ``versions``: their cache
+    versions, bumped by the same statement.
     """
 
     reels: dict[int, ReelInfo]
     upserted: list[ListEntry]
     trimmed: list[int]
+    views_counts: dict[int, int] = field(default_factory=dict)
+    versions: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class ReelDetails:
-    """What a page shows of one reel for one viewer."""
+class ReelEntity:
+    """What every viewer sees of a reel (the entity cache's source)."""
 
     video_url: str
     description: str | None
     likes_count: int
     views_count: int
-    view_duration: int | None
-    is_liked: bool
+
+
+@dataclass(frozen=True)
+class LikeChange:
+    """A like or unlike: whether it changed anything, the reel's new ``likes_count`` if so,
+    and whether the reel is in the user's recently viewed list."""
+
+    changed: bool
+    likes_count: int | None
+    in_list: bool
 
 
 def get_reel(session: Session, reel_id: int) -> ReelInfo | None:
@@ -122,7 +139,15 @@ _RECORD = text(
     "  FROM unnest(CAST(:count_ids AS bigint[]), CAST(:counts AS bigint[])) AS v(id, n),"
     "       locked"
     "  WHERE reels.id = v.id AND locked.id = v.id AND locked.is_available"
-    "  RETURNING reels.id), "
+    "  RETURNING reels.id, reels.views_count), "
+    "bumped AS ("
+    "  INSERT INTO cache_versions (name, version)"
+    "  SELECT n.name, 1 FROM counted"
+    "  JOIN unnest(CAST(:count_ids AS bigint[]), CAST(:version_names AS text[])) AS n(id, name)"
+    "    ON n.id = counted.id AND n.name IS NOT NULL"
+    "  ORDER BY n.name"
+    "  ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1"
+    "  RETURNING name, version), "
     "upserted AS ("
     "  INSERT INTO reel_views AS rv (user_id, reel_id, viewed_at, view_duration)"
     "  SELECT :user_id, v.reel_id, v.viewed_at,"
@@ -141,11 +166,19 @@ _RECORD = text(
     "  ON CONFLICT (user_id, reel_id) DO UPDATE"
     "  SET viewed_at = excluded.viewed_at, view_duration = excluded.view_duration"
     "  WHERE excluded.viewed_at >= rv.viewed_at"
-    "  RETURNING reel_id, viewed_at) "
-    "SELECT 'reel' AS kind, id, duration, is_available, NULL::timestamptz AS viewed_at "
+    "  RETURNING reel_id, viewed_at, view_duration) "
+    "SELECT 'reel' AS kind, id, duration, is_available, NULL::timestamptz AS viewed_at,"
+    "  NULL::integer AS view_duration, NULL::boolean AS is_liked, NULL::bigint AS n,"
+    "  NULL::text AS name "
     "FROM locked "
     "UNION ALL "
-    "SELECT 'view', reel_id, NULL, NULL, viewed_at FROM upserted"
+    "SELECT 'view', u.reel_id, NULL, NULL, u.viewed_at, u.view_duration,"
+    "  EXISTS (SELECT 1 FROM reel_likes l WHERE l.user_id = :user_id"
+    "          AND l.reel_id = u.reel_id), NULL, NULL FROM upserted u "
+    "UNION ALL "
+    "SELECT 'count', id, NULL, NULL, NULL, NULL, NULL, views_count, NULL FROM counted "
+    "UNION ALL "
+    "SELECT 'version', NULL, NULL, NULL, NULL, NULL, NULL, version, name FROM bumped"
 )
 
 _TRIM = text(
@@ -157,7 +190,8 @@ _TRIM = text(
 
 
 def record_views(
-    session: Session, user_id: int, views: Sequence[ViewWrite], keep: int
+    session: Session, user_id: int, views: Sequence[ViewWrite], keep: int,
+    version_names: Mapping[int, str] | None = None,
 ) -> RecordedViews:
     """Record ``user_id``'s ``views`` of the reels that exist and are available, in two
     statements (the caller holds the user's version row lock):
@@ -167,7 +201,9 @@ def record_views(
       a duration keeps the newest known one (stored, or earlier in this batch), null if none;
       a duration longer than the reel is capped at the reel's;
     - every view of an available reel counts once in its ``views_count``, overtaking or not;
-    - the user's rows beyond the newest ``keep`` are deleted in this same transaction.
+    - the user's rows beyond the newest ``keep`` are deleted in this same transaction;
+    - the ``cache_versions`` row ``version_names[reel]`` of every counted reel is bumped
+      (after its reel row lock: the lock order of every writer of a reel).
 
     The views of missing or unavailable reels change nothing; ``reels`` says which reels
     exist, for the caller's rejections.
@@ -203,6 +239,7 @@ def record_views(
             "ids": sorted(counts),
             "count_ids": list(counts),
             "counts": list(counts.values()),
+            "version_names": [(version_names or {}).get(i) for i in counts],
             "reel_ids": [v.reel_id for v in rows],
             "viewed_ats": [ms_to_datetime(v.viewed_at_ms) for v in rows],
             "durations": [v.view_duration for v in rows],
@@ -214,55 +251,52 @@ def record_views(
     reels = {r.id: ReelInfo(r.id, r.duration, r.is_available)
              for r in result if r.kind == "reel"}
     changed = [r for r in result if r.kind == "view"]
+    counts = {r.id: int(r.n) for r in result if r.kind == "count"}
+    by_name = {name: i for i, name in (version_names or {}).items()}
+    versions = {by_name[r.name]: int(r.n) for r in result if r.kind == "version"}
     if not any(reel.is_available for reel in reels.values()):
-        return RecordedViews(reels, [], [])
+        return RecordedViews(reels, [], [], counts, versions)
     trimmed = [r.reel_id for r in session.execute(_TRIM, {"user_id": user_id, "keep": keep})]
     gone = set(trimmed)
     upserted = [
-        ListEntry(r.id, datetime_to_ms(r.viewed_at)) for r in changed if r.id not in gone
+        ListEntry(r.id, datetime_to_ms(r.viewed_at), r.view_duration, bool(r.is_liked))
+        for r in changed if r.id not in gone
     ]
-    return RecordedViews(reels, upserted, trimmed)
+    return RecordedViews(reels, upserted, trimmed, counts, versions)
 
 
 def recent_views(session: Session, user_id: int, limit: int) -> list[ListEntry]:
-    """The user's list, newest first (at most ``limit``: the cap, normally all rows)."""
+    """The user's list, newest first (at most ``limit``: the cap, normally all rows), with
+    the user's ``view_duration`` and ``is_liked`` of each reel (one statement)."""
     rows = session.execute(
         text(
-            "SELECT reel_id, viewed_at FROM reel_views WHERE user_id = :user_id "
+            "SELECT reel_id, viewed_at, view_duration,"
+            "  EXISTS (SELECT 1 FROM reel_likes l WHERE l.user_id = :user_id"
+            "          AND l.reel_id = reel_views.reel_id) AS is_liked "
+            "FROM reel_views WHERE user_id = :user_id "
             f"ORDER BY {LIST_ORDER} LIMIT :limit"
         ),
         {"user_id": user_id, "limit": limit},
     )
-    return [ListEntry(r.reel_id, datetime_to_ms(r.viewed_at)) for r in rows]
+    return [ListEntry(r.reel_id, datetime_to_ms(r.viewed_at), r.view_duration, r.is_liked)
+            for r in rows]
 
 
-def page_details(session: Session, user_id: int, reel_ids: Sequence[int]) -> dict[int, ReelDetails]:
-    """One query for a page: each reel's metadata, the viewer's ``view_duration`` and
-    ``is_liked`` (primary-key lookups only). Reels that no longer exist are absent."""
+def reel_entities(session: Session, reel_ids: Sequence[int]) -> dict[int, ReelEntity]:
+    """What every viewer sees of these reels (one statement; missing reels are absent)."""
     if not reel_ids:
         return {}
     rows = session.execute(
-        text(
-            "SELECT r.id, r.video_url, r.description, r.likes_count, r.views_count,"
-            "       v.view_duration,"
-            "       (l.user_id IS NOT NULL) AS is_liked "
-            "FROM reels r "
-            "LEFT JOIN reel_views v ON v.user_id = :user_id AND v.reel_id = r.id "
-            "LEFT JOIN reel_likes l ON l.user_id = :user_id AND l.reel_id = r.id "
-            "WHERE r.id = ANY(CAST(:ids AS bigint[]))"
-        ),
-        {"user_id": user_id, "ids": list(reel_ids)},
+        text("SELECT id, video_url, description, likes_count, views_count FROM reels "
+             "WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": list(reel_ids)},
     )
-    return {
-        r.id: ReelDetails(
-            r.video_url, r.description, r.likes_count, r.views_count, r.view_duration, r.is_liked
-        )
-        for r in rows
-    }
+    return {r.id: ReelEntity(r.video_url, r.description, r.likes_count, r.views_count)
+            for r in rows}
 
 
-def like(session: Session, user_id: int, reel_id: int) -> bool:
-    """Like; returns False if it was already liked. ``likes_count`` moves with the row
+def like(session: Session, user_id: int, reel_id: int) -> LikeChange:
+    """Like (``changed`` False if it was already liked). ``likes_count`` moves with the row
     in this transaction (the PK makes a concurrent double like a no-op), so it is exact."""
     inserted = session.execute(
         text(
@@ -271,13 +305,13 @@ def like(session: Session, user_id: int, reel_id: int) -> bool:
         ),
         {"reel_id": reel_id, "user_id": user_id},
     ).first()
-    if inserted:
-        _add_like_count(session, reel_id, 1)
-    return inserted is not None
+    count = _add_like_count(session, reel_id, 1) if inserted else None
+    return LikeChange(inserted is not None, count,
+                      inserted is not None and _in_list(session, user_id, reel_id))
 
 
-def unlike(session: Session, user_id: int, reel_id: int) -> bool:
-    """Remove a like; returns False if there was none."""
+def unlike(session: Session, user_id: int, reel_id: int) -> LikeChange:
+    """Remove a like (``changed`` False if there was none)."""
     deleted = session.execute(
         text(
             "DELETE FROM reel_likes WHERE reel_id = :reel_id AND user_id = :user_id "
@@ -285,13 +319,21 @@ def unlike(session: Session, user_id: int, reel_id: int) -> bool:
         ),
         {"reel_id": reel_id, "user_id": user_id},
     ).first()
-    if deleted:
-        _add_like_count(session, reel_id, -1)
-    return deleted is not None
+    count = _add_like_count(session, reel_id, -1) if deleted else None
+    return LikeChange(deleted is not None, count,
+                      deleted is not None and _in_list(session, user_id, reel_id))
 
 
-def _add_like_count(session: Session, reel_id: int, delta: int) -> None:
-    session.execute(
-        text("UPDATE reels SET likes_count = likes_count + :d WHERE id = :id"),
+def _in_list(session: Session, user_id: int, reel_id: int) -> bool:
+    return session.execute(
+        text("SELECT 1 FROM reel_views WHERE user_id = :user_id AND reel_id = :reel_id"),
+        {"user_id": user_id, "reel_id": reel_id},
+    ).first() is not None
+
+
+def _add_like_count(session: Session, reel_id: int, delta: int) -> int:
+    return int(session.execute(
+        text("UPDATE reels SET likes_count = likes_count + :d WHERE id = :id "
+             "RETURNING likes_count"),
         {"d": delta, "id": reel_id},
-    )
+    ).scalar_one())

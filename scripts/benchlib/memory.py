@@ -10,6 +10,10 @@ community and other tags) are summed by family too. Tracked views:
 * reels: the ``{u:<id>}:reels:recent`` sorted set divided by its entries (less the
   sentinel).
 
+Entities (DESIGN rule 7, ``cache/entities.py``): the shared entity keys (a group feed
+item ``{g:<id>}:item:<id>``, a reel ``{r:<id>}:reel``), bytes per entity, and per reel with
+its version copy ``{r:<id>}:v:reel`` (a group's items share the group's ``live`` version).
+
 Postgres: ``pg_total_relation_size`` (heap + indexes + TOAST) / rows, per table.
 """
 
@@ -69,11 +73,27 @@ def redis_memory(redis_url: str, prefix: str, users: list[int], db_url: str) -> 
             for f, v in sorted(per_family.items())
         },
         "shared": dict(sorted(shared.items())),
+        "entities": _entities(shared),
         "tracked_views": {
             "group_feed_item_view": _group_feed_views(user_keys, sizes, db_url),
             "reel_view": _reel_views(client, user_keys, sizes),
         },
     }
+
+
+ENTITY_FAMILIES = {"{g:#}:item:#": None, "{r:#}:reel": "{r:#}:v:reel"}
+
+
+def _entities(shared: dict[str, dict]) -> dict[str, dict]:
+    out = {}
+    for fam, version_fam in ENTITY_FAMILIES.items():
+        v = shared.get(fam)
+        if not v or not v["keys"]:
+            continue
+        copies = (shared.get(version_fam) or {}).get("bytes", 0) if version_fam else 0
+        out[fam] = {"keys": v["keys"], "bytes_per_entity": v["bytes"] / v["keys"],
+                    "bytes_per_entity_with_version": (v["bytes"] + copies) / v["keys"]}
+    return out
 
 
 def _usage(client: redis.Redis, keys: list[str]) -> dict[str, int]:

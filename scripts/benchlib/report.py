@@ -95,6 +95,10 @@ def markdown(result: dict) -> str:
         for fam, v in (redis_mem.get("per_user_family") or {}).items():
             rows.append(f"| Redis `{{u:<id>}}:{fam}` | {v['bytes_mean']:.0f} | key "
                         f"({v['keys']} keys) |")
+        for fam, v in (redis_mem.get("entities") or {}).items():
+            rows.append(f"| Redis entity cache `{fam}` ({v['keys']} entities; with version "
+                        f"copy {v['bytes_per_entity_with_version']:.0f}) | "
+                        f"{v['bytes_per_entity']:.0f} | entity |")
         tracked = redis_mem.get("tracked_views") or {}
         for name, table in (("group_feed_item_view", "feed_item_views"),
                             ("reel_view", "reel_views")):

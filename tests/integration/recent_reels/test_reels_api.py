@@ -329,18 +329,20 @@ def test_fields_filter(client, auth, reels):
     assert "secret" in r.get_json()["details"]["fields"][0]
 
 
-def test_fields_without_details_skip_the_page_query(client, auth, reels, monkeypatch):
+def test_fields_without_shared_ones_skip_the_reel_entities(client, auth, reels, monkeypatch):
     h = auth(7)
     client.post(f"/api/reels/{reels[0]}/view", headers=h)
     calls = []
     import storage.recent_reels as storage
 
-    original = storage.page_details
-    monkeypatch.setattr(storage, "page_details",
+    original = storage.reel_entities
+    monkeypatch.setattr(storage, "reel_entities",
                         lambda *a: calls.append(a) or original(*a))
-    recent(client, h, fields="reel_id,viewed_at")
+    recent(client, h, fields="reel_id,viewed_at,is_liked,view_duration")
     assert calls == []
-    recent(client, h, fields="reel_id,is_liked")
+    recent(client, h, fields="reel_id,likes_count")
+    assert len(calls) == 1  # the entity's fill; cached after
+    recent(client, h, fields="video_url")
     assert len(calls) == 1
 
 

@@ -1,0 +1,148 @@
+"""The entity cache (DESIGN rule 7): each entity on a page, rendered once, shared by every
+viewer.
+
+An entity is one small hash under its own key, in the slot of what owns it (the path's
+module names the key and the scope; see ``cache/group_feed.py`` and
+``cache/recent_reels.py``):
+
+- ``j``: the entity's rendered JSON bytes, as the path's response embeds them (a path may
+  store a fragment, e.g. an object without its closing brace, to append per-viewer fields);
+- counters that move fast (likes, views) as their own decimal fields, set in place by the
+  write's change (``HSET`` of the absolute value the write read in its transaction), so a
+  view never re-renders the entity.
+
+Reads: ``queue_read`` queues one ``HGETALL`` per entity on the caller's pipeline (the
+page's other reads ride with it); on a cluster the pipeline is one round trip per node, in
+parallel. ``EntityStore.complete`` fills whatever was missing (never cached, expired,
+evicted) with ONE batched load from Postgres through ``Filler.fill_batch``: leases and
+version copies in one round trip, the load, one publishing round trip; each key is
+published only if its scope's version did not move while it loaded, so a slow fill never
+overwrites a newer write. A missing entity is never an error and never a stale page.
+
+Writes: an entity changes only through the same outbox ``Change`` as the write (its scope
+bumped in the write's transaction): ``HSET`` of a counter, ``DEL`` on delete. A change
+runs its ops only on keys that exist (``cache/versioned.py``), so a new entity is cached by
+the first read that misses it. Every entity has a TTL (``Cache.idle_ttl``) and Redis may
+evict it at any time (LRU): both end in one batched fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cache import stats
+from cache.client import NO_VALUE, CacheUnavailable
+from cache.fill import Filler
+from cache.keys import Scope
+
+JSON = b"j"  # the field holding the rendered JSON
+
+Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """Where one entity lives: its id, the scope whose version guards it, its key."""
+
+    id: int
+    scope: Scope
+    key: str
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with ``Z``, as API.md requires (every rendered time)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def encode(fields: Mapping[str, Any]) -> Fields:
+    """Hash fields as Redis returns them (bytes), from rendered values."""
+    return {
+        name.encode(): value if isinstance(value, bytes) else str(value).encode()
+        for name, value in fields.items()
+    }
+
+
+def queue_read(pipe: Any, entities: Sequence[Entity]) -> None:
+    """Queue one HGETALL per entity (an empty answer: not cached)."""
+    for entity in entities:
+        pipe.hgetall(entity.key)
+
+
+def _poll(r: Any, keys: list[str]) -> list[Any]:
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    return [found or NO_VALUE for found in pipe.execute()]
+
+
+def _stage(pipe: Any, temp: str, fields: Fields) -> None:
+    pipe.hset(temp, mapping=fields)
+
+
+class EntityStore:
+    """The entities of one read path (``path`` labels its counters)."""
+
+    def __init__(self, filler: Filler, path: str) -> None:
+        self.filler = filler
+        self.path = path
+
+    def complete(
+        self,
+        entities: Sequence[Entity],
+        found: Sequence[Fields],
+        load: Callable[[list[int]], Mapping[int, Mapping[str, Any]]],
+    ) -> dict[int, Fields]:
+        """``{id: fields}`` for each entity that exists: ``found`` (the HGETALL answers of
+        ``queue_read``, in order) completed by one batched fill of the missing ones from
+        ``load(ids)`` (``{id: rendered fields}``; an id it leaves out no longer exists).
+        With Redis failing during the fill, the missing ones come from ``load`` alone."""
+        out = {e.id: f for e, f in zip(entities, found, strict=True) if f}
+        missing = [e for e, f in zip(entities, found, strict=True) if not f]
+        if not missing:
+            stats.count(self.path, "hit")
+            return out
+        stats.count(self.path, "miss")
+
+        def load_indexed(indices: list[int]) -> dict[int, Fields]:
+            rows = load([missing[i].id for i in indices])
+            return {i: encode(rows[missing[i].id]) for i in indices if missing[i].id in rows}
+
+        try:
+            filled = self.filler.fill_batch(
+                self.path, [(e.scope, e.key) for e in missing], load_indexed, _stage, _poll
+            )
+        except CacheUnavailable:
+            stats.count(self.path, "fallback")
+            filled = load_indexed(list(range(len(missing))))
+        out.update((missing[i].id, fields) for i, fields in filled.items())
+        return out
+
+    def read(
+        self,
+        entities: Sequence[Entity],
+        load: Callable[[list[int]], Mapping[int, Mapping[str, Any]]],
+    ) -> dict[int, Fields]:
+        """The entities alone: one pipeline (one round trip per node), then ``complete``;
+        Redis down: all from ``load``."""
+        if not entities:
+            return {}
+        cache = self.filler.cache
+
+        def run(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            queue_read(pipe, entities)
+            return pipe.execute()
+
+        try:
+            found = cache.run(self.path, run)
+        except CacheUnavailable:
+            stats.count(self.path, "fallback")
+            return {i: encode(f) for i, f in load([e.id for e in entities]).items()}
+        return self.complete(entities, found, load)
