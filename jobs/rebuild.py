@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from cache.client import CacheUnavailable
 from jobs import paths as read_paths
 from jobs.paths import Difference, ReadPath
 from service.bootstrap import AppState
@@ -104,15 +105,29 @@ class Checkpoints:
         self.redis.delete(*[self.key(p) for p in paths])
 
 
-def _work(path: ReadPath, dry_run: bool) -> Callable[[AppState, int], list[Difference]]:
-    if dry_run:
-        return path.check
+RETRY_PAUSE_S = 0.5
 
-    def rebuild(state: AppState, user_id: int) -> list[Difference]:
+
+def _work(path: ReadPath, dry_run: bool) -> Callable[[AppState, int], list[Difference]]:
+    """One user's check (dry run) or rebuild, tried once more after a pause when Redis
+    fails: one slow reply (the client's timeout is the web's, ~100 ms) must not stop a run
+    over every user. A second failure stops the run, its checkpoint saved."""
+
+    def once(state: AppState, user_id: int) -> list[Difference]:
+        if dry_run:
+            return path.check(state, user_id)
         path.rebuild(state, user_id)
         return []
 
-    return rebuild
+    def work(state: AppState, user_id: int) -> list[Difference]:
+        try:
+            return once(state, user_id)
+        except CacheUnavailable:
+            log.warning("%s: Redis failed on user %d; trying once more", path.name, user_id)
+            time.sleep(RETRY_PAUSE_S)
+            return once(state, user_id)
+
+    return work
 
 
 def _note(report: Report, path: str, diffs: list[Difference]) -> None:
