@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import requests
 
 from cache import live_events
 from cache.outbox import relay_outbox
@@ -340,3 +341,33 @@ def test_stream_process_restart_loses_nothing_replayable(client, stream_settings
         again = subscribe(client, second, last_id=last.id)
         assert again.first.event == "unread" and again.first.data["unread_count"] == 2
         again.close()
+
+
+def test_healthz_recovers_when_only_the_heartbeat_ping_failed(server):
+    """A ping that fails once (the Pub/Sub subscription never dropped) reads as "down" until
+    a later ping answers, not until a resubscription that never comes."""
+    hub = server.hub
+    real_ping = hub.redis.ping
+    failures = []
+
+    async def flaky_ping(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("one lost ping")
+        return await real_ping(*args, **kwargs)
+
+    health = f"http://127.0.0.1:{server.port}/healthz"
+    deadline = time.monotonic() + 5
+    while requests.get(health, timeout=5).json()["redis"] != "ok":
+        assert time.monotonic() < deadline, "never healthy"
+        time.sleep(0.05)
+    hub.redis.ping = flaky_ping
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen.append(requests.get(health, timeout=5).json()["redis"])
+        if "down" in seen and seen[-1] == "ok":
+            break
+        time.sleep(0.05)
+    assert "down" in seen, "the failed ping never showed"
+    assert seen[-1] == "ok", f"still down after a good ping: {seen[-5:]}"
