@@ -4,17 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import requests
 from aiohttp import web
+from rq import SimpleWorker
 
+from jobs.context import use_state
 from service.settings import Settings
 from service.stream_server import HUB_KEY, make_app
 from tests.support.servers import free_port
+
+
+def run_jobs(state: Any) -> None:
+    """Run the queued jobs (a group item's fan-out is one) in this process, then return."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    use_state(state)
+    try:
+        SimpleWorker(state.queues(), connection=state.queue_redis).work(
+            burst=True, logging_level="WARNING")
+    finally:
+        use_state(None)
+        for sig, handler in handlers.items():  # the worker's handlers outlive its run
+            signal.signal(sig, handler)
 
 
 class StreamServer:
@@ -117,15 +134,17 @@ class SseClient:
     def next(self, timeout: float = 10, pings: bool = False) -> Message | None:
         """The next message (events, id-only marks; pings only if ``pings``); None at the
         end of the stream. Raises ``queue.Empty`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout  # pings must not extend the wait
         while True:
-            message = self.messages.get(timeout=timeout)
+            message = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
             if message is None or pings or message.comment != "ping":
                 return message
 
     def event(self, timeout: float = 10) -> Message:
         """The next named event (skipping id-only marks and pings)."""
+        deadline = time.monotonic() + timeout
         while True:
-            message = self.next(timeout)
+            message = self.next(max(0.0, deadline - time.monotonic()))
             assert message is not None, "stream ended"
             if message.event:
                 return message
