@@ -132,9 +132,12 @@ def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE
             applied += applier.apply(behind, by="relay")
             applied += applier.apply(unknown, by="relay", announce=False)
             # The rest were applied by their request, which may have died before queueing
-            # their fan-outs: queue them again (each job id is its change: no repeats).
-            done = {id(c) for c in (*behind, *unknown)}
-            applier.announce_held([c for c in changes if id(c) not in done])
+            # their groups' fan-outs: queue them again (a job's id is its change, and it
+            # skips members whose badge shows the count already: no repeats). So are those
+            # of the changes whose copy was missing: their group's bitmap was not cached
+            # (or lost), which says nothing of its members' streams.
+            announced = {id(c) for c in behind}
+            applier.announce_held([c for c in changes if id(c) not in announced])
             # Not durable (synchronous_commit off for this transaction): a delete lost in
             # a Postgres crash only makes the next run apply those rows again, a no-op.
             cache_state.delete_outbox(session, [row.id for row in rows], durable=False)
