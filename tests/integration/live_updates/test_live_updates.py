@@ -380,3 +380,31 @@ def test_healthz_recovers_when_only_the_heartbeat_ping_failed(server):
         time.sleep(0.05)
     assert "down" in seen, "the failed ping never showed"
     assert seen[-1] == "ok", f"still down after a good ping: {seen[-5:]}"
+
+
+def test_last_event_id_in_the_query_replays_like_the_header(client, server, admin_headers):
+    """A browser reconnects with a new ticket through a new EventSource, which cannot set
+    headers: ``?last_event_id=`` resumes like ``Last-Event-ID``."""
+    group = make_group(client, admin_headers, members=[U])
+    sse = subscribe(client, server)
+    post_item(client, admin_headers, group)
+    seen = sse.event()
+    sse.close()
+    post_item(client, admin_headers, group)
+    again = SseClient(server.url, {"ticket": ticket(client), "last_event_id": seen.id})
+    assert again.status == 200
+    missed = again.next()
+    assert missed.event == "unread" and missed.data == {"group": group, "unread_count": 2}
+    again.close()
+    fresh = SseClient(server.url, {"ticket": ticket(client), "last_event_id": "1-0"})
+    assert fresh.next().event == "reset"  # not replayable: reset, as with the header
+    fresh.close()
+
+
+def test_the_openapi_document_describes_the_resume_parameters(client):
+    operation = client.get("/openapi.json").get_json()["paths"]["/api/v1/stream"]["get"]
+    params = {(p["in"], p["name"]) for p in operation["parameters"]}
+    assert {("query", "ticket"), ("query", "last_event_id"),
+            ("header", "Last-Event-ID")} <= params
+    assert "EventSource" in next(p["description"] for p in operation["parameters"]
+                                 if p["name"] == "last_event_id")
