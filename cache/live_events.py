@@ -424,46 +424,56 @@ class Publisher:
         """The job of change ``version`` of the group's live bitmap: every member with a
         stream gets the group's unread count. Returns how many events it appended.
         Raises ``CacheUnavailable`` if Redis fails (the job is retried)."""
-        keys = self.cache.keys
-        vkey = keys.version(gf_cache.live_scope(group_id))
-        held = self.cache.run(PATH, lambda r: r.get(vkey))
-        if held is None or int(held) != version:
-            log.debug("fan-out of group %d v%d skipped: Redis holds %s", group_id, version,
-                      held)
-            return 0
         with self.db.session() as session:
             members = group_store.group_member_ids(session, group_id)
         sent = 0
-        for i in range(0, len(members), FANOUT_CHUNK):
-            sent += self._fan_out_chunk(group_id, members[i:i + FANOUT_CHUNK])
+        for i in range(0, max(len(members), 1), FANOUT_CHUNK):
+            chunk = self._fan_out_chunk(group_id, version, members[i:i + FANOUT_CHUNK])
+            if chunk is None:
+                return 0
+            sent += chunk
         return sent
 
-    def _fan_out_chunk(self, group_id: int, members: list[int]) -> int:
+    def _fan_out_chunk(self, group_id: int, version: int, members: list[int]) -> int | None:
         """Rounds of read -> append -> check for one chunk of members (see the module
         docstring); a member whose newest event of the group already carries the count
-        gets none (a repeated job, an item deleted before its fan-out ran)."""
+        gets none (a repeated job, an item deleted before its fan-out ran). None, and no
+        event, when Redis does not hold ``version`` (or holds a newer one)."""
         keys = self.cache.keys
 
         def listening(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
+            pipe.get(keys.version(gf_cache.live_scope(group_id)))
             for user_id in members:
                 pipe.exists(meta_key(keys, user_id))
             return pipe.execute()
 
-        todo = [u for u, on in zip(members, self.cache.run(PATH, listening), strict=True)
-                if on]
+        held, *on = self.cache.run(PATH, listening)
+        if held is None or int(held) != version:
+            log.debug("fan-out of group %d v%d skipped: Redis holds %s", group_id, version,
+                      held)
+            return None
+        todo = [u for u, active in zip(members, on, strict=True) if active]
         sent = 0
         for _ in range(FANOUT_ROUNDS):
             if not todo:
                 break
             before = self.cache.run(PATH, lambda r, users=todo: _snapshot(
                 r, keys, group_id, users, with_data=True))
-            live_raw = before.live if before.live is not None else \
+            live = before.live if before.live is not None else \
                 self.read_states.fill_live(group_id)
+            # Members whose read state is not cached: one statement for all of them, not a
+            # fill each (a lease, two loads and a publish per member).
+            cold = [u for u in todo if before.states[u] is None]
+            counts = {}
+            if cold:
+                with self.db.session() as session:
+                    counts = group_store.unread_counts_in_group(session, group_id, cold)
             events, expected = [], {}
             for user_id in todo:
-                count = self.read_states.counts_from_raw(
-                    user_id, {group_id: (before.states[user_id], live_raw)})[group_id]
+                rs_raw = before.states[user_id]
+                count = counts[user_id] if rs_raw is None else gf_cache.unread(
+                    live, gf_cache.ReadState.from_raw(rs_raw))
                 last = before.last[user_id]
                 if last is not None and last[1] == count:
                     expected[user_id] = last[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 import orjson
 import requests
 from aiohttp import web
-from rq import SimpleWorker
+from rq.job import Job
 
 from jobs.context import use_state
 from service.settings import Settings
@@ -21,17 +20,23 @@ from service.stream_server import HUB_KEY, make_app
 from tests.support.servers import free_port
 
 
-def run_jobs(state: Any) -> None:
-    """Run the queued jobs (a group item's fan-out is one) in this process, then return."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+def run_jobs(state: Any) -> int:
+    """Run the jobs queued on the default queue (a group item's fan-out is one) here, in
+    turn, as a worker would (each found by its dotted name); returns how many ran."""
+    queue = state.queue()
+    ran = 0
     use_state(state)
     try:
-        SimpleWorker(state.queues(), connection=state.queue_redis).work(
-            burst=True, logging_level="WARNING")
+        while job_ids := queue.get_job_ids():
+            for job_id in job_ids:
+                job = Job.fetch(job_id, connection=state.queue_redis)
+                queue.remove(job)
+                job.perform()
+                job.delete()
+                ran += 1
     finally:
         use_state(None)
-        for sig, handler in handlers.items():  # the worker's handlers outlive its run
-            signal.signal(sig, handler)
+    return ran
 
 
 class StreamServer:

@@ -51,13 +51,23 @@ def group_and_streams(client, server, admin_headers):
 
 def test_the_request_only_queues_one_job(client, state, admin_headers, group_and_streams):
     group, streams = group_and_streams
+    first = post_item(client, admin_headers, group)
+    run_jobs(state)
+    assert all(sse.event().data["unread_count"] == 1 for sse in streams.values())
+    assert mark(client, bearer(8), first["id"]).status_code in (200, 201, 204)
+    assert streams[8].event().data["unread_count"] == 0
+    unread(client, bearer(7), group)  # 7's read state is cached; 8's and 9's are not
+    keys = state.cache.keys
+    state.cache.redis.delete(live_events.gf_cache.key(keys, 8, group))  # evicted
+    assert state.cache.redis.exists(live_events.gf_cache.key(keys, 7, group))
+    assert not state.cache.redis.exists(live_events.gf_cache.key(keys, 9, group))
     post_item(client, admin_headers, group)
     assert state.queue().count == 1  # one job, whatever the group's size
     assert quiet(streams[7]), "no member's event before the job runs"
     run_jobs(state)
-    for user_id, sse in streams.items():
-        assert sse.event().data == {"group": group,
-                                    "unread_count": unread(client, bearer(user_id), group)}
+    got = {user_id: sse.event().data for user_id, sse in streams.items()}
+    assert got == {u: {"group": group, "unread_count": 1 if u == 8 else 2} for u in MEMBERS}
+    assert {u: unread(client, bearer(u), group) for u in MEMBERS} == {7: 2, 8: 1, 9: 2}
 
 
 def test_a_fan_out_lost_after_the_apply_is_queued_by_the_relay(
