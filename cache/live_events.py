@@ -33,13 +33,17 @@ job (``Publisher.fan_out_group``, enqueued by the request after the apply, one p
 group and version): the request's cost does not grow with the group. The outbox change is
 the source: a fan-out lost between the apply and the enqueue (a crash, the queue down) is
 enqueued again by the relay when it reads the change's row (``announce_held``; the job id
-is the group and version, so a fan-out already queued or run is not repeated). The job
-announces only a change Redis holds (the group's version copy equals the job's version;
-older: not applied yet, the relay's apply enqueues it again; newer: that change's own job
-sends the newer counts). It reads each member's read state and version with the group's
-live bitmap, appends, then checks that nothing changed under it and that its event is
-still the member's newest, and sends again to the members for whom either failed, so the
-last event a member gets is the count REST answers.
+is the group and version, so a fan-out already queued or run is not repeated), and a change
+lost before its apply is applied by the relay, which then enqueues it. The job announces
+only a change Redis holds (the group's version copy equals the job's version; older: not
+applied yet, the relay's apply enqueues it again; newer: that change's own job sends the
+newer counts). It reads each listening member's read-state version, newest events and read
+state with the group's live bitmap (members whose read state is not cached are counted by
+one Postgres statement), appends to those whose newest event of the group does not carry
+the count already, then checks that no version changed under it and that the member's
+newest event of the group is the one it expects, and goes again for the members for whom
+either failed (``FANOUT_ROUNDS``), so the last event a member gets is the count REST
+answers.
 """
 
 from __future__ import annotations
