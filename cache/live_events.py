@@ -27,6 +27,23 @@ after ``L``, so it always shows as "too many".
 Events are appended by ``Publisher`` (wired into ``cache.outbox.Applier``): after a
 committed change is applied, in the same pipeline it reads the Redis state the REST
 endpoints read, so the counts it publishes equal their answers at that moment.
+
+A group's new (or deleted) item changes the count of every member, so its events are a
+job (``Publisher.fan_out_group``, enqueued by the request after the apply, one per change:
+group and version): the request's cost does not grow with the group. The outbox change is
+the source: a fan-out lost between the apply and the enqueue (a crash, the queue down) is
+enqueued again by the relay when it reads the change's row (``announce_held``; the job id
+is the group and version, so a fan-out already queued or run is not repeated), and a change
+lost before its apply is applied by the relay, which then enqueues it. The job announces
+only a change Redis holds (the group's version copy equals the job's version; older: not
+applied yet, the relay's apply enqueues it again; newer: that change's own job sends the
+newer counts). It reads each listening member's read-state version, newest events and read
+state with the group's live bitmap (members whose read state is not cached are counted by
+one Postgres statement), appends to those whose newest event of the group does not carry
+the count already, then checks that no version changed under it and that the member's
+newest event of the group is the one it expects, and goes again for the members for whom
+either failed (``FANOUT_ROUNDS``), so the last event a member gets is the count REST
+answers.
 """
 
 from __future__ import annotations
@@ -34,7 +51,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +79,8 @@ TICKET_BYTES = 24
 UNREAD, ACTIVITY, RESET, MARK = "unread", "activity", "reset", "mark"
 
 PATH = "live_events"
+FANOUT_CHUNK = 500  # members per round of a group's fan-out (a few pipelines each)
+FANOUT_ROUNDS = 3  # reads -> append -> check, for members whose check failed
 
 
 # --- key layout ---------------------------------------------------------------------------
@@ -288,7 +307,8 @@ class Plan:
     n_changes: int
     before: list[tuple[str, int, Any]] = field(default_factory=list)  # (kind, uid, extra)
     after: list[tuple[str, int, Any]] = field(default_factory=list)
-    groups_live: list[int] = field(default_factory=list)  # groups whose live bitmap changed
+    # (group, version) of each change to a group's live bitmap: a fan-out job each.
+    groups_live: list[tuple[int, int]] = field(default_factory=list)
 
     def queue_after(self, pipe: Any) -> None:
         for kind, user_id, extra in self.after:
@@ -302,21 +322,28 @@ class Plan:
         return replies[:n], replies[n + self.n_changes:]
 
 
+# Queues the fan-out job of (group, version); the service provides it (RQ, by name).
+EnqueueFanOut = Callable[[Sequence[tuple[int, int]]], None]
+
+
 class Publisher:
     """Turns applied changes into events for the users who have a stream.
 
     Per change scope: a user's read state in a group (``rs:<g>``) gives that user an
     ``unread`` event; a group's live bitmap (``live``) gives every member with a stream an
-    ``unread`` event; a user's memberships (``groups``) give ``unread`` events for groups
-    joined (their count) and left (0), or ``reset`` if the old set was not cached; a user's
-    activity feed (``activity``) gives an ``activity`` event with the unread count the
-    change wrote, and the newest item when the change added items.
+    ``unread`` event, from a job (``enqueue_fan_out``, then ``fan_out_group``); a user's
+    memberships (``groups``) give ``unread`` events for groups joined (their count) and
+    left (0), or ``reset`` if the old set was not cached; a user's activity feed
+    (``activity``) gives an ``activity`` event with the unread count the change wrote, and
+    the newest item when the change added items.
     """
 
-    def __init__(self, cache: Cache, filler: Filler, db: Database) -> None:
+    def __init__(self, cache: Cache, filler: Filler, db: Database,
+                 enqueue_fan_out: EnqueueFanOut) -> None:
         self.cache = cache
         self.db = db
         self.read_states = gf_cache.ReadStates(cache, filler, db)
+        self.enqueue_fan_out = enqueue_fan_out
 
     def plan(self, pipe: Any, changes: Sequence[Change]) -> Plan:
         """Queue the reads needed before the changes' apply; returns the plan."""
@@ -336,16 +363,27 @@ class Publisher:
                 plan.before.append((RESET, user_id, None))
                 plan.after.append((RESET, user_id, None))
             elif name == "live" and (group_id := _group_of(tag)) is not None:
-                plan.groups_live.append(group_id)
+                plan.groups_live.append((group_id, change.version))
         return plan
 
     def publish(self, plan: Plan, replies: list[Any]) -> None:
-        """Compute and append the events. Never raises: a lost event only delays a badge
-        until the next one (the REST endpoints stay right)."""
+        """Compute and append the events, and queue the groups' fan-outs. Never raises: a
+        lost event only delays a badge until the next one (the REST endpoints stay right);
+        a fan-out that could not be queued is queued by the relay."""
         try:
             append(self.cache.redis, self.cache.keys, self._events(plan, replies))
         except (CacheUnavailable, SQLAlchemyError, *CACHE_ERRORS) as exc:
             log.warning("live events not published: %s", exc)
+        if plan.groups_live:
+            self.enqueue_fan_out(plan.groups_live)
+
+    def announce_held(self, changes: Iterable[Change]) -> None:
+        """The relay's repair for changes Redis already holds: queue their groups' fan-outs
+        again (a no-op for those their request queued; see the module docstring)."""
+        fan_outs = [(group_id, c.version) for c in changes if c.scope.name == "live"
+                    and (group_id := _group_of(c.scope.tag)) is not None]
+        if fan_outs:
+            self.enqueue_fan_out(fan_outs)
 
     def _events(self, plan: Plan, replies: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
         before, after = plan.split(replies)
@@ -371,8 +409,6 @@ class Publisher:
                     events.append((user_id, ACTIVITY, event))
             elif kind == RESET:
                 events += self._membership_events(user_id, old[(kind, user_id)])
-        for group_id in plan.groups_live:
-            events += self._group_events(group_id)
         return events
 
     def _membership_events(self, user_id: int, old_reply: Any
@@ -388,40 +424,121 @@ class Publisher:
             events.append((user_id, UNREAD, {"group": group_id, "unread_count": count}))
         return events
 
-    def _group_events(self, group_id: int) -> list[tuple[int, str, dict[str, Any]]]:
-        """Every member with a stream gets the group's new count (two round trips)."""
-        keys = self.cache.keys
+    def fan_out_group(self, group_id: int, version: int) -> int:
+        """The job of change ``version`` of the group's live bitmap: every member with a
+        stream gets the group's unread count. Returns how many events it appended.
+        Raises ``CacheUnavailable`` if Redis fails (the job is retried)."""
         with self.db.session() as session:
             members = group_store.group_member_ids(session, group_id)
-        if not members:
-            return []
+        sent = 0
+        for i in range(0, max(len(members), 1), FANOUT_CHUNK):
+            chunk = self._fan_out_chunk(group_id, version, members[i:i + FANOUT_CHUNK])
+            if chunk is None:
+                return 0
+            sent += chunk
+        return sent
 
-        def active(r: Any) -> list[Any]:
+    def _fan_out_chunk(self, group_id: int, version: int, members: list[int]) -> int | None:
+        """Rounds of read -> append -> check for one chunk of members (see the module
+        docstring); a member whose newest event of the group already carries the count
+        gets none (a repeated job, an item deleted before its fan-out ran). None, and no
+        event, when Redis does not hold ``version`` (or holds a newer one)."""
+        keys = self.cache.keys
+
+        def listening(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
+            pipe.get(keys.version(gf_cache.live_scope(group_id)))
             for user_id in members:
                 pipe.exists(meta_key(keys, user_id))
-            pipe.get(gf_cache.live_key(keys, group_id))
             return pipe.execute()
 
-        reply = self.cache.run(PATH, active)
-        listening = [u for u, on in zip(members, reply, strict=False) if on]
-        if not listening:
-            return []
-        live_raw = reply[-1]
-        states = self.cache.run(PATH, lambda r: _get_all(
-            r, [gf_cache.key(keys, u, group_id) for u in listening]))
-        events = []
-        for user_id, rs_raw in zip(listening, states, strict=True):
-            count = self.read_states.counts_from_raw(user_id, {group_id: (rs_raw, live_raw)})
-            events.append((user_id, UNREAD, {"group": group_id, "unread_count": count[group_id]}))
-        return events
+        held, *on = self.cache.run(PATH, listening)
+        if held is None or int(held) != version:
+            log.debug("fan-out of group %d v%d skipped: Redis holds %s", group_id, version,
+                      held)
+            return None
+        todo = [u for u, active in zip(members, on, strict=True) if active]
+        sent = 0
+        for _ in range(FANOUT_ROUNDS):
+            if not todo:
+                break
+            before = self.cache.run(PATH, lambda r, users=todo: _snapshot(
+                r, keys, group_id, users, with_data=True))
+            live = before.live if before.live is not None else \
+                self.read_states.fill_live(group_id)
+            # Members whose read state is not cached: one statement for all of them, not a
+            # fill each (a lease, two loads and a publish per member).
+            cold = [u for u in todo if before.states[u] is None]
+            counts = {}
+            if cold:
+                with self.db.session() as session:
+                    counts = group_store.unread_counts_in_group(session, group_id, cold)
+            events, expected = [], {}
+            for user_id in todo:
+                rs_raw = before.states[user_id]
+                count = counts[user_id] if rs_raw is None else gf_cache.unread(
+                    live, gf_cache.ReadState.from_raw(rs_raw))
+                last = before.last[user_id]
+                if last is not None and last[1] == count:
+                    expected[user_id] = last[0]
+                else:
+                    events.append((user_id, UNREAD, {"group": group_id, "unread_count": count}))
+            ids = self.cache.run(PATH, lambda r, ev=events: append(r, keys, ev))
+            sent += len(events)
+            expected.update((e[0], i) for e, i in zip(events, ids, strict=True))
+            after = self.cache.run(PATH, lambda r, users=todo: _snapshot(
+                r, keys, group_id, users, with_data=False))
+            moved = after.live_version != before.live_version
+            todo = [u for u in todo if moved or after.versions[u] != before.versions[u]
+                    or (after.last[u] or ("",))[0] != expected[u]]
+        return sent
 
 
-def _get_all(r: Any, names: list[str]) -> list[Any]:
+@dataclass
+class _Snapshot:
+    """A fan-out's view of one group and some members (versions read before the data)."""
+
+    live_version: Any
+    live: bytes | None
+    versions: dict[int, Any]  # each member's read-state version copy
+    states: dict[int, bytes | None]  # ...read state (with_data)
+    last: dict[int, tuple[str, int] | None]  # ...newest event of the group: (id, count)
+
+
+FANOUT_TAIL = 8  # a member's newest entries searched for their newest event of the group
+
+
+def _snapshot(r: Any, keys: Keyspace, group_id: int, users: list[int], with_data: bool
+              ) -> _Snapshot:
     pipe = r.pipeline(transaction=False)
-    for name in names:
-        pipe.get(name)
-    return pipe.execute()
+    pipe.get(keys.version(gf_cache.live_scope(group_id)))
+    for user_id in users:
+        pipe.get(keys.version(gf_cache.scope(user_id, group_id)))
+        pipe.xrevrange(events_key(keys, user_id), "+", "-", count=FANOUT_TAIL)
+    if with_data:
+        pipe.get(gf_cache.live_key(keys, group_id))
+        for user_id in users:
+            pipe.get(gf_cache.key(keys, user_id, group_id))
+    reply = pipe.execute()
+    n = len(users)
+    versions = {u: reply[1 + 2 * i] for i, u in enumerate(users)}
+    last = {u: _last_of_group(reply[2 + 2 * i], group_id) for i, u in enumerate(users)}
+    live = reply[1 + 2 * n] if with_data else None
+    states = {u: reply[2 + 2 * n + i] for i, u in enumerate(users)} if with_data else {}
+    return _Snapshot(reply[0], live, versions, states, last)
+
+
+def _last_of_group(entries: list[Any], group_id: int) -> tuple[str, int] | None:
+    """``(id, unread_count)`` of the newest ``unread`` event of the group among ``entries``
+    (newest first), None if there is none."""
+    for entry in entries:
+        event = Event.from_entry(entry)
+        if event.name != UNREAD:
+            continue
+        data = orjson.loads(event.data)
+        if data.get("group") == group_id:
+            return event.id, int(data.get("unread_count", -1))
+    return None
 
 
 def activity_event(change: Change, keys: Keyspace, user_id: int, old_total: Any

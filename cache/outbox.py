@@ -102,6 +102,13 @@ class Applier:
         return applied
 
 
+    def announce_held(self, changes: Sequence[Change]) -> None:
+        """The relay's repair of announcements for changes Redis already holds (their
+        request applied them): see ``Publisher.announce_held``."""
+        if self.publisher is not None and changes:
+            self.publisher.announce_held(changes)
+
+
 # Rows younger than this belong to requests that are still applying them.
 OUTBOX_MIN_AGE = 2.0
 
@@ -124,6 +131,13 @@ def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE
             behind, unknown = applier.not_applied(changes)
             applied += applier.apply(behind, by="relay")
             applied += applier.apply(unknown, by="relay", announce=False)
+            # The rest were applied by their request, which may have died before queueing
+            # their groups' fan-outs: queue them again (a job's id is its change, and it
+            # skips members whose badge shows the count already: no repeats). So are those
+            # of the changes whose copy was missing: their group's bitmap was not cached
+            # (or lost), which says nothing of its members' streams.
+            announced = {id(c) for c in behind}
+            applier.announce_held([c for c in changes if id(c) not in announced])
             # Not durable (synchronous_commit off for this transaction): a delete lost in
             # a Postgres crash only makes the next run apply those rows again, a no-op.
             cache_state.delete_outbox(session, [row.id for row in rows], durable=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from rq import Queue
 
 from cache.breaker import Breaker
 from cache.client import Cache, connect
@@ -16,6 +17,7 @@ from cache.fill import Filler
 from cache.keys import Keyspace
 from cache.live_events import Publisher
 from cache.outbox import Applier, relay_outbox
+from service.live_updates_ops import FanOutQueue
 from service.settings import Settings
 from service.uow import UnitOfWork
 from storage import cache_state
@@ -39,11 +41,9 @@ class AppState:
     def load_version(self, row_name: str) -> int:
         return load_version(self.db, row_name)
 
-    def queue(self, name: str = "default"):
+    def queue(self, name: str = "default") -> Queue:
         """The RQ queue ``name`` (``default`` or ``warm``), under the configured prefix."""
-        from rq import Queue
-
-        return Queue(self.settings.queue_prefix + name, connection=self.queue_redis)
+        return queue(self.settings, self.queue_redis, name)
 
     def queues(self) -> list:
         return [self.queue(name) for name in QUEUE_NAMES]
@@ -52,6 +52,10 @@ class AppState:
         self.db.dispose()
         self.cache.redis.close()
         self.queue_redis.close()
+
+
+def queue(settings: Settings, connection: redis.Redis, name: str) -> Queue:
+    return Queue(settings.queue_prefix + name, connection=connection)
 
 
 def load_version(db: Database, row_name: str) -> int:
@@ -87,16 +91,19 @@ def bootstrap(settings: Settings) -> AppState:
     applier = Applier(cache)
     filler = Filler(cache, lambda row_name: load_version(db, row_name),
                     lambda row_names: load_versions(db, row_names))
-    applier.publisher = Publisher(cache, filler, db)
+    queue_redis = redis.Redis.from_url(
+        settings.queue_redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
+    )
+    # A group item's events are a job on the default queue (service/live_updates_ops.py).
+    fan_outs = FanOutQueue(queue(settings, queue_redis, "default"))
+    applier.publisher = Publisher(cache, filler, db, fan_outs)
     state = AppState(
         settings=settings,
         db=db,
         cache=cache,
         filler=filler,
         applier=applier,
-        queue_redis=redis.Redis.from_url(
-            settings.queue_redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
-        ),
+        queue_redis=queue_redis,
     )
 
     def recover() -> None:

@@ -42,15 +42,32 @@ def ticket():
     return {"ticket": value, "expires_in": live_events.TICKET_TTL}
 
 
+RESUME = ("The id of the last event the client saw: the stream replays what it missed "
+          "(up to 500 events or 10 minutes), else starts with a reset event.")
+STREAM_PARAMETERS = [
+    {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "A ticket from POST /api/v1/stream/ticket (single use, 60 s); or send "
+                    "an Authorization: Bearer header instead."},
+    {"name": "last_event_id", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": RESUME + " The query form of the Last-Event-ID header, for a client "
+                    "that reconnects with a new ticket (a new EventSource cannot set "
+                    "headers). The header wins when both are given."},
+    {"name": "Last-Event-ID", "in": "header", "required": False,
+     "schema": {"type": "string"}, "description": RESUME},
+]
+
+
 @bp.route("/api/v1/stream", methods=["GET"])
 @bp.response(307, description="to the stream process")
+@bp.doc(parameters=STREAM_PARAMETERS)
 def stream():
-    """The caller's event stream (``text/event-stream``), served by the ``stream``
-    process: this redirects there, keeping the query. Query: ``ticket`` (or an
-    ``Authorization`` header), ``last_event_id`` (as the ``Last-Event-ID`` header, for a
-    client that reconnects with a new ticket). Events: ``unread`` ``{"group",
-    "unread_count"}``, ``activity`` ``{"unread_count"[, "item"]}``, ``reset`` ``{}``; a
-    ``: ping`` comment every 15 s. A bad, used or expired ticket is a JSON ``401``."""
+    """The caller's event stream (server-sent events)
+
+    Served by the ``stream`` process (``text/event-stream``): this redirects there,
+    keeping the query. Events: ``unread`` ``{"group", "unread_count"}``, ``activity``
+    ``{"unread_count"[, "item"]}``, ``reset`` ``{}``, each with an ``id:``; a ``: ping``
+    comment every 15 s. A bad, used or expired ticket is a JSON ``401``. To resume, send
+    the last id seen as ``Last-Event-ID`` or ``last_event_id``."""
     target = state().settings.stream_url
     query = request.query_string.decode()
     return redirect(f"{target}?{query}" if query else target, code=307)

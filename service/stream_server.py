@@ -122,7 +122,13 @@ class Hub:
         self.dirty: set[Connection] = set()
         self.recheck: set[Connection] = set()  # after an outage: full replay check
         self.wake = asyncio.Event()
+        # ``redis_up`` is what /healthz reports: the last command of any loop answered.
+        # ``lost`` remembers that something failed since the last (re)subscription: the
+        # next one makes every connection catch up (a ping that answers again clears the
+        # health flag, not the catch-up).
         self.redis_up = True
+        self.lost = False
+        self.subscribed = False  # the Pub/Sub subscription is up
         self.tasks: list[asyncio.Task[Any]] = []
         self.delivered = 0
         self.opening_users: list[tuple[int, asyncio.Future[str]]] = []
@@ -169,6 +175,16 @@ class Hub:
         if self.redis_up:
             log.warning("Redis unavailable (%s): streams keep pinging: %s", what, exc)
         self.redis_up = False
+        self.lost = True
+
+    def healthy(self) -> bool:
+        """What /healthz reports: the subscription is up and the last command answered."""
+        return self.subscribed and self.redis_up
+
+    def _redis_answered(self) -> None:
+        if not self.redis_up:
+            log.warning("Redis answers again")
+        self.redis_up = True
 
     async def _listen(self) -> None:
         """Pub/Sub: which users have new entries. After every (re)subscription all
@@ -178,11 +194,13 @@ class Hub:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(live_events.channel(self.keys))
-                if not self.redis_up:
-                    log.warning("Redis answers again: streams catch up")
+                if self.lost:
+                    log.warning("Redis subscription back: streams catch up")
                     # Redis may have lost their history: check each origin too.
                     self.recheck.update(c for c in self.connections() if c.ready)
-                self.redis_up = True
+                    self.lost = False
+                self.subscribed = True
+                self._redis_answered()
                 attempt = 0
                 self.mark(self.connections())
                 while True:
@@ -195,6 +213,7 @@ class Hub:
                         if conns:
                             self.mark(conns)
             except (RedisError, OSError, ValueError) as exc:
+                self.subscribed = False
                 self._redis_failed(exc, "subscribe")
                 await asyncio.sleep(REDIS_BACKOFF[min(attempt, len(REDIS_BACKOFF) - 1)])
                 attempt += 1
@@ -218,9 +237,11 @@ class Hub:
                     self.redis, self.keys, [(c.user_id, c.last_id) for c in batch])
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc, "read")
-                self.dirty.update(batch)  # the Pub/Sub loop re-marks them on recovery
+                self.dirty.update(batch)  # tried again after the pause
                 await asyncio.sleep(REDIS_BACKOFF[0])
+                self.wake.set()
                 continue
+            self._redis_answered()
             for conn, events in zip(batch, results, strict=True):
                 if events is None:
                     await self._reset(conn)
@@ -287,6 +308,8 @@ class Hub:
                     await live_events.touch(self.redis, self.keys, stale)
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc, "ping")
+            else:
+                self._redis_answered()  # /healthz follows the ping both ways
 
     # Opening a stream.
 
@@ -416,7 +439,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     hub: Hub = request.app[HUB_KEY]  # type: ignore[assignment]
     return web.json_response({"status": "ok", "streams": len(hub.connections()),
-                              "redis": "ok" if hub.redis_up else "down"})
+                              "redis": "ok" if hub.healthy() else "down"})
 
 
 def make_app(settings: Settings) -> web.Application:

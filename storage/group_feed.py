@@ -288,6 +288,26 @@ _UNREAD = text(
 )
 
 
+_UNREAD_IN_GROUP = text(
+    "SELECT u.user_id,"
+    " (SELECT count(*) FROM feed_items i WHERE i.group_id = :group AND i.deleted_at IS NULL)"
+    " - (SELECT count(*) FROM feed_item_views v JOIN feed_items i ON i.id = v.item_id"
+    "    WHERE v.user_id = u.user_id AND v.group_id = :group AND i.deleted_at IS NULL)"
+    " FROM unnest(CAST(:users AS bigint[])) AS u(user_id)"
+)
+
+
+def unread_counts_in_group(session: Session, group_id: int, user_ids: Sequence[int]
+                           ) -> dict[int, int]:
+    """Each user's unread live items in one group, in one statement (the cache-less answer
+    for many members at once: a group item's live events for members whose read state is
+    not cached)."""
+    if not user_ids:
+        return {}
+    rows = session.execute(_UNREAD_IN_GROUP, {"group": group_id, "users": list(user_ids)})
+    return {int(user_id): int(count) for user_id, count in rows}
+
+
 def unread_counts(session: Session, user_id: int, group_ids: Sequence[int]) -> dict[int, int]:
     """Unread live items per group, computed in Postgres (the cache-less answer)."""
     counts = dict.fromkeys(group_ids, 0)

@@ -5,16 +5,38 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import requests
 from aiohttp import web
+from rq.job import Job
 
+from jobs.context import use_state
 from service.settings import Settings
 from service.stream_server import HUB_KEY, make_app
 from tests.support.servers import free_port
+
+
+def run_jobs(state: Any) -> int:
+    """Run the jobs queued on the default queue (a group item's fan-out is one) here, in
+    turn, as a worker would (each found by its dotted name); returns how many ran."""
+    queue = state.queue()
+    ran = 0
+    use_state(state)
+    try:
+        while job_ids := queue.get_job_ids():
+            for job_id in job_ids:
+                job = Job.fetch(job_id, connection=state.queue_redis)
+                queue.remove(job)
+                job.perform()
+                job.delete()
+                ran += 1
+    finally:
+        use_state(None)
+    return ran
 
 
 class StreamServer:
@@ -117,15 +139,17 @@ class SseClient:
     def next(self, timeout: float = 10, pings: bool = False) -> Message | None:
         """The next message (events, id-only marks; pings only if ``pings``); None at the
         end of the stream. Raises ``queue.Empty`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout  # pings must not extend the wait
         while True:
-            message = self.messages.get(timeout=timeout)
+            message = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
             if message is None or pings or message.comment != "ping":
                 return message
 
     def event(self, timeout: float = 10) -> Message:
         """The next named event (skipping id-only marks and pings)."""
+        deadline = time.monotonic() + timeout
         while True:
-            message = self.next(timeout)
+            message = self.next(max(0.0, deadline - time.monotonic()))
             assert message is not None, "stream ended"
             if message.event:
                 return message

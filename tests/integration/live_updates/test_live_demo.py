@@ -14,7 +14,7 @@ from service import create_app
 from service.auth import make_token
 from tests.support.auth import JWT_SECRET
 from tests.support.group_feed import make_group, post_item
-from tests.support.live_updates import StreamServer
+from tests.support.live_updates import StreamServer, run_jobs
 from tests.support.servers import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,14 +59,16 @@ def test_demo_badge_is_live_and_resumes(settings, admin_headers):
                                               "window.demo.source.readyState === 1"))
         assert driver.find_element("id", "badge").text == "0"
 
-        post_item(client, admin_headers, group)  # a write elsewhere
         started = time.monotonic()
+        post_item(client, admin_headers, group)  # a write elsewhere
+        run_jobs(app.extensions["hc"])  # its fan-out job
         WebDriverWait(driver, 1, poll_frequency=0.02).until(
             lambda d: d.find_element("id", "badge").text == "1")
         assert time.monotonic() - started < 1.0
 
         stream.stop()  # the stream process goes away; a write happens meanwhile
         post_item(client, admin_headers, group)
+        run_jobs(app.extensions["hc"])
         stream = StreamServer(own, port=stream_port).start()
         wait.until(lambda d: d.find_element("id", "badge").text == "2")
         assert driver.execute_script("return window.demo.connects") >= 2

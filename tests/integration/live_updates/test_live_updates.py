@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import requests
 
 from cache import live_events
 from cache.outbox import relay_outbox
@@ -19,11 +20,11 @@ from tests.support.group_feed import (
     make_group,
     mark,
     mark_all,
-    post_item,
     remove_member,
     unread,
 )
-from tests.support.live_updates import SseClient, StreamServer
+from tests.support.group_feed import post_item as _post_item
+from tests.support.live_updates import SseClient, StreamServer, run_jobs
 from tests.support.servers import RedisProcess
 
 TICKET = "/api/v1/stream/ticket"
@@ -39,6 +40,13 @@ def stream_settings(settings):
 def server(stream_settings):
     with StreamServer(stream_settings) as srv:
         yield srv
+
+
+def post_item(client, headers, group_id: int, **extra) -> dict:
+    """Post a group item and run the jobs it queued (its members' events are a job)."""
+    item = _post_item(client, headers, group_id, **extra)
+    run_jobs(client.application.extensions["hc"])
+    return item
 
 
 def ticket(client, user_id: int = U) -> str:
@@ -135,8 +143,10 @@ def test_group_events_carry_the_rest_counts(client, server, admin_headers):
     assert sse.event().data["unread_count"] == 3 == unread(client, me, group)
     mark_all(client, me, group)
     assert sse.event().data["unread_count"] == 0 == unread(client, me, group)
+    # Deleting an item the user viewed leaves their count as it was: no event for them.
     client.delete(f"/api/v1/messaging/feed/{items[1]}/", headers=admin_headers)
-    assert sse.event().data["unread_count"] == 0 == unread(client, me, group)
+    run_jobs(client.application.extensions["hc"])
+    assert unread(client, me, group) == 0
     post_item(client, admin_headers, group)
     assert sse.event().data["unread_count"] == 1 == unread(client, me, group)
     sse.close()
@@ -313,7 +323,7 @@ def test_redis_down_streams_keep_pinging_and_resume(settings, own_redis, admin_h
         own_redis.stop()
         for _ in range(3):  # still open, still pinging
             assert sse.next(pings=True).comment == "ping"
-        post_item(client, admin_headers, group)  # commits; the cache change waits
+        _post_item(client, admin_headers, group)  # commits; the cache change waits
         assert unread(client, bearer(U), group) == 2  # REST from Postgres
         own_redis.start()  # back, empty: the history is gone
         assert sse.event(timeout=15).event == "reset"
@@ -340,3 +350,61 @@ def test_stream_process_restart_loses_nothing_replayable(client, stream_settings
         again = subscribe(client, second, last_id=last.id)
         assert again.first.event == "unread" and again.first.data["unread_count"] == 2
         again.close()
+
+
+def test_healthz_recovers_when_only_the_heartbeat_ping_failed(server):
+    """A ping that fails once (the Pub/Sub subscription never dropped) reads as "down" until
+    a later ping answers, not until a resubscription that never comes."""
+    hub = server.hub
+    real_ping = hub.redis.ping
+    failures = []
+
+    async def flaky_ping(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("one lost ping")
+        return await real_ping(*args, **kwargs)
+
+    health = f"http://127.0.0.1:{server.port}/healthz"
+    deadline = time.monotonic() + 5
+    while requests.get(health, timeout=5).json()["redis"] != "ok":
+        assert time.monotonic() < deadline, "never healthy"
+        time.sleep(0.05)
+    hub.redis.ping = flaky_ping
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen.append(requests.get(health, timeout=5).json()["redis"])
+        if "down" in seen and seen[-1] == "ok":
+            break
+        time.sleep(0.05)
+    assert "down" in seen, "the failed ping never showed"
+    assert seen[-1] == "ok", f"still down after a good ping: {seen[-5:]}"
+
+
+def test_last_event_id_in_the_query_replays_like_the_header(client, server, admin_headers):
+    """A browser reconnects with a new ticket through a new EventSource, which cannot set
+    headers: ``?last_event_id=`` resumes like ``Last-Event-ID``."""
+    group = make_group(client, admin_headers, members=[U])
+    sse = subscribe(client, server)
+    post_item(client, admin_headers, group)
+    seen = sse.event()
+    sse.close()
+    post_item(client, admin_headers, group)
+    again = SseClient(server.url, {"ticket": ticket(client), "last_event_id": seen.id})
+    assert again.status == 200
+    missed = again.next()
+    assert missed.event == "unread" and missed.data == {"group": group, "unread_count": 2}
+    again.close()
+    fresh = SseClient(server.url, {"ticket": ticket(client), "last_event_id": "1-0"})
+    assert fresh.next().event == "reset"  # not replayable: reset, as with the header
+    fresh.close()
+
+
+def test_the_openapi_document_describes_the_resume_parameters(client):
+    operation = client.get("/openapi.json").get_json()["paths"]["/api/v1/stream"]["get"]
+    params = {(p["in"], p["name"]) for p in operation["parameters"]}
+    assert {("query", "ticket"), ("query", "last_event_id"),
+            ("header", "Last-Event-ID")} <= params
+    assert "EventSource" in next(p["description"] for p in operation["parameters"]
+                                 if p["name"] == "last_event_id")
