@@ -355,6 +355,13 @@ class PageState:
     viewed: list[bool]
 
 
+def viewed_from_bits(positions: Sequence[int], fields: Sequence[int]) -> list[bool]:
+    """``has_viewed`` per position from a read state's BITFIELD reply: the u32 watermark,
+    then one bit per position (viewed at or below the watermark, or its bit set)."""
+    watermark = fields[0]
+    return [p <= watermark or bool(b) for p, b in zip(positions, fields[1:], strict=True)]
+
+
 class ReadStates:
     """Answers of the group feed's read paths: Redis first, Postgres when it must."""
 
@@ -517,9 +524,7 @@ class ReadStates:
             rendered = self.entities.complete(wanted, found, self._load_items(group_id))
             if fields is not None:
                 stats.count(PATH_PAGE, "hit")
-                watermark = fields[0]
-                viewed = [p <= watermark or bool(b) for p, b in zip(positions, fields[1:],
-                                                                     strict=True)]
+                viewed = viewed_from_bits(positions, fields)
             elif wanted:
                 state = self.fill_state(user_id, group_id, PATH_PAGE)
                 viewed = [state.viewed(p) for p in positions]
@@ -560,11 +565,7 @@ class ReadStates:
             exists, fields = reply
             if exists:
                 stats.count(PATH_PAGE, "hit")
-                watermark = fields[0]
-                return PageState(
-                    True, [p <= watermark or bool(b) for p, b in zip(positions, fields[1:],
-                                                                      strict=True)]
-                )
+                return PageState(True, viewed_from_bits(positions, fields))
             state = self.fill_state(user_id, group_id, PATH_PAGE)
             return PageState(True, [state.viewed(p) for p in positions])
         except CacheUnavailable:
