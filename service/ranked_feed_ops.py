@@ -6,10 +6,11 @@ A ranking: the viewer's inputs (fellows, collectives, interaction counts, prefer
 cached per calc version, ``cache.ranked_feed``; on a miss all four come from one
 statement, ``storage.ranked_feed.load_inputs``), one lean query for the bounded candidate
 set (``storage.ranked_feed.load_candidates``: only the score's columns, the viewed flag
-included, one round trip), then numpy scoring (``service.ranked_feed_score``). A page's
-ranking and its post rows share one session (one pool checkout). The first
-``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores, components: 32 bytes each); a
-walk past them ranks again at the cached ranking's clock, less the entries already shown.
+included, in binary format, one round trip), then numpy scoring
+(``service.ranked_feed_score``). A page's ranking and its post rows share one session
+(one pool checkout). The first ``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores,
+components: 32 bytes each); a walk past them ranks again at the cached ranking's clock,
+less the entries already shown.
 
 The walk is bounded: ``count`` is the candidate set's size, at most
 ``RANKED_CANDIDATES_RECENT + 2 · RANKED_CANDIDATES_SOCIAL`` posts (1,000 by default); the

@@ -60,12 +60,15 @@ class Candidates:
     @classmethod
     def from_rows(cls, rows: Sequence[Sequence[Any]]) -> Candidates:
         """From ``(id, author_id, collective_id or 0, created_us, engagement, viewed,
-        post_type component)`` tuples (``storage.ranked_feed.load_candidates``): one
-        conversion of the whole list, value by value without inspecting each tuple as a
-        sequence (every value is exact in a float64: ids and microseconds are below
-        2^53)."""
+        post_type component)`` tuples (``storage.ranked_feed.load_candidates``), a post
+        found by two sources twice (its copies are equal): one conversion of the whole
+        list, value by value without inspecting each tuple as a sequence (every value is
+        exact in a float64: ids and microseconds are below 2^53), then one row per post,
+        in id order."""
         table = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
                             count=7 * len(rows)).reshape(len(rows), 7)
+        _, first = np.unique(table[:, 0], return_index=True)
+        table = table[first]
         ints = table[:, :4].astype(np.int64)
         return cls(ids=ints[:, 0], author_ids=ints[:, 1], collective_ids=ints[:, 2],
                    created_us=ints[:, 3], engagement=table[:, 4],

@@ -187,11 +187,12 @@ def _newest_per(column: str, ids_param: str, allowed: str) -> str:
     )
 
 
-# UNION (not UNION ALL): a post found by two sources is one candidate. Every column is a
+# The sources concatenated (UNION ALL: no sort or hash over the rows; a post found by two
+# sources comes twice, with the same values, and the caller keeps one). Every column is a
 # number, so the rows load into one float64 array: created_at as microseconds since the
-# epoch (exact below 2^53), the viewed flag (one indexed probe of post_views per
-# candidate), and the post_type component, looked up in the viewer's values per type. A
-# joined collective's posts need no membership test (the viewer is in it).
+# epoch (exact below 2^53), the viewed flag (a hashed lookup of the viewer's post_views
+# rows), and the post_type component, looked up in the viewer's values per type. A joined
+# collective's posts need no membership test (the viewer is in it).
 _CANDIDATES = (
     "SELECT c.id, c.author_id, coalesce(c.collective_id, 0), "
     "(extract(epoch FROM c.created_at) * 1000000)::bigint, c.engagement, "
@@ -201,16 +202,21 @@ _CANDIDATES = (
     "CAST(%(types)s AS text[]), c.post_type::text)], 0) FROM ("
     f"(SELECT {_CANDIDATE_COLUMNS} FROM posts p WHERE {_ALLOWED} "
     "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_recent)s)"
-    " UNION " + _newest_per("author_id", "fellows", _ALLOWED)
-    + " UNION " + _newest_per("collective_id", "colls", _NOT_FILTERED) + ") c"
+    " UNION ALL " + _newest_per("author_id", "fellows", _ALLOWED)
+    + " UNION ALL " + _newest_per("collective_id", "colls", _NOT_FILTERED) + ") c"
 )
 # The ranking's small indexed queries: no parallel workers (starting them costs more than
-# these queries take), and the cost of a random page read as on an SSD or a cached table
+# these queries take); the cost of a random page read as on an SSD or a cached table
 # (the server default, 4, assumes spinning disks: with it the planner reads every post of
 # a collective with a bitmap scan and sorts them, rather than read the newest k through
-# the ordered index of migration 0010, which touches fewer than half the pages).
+# the ordered index of migration 0010, which touches fewer than half the pages); and the
+# generic plan of the prepared statement (psycopg prepares a query from its fifth run on a
+# connection): its shape is the same for every viewer (each source an ordered index scan
+# under a LIMIT), and Postgres would otherwise plan it again at every run, because the
+# arrays make each custom plan look cheaper than the generic one.
 _RANKING_SETTINGS = ("SET LOCAL max_parallel_workers_per_gather = 0",
-                     "SET LOCAL random_page_cost = 1.1")
+                     "SET LOCAL random_page_cost = 1.1",
+                     "SET LOCAL plan_cache_mode = force_generic_plan")
 
 
 def load_candidates(
@@ -228,11 +234,13 @@ def load_candidates(
 ) -> list[tuple[Any, ...]]:
     """The bounded candidate set (see the module docstring) as tuples ``(id, author_id,
     collective_id or 0, created_at in µs since the epoch, engagement, viewed,
-    type_values[post_type] or 0)``: public posts and those of the viewer's
-    ``collectives`` (every collective's for an admin). One round trip."""
+    type_values[post_type] or 0)``, in no order, a post found by two sources twice:
+    public posts and those of the viewer's ``collectives`` (every collective's for an
+    admin). One round trip; rows in binary format (no number printed or parsed as
+    text)."""
     conn = session.connection().connection.driver_connection
     types = sorted(type_values)
-    with conn.pipeline(), conn.cursor() as cursor:
+    with conn.pipeline(), conn.cursor(binary=True) as cursor:
         for setting in _RANKING_SETTINGS:
             cursor.execute(setting)
         cursor.execute(_CANDIDATES, {
