@@ -57,10 +57,11 @@ class Filler:
         path: str,
         scope: Scope,
         keys: Sequence[str],
-        load: Callable[[], T],
+        load: Callable[..., T],
         stage: Callable[[Any, dict[str, str], T], None],
         ttl: int | None = None,
         only_if_missing: bool = False,
+        preread: Callable[[Any], None] | None = None,
     ) -> T:
         """Load from Postgres and publish into ``keys`` if the version did not move.
 
@@ -69,6 +70,8 @@ class Filler:
         ``only_if_missing``: for a fill after a miss: if ``keys[0]`` exists by the time
         the lease is taken (a concurrent fill landed), raise ``LeaseHeld`` instead of
         loading again, so callers read it. Forced refreshes leave it False.
+        ``preread(pipe)`` queues reads of other keys of the scope's slot in the lease's
+        round trip; their replies (a list) are then ``load``'s argument.
         Returns the loaded data. Raises ``LeaseHeld`` if another filler holds the lease
         and ``CacheUnavailable`` if Redis fails.
         """
@@ -83,9 +86,11 @@ class Filler:
             lease.queue_take(pipe)
             pipe.get(vkey)
             pipe.exists(keys[0])
+            if preread is not None:
+                preread(pipe)
             return pipe.execute()
 
-        got, raw_version, filled = cache.run(path, take_lease)
+        got, raw_version, filled, *extra = cache.run(path, take_lease)
         if got and filled and only_if_missing:
             # Someone else's fill landed meanwhile: don't load again; callers treat this
             # like a held lease and read the key.
@@ -95,7 +100,7 @@ class Filler:
             raise LeaseHeld(keys[0])
         # Read before the load (see versioned.py); a lost copy is reloaded from Postgres.
         version = int(raw_version) if raw_version is not None else self.version(path, scope)
-        data = load()
+        data = load(extra) if preread is not None else load()
         temps = {key: cache.keys.temp(key, lease.token) for key in keys}
 
         def publish(r: Any) -> int:

@@ -227,7 +227,8 @@ def now_us(now: datetime) -> int:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-Compute = Callable[[int | None, int, np.ndarray | None], Ranking]
+# compute(version, clock_us, exclude, cached inputs as read (an MGET reply) or None)
+Compute = Callable[[int | None, int, np.ndarray | None, list[Any] | None], Ranking]
 
 
 class RankedFeedCache:
@@ -301,9 +302,11 @@ class RankedFeedCache:
 
         ``version`` and ``config_version`` are the viewer's calc version and the controls'
         version as ``versions`` read them (``version`` None: the cache is unusable).
-        ``compute(version, clock_us, exclude)`` ranks from Postgres at ``clock_us``, less
-        the posts ``exclude`` (``version`` None when the cache is unusable: inputs then
-        come from Postgres too). The first ``keep`` entries are cached; a page past them
+        ``compute(version, clock_us, exclude, inputs)`` ranks from Postgres at
+        ``clock_us``, less the posts ``exclude`` (``version`` None when the cache is
+        unusable: inputs then come from Postgres too); ``inputs``, when not None, is the
+        reply of the viewer's cached inputs read in the fill's lease round trip (for
+        ``inputs``). The first ``keep`` entries are cached; a page past them
         ranks again at the cached ranking's clock, less the entries already kept, and
         keeps the ranking extended to twice as many (or the page's end). ``force``
         recomputes and replaces the cached ranking (``invalidate_cache=true``); ``admin``
@@ -312,7 +315,7 @@ class RankedFeedCache:
         """
         if version is None:
             stats.count(PATH, "fallback")
-            return _page(compute(None, clock_us, None), start, stop)
+            return _page(compute(None, clock_us, None, None), start, stop)
         key = rank_key(self.cache.keys, user_id, version, config_version, admin)
         lo, hi = HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
 
@@ -329,15 +332,18 @@ class RankedFeedCache:
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
             pipe.set(temps[key], encode(ranking, max(self.keep, stop)))
 
+        names = self.input_keys(user_id, version)
+
         def fill() -> _Cached:
-            ranking = self.filler.fill(PATH, scope(user_id), [key],
-                                       lambda: compute(version, clock_us, None), stage,
-                                       ttl=self.page_ttl)
+            ranking = self.filler.fill(
+                PATH, scope(user_id), [key],
+                lambda replies: compute(version, clock_us, None, replies[0]), stage,
+                ttl=self.page_ttl, preread=lambda pipe: pipe.mget(names))
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
                            ranking.records[start:stop])
 
         def fallback() -> _Cached:
-            ranking = compute(None, clock_us, None)
+            ranking = compute(None, clock_us, None, None)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
                            ranking.records[start:stop])
 
@@ -365,12 +371,12 @@ class RankedFeedCache:
         except CacheUnavailable:
             whole = None
         if whole is None:  # gone or unreadable meanwhile: a fresh ranking, not kept
-            return _page(compute(None, clock_us, None), start, stop)
+            return _page(compute(None, clock_us, None, None), start, stop)
         (_, kept, clock), prefix = whole
         merged: list[Ranking] = []
 
         def load() -> Ranking:
-            rest = compute(version, clock, prefix["id"])
+            rest = compute(version, clock, prefix["id"], None)
             merged.append(Ranking(clock, np.concatenate([prefix, rest.records])))
             return merged[0]
 
@@ -384,21 +390,28 @@ class RankedFeedCache:
             ranking = merged[0] if merged else load()
         return _page(ranking, start, stop)
 
+    def input_keys(self, user_id: int, version: int) -> list[str]:
+        """The keys of the viewer's inputs at ``version``, in ``INPUT_NAMES`` order."""
+        return [input_key(self.cache.keys, user_id, name, version) for name in INPUT_NAMES]
+
     def inputs(
-        self, user_id: int, version: int, load: Callable[[], dict[str, Any]]
+        self, user_id: int, version: int, load: Callable[[], dict[str, Any]],
+        cached: list[Any] | None = None,
     ) -> dict[str, Any]:
         """The viewer's inputs at ``version`` (by name, ``INPUT_NAMES``): cached ones from
-        Redis (one round trip); if any is missing, ``load()`` gives every input from
+        Redis (one round trip, none when ``cached`` is the reply of an MGET of
+        ``input_keys`` already made); if any is missing, ``load()`` gives every input from
         Postgres (JSON-able values, one statement) and the missing ones are cached with
         their TTL. Keys carry the version, so a value loaded after a bump can never be
         read under the new version; values are only ever as new as or newer than their
         key's version."""
-        keys = {name: input_key(self.cache.keys, user_id, name, version)
-                for name in INPUT_NAMES}
-        try:
-            raw = self.cache.run(INPUTS_PATH, lambda r: r.mget(list(keys.values())))
-        except CacheUnavailable:
-            raw = [None] * len(keys)
+        keys = dict(zip(INPUT_NAMES, self.input_keys(user_id, version), strict=True))
+        raw = cached
+        if raw is None:
+            try:
+                raw = self.cache.run(INPUTS_PATH, lambda r: r.mget(list(keys.values())))
+            except CacheUnavailable:
+                raw = [None] * len(keys)
         values: dict[str, Any] = {}
         missing: list[str] = []
         for name, cached in zip(keys, raw, strict=True):

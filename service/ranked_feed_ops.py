@@ -92,23 +92,26 @@ def weights_of(app_state: AppState, controls: Controls) -> dict[str, float]:
 def compute_ranking(app_state: AppState, user_id: int, version: int | None,
                     weights: dict[str, float] | None = None, is_admin: bool = False,
                     clock_us: int | None = None,
-                    exclude: np.ndarray | None = None, session: Any = None) -> Ranking:
+                    exclude: np.ndarray | None = None, session: Any = None,
+                    cached_inputs: list[Any] | None = None) -> Ranking:
     """Rank the viewer's candidates (less the posts ``exclude``) at ``clock_us`` (default
     now) with ``weights`` (default ``RANKING_WEIGHTS``); inputs from the cache at
-    ``version`` (straight from Postgres when ``version`` is None). Candidates are the
+    ``version`` (straight from Postgres when ``version`` is None; ``cached_inputs``: their
+    keys as already read, ``RankedFeedCache.inputs``). Candidates are the
     posts the viewer may see: public ones and their collectives' (every post for an
     admin). ``session``: the caller's (default: a session of its own)."""
     if session is None:
         with app_state.db.session() as own:
             return compute_ranking(app_state, user_id, version, weights, is_admin,
-                                   clock_us, exclude, own)
+                                   clock_us, exclude, own, cached_inputs)
     settings = app_state.settings
     clock = feed_cache.now_us(now()) if clock_us is None else clock_us
     if version is None:
         inputs = load_inputs(session, user_id)
     else:
         inputs = cache_of(app_state).inputs(user_id, version,
-                                            lambda: load_inputs(session, user_id))
+                                            lambda: load_inputs(session, user_id),
+                                            cached_inputs)
     prefs = inputs["prefs"]
     viewer = scoring.ViewerInputs(
         fellows=frozenset(inputs["fellows"]),
@@ -146,9 +149,10 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
         return controls, None
     weights = weights_of(app_state, controls)
 
-    def compute(v: int | None, clock_us: int, exclude: np.ndarray | None) -> Ranking:
+    def compute(v: int | None, clock_us: int, exclude: np.ndarray | None,
+                cached_inputs: list[Any] | None) -> Ranking:
         return compute_ranking(app_state, user_id, v, weights, is_admin, clock_us, exclude,
-                               session)
+                               session, cached_inputs)
 
     return controls, cache.page(
         user_id, version, controls.version, start, stop, compute,

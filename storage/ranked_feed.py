@@ -19,6 +19,7 @@ from sqlalchemy import cast, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
+from storage.db import DB_QUERIES
 from storage.models import (
     Collective,
     CollectiveMember,
@@ -249,7 +250,9 @@ def load_candidates(
             "k_social": k_social, "admin": is_admin, "types": types,
             "type_values": [float(type_values[t]) for t in types],
         })
-        return cursor.fetchall()
+        rows = cursor.fetchall()
+    DB_QUERIES.inc(len(_RANKING_SETTINGS) + 1)  # sent on the driver: count them here
+    return rows
 
 
 # --- what a page shows ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from cache import ranked_feed as rf
 from cache.keys import Scope
 from service import ranked_feed
+from storage import ranked_feed as store
 from tests.support.ranked_feed_data import FROZEN_NOW, generate, oracle_order, set_preferences
 
 
@@ -173,6 +174,22 @@ def test_invalidate_cache_forces_a_fresh_page(client, auth, state, monkeypatch):
     hits = counter("hit")
     assert page(client, auth(viewer)) == fresh  # the forced page replaced the cached one
     assert counter("hit") == hits + 1
+
+
+def test_forced_page_costs(client, auth, state, monkeypatch):
+    """``invalidate_cache=true`` with the viewer's inputs cached: the versions, the lease
+    with the inputs, the publish (3 Redis round trips); the candidates (one pipeline of
+    the ranking's settings and the query) and the page's rows."""
+    from tests.support.metrics import Costs
+
+    world = _world(state, monkeypatch)
+    viewer = world.users[5]
+    page(client, auth(viewer))  # caches the inputs and the version copy
+    costs = Costs(monkeypatch)
+    fresh, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
+    assert [pid for pid, _ in fresh] == expected_first_page(state, viewer)
+    assert trips == 3
+    assert sql == len(store._RANKING_SETTINGS) + 1 + 1
 
 
 def test_lost_version_copy_is_reloaded_not_restarted(client, auth, state, monkeypatch):
