@@ -42,6 +42,12 @@ class Filler:
         raw = self.cache.run(path, lambda r: r.get(vkey))
         if raw is not None:
             return int(raw)
+        return self.reload_version(path, scope)
+
+    def reload_version(self, path: str, scope: Scope) -> int:
+        """The scope's version when its Redis copy was found missing: its truth from
+        Postgres, set as the copy unless a newer one landed meanwhile (the higher wins)."""
+        vkey = self.cache.keys.version(scope)
         truth = self.load_version(scope.row_name)
         return int(
             self.cache.run(

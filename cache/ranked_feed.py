@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -227,8 +227,23 @@ def now_us(now: datetime) -> int:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# compute(version, clock_us, exclude, cached inputs as read (an MGET reply) or None)
-Compute = Callable[[int | None, int, np.ndarray | None, list[Any] | None], Ranking]
+
+
+@dataclass
+class InputsRead:
+    """A fill's view of the viewer's cached inputs: ``raw``, their keys as read in the
+    lease's round trip (``input_keys`` order); ``writes``, the ones loaded from Postgres
+    meanwhile, ``(key, value, ttl)``, for the publish's round trip."""
+
+    raw: list[Any]
+    writes: list[tuple[str, bytes, int]] = field(default_factory=list)
+
+
+def stage_inputs(pipe: Any, writes: list[tuple[str, bytes, int]]) -> None:
+    for key, value, ttl in writes:
+        pipe.set(key, value, ex=ttl)
+# compute(version, clock_us, exclude, the fill's InputsRead or None)
+Compute = Callable[[int | None, int, np.ndarray | None, "InputsRead | None"], Ranking]
 
 
 class RankedFeedCache:
@@ -271,7 +286,7 @@ class RankedFeedCache:
         if raw_version is not None:
             return int(raw_version), controls
         try:
-            return self.filler.version(PATH, scope(user_id)), controls
+            return self.filler.reload_version(PATH, scope(user_id)), controls
         except CacheUnavailable:
             return None, controls
 
@@ -304,14 +319,14 @@ class RankedFeedCache:
         version as ``versions`` read them (``version`` None: the cache is unusable).
         ``compute(version, clock_us, exclude, inputs)`` ranks from Postgres at
         ``clock_us``, less the posts ``exclude`` (``version`` None when the cache is
-        unusable: inputs then come from Postgres too); ``inputs``, when not None, is the
-        reply of the viewer's cached inputs read in the fill's lease round trip (for
-        ``inputs``). The first ``keep`` entries are cached; a page past them
-        ranks again at the cached ranking's clock, less the entries already kept, and
-        keeps the ranking extended to twice as many (or the page's end). ``force``
-        recomputes and replaces the cached ranking (``invalidate_cache=true``); ``admin``
-        picks the admin-role ranking (every collective's posts). Never raises for Redis
-        trouble.
+        unusable: inputs then come from Postgres too); ``inputs``, when not None, holds
+        the viewer's cached inputs as read in the fill's lease round trip, and collects
+        those to write in its publish round trip (``InputsRead``). The first ``keep``
+        entries are cached; a page past them ranks again at the cached ranking's clock,
+        less the entries already kept, and keeps the ranking extended to twice as many (or
+        the page's end). ``force`` recomputes and replaces the cached ranking
+        (``invalidate_cache=true``); ``admin`` picks the admin-role ranking (every
+        collective's posts). Never raises for Redis trouble.
         """
         if version is None:
             stats.count(PATH, "fallback")
@@ -329,16 +344,21 @@ class RankedFeedCache:
                 return NO_VALUE
             return _Cached(*head, np.frombuffer(raw, dtype=RECORD))
 
+        names = self.input_keys(user_id, version)
+        pending: list[InputsRead] = []
+
+        def load(replies: list[Any]) -> Ranking:
+            pending.append(InputsRead(replies[0]))
+            return compute(version, clock_us, None, pending[-1])
+
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
             pipe.set(temps[key], encode(ranking, max(self.keep, stop)))
-
-        names = self.input_keys(user_id, version)
+            stage_inputs(pipe, pending[-1].writes)
 
         def fill() -> _Cached:
-            ranking = self.filler.fill(
-                PATH, scope(user_id), [key],
-                lambda replies: compute(version, clock_us, None, replies[0]), stage,
-                ttl=self.page_ttl, preread=lambda pipe: pipe.mget(names))
+            ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
+                                       ttl=self.page_ttl,
+                                       preread=lambda pipe: pipe.mget(names))
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
                            ranking.records[start:stop])
 
@@ -396,44 +416,50 @@ class RankedFeedCache:
 
     def inputs(
         self, user_id: int, version: int, load: Callable[[], dict[str, Any]],
-        cached: list[Any] | None = None,
+        cached: InputsRead | None = None,
     ) -> dict[str, Any]:
         """The viewer's inputs at ``version`` (by name, ``INPUT_NAMES``): cached ones from
-        Redis (one round trip, none when ``cached`` is the reply of an MGET of
-        ``input_keys`` already made); if any is missing, ``load()`` gives every input from
+        Redis (one round trip); if any is missing, ``load()`` gives every input from
         Postgres (JSON-able values, one statement) and the missing ones are cached with
-        their TTL. Keys carry the version, so a value loaded after a bump can never be
-        read under the new version; values are only ever as new as or newer than their
-        key's version."""
+        their TTL. With ``cached`` (a fill's ``InputsRead``) there is no round trip here:
+        the keys were read in the fill's lease round trip and the missing ones are
+        written in its publish round trip. Keys carry the version, so a value loaded after
+        a bump can never be read under the new version; values are only ever as new as or
+        newer than their key's version."""
         keys = dict(zip(INPUT_NAMES, self.input_keys(user_id, version), strict=True))
-        raw = cached
-        if raw is None:
+        if cached is not None:
+            raw = cached.raw
+        else:
             try:
                 raw = self.cache.run(INPUTS_PATH, lambda r: r.mget(list(keys.values())))
             except CacheUnavailable:
                 raw = [None] * len(keys)
         values: dict[str, Any] = {}
         missing: list[str] = []
-        for name, cached in zip(keys, raw, strict=True):
-            if cached is not None:
+        for name, value in zip(keys, raw, strict=True):
+            if value is not None:
                 stats.count(INPUTS_PATH, "hit")
-                values[name] = orjson.loads(cached)
+                values[name] = orjson.loads(value)
             else:
                 stats.count(INPUTS_PATH, "miss")
                 missing.append(name)
-        if missing:
-            loaded = load()
-            values.update({name: loaded[name] for name in missing})
+        if not missing:
+            return values
+        loaded = load()
+        values.update({name: loaded[name] for name in missing})
+        writes = [(keys[name], orjson.dumps(loaded[name]), self.input_ttls[name])
+                  for name in missing]
+        if cached is not None:
+            cached.writes.extend(writes)
+            return values
 
-            def store(r: Any) -> None:
-                pipe = r.pipeline(transaction=False)
-                for name in missing:
-                    pipe.set(keys[name], orjson.dumps(loaded[name]),
-                             ex=self.input_ttls[name])
-                pipe.execute()
+        def store(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            stage_inputs(pipe, writes)
+            pipe.execute()
 
-            with contextlib.suppress(CacheUnavailable):  # answered anyway; cached next time
-                self.cache.run(INPUTS_PATH, store)
+        with contextlib.suppress(CacheUnavailable):  # answered anyway; cached next time
+            self.cache.run(INPUTS_PATH, store)
         return values
 
     # --- the operator's rebuild and warm of one user ------------------------------------

@@ -93,11 +93,11 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
                     weights: dict[str, float] | None = None, is_admin: bool = False,
                     clock_us: int | None = None,
                     exclude: np.ndarray | None = None, session: Any = None,
-                    cached_inputs: list[Any] | None = None) -> Ranking:
+                    cached_inputs: feed_cache.InputsRead | None = None) -> Ranking:
     """Rank the viewer's candidates (less the posts ``exclude``) at ``clock_us`` (default
     now) with ``weights`` (default ``RANKING_WEIGHTS``); inputs from the cache at
-    ``version`` (straight from Postgres when ``version`` is None; ``cached_inputs``: their
-    keys as already read, ``RankedFeedCache.inputs``). Candidates are the
+    ``version`` (straight from Postgres when ``version`` is None; ``cached_inputs``: a
+    fill's read of them, ``RankedFeedCache.inputs``). Candidates are the
     posts the viewer may see: public ones and their collectives' (every post for an
     admin). ``session``: the caller's (default: a session of its own)."""
     if session is None:
@@ -150,7 +150,7 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
     weights = weights_of(app_state, controls)
 
     def compute(v: int | None, clock_us: int, exclude: np.ndarray | None,
-                cached_inputs: list[Any] | None) -> Ranking:
+                cached_inputs: feed_cache.InputsRead | None) -> Ranking:
         return compute_ranking(app_state, user_id, v, weights, is_admin, clock_us, exclude,
                                session, cached_inputs)
 

@@ -177,9 +177,9 @@ def test_invalidate_cache_forces_a_fresh_page(client, auth, state, monkeypatch):
 
 
 def test_forced_page_costs(client, auth, state, monkeypatch):
-    """``invalidate_cache=true`` with the viewer's inputs cached: the versions, the lease
-    with the inputs, the publish (3 Redis round trips); the candidates (one pipeline of
-    the ranking's settings and the query) and the page's rows."""
+    """``invalidate_cache=true``: the versions, the lease with the viewer's cached inputs,
+    the publish (3 Redis round trips); the candidates (one pipeline of the ranking's
+    settings and the query) and the page's rows."""
     from tests.support.metrics import Costs
 
     world = _world(state, monkeypatch)
@@ -190,6 +190,17 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     assert [pid for pid, _ in fresh] == expected_first_page(state, viewer)
     assert trips == 3
     assert sql == len(store._RANKING_SETTINGS) + 1 + 1
+    # Inputs expired: loaded in the same session (one statement more), written in the
+    # publish's round trip, and read from the cache by the next forced page.
+    version = state.filler.version(rf.PATH, rf.scope(viewer))
+    state.cache.redis.delete(*[rf.input_key(state.cache.keys, viewer, name, version)
+                               for name in rf.INPUT_NAMES])
+    again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
+    assert again == fresh and trips == 3
+    assert sql == len(store._RANKING_SETTINGS) + 1 + 2
+    hits = counter("hit", rf.INPUTS_PATH)
+    assert page(client, auth(viewer), invalidate_cache="true") == fresh
+    assert counter("hit", rf.INPUTS_PATH) == hits + len(rf.INPUT_NAMES)
 
 
 def test_lost_version_copy_is_reloaded_not_restarted(client, auth, state, monkeypatch):
