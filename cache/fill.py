@@ -44,11 +44,13 @@ class Filler:
             return int(raw)
         return self.reload_version(path, scope)
 
-    def reload_version(self, path: str, scope: Scope) -> int:
+    def reload_version(self, path: str, scope: Scope,
+                       load: Callable[[], int] | None = None) -> int:
         """The scope's version when its Redis copy was found missing: its truth from
-        Postgres, set as the copy unless a newer one landed meanwhile (the higher wins)."""
+        Postgres (``load()``, e.g. on the caller's session; default ``load_version``), set
+        as the copy unless a newer one landed meanwhile (the higher wins)."""
         vkey = self.cache.keys.version(scope)
-        truth = self.load_version(scope.row_name)
+        truth = load() if load is not None else self.load_version(scope.row_name)
         return int(
             self.cache.run(
                 path,

@@ -257,11 +257,13 @@ class RankedFeedCache:
         self.input_ttls = input_ttls
         self.keep = keep
 
-    def versions(self, user_id: int, load_controls: Callable[[], Controls]
+    def versions(self, user_id: int, load_controls: Callable[[], Controls],
+                 load_version: Callable[[], int] | None = None,
                  ) -> tuple[int | None, Controls]:
         """The viewer's calc version (None when the cache is unusable) and the ranking
         controls, in one round trip when both copies are in Redis. A missing copy is
-        loaded from Postgres (``load_controls()`` for the controls, refilled single-flight).
+        loaded from Postgres (``load_controls()`` for the controls, refilled single-flight;
+        ``load_version()`` for the calc version's row, default the filler's loader).
         Never raises for Redis trouble."""
         vkey = self.cache.keys.version(scope(user_id))
         ckey = config_key(self.cache.keys)
@@ -286,7 +288,7 @@ class RankedFeedCache:
         if raw_version is not None:
             return int(raw_version), controls
         try:
-            return self.filler.reload_version(PATH, scope(user_id)), controls
+            return self.filler.reload_version(PATH, scope(user_id), load_version), controls
         except CacheUnavailable:
             return None, controls
 

@@ -141,10 +141,14 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                 session: Any = None) -> tuple[Controls, RankedPage | None]:
     """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
     them (None when the admin switched ranking off); an admin's ranking (every collective)
-    is kept apart. Warm: one round trip for the versions, one for the page. A ranking is
-    computed on ``session`` when given (one connection for the whole request)."""
+    is kept apart. Warm: one round trip for the versions, one for the page. A ranking (and
+    a calc version whose Redis copy is missing) is read on ``session`` when given (one
+    connection for the whole request)."""
     cache = cache_of(app_state)
-    version, controls = cache.versions(user_id, lambda: load_controls(app_state))
+    row = feed_cache.scope(user_id).row_name
+    version, controls = cache.versions(
+        user_id, lambda: load_controls(app_state),
+        None if session is None else lambda: rebuild_store.versions(session, [row])[row])
     if not controls.enabled:
         return controls, None
     weights = weights_of(app_state, controls)

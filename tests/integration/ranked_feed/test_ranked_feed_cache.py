@@ -201,6 +201,12 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     hits = counter("hit", rf.INPUTS_PATH)
     assert page(client, auth(viewer), invalidate_cache="true") == fresh
     assert counter("hit", rf.INPUTS_PATH) == hits + len(rf.INPUT_NAMES)
+    # The version copy lost: its row read on the page's session, the copy set back.
+    state.cache.redis.delete(state.cache.keys.version(rf.scope(viewer)))
+    again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
+    assert again == fresh and trips == 4
+    assert sql == len(store._RANKING_SETTINGS) + 1 + 2
+    assert state.filler.version(rf.PATH, rf.scope(viewer)) == version
 
 
 def test_lost_version_copy_is_reloaded_not_restarted(client, auth, state, monkeypatch):
