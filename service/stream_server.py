@@ -12,7 +12,10 @@ entries, and one pipelined ``XRANGE`` per batch of woken connections reads them.
 - Resume: ``Last-Event-ID`` (header, or the ``last_event_id`` query parameter for a client
   that reconnects with a new ticket) replays what was missed, else a ``reset`` event; a new
   stream starts with an ``id:``-only message, so a client has a resume point at once.
-- ``: ping`` every ``STREAM_HEARTBEAT`` s, from a timer, whatever Redis does.
+- ``: ping`` every ``STREAM_HEARTBEAT`` s, from a timer, whatever Redis does. Each stream
+  has its own phase (its first ping comes a random 50-100 % of the interval after it
+  opened), so the process sends a steady trickle of pings, never all of them at once: a
+  burst of 10,000 socket writes would hold every event behind it.
 - A client more than ``STREAM_QUEUE_MAX`` messages behind, or whose socket accepts nothing
   for ``STREAM_WRITE_TIMEOUT`` s, is dropped; others are unaffected.
 - Redis down: streams stay open and keep pinging; when Redis answers again every
@@ -23,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import random
 import resource
 import time
 from dataclasses import dataclass, field
@@ -49,7 +55,8 @@ from service.settings import Settings
 log = logging.getLogger("service.stream_server")
 
 PING = b": ping\n\n"
-PING_SLICE, PING_PAUSE = 200, 0.01  # heartbeats sent per slice, and seconds between
+PING_TICK = 0.05  # seconds between the heartbeat loop's passes (at most)
+PING_BATCH = 200  # pings sent per pass at most (the rest are due at the next pass)
 RETRY_MS = 2000  # the client's reconnect delay (the SSE ``retry:`` field)
 REDIS_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnects to Redis
 LOOP_CONNECTIONS = 8  # Redis connections of the loops (one is the Pub/Sub subscription)
@@ -133,11 +140,17 @@ class Hub:
         self.delivered = 0
         self.opening_users: list[tuple[int, asyncio.Future[str]]] = []
         self.opening_wake = asyncio.Event()
+        # (when the next ping is due, a tie-breaker, the connection): closed ones are
+        # dropped when they come up.
+        self.pings: list[tuple[float, int, Connection]] = []
+        self.ping_seq = itertools.count()
 
     # Connections.
 
     def add(self, conn: Connection) -> None:
         self.by_user.setdefault(conn.user_id, set()).add(conn)
+        due = time.monotonic() + self.settings.stream_heartbeat * random.uniform(0.5, 1.0)
+        heapq.heappush(self.pings, (due, next(self.ping_seq), conn))
 
     def remove(self, conn: Connection) -> None:
         conns = self.by_user.get(conn.user_id)
@@ -287,25 +300,43 @@ class Hub:
         conn.last_id = top
         conn.send(reset_message(top))
 
-    async def _heartbeat(self) -> None:
+    def ping_due(self, now: float) -> set[int]:
+        """Ping the connections whose heartbeat is due (at most ``PING_BATCH``), each
+        again one interval later; returns the users whose stream TTL wants a refresh."""
         interval = self.settings.stream_heartbeat
+        stale: set[int] = set()
+        sent = 0
+        while self.pings and self.pings[0][0] <= now and sent < PING_BATCH:
+            _, _, conn = heapq.heappop(self.pings)
+            if conn.closed:
+                continue
+            conn.send(PING)
+            sent += 1
+            heapq.heappush(self.pings, (now + interval, next(self.ping_seq), conn))
+            if now - conn.touched > live_events.STREAM_TTL / 4:
+                conn.touched = now
+                stale.add(conn.user_id)
+        return stale
+
+    async def _heartbeat(self) -> None:
+        """Pings as they fall due (see the module docstring), and once an interval a
+        Redis ping (what /healthz reports) with the TTL refresh of connected users."""
+        interval = self.settings.stream_heartbeat
+        tick = min(PING_TICK, interval / 4)
+        check_at = time.monotonic() + interval
+        stale: set[int] = set()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(tick)
             now = time.monotonic()
-            stale: set[int] = set()
-            # In slices, the loop free between them: 10,000 pings at once would hold events
-            # back behind 10,000 socket writes (seconds of a loaded machine: the bench's p99).
-            for i, conn in enumerate(self.connections()):
-                if i and i % PING_SLICE == 0:
-                    await asyncio.sleep(PING_PAUSE)
-                conn.send(PING)
-                if now - conn.touched > live_events.STREAM_TTL / 4:
-                    conn.touched = now
-                    stale.add(conn.user_id)
+            stale |= self.ping_due(now)
+            if now < check_at:
+                continue
+            check_at = now + interval
             try:
                 await self.redis.ping()
                 if stale:
                     await live_events.touch(self.redis, self.keys, stale)
+                stale = set()
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc, "ping")
             else:
