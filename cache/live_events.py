@@ -8,7 +8,9 @@ Key layout (prefix and hash tags as in ``cache/keys.py``; every command is one s
     (``XADD MAXLEN ~``, which keeps at least ``MAX_LEN``).
 ``{u:<uid>}:live:meta``    HASH    ``origin``: the id of the first entry of this incarnation
     of the stream. Written (HSETNX) by the append that finds it missing: a new stream, or
-    one whose history Redis lost (restart, eviction).
+    one whose history Redis lost (restart, eviction). ``a:<scope name>``: the version of
+    the user's newest change of that scope whose events are in the stream (``ANNOUNCE``
+    writes it with them, atomically).
 ``{t:<ticket>}:live:ticket``  STRING  the user id a stream ticket was issued to; ``SET NX
     EX 60`` at issue, ``GETDEL`` at use, so a ticket works once, for 60 s.
 channel ``<prefix>live:notify``  ``PUBLISH <uid>`` after each append; the stream process
@@ -27,6 +29,15 @@ after ``L``, so it always shows as "too many".
 Events are appended by ``Publisher`` (wired into ``cache.outbox.Applier``): after a
 committed change is applied, in the same pipeline it reads the Redis state the REST
 endpoints read, so the counts it publishes equal their answers at that moment.
+
+A change to one user's scope is announced by ``ANNOUNCE``: its events, appended only if the
+scope's version copy is still the change's (a newer change's own events carry the newer
+counts) and its ``a:<scope>`` mark is behind it (announced once), the mark set with them.
+An announce that failed or timed out (the request's second round trip) is not lost: the
+relay, reading the change's outbox row, finds the mark behind the version Redis holds and
+announces the change again from the state now in Redis (``Publisher.unannounced``, then
+``Applier.apply(..., repair=True)``): the same counts, an ``activity`` event without its
+``item``, and a membership change as a ``reset``.
 
 A group's new (or deleted) item changes the count of every member, so its events are a
 job (``Publisher.fan_out_group``, enqueued by the request after the apply, one per change:
@@ -63,6 +74,7 @@ from cache import group_feed as gf_cache
 from cache.client import CACHE_ERRORS, NO_VALUE, Cache, CacheUnavailable
 from cache.fill import Filler
 from cache.keys import Keyspace, user_tag
+from cache.scripts import LuaScript
 from cache.versioned import Change
 from storage import group_feed as group_store
 from storage.db import Database
@@ -193,6 +205,62 @@ def set_origins(pipe: Any, keys: Keyspace, new: Iterable[tuple[int, str]]) -> An
     return pipe
 
 
+# KEYS: the user's events, meta, the change's version copy. ARGV: the mark's field, the
+# change's version, MAX_LEN, STREAM_TTL, then (name, data) of each event. Appends the
+# events unless the user has no stream, the copy holds another version (a newer change
+# announces itself) or the mark is at or past the version (announced already). Returns the
+# ids appended (none when it did not append).
+ANNOUNCE = LuaScript("""
+if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+local v = tonumber(ARGV[2])
+local copy = redis.call('GET', KEYS[3])
+if copy and tonumber(copy) ~= v then return {} end
+local mark = redis.call('HGET', KEYS[2], ARGV[1])
+if mark and tonumber(mark) >= v then return {} end
+local ids = {}
+for i = 5, #ARGV, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+                             'e', ARGV[i], 'd', ARGV[i + 1])
+end
+redis.call('HSET', KEYS[2], ARGV[1], v)
+redis.call('HSETNX', KEYS[2], 'origin', ids[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return ids
+""")
+
+
+def mark_field(change: Change) -> str:
+    return f"a:{change.scope.name}"
+
+
+@dataclass
+class Announcement:
+    """The events of one committed change to one user's scope."""
+
+    user_id: int
+    change: Change
+    events: list[tuple[str, dict[str, Any]]]
+
+
+def announce(client: Any, keys: Keyspace, announcements: Sequence[Announcement]
+             ) -> list[list[str]]:
+    """``ANNOUNCE`` each, and tell the stream processes: one pipelined round trip. Returns
+    the ids appended per announcement. Raises a Redis error if Redis fails."""
+    if not announcements:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for a in announcements:
+        args: list[Any] = [mark_field(a.change), a.change.version, MAX_LEN, STREAM_TTL]
+        for name, data in a.events:
+            args += [name, orjson.dumps(data)]
+        ANNOUNCE([events_key(keys, a.user_id), meta_key(keys, a.user_id),
+                  keys.version(a.change.scope)], args, pipe)
+    users = dict.fromkeys(a.user_id for a in announcements)
+    pipe.publish(channel(keys), ",".join(str(u) for u in users))
+    return [[_text(i) for i in ids] for ids in pipe.execute()[:-1]]
+
+
 # --- reading (the stream process, on redis.asyncio) ---------------------------------------
 
 
@@ -306,12 +374,15 @@ class Plan:
     keys: Keyspace
     n_changes: int
     before: list[tuple[str, int, Any]] = field(default_factory=list)  # (kind, uid, extra)
-    after: list[tuple[str, int, Any]] = field(default_factory=list)
+    # (kind, uid, extra, change): the reads after the apply, one change each
+    after: list[tuple[str, int, Any, Change]] = field(default_factory=list)
     # (group, version) of each change to a group's live bitmap: a fan-out job each.
     groups_live: list[tuple[int, int]] = field(default_factory=list)
+    repair: bool = False  # the relay announces changes Redis held already
+    by: str = "request"
 
     def queue_after(self, pipe: Any) -> None:
-        for kind, user_id, extra in self.after:
+        for kind, user_id, extra, _ in self.after:
             pipe.exists(meta_key(self.keys, user_id))
             if kind == UNREAD:
                 pipe.get(gf_cache.key(self.keys, user_id, extra))
@@ -345,37 +416,77 @@ class Publisher:
         self.read_states = gf_cache.ReadStates(cache, filler, db)
         self.enqueue_fan_out = enqueue_fan_out
 
-    def plan(self, pipe: Any, changes: Sequence[Change]) -> Plan:
-        """Queue the reads needed before the changes' apply; returns the plan."""
+    def plan(self, pipe: Any, changes: Sequence[Change], by: str = "request",
+             repair: bool = False) -> Plan:
+        """Queue the reads needed before the changes' apply; returns the plan. ``repair``:
+        the changes are in Redis already and their announce was lost (``unannounced``)."""
         keys = self.cache.keys
-        plan = Plan(keys, len(changes))
+        plan = Plan(keys, len(changes), repair=repair, by=by)
         for change in changes:
             name, tag = change.scope.name, change.scope.tag
             user_id = _user_of(tag)
             if user_id is not None and name.startswith("rs:") and name[3:].isdigit():
-                plan.after.append((UNREAD, user_id, int(name[3:])))
+                plan.after.append((UNREAD, user_id, int(name[3:]), change))
             elif user_id is not None and name == "activity":
                 pipe.hget(activity_feed.counts_key(keys, user_id), "total")
                 plan.before.append((ACTIVITY, user_id, change))
-                plan.after.append((ACTIVITY, user_id, change))
+                plan.after.append((ACTIVITY, user_id, change, change))
             elif user_id is not None and name == "groups":
                 gf_cache.queue_groups(pipe, keys, user_id)
                 plan.before.append((RESET, user_id, None))
-                plan.after.append((RESET, user_id, None))
-            elif name == "live" and (group_id := _group_of(tag)) is not None:
+                plan.after.append((RESET, user_id, None, change))
+            elif name == "live" and (group_id := _group_of(tag)) is not None and not repair:
                 plan.groups_live.append((group_id, change.version))
         return plan
 
     def publish(self, plan: Plan, replies: list[Any]) -> None:
-        """Compute and append the events, and queue the groups' fan-outs. Never raises: a
-        lost event only delays a badge until the next one (the REST endpoints stay right);
-        a fan-out that could not be queued is queued by the relay."""
+        """Compute and announce the events, and queue the groups' fan-outs. Never raises:
+        an announce that failed is made by the relay (``unannounced``); a fan-out that could
+        not be queued is queued by the relay."""
         try:
-            append(self.cache.redis, self.cache.keys, self._events(plan, replies))
+            announcements = self._events(plan, replies)
+            if announcements:
+                run = self.cache.run_unguarded if plan.by == "relay" else self.cache.run
+                run(PATH, lambda r: announce(r, self.cache.keys, announcements))
         except (CacheUnavailable, SQLAlchemyError, *CACHE_ERRORS) as exc:
-            log.warning("live events not published: %s", exc)
+            log.warning("live events not announced (the outbox relay announces them): %s",
+                        exc)
         if plan.groups_live:
             self.enqueue_fan_out(plan.groups_live)
+
+    def unannounced(self, changes: Sequence[Change], started: Sequence[float]
+                    ) -> list[Change]:
+        """Of changes Redis holds (their request applied them), those to a user's scope
+        whose announce was lost: the user's stream began before the change (``started``:
+        when each change's transaction began, epoch seconds; a stream opened later started
+        from the state the change made), the scope's version copy is the change's and its
+        mark is behind it. One pipelined round trip (ignoring the breaker: the relay's
+        check). Raises ``CacheUnavailable``."""
+        keys = self.cache.keys
+        mine = [(uid, c, t) for c, t in zip(changes, started, strict=True)
+                if (uid := _user_of(c.scope.tag)) is not None
+                and (c.scope.name in ("activity", "groups") or c.scope.name.startswith("rs:"))]
+        if not mine:
+            return []
+
+        def run(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for uid, c, _ in mine:
+                pipe.hmget(meta_key(keys, uid), ["origin", mark_field(c)])
+                pipe.get(keys.version(c.scope))
+            return pipe.execute()
+
+        replies = self.cache.run_unguarded(PATH, run)
+        out = []
+        for i, (_, c, t) in enumerate(mine):
+            (origin, mark), copy = replies[2 * i], replies[2 * i + 1]
+            began = parse_id(origin) if origin is not None else None
+            if began is None or began[0] > t * 1000:
+                continue  # no stream, or one opened after the change
+            if copy is not None and int(copy) == c.version and (
+                    mark is None or int(mark) < c.version):
+                out.append(c)
+        return out
 
     def announce_held(self, changes: Iterable[Change]) -> None:
         """The relay's repair for changes Redis already holds: queue their groups' fan-outs
@@ -385,43 +496,48 @@ class Publisher:
         if fan_outs:
             self.enqueue_fan_out(fan_outs)
 
-    def _events(self, plan: Plan, replies: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    def _events(self, plan: Plan, replies: list[Any]) -> list[Announcement]:
         before, after = plan.split(replies)
         old: dict[tuple[str, int], Any] = {
             (kind, uid): reply for (kind, uid, _), reply in zip(plan.before, before, strict=True)
         }
-        events: list[tuple[int, str, dict[str, Any]]] = []
+        out: list[Announcement] = []
         i = 0
-        for kind, user_id, extra in plan.after:
+        for kind, user_id, extra, change in plan.after:
             active = after[i]
             i += 1
+            events: list[tuple[str, dict[str, Any]]] = []
             if kind == UNREAD:
                 raw = (after[i], after[i + 1])
                 i += 2
                 if active:
                     count = self.read_states.counts_from_raw(user_id, {extra: raw})[extra]
-                    events.append((user_id, UNREAD, {"group": extra, "unread_count": count}))
+                    events.append((UNREAD, {"group": extra, "unread_count": count}))
             elif not active:
                 continue
             elif kind == ACTIVITY:
                 event = activity_event(extra, self.cache.keys, user_id, old[(kind, user_id)])
                 if event is not None:
-                    events.append((user_id, ACTIVITY, event))
+                    events.append((ACTIVITY, event))
             elif kind == RESET:
-                events += self._membership_events(user_id, old[(kind, user_id)])
-        return events
+                # A repair cannot tell the groups joined or left (the old set is gone).
+                events += [(RESET, {})] if plan.repair else self._membership_events(
+                    user_id, old[(kind, user_id)])
+            if events:
+                out.append(Announcement(user_id, change, events))
+        return out
 
     def _membership_events(self, user_id: int, old_reply: Any
-                           ) -> list[tuple[int, str, dict[str, Any]]]:
+                           ) -> list[tuple[str, dict[str, Any]]]:
         old = gf_cache.parse_groups(old_reply)
         if old is NO_VALUE:
-            return [(user_id, RESET, {})]
+            return [(RESET, {})]
         with self.db.session() as session:
             new = set(group_store.member_group_ids(session, user_id))
-        events = [(user_id, UNREAD, {"group": g, "unread_count": 0}) for g in sorted(old - new)]
+        events = [(UNREAD, {"group": g, "unread_count": 0}) for g in sorted(old - new)]
         for group_id in sorted(new - old):
             _, count = self.read_states.group_unread(user_id, group_id, check_member=False)
-            events.append((user_id, UNREAD, {"group": group_id, "unread_count": count}))
+            events.append((UNREAD, {"group": group_id, "unread_count": count}))
         return events
 
     def fan_out_group(self, group_id: int, version: int) -> int:

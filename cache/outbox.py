@@ -63,10 +63,11 @@ class Applier:
         unknown = [c for c, copy in zip(changes, copies, strict=True) if copy is None]
         return behind, unknown
 
-    def apply(self, changes: Iterable[Change], by: str = "request", announce: bool = True
-              ) -> int:
+    def apply(self, changes: Iterable[Change], by: str = "request", announce: bool = True,
+              repair: bool = False) -> int:
         """Apply ``changes`` in one pipelined round trip; returns how many were not in
-        Redis yet (the others were already applied: no-ops).
+        Redis yet (the others were already applied: no-ops). ``repair``: the changes are in
+        Redis and their live events were lost (``Publisher.unannounced``): announce them.
 
         Raises ``CacheUnavailable`` if Redis fails (the outbox row stays for the relay).
         Runs even while the breaker is open when ``by == "relay"``: the relay is how the
@@ -80,7 +81,8 @@ class Applier:
 
         def run(r) -> tuple:
             pipe = r.pipeline(transaction=False)
-            plan = publisher.plan(pipe, changes) if publisher is not None else None
+            plan = publisher.plan(pipe, changes, by, repair) if publisher is not None \
+                else None
             for change in changes:
                 queue_apply(pipe, self.cache.keys, change, self.cache.idle_ttl)
             if plan is not None:
@@ -102,11 +104,20 @@ class Applier:
         return applied
 
 
-    def announce_held(self, changes: Sequence[Change]) -> None:
+    def announce_held(self, changes: Sequence[Change], started: Sequence[float]) -> None:
         """The relay's repair of announcements for changes Redis already holds (their
-        request applied them): see ``Publisher.announce_held``."""
-        if self.publisher is not None and changes:
-            self.publisher.announce_held(changes)
+        request applied them): the groups' fan-outs are queued again
+        (``Publisher.announce_held``), and the changes to a user's scope whose events were
+        lost (``Publisher.unannounced``) are announced from the state Redis holds.
+        Raises ``CacheUnavailable``."""
+        if self.publisher is None or not changes:
+            return
+        self.publisher.announce_held(changes)
+        lost = self.publisher.unannounced(changes, started)
+        if lost:
+            log.info("outbox relay announces %d changes whose live events were lost",
+                     len(lost))
+            self.apply(lost, by="relay", repair=True)
 
 
 # Rows younger than this belong to requests that are still applying them.
@@ -123,7 +134,10 @@ def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE
             rows = cache_state.pending_outbox(session, older_than=min_age)
             if not rows:
                 break
-            changes = [Change.from_json(c) for row in rows for c in row.changes]
+            pairs = [(Change.from_json(c), row.created_at.timestamp())  # its transaction's
+                     for row in rows for c in row.changes]                  # start
+            changes = [c for c, _ in pairs]
+            started = {id(c): t for c, t in pairs}
             # Most rows were applied by their request: only the others are applied, and only
             # those Redis still has a version copy of are announced to live streams (a lost
             # copy means a lost history: the streams have sent ``reset``), so a relay pass
@@ -137,7 +151,8 @@ def relay_outbox(db: Database, applier: Applier, min_age: float = OUTBOX_MIN_AGE
             # of the changes whose copy was missing: their group's bitmap was not cached
             # (or lost), which says nothing of its members' streams.
             announced = {id(c) for c in behind}
-            applier.announce_held([c for c in changes if id(c) not in announced])
+            held = [c for c in changes if id(c) not in announced]
+            applier.announce_held(held, [started[id(c)] for c in held])
             # Not durable (synchronous_commit off for this transaction): a delete lost in
             # a Postgres crash only makes the next run apply those rows again, a no-op.
             cache_state.delete_outbox(session, [row.id for row in rows], durable=False)

@@ -12,18 +12,35 @@ entries, and one pipelined ``XRANGE`` per batch of woken connections reads them.
 - Resume: ``Last-Event-ID`` (header, or the ``last_event_id`` query parameter for a client
   that reconnects with a new ticket) replays what was missed, else a ``reset`` event; a new
   stream starts with an ``id:``-only message, so a client has a resume point at once.
-- ``: ping`` every ``STREAM_HEARTBEAT`` s, from a timer, whatever Redis does.
+- ``: ping`` every ``STREAM_HEARTBEAT`` s, from a timer, whatever Redis does. Each stream
+  has its own phase (its first ping comes a random 50-100 % of the interval after it
+  opened), so the process sends a steady trickle of pings, never all of them at once: a
+  burst of 10,000 socket writes would hold every event behind it.
 - A client more than ``STREAM_QUEUE_MAX`` messages behind, or whose socket accepts nothing
   for ``STREAM_WRITE_TIMEOUT`` s, is dropped; others are unaffected.
 - Redis down: streams stay open and keep pinging; when Redis answers again every
   connection catches up from its last id (or gets ``reset``: the history was lost).
+- Garbage collection (``python -m``, not when the app is embedded): 10,000 streams are
+  about a million objects, and a full pass of CPython's cyclic collector over them holds
+  the loop for a few hundred ms of CPU (seconds of a loaded host), with every event behind
+  it. So the process freezes (``gc.freeze``) what survives a young collection once the
+  streams being opened are up: the collector's automatic passes then scan only newer
+  objects. Frozen objects are still freed by reference counting; cycles among them (those
+  of closed streams) wait for a full collection, run when the streams closed since the last
+  one reach a quarter of those open (``GcPolicy``), about as often as CPython would run one
+  under churn, and never just because many streams opened or many events went out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import gc
+import heapq
+import itertools
 import logging
+import random
 import resource
 import time
 from dataclasses import dataclass, field
@@ -49,7 +66,9 @@ from service.settings import Settings
 log = logging.getLogger("service.stream_server")
 
 PING = b": ping\n\n"
-PING_SLICE, PING_PAUSE = 200, 0.01  # heartbeats sent per slice, and seconds between
+PING_TICK = 0.05  # seconds between the heartbeat loop's passes (at most)
+PING_BATCH = 200  # pings sent per pass at most (the rest are due at the next pass)
+LAG_WINDOW = 100  # heartbeat passes whose lateness /healthz reports (5 s of them)
 RETRY_MS = 2000  # the client's reconnect delay (the SSE ``retry:`` field)
 REDIS_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnects to Redis
 LOOP_CONNECTIONS = 8  # Redis connections of the loops (one is the Pub/Sub subscription)
@@ -57,6 +76,42 @@ OPEN_CONNECTIONS = 32  # ...and of the streams being opened
 REDIS_POOL_WAIT = 20.0  # seconds a command may wait for a pooled connection (then: 503)
 HUB_KEY = web.AppKey("hub", object)
 ORIGINS_KEY = web.AppKey("origins", set)
+
+
+@dataclass
+class GcPolicy:
+    """When the stream process freezes its objects, and when it collects them in full
+    (see the module docstring). ``decide`` is pure; ``run`` does it."""
+
+    every: float = 1.0  # seconds between decisions at most
+    full_share: float = 0.25  # closed / open streams that call for a full collection
+    full_min: int = 1000  # ...but not for fewer closed streams than this
+    opened: int = 0  # streams up since the last freeze
+    closed: int = 0  # streams closed since the last full collection
+    last: float = 0.0
+
+    def decide(self, now: float, open_streams: int) -> str | None:
+        """``"full"``, ``"freeze"`` or None (nothing to do yet)."""
+        if now - self.last < self.every:
+            return None
+        if self.closed >= max(self.full_min, self.full_share * open_streams):
+            return "full"
+        return "freeze" if self.opened else None
+
+    def run(self, now: float, open_streams: int) -> str | None:
+        action = self.decide(now, open_streams)
+        if action is None:
+            return None
+        self.last = now
+        if action == "full":
+            gc.unfreeze()
+            gc.collect()
+            self.closed = 0
+        else:
+            gc.collect(1)  # the young garbage goes first: only survivors are frozen
+        gc.freeze()
+        self.opened = 0
+        return action
 
 
 @dataclass(eq=False)
@@ -110,7 +165,7 @@ class Hub:
     """Every open stream of this process, and the loops that feed them."""
 
     def __init__(self, settings: Settings, aredis: Any, keys: Keyspace,
-                 opening: Any = None) -> None:
+                 opening: Any = None, gc_policy: GcPolicy | None = None) -> None:
         self.settings = settings
         self.redis = aredis  # the loops' client
         # Opening streams (tickets, replay, resume point) use their own connections, so a
@@ -133,20 +188,35 @@ class Hub:
         self.delivered = 0
         self.opening_users: list[tuple[int, asyncio.Future[str]]] = []
         self.opening_wake = asyncio.Event()
+        # (when the next ping is due, a tie-breaker, the connection): closed ones are
+        # dropped when they come up.
+        self.pings: list[tuple[float, int, Connection]] = []
+        self.ping_seq = itertools.count()
+        self.gc_policy = gc_policy  # None: the process's collector is left alone
+        # How late the heartbeat loop's timer fired, over its last passes (s): the loop's
+        # lag, which every event waits too (/healthz reports the worst of them).
+        self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
+        self.open_streams = 0
 
     # Connections.
 
     def add(self, conn: Connection) -> None:
         self.by_user.setdefault(conn.user_id, set()).add(conn)
+        self.open_streams += 1
+        due = time.monotonic() + self.settings.stream_heartbeat * random.uniform(0.5, 1.0)
+        heapq.heappush(self.pings, (due, next(self.ping_seq), conn))
 
     def remove(self, conn: Connection) -> None:
         conns = self.by_user.get(conn.user_id)
-        if conns is not None:
+        if conns is not None and conn in conns:
+            self.open_streams -= 1
             conns.discard(conn)
             if not conns:
                 del self.by_user[conn.user_id]
         self.dirty.discard(conn)
         self.recheck.discard(conn)
+        if self.gc_policy is not None and conn.ready:
+            self.gc_policy.closed += 1
 
     def connections(self) -> list[Connection]:
         return [c for conns in self.by_user.values() for c in conns]
@@ -287,25 +357,47 @@ class Hub:
         conn.last_id = top
         conn.send(reset_message(top))
 
-    async def _heartbeat(self) -> None:
+    def ping_due(self, now: float) -> set[int]:
+        """Ping the connections whose heartbeat is due (at most ``PING_BATCH``), each
+        again one interval later; returns the users whose stream TTL wants a refresh."""
         interval = self.settings.stream_heartbeat
+        stale: set[int] = set()
+        sent = 0
+        while self.pings and self.pings[0][0] <= now and sent < PING_BATCH:
+            _, _, conn = heapq.heappop(self.pings)
+            if conn.closed:
+                continue
+            conn.send(PING)
+            sent += 1
+            heapq.heappush(self.pings, (now + interval, next(self.ping_seq), conn))
+            if now - conn.touched > live_events.STREAM_TTL / 4:
+                conn.touched = now
+                stale.add(conn.user_id)
+        return stale
+
+    async def _heartbeat(self) -> None:
+        """Pings as they fall due (see the module docstring), and once an interval a
+        Redis ping (what /healthz reports) with the TTL refresh of connected users."""
+        interval = self.settings.stream_heartbeat
+        tick = min(PING_TICK, interval / 4)
+        check_at = time.monotonic() + interval
+        stale: set[int] = set()
         while True:
-            await asyncio.sleep(interval)
+            slept = time.monotonic()
+            await asyncio.sleep(tick)
             now = time.monotonic()
-            stale: set[int] = set()
-            # In slices, the loop free between them: 10,000 pings at once would hold events
-            # back behind 10,000 socket writes (seconds of a loaded machine: the bench's p99).
-            for i, conn in enumerate(self.connections()):
-                if i and i % PING_SLICE == 0:
-                    await asyncio.sleep(PING_PAUSE)
-                conn.send(PING)
-                if now - conn.touched > live_events.STREAM_TTL / 4:
-                    conn.touched = now
-                    stale.add(conn.user_id)
+            self.lags.append(max(0.0, now - slept - tick))
+            stale |= self.ping_due(now)
+            if self.gc_policy is not None:
+                self.gc_policy.run(now, self.open_streams)
+            if now < check_at:
+                continue
+            check_at = now + interval
             try:
                 await self.redis.ping()
                 if stale:
                     await live_events.touch(self.redis, self.keys, stale)
+                stale = set()
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc, "ping")
             else:
@@ -360,6 +452,8 @@ class Hub:
 
     def ready(self, conn: Connection) -> None:
         conn.ready = True
+        if self.gc_policy is not None:
+            self.gc_policy.opened += 1
         self.mark([conn])  # entries appended since the first messages were read
 
 
@@ -439,11 +533,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     hub: Hub = request.app[HUB_KEY]  # type: ignore[assignment]
     return web.json_response({"status": "ok", "streams": len(hub.connections()),
-                              "redis": "ok" if hub.healthy() else "down"})
+                              "redis": "ok" if hub.healthy() else "down",
+                              "loop_lag_ms": round(1000 * max(hub.lags, default=0.0), 1)})
 
 
-def make_app(settings: Settings) -> web.Application:
-    """The aiohttp application (its Redis client and loops start with it)."""
+def make_app(settings: Settings, manage_gc: bool = False) -> web.Application:
+    """The aiohttp application (its Redis client and loops start with it). ``manage_gc``:
+    the process is the stream's own, so it may freeze its objects (``GcPolicy``)."""
     app = web.Application()
     app[ORIGINS_KEY] = allowed_origins(settings)
 
@@ -461,7 +557,8 @@ def make_app(settings: Settings) -> web.Application:
 
         pools = [pool(LOOP_CONNECTIONS), pool(OPEN_CONNECTIONS)]
         aredis, opening = (aioredis.Redis(connection_pool=p) for p in pools)
-        hub = Hub(settings, aredis, Keyspace(settings.key_prefix), opening)
+        hub = Hub(settings, aredis, Keyspace(settings.key_prefix), opening,
+                  GcPolicy() if manage_gc else None)
         app[HUB_KEY] = hub
         hub.start()
         yield
@@ -495,9 +592,9 @@ def main() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     raise_open_files_limit()
     log.info("stream listening on 127.0.0.1:%d", settings.stream_port)
-    web.run_app(make_app(settings), host="127.0.0.1", port=settings.stream_port, backlog=4096,
-                print=None, handle_signals=True, shutdown_timeout=2.0,
-                access_log=None)
+    web.run_app(make_app(settings, manage_gc=True), host="127.0.0.1",
+                port=settings.stream_port, backlog=4096, print=None, handle_signals=True,
+                shutdown_timeout=2.0, access_log=None)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ replay with Last-Event-ID, heartbeats, slow consumers, Redis outages, stream res
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import time
 
 import pytest
+import redis
 import requests
 
 from cache import live_events
@@ -198,6 +200,54 @@ def test_activity_events_carry_the_summary_count(client, server, admin_headers):
     assert event.data["item"]["activity_type_display"] == "Joined Fast"
     client.post("/api/events/activity-feed/mark-read/", json={"mark_all": True}, headers=me)
     assert sse.event().data == {"unread_count": 0}
+    sse.close()
+
+
+def _no_event(sse, seconds: float = 0.3) -> bool:
+    try:
+        sse.event(timeout=seconds)
+    except queue.Empty:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("appended", [False, True],
+                         ids=["lost before Redis", "appended, answer lost"])
+def test_an_announce_that_timed_out_is_made_by_the_relay(client, server, admin_headers,
+                                                         state, monkeypatch, appended):
+    """The request's announce (its second round trip) times out: the change is in Redis,
+    so the relay announces it from its outbox row, once; if the events were appended after
+    all (only the answer was lost), the relay adds nothing."""
+    group = make_group(client, admin_headers, members=[U])
+    item = post_item(client, admin_headers, group)
+    me = bearer(U)
+    client.get("/api/events/activity-feed/summary/", headers=me)
+    sse = subscribe(client, server)
+    real = live_events.announce
+
+    def timed_out(r, keys, announcements):
+        if appended:
+            real(r, keys, announcements)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(live_events, "announce", timed_out)
+    r = client.post("/api/events/", json={"user_id": U, "event_type": "fast_join",
+                                          "title": "Joined"}, headers=admin_headers)
+    assert r.status_code == 201
+    mark(client, me, item["id"])  # a read-state change
+    monkeypatch.undo()
+    if appended:
+        got = [sse.event(), sse.event()]
+    else:
+        assert _no_event(sse)
+        assert relay_outbox(state.db, state.applier, min_age=0) == 0  # all in Redis already
+        got = [sse.event(), sse.event()]
+    summary = client.get("/api/events/activity-feed/summary/", headers=me).get_json()
+    assert {e.event: e.data["unread_count"] for e in got} == {
+        "activity": summary["unread_count"], "unread": unread(client, me, group)} == {
+        "activity": 1, "unread": 0}
+    relay_outbox(state.db, state.applier, min_age=0)  # again: nothing to announce
+    assert _no_event(sse)
     sse.close()
 
 
