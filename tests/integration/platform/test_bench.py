@@ -4,8 +4,8 @@ this machine is noisy); the pieces that turn counters into figures: tests/unit/t
 The tiny run loads five endpoints, one of each way the bench builds requests (a cached
 page, a deep cursor walk, a forced recompute, a write on items, a write on reels): each
 endpoint costs the suite a few seconds, and ``make bench`` runs them all. It runs one web
-worker (two workers took twice as long to start on a loaded 2-core host, and the run
-checks the output, not the figures). Every endpoint's route is checked against the OpenAPI
+worker: a second one only slows the two service starts on 2 cores, and the run checks the
+output, not the figures. Every endpoint's route is checked against the OpenAPI
 document below."""
 
 from __future__ import annotations
