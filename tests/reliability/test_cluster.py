@@ -214,7 +214,7 @@ def test_read_path_modules_on_cluster(redis_cluster, server_urls):
     """``pytest <read-path modules>`` in a subprocess with TEST_REDIS_URL pointing at the
     cluster (and the queue on the single Redis), less ``REFUSED_BEFORE_THE_CACHE``. Set
     RELIABILITY_CLUSTER_MODULES to a comma list of module paths to choose others, or to
-    "none" to skip (~40 s)."""
+    "none" to skip."""
     chosen = os.environ.get("RELIABILITY_CLUSTER_MODULES", "")
     if chosen == "none":
         pytest.skip("RELIABILITY_CLUSTER_MODULES=none")
