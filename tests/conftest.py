@@ -47,10 +47,30 @@ def server_urls() -> Iterator[tuple[str, str]]:
     try:
         given = Settings(database_url=db_url, redis_url=redis_url, data_dir=str(data_dir))
         servers = embedded.ensure_servers(given, started=started)
+        _throwaway_servers(servers.database_url, servers.redis_url)
         yield servers.database_url, servers.redis_url
     finally:
         embedded.stop_servers(data_dir, started)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _throwaway_servers(db_url: str, redis_url: str) -> None:
+    """Durability off on the session's own servers: their data directory is deleted at the
+    end of the session, and no test crashes or restarts them (tests that do start their
+    own: ``pg_server``, ``faulty_redis`` in tests/reliability). Commits and ``CREATE
+    DATABASE`` then skip their fsync calls, which a loaded disk makes slow (test databases
+    were made slower than tests used them), and Redis writes no append-only file."""
+    admin = _admin_engine(db_url)
+    with admin.connect() as conn:
+        # synchronous_commit stays on: the relay's SET LOCAL of it is under test, and a
+        # commit without fsync is a write() anyway.
+        for name in ("fsync", "full_page_writes"):
+            conn.execute(text(f"ALTER SYSTEM SET {name} = off"))
+        conn.execute(text("SELECT pg_reload_conf()"))
+    admin.dispose()
+    client = connect(redis_url, 5.0, 5.0)
+    client.config_set("appendonly", "no")
+    client.close()
 
 
 def _admin_engine(db_url: str):

@@ -17,8 +17,8 @@ def test_tiny_run_holds_its_streams_and_receives_the_events(server_urls, tmp_pat
     env = {**os.environ, "BENCH_DATABASE_URL": db_url, "BENCH_REDIS_URL": redis_url}
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench-stream"), "--streams", "20",
-         "--rate", "10", "--seconds", "2", "--open-rate", "100", "--group-members", "5",
-         "--group-items", "2", "--json", str(out)],
+         "--rate", "20", "--seconds", "1", "--open-rate", "100", "--group-members", "5",
+         "--group-items", "2", "--settle", "0", "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
