@@ -648,18 +648,21 @@ class ReadStates:
                 ) -> dict[int, int]:
         """Unread counts from fetched (rs, live) strings, filling the missing ones."""
         counts: dict[int, int] = {}
+        state_hits = live_hits = 0
         for group_id, (rs_raw, live_raw) in raw.items():
             if rs_raw is None:
                 state = self.fill_state(user_id, group_id)
             else:
-                stats.count(PATH_UNREAD, "hit")
+                state_hits += 1
                 state = ReadState.from_raw(rs_raw)
             if live_raw is None:
                 live = self.fill_live(group_id)
             else:
-                stats.count(PATH_LIVE, "hit")
+                live_hits += 1
                 live = live_raw
             counts[group_id] = unread(live, state)
+        stats.count(PATH_UNREAD, "hit", state_hits)
+        stats.count(PATH_LIVE, "hit", live_hits)
         return counts
 
 
