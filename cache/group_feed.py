@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import orjson
 
 from cache import checks, stats
-from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
 from cache.entities import Entity, EntityStore, isoformat, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
@@ -622,11 +622,10 @@ class ReadStates:
                 return {}
 
             def read(r: Any) -> list[Any]:
-                pipe = r.pipeline(transaction=False)
-                for group_id in ordered:
-                    pipe.get(key(keys, user_id, group_id))
-                    pipe.get(live_key(keys, group_id))
-                return pipe.execute()
+                # Each group's read state and live bitmap; the groups' slots differ.
+                return get_many(r, [k for group_id in ordered
+                                    for k in (key(keys, user_id, group_id),
+                                              live_key(keys, group_id))])
 
             reply = self.cache.run(PATH_UNREAD, read)
             raw = {g: (reply[2 * i], reply[2 * i + 1]) for i, g in enumerate(ordered)}
