@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import orjson
 
 from cache import checks, stats
-from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
 from cache.entities import Entity, EntityStore, isoformat, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
@@ -622,11 +622,10 @@ class ReadStates:
                 return {}
 
             def read(r: Any) -> list[Any]:
-                pipe = r.pipeline(transaction=False)
-                for group_id in ordered:
-                    pipe.get(key(keys, user_id, group_id))
-                    pipe.get(live_key(keys, group_id))
-                return pipe.execute()
+                # Each group's read state and live bitmap; the groups' slots differ.
+                return get_many(r, [k for group_id in ordered
+                                    for k in (key(keys, user_id, group_id),
+                                              live_key(keys, group_id))])
 
             reply = self.cache.run(PATH_UNREAD, read)
             raw = {g: (reply[2 * i], reply[2 * i + 1]) for i, g in enumerate(ordered)}
@@ -648,18 +647,21 @@ class ReadStates:
                 ) -> dict[int, int]:
         """Unread counts from fetched (rs, live) strings, filling the missing ones."""
         counts: dict[int, int] = {}
+        state_hits = live_hits = 0
         for group_id, (rs_raw, live_raw) in raw.items():
             if rs_raw is None:
                 state = self.fill_state(user_id, group_id)
             else:
-                stats.count(PATH_UNREAD, "hit")
+                state_hits += 1
                 state = ReadState.from_raw(rs_raw)
             if live_raw is None:
                 live = self.fill_live(group_id)
             else:
-                stats.count(PATH_LIVE, "hit")
+                live_hits += 1
                 live = live_raw
             counts[group_id] = unread(live, state)
+        stats.count(PATH_UNREAD, "hit", state_hits)
+        stats.count(PATH_LIVE, "hit", live_hits)
         return counts
 
 

@@ -51,11 +51,18 @@ def child(metric: Any, *values: str) -> Any:
     return found
 
 
-def count(path: str, outcome: str) -> None:
-    child(CACHE_EVENTS, path, outcome).inc()
+def count(path: str, outcome: str, n: int = 1) -> None:
+    """``n`` outcomes of ``path`` (one counter update however many)."""
+    if n <= 0:
+        return
+    child(CACHE_EVENTS, path, outcome).inc(n)
     outcomes = _OUTCOMES.get()
     if outcomes is not None:
-        outcomes.append(f"{path}:{outcome}")
+        entry = f"{path}:{outcome}"
+        if n == 1:
+            outcomes.append(entry)
+        else:
+            outcomes.extend([entry] * n)
 
 
 # The outcomes of the current request, for its log line (a contextvar: per thread/task).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -34,11 +35,28 @@ class JsonProvider(OrjsonProvider):
     option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
 
+class LineFormatter(logging.Formatter):
+    """``asctime levelname name message``; the time's text is made once per second (the
+    access log writes a line per request, and ``strftime`` was a visible part of it)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime(self.default_time_format, self.converter(second)))
+            self._second = cached
+        return self.default_msec_format % (cached[1], record.msecs)
+
+
 def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_hc", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(LineFormatter())
         handler._hc = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)

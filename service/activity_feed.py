@@ -21,7 +21,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from redis.exceptions import RedisError
 
 from service import activity_feed_ops as ops
-from service.api import Blueprint
+from service.api import Blueprint, json_response
 from service.auth import admin_required, login_required
 from service.errors import NotFound, ServiceUnavailable
 from service.fields import MAX_ID, CappedList, Id, IsoDateTime, StrictBoolean, UtcDateTime
@@ -284,15 +284,17 @@ def list_feed(args):
 @login_required
 @bp.response(200, SummaryOut)
 def summary():
+    # Built as SummaryOut dumps it (the cached items carry ItemOut's fields), without the
+    # field-by-field dump of every recent item.
     result = ops.summary(state(), g.user.id)
     now = datetime.now(UTC)
-    return {
+    return json_response({
         "total_items": result.counts.total,
         "unread_count": result.counts.unread,
         "read_count": result.counts.total - result.counts.unread,
         "activity_types": result.counts.by_type,
         "recent_activity": [present(item, now) for item in result.recent],
-    }
+    })
 
 
 @bp.route("/api/events/activity-feed/mark-read/", methods=["POST"])

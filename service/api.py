@@ -4,38 +4,73 @@
 
 Every section's blueprint is ``service.api.Blueprint``: webargs instantiates a schema
 *class* on every request it parses (declared fields copied, hooks resolved), a tenth of
-a warm read's CPU before the handler ran (issue 15's profile). Our argument schemas keep
-no per-load state, so one instance per class serves every request and thread.
+a warm read's CPU before the handler ran. Our argument schemas keep no per-load state, so
+one instance per class serves every request and thread; and a query schema's answer to
+an empty query string is the same for every request, so it is loaded once.
+
+``json_response`` is how the hot reads answer: the body the handler built, encoded once,
+instead of a response schema's field-by-field dump (the schema stays the OpenAPI
+contract, and tests check those bodies against it).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import marshmallow as ma
+import orjson
+from flask import Response, request
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from webargs.flaskparser import FlaskParser
 
+from service import JsonProvider
 from service.auth import MAX_ID
 from service.errors import http_error_response
 from service.fields import IdConverter
 from service.schemas import ErrorSchema
 
+JSON_OPTIONS = JsonProvider.option  # encoded as ``jsonify`` encodes
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """``body`` as the JSON response, encoded as the app's provider encodes it."""
+    return Response(orjson.dumps(body, option=JSON_OPTIONS), status=status,
+                    mimetype="application/json")
+
 
 class SchemaOnceParser(FlaskParser):
-    """``FlaskParser`` that parses with one shared instance of each schema class."""
+    """``FlaskParser`` that parses with one shared instance of each schema class, and
+    loads each query schema's answer to an empty query string once."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._instances: dict[type, ma.Schema] = {}
+        self._empty_query: dict[type, Any] = {}
 
     def parse(self, argmap: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if isinstance(argmap, type) and issubclass(argmap, ma.Schema):
+            schema_class = argmap
             instance = self._instances.get(argmap)
             if instance is None:
                 instance = self._instances.setdefault(argmap, argmap())
             argmap = instance
+            if kwargs.get("location") in ("query", "querystring") and not args \
+                    and not request.query_string:
+                # The same input every time (nothing), so the same output: the schema's
+                # defaults. A schema that refuses nothing (a required field) is parsed,
+                # so its 400 is raised as before; the answer is copied, never shared.
+                try:
+                    key = (schema_class, *sorted((k, v) for k, v in kwargs.items()
+                                                 if k != "req"))
+                    found = self._empty_query.get(key)
+                except TypeError:  # an unhashable option (error_headers): no memory
+                    return super().parse(argmap, *args, **kwargs)
+                if found is None:
+                    found = super().parse(argmap, *args, **kwargs)
+                    self._empty_query[key] = found
+                return copy.deepcopy(found)
         return super().parse(argmap, *args, **kwargs)
 
 

@@ -188,12 +188,13 @@ def like_post(app: AppState, user_id: int, post_id: int, liked: bool,
     with app.uow() as uow:
         _visible(uow.session, post_id, user_id, is_admin)
         changed = posts.set_like(uow.session, post_id, user_id, liked)
-        if changed:
-            ranked_feed.touch(uow, user_id)
+        if changed is None:
+            return False  # rolled back: nothing changed, no version moved
+        ranked_feed.touch(uow, user_id)
         uow.commit()
-        if changed:
-            _rescore(app, post_id, session=uow.session)
-    return changed
+    # The engagement the like's own statement returned: no second read after the commit.
+    _rescore(app, post_id, engagement=changed)
+    return True
 
 
 def add_comment(app: AppState, user_id: int, post_id: int, body: str,
@@ -259,17 +260,21 @@ def engagement(app: AppState, post_id: int, viewer_id: int | None,
 
 
 def _rescore(app: AppState, post_id: int, new: bool = False,
-             session: Session | None = None) -> None:
+             session: Session | None = None,
+             engagement: posts.LikeResult | None = None) -> None:
     """Re-score a post in the cached trending set from its committed engagement.
 
     ``session``: the committed unit of work's, read again in a new transaction (what a
     fresh session would see) without checking out and pinging another connection.
+    ``engagement``: the engagement a committed write's statement returned (no read).
     """
     try:
         ref = cf.trending_ref(app.cache, PATH)
         if ref is None:
             return  # no trending set: the next read or rebuild computes it whole
-        if session is not None:
+        if engagement is not None:
+            eng = engagement.engagement
+        elif session is not None:
             eng = posts.engagement_of(session, post_id)
         else:
             with app.db.session() as own:

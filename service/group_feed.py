@@ -16,7 +16,7 @@ from flask import Response, g
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service import group_feed_ops as ops
-from service.api import Blueprint
+from service.api import Blueprint, json_response
 from service.auth import login_required
 from service.fields import MAX_ID, Id, UtcDateTime
 from service.state import state
@@ -181,11 +181,14 @@ def mark_all_viewed(args: dict[str, Any]):
 @bp.response(200, UnreadOut)
 def unread_count(args: dict[str, Any]):
     """With ``group``: that group's count; without: per group over the caller's groups."""
+    # Built as UnreadOut dumps it (group ids as strings), without the dump.
     group_id = args["group"]
     if group_id is None:
         counts = ops.unread_counts(state(), g.user)
-        return {"groups": counts, "total": sum(counts.values())}
-    return {"group": group_id, "unread_count": ops.group_unread(state(), g.user, group_id)}
+        return json_response({"groups": {str(k): v for k, v in counts.items()},
+                              "total": sum(counts.values())})
+    return json_response({"group": group_id,
+                          "unread_count": ops.group_unread(state(), g.user, group_id)})
 
 
 @bp.route("/api/v1/messaging/feed/<id:item_id>/views/", methods=["GET"])

@@ -174,11 +174,21 @@ def delete_item(app_state: AppState, caller: Caller, item_id: int) -> None:
         uow.commit()
 
 
+def _viewer_item(session: Session, item_id: int, caller: Caller) -> store.ViewerItem:
+    """``_visible_item`` with the caller's view of it, in one statement."""
+    item = store.viewer_item(session, item_id, caller.id)
+    if item is None or not (caller.is_admin or item.is_member):
+        raise NotFound("Feed item not found", code="item_not_found")
+    return item
+
+
 def mark_viewed(app_state: AppState, caller: Caller, item_id: int) -> datetime:
-    """Idempotent: repeat calls keep (and return) the first ``viewed_at``."""
+    """Idempotent: repeat calls keep (and return) the first ``viewed_at``. A first view is
+    four statements (the item with the caller's membership and view, the version bump,
+    the view, the outbox row) and one commit; a repeat is one statement."""
     with app_state.uow() as uow:
-        item = _visible_item(uow.session, item_id, caller)
-        viewed_at = store.get_view(uow.session, item_id, caller.id)
+        item = _viewer_item(uow.session, item_id, caller)
+        viewed_at = item.viewed_at
         if viewed_at is None:
             # The scope's version row lock first: writers of this read state serialise.
             change = uow.change(gf_cache.scope(caller.id, item.group_id))
@@ -192,8 +202,8 @@ def mark_viewed(app_state: AppState, caller: Caller, item_id: int) -> datetime:
 
 def mark_unread(app_state: AppState, caller: Caller, item_id: int) -> None:
     with app_state.uow() as uow:
-        item = _visible_item(uow.session, item_id, caller)
-        if store.get_view(uow.session, item_id, caller.id) is not None:
+        item = _viewer_item(uow.session, item_id, caller)
+        if item.viewed_at is not None:
             change = uow.change(gf_cache.scope(caller.id, item.group_id))
             if store.remove_view(uow.session, item_id, caller.id):
                 gf_cache.on_unread(change, app_state.cache.keys, caller.id, item.group_id)

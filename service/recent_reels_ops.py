@@ -133,33 +133,36 @@ def recent_page(app_state: AppState, user_id: int, page: int, per_page: int,
             + b'],"pagination":' + pagination + b"}}")
 
 
-def _reel_for_like(session, reel_id: int, must_be_available: bool) -> None:
-    reel = storage.get_reel(session, reel_id)
-    if reel is None:
-        raise NotFound(REEL_NOT_FOUND)
-    if must_be_available and not reel.is_available:
-        raise ApiError(REEL_NOT_AVAILABLE, code="reel_not_available")
-
-
 def _toggle_like(app_state: AppState, user_id: int, reel_id: int, liked: bool) -> bool:
     """Like or unlike; True if this call changed it. The reel's ``likes_count`` and the
-    user's ``is_liked`` (if the reel is in their list) change in the same outbox change."""
+    user's ``is_liked`` (if the reel is in their list) change in the same outbox change.
+
+    Three statements when it changes something (the user's version bump, the like with
+    its count, reel version and list check, the outbox row), one commit; two and a
+    rollback when it changes nothing (already liked, a missing or unavailable reel)."""
     keys = app_state.cache.keys
+    reel_scope = recent_reels.reel_scope(reel_id)
     with app_state.uow() as uow:
-        _reel_for_like(uow.session, reel_id, must_be_available=liked)
         # Lock order as a view's: the user's version row, the reel's row, its version row.
+        # The user's row lock also makes the list check exact (a view of this reel by this
+        # user waits for it).
         user_change = uow.change(recent_reels.scope(user_id),
                                  recent_reels.scope_keys(keys, user_id))
-        result = (storage.like if liked else storage.unlike)(uow.session, user_id, reel_id)
-        if result.changed:
-            reel_change = uow.change(recent_reels.reel_scope(reel_id),
-                                     [recent_reels.reel_key(keys, reel_id)])
-            recent_reels.on_counts(reel_change, keys, reel_id,
-                                   likes_count=result.likes_count)
-            if result.in_list:
-                recent_reels.on_like(user_change, keys, user_id, reel_id, liked)
+        result = (storage.like if liked else storage.unlike)(
+            uow.session, user_id, reel_id, reel_scope.row_name)
+        if not result.found:
+            raise NotFound(REEL_NOT_FOUND)
+        if liked and not result.available:
+            raise ApiError(REEL_NOT_AVAILABLE, code="reel_not_available")
+        if not result.changed:
+            return False  # rolled back: nothing to commit, no version moved
+        reel_change = uow.adopt(Change(reel_scope, result.version,
+                                       [recent_reels.reel_key(keys, reel_id)]))
+        recent_reels.on_counts(reel_change, keys, reel_id, likes_count=result.likes_count)
+        if result.in_list:
+            recent_reels.on_like(user_change, keys, user_id, reel_id, liked)
         uow.commit()
-    return result.changed
+    return True
 
 
 def like(app_state: AppState, user_id: int, reel_id: int) -> bool:

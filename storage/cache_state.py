@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text
+import orjson
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import CacheVersion, OutboxEntry
@@ -49,12 +50,15 @@ def get_version(session: Session, name: str) -> int:
 _OUTBOX = OutboxEntry.__table__
 
 
+# A fixed text statement with the JSON encoded by orjson: the Core insert was compiled
+# (cache key and all) and its JSONB value encoded by the stdlib on every write.
+_ADD_OUTBOX = text("INSERT INTO cache_outbox (changes) VALUES (CAST(:changes AS jsonb)) "
+                   "RETURNING id")
+
+
 def add_outbox(session: Session, changes: list[dict[str, Any]]) -> int:
-    return int(
-        session.execute(
-            insert(_OUTBOX).values(changes=changes).returning(_OUTBOX.c.id)
-        ).scalar_one()
-    )
+    encoded = orjson.dumps(changes, option=orjson.OPT_NON_STR_KEYS).decode()
+    return int(session.execute(_ADD_OUTBOX, {"changes": encoded}).scalar_one())
 
 
 def delete_outbox(session: Session, ids: Sequence[int], durable: bool = True) -> None:

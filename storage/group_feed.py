@@ -154,6 +154,35 @@ _MARK_ALL = text(
 )
 
 
+@dataclass(frozen=True)
+class ViewerItem:
+    """A live item as one viewer's mark-viewed / mark-unread needs it."""
+
+    id: int
+    group_id: int
+    position: int
+    is_member: bool  # the viewer belongs to the item's group
+    viewed_at: datetime | None  # the viewer's view of it, if any
+
+
+_VIEWER_ITEM = text(
+    "SELECT fi.id, fi.group_id, fi.position,"
+    "  EXISTS (SELECT 1 FROM group_members m"
+    "          WHERE m.group_id = fi.group_id AND m.user_id = :user) AS is_member,"
+    "  (SELECT v.viewed_at FROM feed_item_views v"
+    "   WHERE v.item_id = fi.id AND v.user_id = :user) AS viewed_at "
+    "FROM feed_items fi WHERE fi.id = :item AND fi.deleted_at IS NULL"
+)
+
+
+def viewer_item(session: Session, item_id: int, user_id: int) -> ViewerItem | None:
+    """The live item, whether ``user_id`` is a member of its group and their view of it,
+    in one statement; None if the item is missing or deleted."""
+    row = session.execute(_VIEWER_ITEM, {"item": item_id, "user": user_id}).first()
+    return None if row is None else ViewerItem(row.id, row.group_id, row.position,
+                                               bool(row.is_member), row.viewed_at)
+
+
 def get_view(session: Session, item_id: int, user_id: int) -> datetime | None:
     return session.execute(
         select(FeedItemView.viewed_at).where(
@@ -162,7 +191,8 @@ def get_view(session: Session, item_id: int, user_id: int) -> datetime | None:
     ).scalar_one_or_none()
 
 
-def add_view(session: Session, item: FeedItem, user_id: int) -> tuple[datetime, bool]:
+def add_view(session: Session, item: FeedItem | ViewerItem, user_id: int
+             ) -> tuple[datetime, bool]:
     """Record that ``user_id`` viewed ``item``; keeps the first ``viewed_at``.
 
     Returns ``(viewed_at, inserted)``.

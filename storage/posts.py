@@ -125,37 +125,47 @@ def soft_delete(session: Session, post_id: int) -> bool:
     return result.rowcount > 0
 
 
-def set_like(session: Session, post_id: int, user_id: int, liked: bool) -> bool:
-    """Like (``liked=True``) or unlike a post; True if the like row changed.
+# One statement per like or unlike: the like row, ``like_count`` moved with it (same
+# transaction, so the counter is exact under concurrency) and the post's engagement after
+# it (what the trending re-score needs), or no row when the like row did not change.
+_LIKE_COUNTED = (
+    "UPDATE posts SET like_count = posts.like_count + :delta FROM toggled"
+    " WHERE posts.id = toggled.post_id"
+    " RETURNING posts.id, posts.created_at, posts.like_count, posts.comment_count,"
+    " posts.view_count, posts.is_featured, posts.deleted_at IS NOT NULL AS deleted"
+)
+_SET_LIKE = text(
+    "WITH toggled AS ("
+    " INSERT INTO post_likes (post_id, user_id) SELECT id, :user_id FROM posts"
+    " WHERE id = :post_id ON CONFLICT DO NOTHING RETURNING post_id) " + _LIKE_COUNTED
+)
+_UNSET_LIKE = text(
+    "WITH toggled AS ("
+    " DELETE FROM post_likes WHERE post_id = :post_id AND user_id = :user_id"
+    " RETURNING post_id) " + _LIKE_COUNTED
+)
 
-    Updates ``posts.like_count`` by one in the same transaction when the row changed, so
-    the counter is exact under concurrency. Raises nothing for a missing post: check its
-    existence separately (``get_live_post``); a missing post just changes nothing.
-    """
-    if liked:
-        exists = session.execute(select(Post.id).where(Post.id == post_id)).first()
-        if exists is None:
-            return False
-        changed = session.execute(
-            insert(PostLike)
-            .values(post_id=post_id, user_id=user_id)
-            .on_conflict_do_nothing()
-            .returning(PostLike.user_id)
-        ).first()
-        delta = 1
-    else:
-        changed = session.execute(
-            delete(PostLike)
-            .where(PostLike.post_id == post_id, PostLike.user_id == user_id)
-            .returning(PostLike.user_id)
-        ).first()
-        delta = -1
-    if changed is None:
-        return False
-    session.execute(
-        update(Post).where(Post.id == post_id).values(like_count=Post.like_count + delta)
-    )
-    return True
+
+@dataclass(frozen=True)
+class LikeResult:
+    """A like row changed: the post's engagement after it (None if the post is deleted)."""
+
+    engagement: Engagement | None
+
+
+def set_like(session: Session, post_id: int, user_id: int, liked: bool) -> LikeResult | None:
+    """Like (``liked=True``) or unlike a post, in one statement; None if the like row did
+    not change (already liked, never liked, or a missing post: check the post's visibility
+    separately, ``get_visible_post``)."""
+    row = session.execute(_SET_LIKE if liked else _UNSET_LIKE,
+                          {"post_id": post_id, "user_id": user_id,
+                           "delta": 1 if liked else -1}).first()
+    if row is None:
+        return None
+    if row.deleted:
+        return LikeResult(None)
+    return LikeResult(Engagement(row.id, row.created_at, row.like_count, row.comment_count,
+                                 row.view_count, row.is_featured))
 
 
 def is_liked(session: Session, post_id: int, user_id: int) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -102,12 +103,16 @@ class ReelEntity:
 
 @dataclass(frozen=True)
 class LikeChange:
-    """A like or unlike: whether it changed anything, the reel's new ``likes_count`` if so,
-    and whether the reel is in the user's recently viewed list."""
+    """A like or unlike: whether it changed anything, the reel's new ``likes_count`` and
+    cache version if so, whether the reel is in the user's recently viewed list, and
+    whether the reel exists and is available."""
 
     changed: bool
     likes_count: int | None
     in_list: bool
+    found: bool = True  # the reel exists
+    available: bool = True
+    version: int | None = None  # the reel's new cache version, when changed
 
 
 def get_reel(session: Session, reel_id: int) -> ReelInfo | None:
@@ -295,45 +300,71 @@ def reel_entities(session: Session, reel_ids: Sequence[int]) -> dict[int, ReelEn
             for r in rows}
 
 
-def like(session: Session, user_id: int, reel_id: int) -> LikeChange:
-    """Like (``changed`` False if it was already liked). ``likes_count`` moves with the row
-    in this transaction (the PK makes a concurrent double like a no-op), so it is exact."""
-    inserted = session.execute(
-        text(
-            "INSERT INTO reel_likes (reel_id, user_id) VALUES (:reel_id, :user_id) "
-            "ON CONFLICT DO NOTHING RETURNING reel_id"
-        ),
-        {"reel_id": reel_id, "user_id": user_id},
-    ).first()
-    count = _add_like_count(session, reel_id, 1) if inserted else None
-    return LikeChange(inserted is not None, count,
-                      inserted is not None and _in_list(session, user_id, reel_id))
+# One statement per like or unlike (the caller holds the user's version row lock): lock the
+# reel's row (FOR NO KEY UPDATE, as a view does), insert or delete the like, move
+# ``likes_count`` with it, bump the reel's ``cache_versions`` row (after its reel row: the
+# lock order of every writer of a reel) and say whether the reel is in the user's list.
+# A missing reel, an unavailable one (for a like) or a like already there (or an unlike of
+# none) changes nothing: ``counted`` and ``bumped`` are then empty.
+_LIKE_HEAD = (
+    "WITH locked AS MATERIALIZED ("
+    "  SELECT id, is_available FROM reels WHERE id = :reel_id FOR NO KEY UPDATE), "
+)
+_LIKE_TAIL = (
+    "counted AS ("
+    "  UPDATE reels SET likes_count = reels.likes_count + :delta FROM toggled"
+    "  WHERE reels.id = toggled.reel_id RETURNING reels.likes_count), "
+    "bumped AS ("
+    "  INSERT INTO cache_versions (name, version) SELECT :version_name, 1 FROM counted"
+    "  ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1"
+    "  RETURNING version) "
+    "SELECT (SELECT is_available FROM locked) AS is_available,"
+    "  (SELECT likes_count FROM counted) AS likes_count,"
+    "  (SELECT version FROM bumped) AS version,"
+    "  EXISTS (SELECT 1 FROM reel_views WHERE user_id = :user_id AND reel_id = :reel_id)"
+    "    AS in_list"
+)
+_LIKE = text(
+    _LIKE_HEAD
+    + "toggled AS ("
+    "  INSERT INTO reel_likes (reel_id, user_id) SELECT id, :user_id FROM locked"
+    "  WHERE is_available ON CONFLICT DO NOTHING RETURNING reel_id), "
+    + _LIKE_TAIL
+)
+_UNLIKE = text(
+    _LIKE_HEAD
+    + "toggled AS ("
+    "  DELETE FROM reel_likes WHERE reel_id = (SELECT id FROM locked) AND user_id = :user_id"
+    "  RETURNING reel_id), "
+    + _LIKE_TAIL
+)
 
 
-def unlike(session: Session, user_id: int, reel_id: int) -> LikeChange:
-    """Remove a like (``changed`` False if there was none)."""
-    deleted = session.execute(
-        text(
-            "DELETE FROM reel_likes WHERE reel_id = :reel_id AND user_id = :user_id "
-            "RETURNING reel_id"
-        ),
-        {"reel_id": reel_id, "user_id": user_id},
-    ).first()
-    count = _add_like_count(session, reel_id, -1) if deleted else None
-    return LikeChange(deleted is not None, count,
-                      deleted is not None and _in_list(session, user_id, reel_id))
+def like(session: Session, user_id: int, reel_id: int, version_name: str) -> LikeChange:
+    """Like an available reel, in one statement (``_LIKE``): ``changed`` False if it was
+    already liked, or the reel is missing (``found`` False) or unavailable. ``likes_count``
+    moves with the row in this transaction (the PK makes a concurrent double like a no-op),
+    so it is exact; the ``cache_versions`` row ``version_name`` is bumped when it moves."""
+    return _toggle(session, _LIKE, user_id, reel_id, version_name, 1)
 
 
-def _in_list(session: Session, user_id: int, reel_id: int) -> bool:
-    return session.execute(
-        text("SELECT 1 FROM reel_views WHERE user_id = :user_id AND reel_id = :reel_id"),
-        {"user_id": user_id, "reel_id": reel_id},
-    ).first() is not None
+def unlike(session: Session, user_id: int, reel_id: int, version_name: str) -> LikeChange:
+    """Remove a like (``changed`` False if there was none), as ``like`` does."""
+    return _toggle(session, _UNLIKE, user_id, reel_id, version_name, -1)
 
 
-def _add_like_count(session: Session, reel_id: int, delta: int) -> int:
-    return int(session.execute(
-        text("UPDATE reels SET likes_count = likes_count + :d WHERE id = :id "
-             "RETURNING likes_count"),
-        {"d": delta, "id": reel_id},
-    ).scalar_one())
+def _toggle(session: Session, statement: Any, user_id: int, reel_id: int,
+            version_name: str, delta: int) -> LikeChange:
+    row = session.execute(statement, {"user_id": user_id, "reel_id": reel_id, "delta": delta,
+                                      "version_name": version_name}).one()
+    changed = row.likes_count is not None
+    return LikeChange(
+        changed,
+        int(row.likes_count) if changed else None,
+        changed and bool(row.in_list),
+        found=row.is_available is not None,
+        available=bool(row.is_available),
+        version=int(row.version) if changed else None,
+    )
+
+

@@ -1,5 +1,6 @@
 """What a write request costs Postgres (issue 15): one transaction, no outbox bookkeeping
-after its commit, and a reel view in at most 4 statements.
+after its commit, and few statements: a first mark-viewed 4, a like of a post 4, a reel
+view at most 4, a reel like 3; a write that changes nothing commits nothing.
 
 Counted with SQLAlchemy engine events, as scripts/bench counts its SQL/request column
 (``before_cursor_execute``), plus ``commit`` events for transactions. The relay's batched
@@ -22,6 +23,12 @@ from tests.support.group_feed import FEED, make_group, post_item
 from tests.support.recent_reels import make_reels, recent
 
 MAX_REEL_VIEW_STATEMENTS = 4
+# The user's version bump, the like (row, count, reel version, list check), the outbox row.
+REEL_LIKE_STATEMENTS = 3
+# The item (with the caller's membership and view), the version bump, the view, the outbox.
+MARK_VIEWED_STATEMENTS = 4
+# The post's visibility, the like (row and count), the version bump, the outbox row.
+POST_LIKE_STATEMENTS = 4
 
 
 @dataclass
@@ -73,6 +80,11 @@ def test_like_is_one_transaction_and_leaves_its_row_to_the_relay(client, auth, s
         r = client.post(f"/community/posts/{post['id']}/like", headers=auth(2))
     assert r.get_json() == {"liked": True}
     assert_one_transaction(sql)
+    assert len(sql.statements) == POST_LIKE_STATEMENTS, sql.statements
+    with counted(state) as again:  # already liked: nothing to commit
+        assert client.post(f"/community/posts/{post['id']}/like",
+                           headers=auth(2)).get_json() == {"liked": False}
+    assert again.commits == 0
     assert outbox_rows(state) == rows + 1
     assert relay_outbox(state.db, state.applier, min_age=0) == 0  # applied by the request
     assert outbox_rows(state) == 0
@@ -88,6 +100,11 @@ def test_mark_viewed_is_one_transaction(client, auth, admin_headers, state):
         r = client.post(f"{FEED}{item['id']}/mark-viewed/", headers=auth(2))
     assert r.status_code == 200, r.get_json()
     assert_one_transaction(sql)
+    assert len(sql.statements) == MARK_VIEWED_STATEMENTS, sql.statements
+    with counted(state) as again:  # a repeat: one statement, nothing to commit
+        repeat = client.post(f"{FEED}{item['id']}/mark-viewed/", headers=auth(2))
+    assert repeat.get_json()["viewed_at"] == r.get_json()["viewed_at"]
+    assert (len(again.statements), again.commits) == (1, 0)
     page = client.get(FEED, query_string={"group": group}, headers=auth(2)).get_json()
     assert [i["has_viewed"] for i in page] == [True]  # the request's own apply
 
@@ -109,6 +126,37 @@ def test_reel_view_is_one_transaction_of_at_most_four_statements(client, auth, a
     listed = recent(client, headers)["reels"]
     assert [e["reel_id"] for e in listed] == [reels[2], reels[1], reels[0]]
     assert listed[0]["view_duration"] == 7
+
+
+def test_reel_like_is_one_transaction_of_three_statements(client, auth, admin_headers,
+                                                          state):
+    reels = make_reels(client, admin_headers, 2)
+    headers = auth(5)
+    assert client.post(f"/api/reels/{reels[0]}/view", json={"view_duration": 3},
+                       headers=headers).status_code == 200
+    assert recent(client, headers)["reels"][0]["is_liked"] is False  # cached
+    for reel in reels:  # in the list, and not
+        with counted(state) as sql:
+            r = client.post(f"/api/reels/{reel}/like", headers=headers)
+        assert r.get_json() == {"liked": True}
+        assert len(sql.statements) == REEL_LIKE_STATEMENTS, sql.statements
+        assert_one_transaction(sql)
+    [listed] = recent(client, headers)["reels"]
+    assert (listed["reel_id"], listed["is_liked"], listed["likes_count"]) == (reels[0], True, 1)
+    # A like already there, or an unlike of none, commits nothing.
+    with counted(state) as sql:
+        assert client.post(f"/api/reels/{reels[0]}/like",
+                           headers=headers).get_json() == {"liked": False}
+        assert client.delete(f"/api/reels/{reels[0]}/like",
+                             headers=auth(6)).get_json() == {"unliked": False}
+    assert sql.commits == 0
+    with counted(state) as sql:
+        r = client.delete(f"/api/reels/{reels[0]}/like", headers=headers)
+    assert r.get_json() == {"unliked": True}
+    assert len(sql.statements) == REEL_LIKE_STATEMENTS, sql.statements
+    assert_one_transaction(sql)
+    [listed] = recent(client, headers)["reels"]
+    assert (listed["is_liked"], listed["likes_count"]) == (False, 0)
 
 
 def test_rejected_reel_views_commit_nothing(client, auth, admin_headers, state):
