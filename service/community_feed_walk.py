@@ -22,11 +22,12 @@ after the last key examined.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cache import community_feed as cf
+from cache import posts as cache_posts
 from cache.client import CacheUnavailable
 from service import community_feed_trending as trending
 from service.bootstrap import AppState
@@ -200,23 +201,51 @@ class TrendingSource(Source):
         return keys
 
 
-def collect(app: AppState, source: Source, after: Key | None, limit: int,
-            viewer: int | None, vis: Visibility, asset_type: str | None, tags: list[str]
-            ) -> tuple[list[tuple[Key, posts.PostRow]], Key | None]:
-    """Walk ``source`` after ``after`` until ``limit + 1`` live matching posts the viewer
-    may see are found, or ``SCAN_BUDGET`` keys were examined; returns (page rows with
-    their keys, the key to resume after, None if the walk reached its end)."""
-    found: list[tuple[Key, posts.PostRow]] = []
-    chunk = limit + 1 if source.exact or not (asset_type or tags) else 4 * (limit + 1)
+class PostLoader:
+    """Loads a page's posts by id (``__call__``): from the post entities and the viewer's
+    likes in Redis (``cache.posts``), less deleted posts, posts by authors the viewer
+    blocked (``blocked``) and posts not matching the filters; with Redis down
+    (``cached`` False) from Postgres in one statement that applies every rule, the
+    viewer's collectives too when ``vis.sql`` says so. Remembers which posts the viewer
+    likes (``liked``)."""
+
+    def __init__(self, app: AppState, viewer: int | None, vis: Visibility,
+                 blocked: frozenset[int], asset_type: str | None, tags: Sequence[str],
+                 cached: bool) -> None:
+        self.app, self.viewer, self.vis, self.blocked = app, viewer, vis, blocked
+        self.asset_type, self.tags, self.cached = asset_type, tags, cached
+        self.liked: set[int] = set()
+
+    def __call__(self, ids: Sequence[int]) -> dict[int, cache_posts.CachedPost]:
+        if not self.cached:
+            with self.app.db.session() as session:
+                rows = posts.load_page(session, ids, self.viewer, self.asset_type, self.tags,
+                                       self.vis.sql)
+            self.liked.update(i for i, row in rows.items() if row.liked)
+            return cache_posts.from_rows(rows)
+        found, liked = cache_posts.page_posts(self.app, ids, self.viewer)
+        self.liked |= liked
+        return {i: p for i, p in found.items()
+                if p.author_id not in self.blocked and p.matches(self.asset_type, self.tags)}
+
+
+def collect(source: Source, after: Key | None, limit: int, vis: Visibility, filtered: bool,
+            load: Callable[[Sequence[int]], Mapping[int, Any]]
+            ) -> tuple[list[tuple[Key, Any]], Key | None]:
+    """Walk ``source`` after ``after`` until ``limit + 1`` posts the viewer may see are
+    found, or ``SCAN_BUDGET`` keys were examined; ``load(ids)`` gives the live posts
+    among ``ids`` that match the page's filters (``filtered``: there are some), each with
+    its ``collective_id``. Returns (page posts with their keys, the key to resume after,
+    None if the walk reached its end)."""
+    found: list[tuple[Key, Any]] = []
+    chunk = limit + 1 if source.exact or not filtered else 4 * (limit + 1)
     cursor, scanned = after, 0
     while True:
         keys = source.next_keys(cursor, chunk)
         if keys:
-            with app.db.session() as session:
-                rows = posts.load_page(session, [k[-1] for k in keys], viewer, asset_type,
-                                       tags, vis.sql)
+            rows = load([k[-1] for k in keys])
             found += [(k, rows[k[-1]]) for k in keys
-                      if k[-1] in rows and vis.sees(rows[k[-1]].post.collective_id)]
+                      if k[-1] in rows and vis.sees(rows[k[-1]].collective_id)]
             scanned += len(keys)
         if len(found) > limit:
             return found[:limit], found[limit - 1][0]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from cache import community_feed as cf
+from cache import posts as cache_posts
 from cache import ranked_feed as feed_cache
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
 from service import community_feed_ops
@@ -217,26 +218,36 @@ def chronological_page(app_state: AppState, user_id: int | None, page: int,
 
 
 def _add_fact(app_state: AppState, user_id: int, post_id: int, is_admin: bool,
-              add: Callable[[Any, int, int], bool]) -> bool:
+              add: Callable[..., Any], counter: str) -> bool:
+    """Add the viewer's fact (``add``: praise or trophy) and, if new, count it in the
+    post's cached entity (``counter``), its version bumped in the counter's statement."""
+    name = cache_posts.scope(post_id).row_name
     with app_state.uow() as uow:
         if not store.post_is_visible(uow.session, post_id, user_id, is_admin):
             raise NotFound("Post not found")
-        added = add(uow.session, user_id, post_id)
-        if added:
+        added = add(uow.session, user_id, post_id, [name])
+        if added.changed:
             feed_cache.touch(uow, user_id)
+            if name in added.versions:
+                keys = app_state.cache.keys
+                cache_posts.on_counts(
+                    cache_posts.adopt(uow, keys, post_id, added.versions[name]), keys,
+                    post_id, **{counter: added.count})
         uow.commit()
-    return added
+    return added.changed
 
 
 def praise(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
     """Praise a post the viewer may see (once); True if new. The viewer's calc version
     moves in the same transaction. Raises ``NotFound``."""
-    return _add_fact(app_state, user_id, post_id, is_admin, store.add_praise)
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_praise,
+                     "praise_count")
 
 
 def trophy(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
     """Give a post the viewer may see a trophy (once); as ``praise``."""
-    return _add_fact(app_state, user_id, post_id, is_admin, store.add_trophy)
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_trophy,
+                     "trophy_count")
 
 
 def set_fellow(app_state: AppState, me: int, other: int, fellow: bool) -> bool:

@@ -11,7 +11,7 @@ Functions take a ``Session`` and never commit: the caller's unit of work does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,6 @@ from sqlalchemy import (
     text,
     true,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -55,6 +54,53 @@ class PostRow:
     post: Post
     author: dict[str, Any]
     liked: bool
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a counted write changed: whether its fact row changed, the post's counter as
+    committed (absolute, read under the post's row lock) and the ``cache_versions`` rows
+    it bumped in the same statement (``{name: version}``)."""
+
+    changed: bool
+    count: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+def _bump_with_versions(session: Session, update_sql: str, params: dict[str, Any],
+                        version_names: Sequence[str]) -> tuple[int, dict[str, int]] | None:
+    """Run ``update_sql`` (an UPDATE of one posts row ``RETURNING <value> AS n``) and, if it
+    changed a row, bump the ``cache_versions`` rows ``version_names`` in the same statement
+    (after the post's row lock, in the order given: every writer of a post locks in this
+    order). Returns ``(n, {name: version})``, or None if no row changed."""
+    rows = session.execute(text(
+        f"WITH p AS ({update_sql}), "
+        "v AS (INSERT INTO cache_versions (name, version) "
+        "  SELECT n.name, 1 FROM p, unnest(CAST(:version_names AS text[])) "
+        "    WITH ORDINALITY AS n(name, ord) ORDER BY n.ord "
+        "  ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1 "
+        "  RETURNING name, version) "
+        "SELECT p.n, v.name, v.version FROM p LEFT JOIN v ON true"),
+        {**params, "version_names": list(version_names)}).all()
+    if not rows:
+        return None
+    return int(rows[0][0]), {name: int(v) for _, name, v in rows if name is not None}
+
+
+def add_to_counter(session: Session, post_id: int, column: str, delta: int,
+                    version_names: Sequence[str]) -> Counted:
+    if column not in COUNTERS:
+        raise ValueError(f"{column} is not a post counter")
+    got = _bump_with_versions(
+        session, f"UPDATE posts SET {column} = {column} + :delta WHERE id = :post "
+                 f"RETURNING {column} AS n",
+        {"delta": delta, "post": post_id}, version_names)
+    if got is None:
+        return Counted(True)
+    return Counted(True, got[0], got[1])
+
+
+COUNTERS = ("like_count", "comment_count", "view_count", "praise_count", "trophy_count")
 
 
 def create_post(session: Session, author_id: int, **fields: object) -> Post:
@@ -115,27 +161,29 @@ def post_visible(session: Session, post_id: int, viewer_id: int, is_admin: bool 
     return session.execute(query).scalar_one_or_none() is not None
 
 
-def soft_delete(session: Session, post_id: int) -> bool:
-    """Mark the post deleted; False if it was already deleted or does not exist."""
-    result = session.execute(
-        update(Post)
-        .where(Post.id == post_id, Post.deleted_at.is_(None))
-        .values(deleted_at=func.now())
-    )
-    return result.rowcount > 0
+def soft_delete(session: Session, post_id: int,
+                version_names: Sequence[str] = ()) -> Counted:
+    """Mark the post deleted (and bump ``version_names`` in the same statement);
+    ``changed`` False if it was already deleted or does not exist."""
+    got = _bump_with_versions(
+        session, "UPDATE posts SET deleted_at = now() WHERE id = :post AND deleted_at IS NULL "
+                 "RETURNING id AS n", {"post": post_id}, version_names)
+    return Counted(False) if got is None else Counted(True, 0, got[1])
 
 
-def set_like(session: Session, post_id: int, user_id: int, liked: bool) -> bool:
-    """Like (``liked=True``) or unlike a post; True if the like row changed.
+def set_like(session: Session, post_id: int, user_id: int, liked: bool,
+             version_names: Sequence[str] = ()) -> Counted:
+    """Like (``liked=True``) or unlike a post; ``changed`` if the like row changed.
 
     Updates ``posts.like_count`` by one in the same transaction when the row changed, so
-    the counter is exact under concurrency. Raises nothing for a missing post: check its
-    existence separately (``get_live_post``); a missing post just changes nothing.
+    the counter is exact under concurrency, and bumps ``version_names`` in that same
+    statement. Raises nothing for a missing post: check its existence separately
+    (``get_live_post``); a missing post just changes nothing.
     """
     if liked:
         exists = session.execute(select(Post.id).where(Post.id == post_id)).first()
         if exists is None:
-            return False
+            return Counted(False)
         changed = session.execute(
             insert(PostLike)
             .values(post_id=post_id, user_id=user_id)
@@ -151,11 +199,8 @@ def set_like(session: Session, post_id: int, user_id: int, liked: bool) -> bool:
         ).first()
         delta = -1
     if changed is None:
-        return False
-    session.execute(
-        update(Post).where(Post.id == post_id).values(like_count=Post.like_count + delta)
-    )
-    return True
+        return Counted(False)
+    return add_to_counter(session, post_id, "like_count", delta, version_names)
 
 
 def is_liked(session: Session, post_id: int, user_id: int) -> bool:
@@ -169,16 +214,16 @@ def is_liked(session: Session, post_id: int, user_id: int) -> bool:
     )
 
 
-def add_comment(session: Session, post_id: int, author_id: int, body: str) -> Comment:
-    """Insert a comment and count it on the post (same transaction)."""
+def add_comment(session: Session, post_id: int, author_id: int, body: str,
+                version_names: Sequence[str] = ()) -> tuple[Comment, Counted]:
+    """Insert a comment and count it on the post (same transaction; ``version_names``
+    bumped in the counter's statement)."""
     comment = Comment(post_id=post_id, author_id=author_id, body=body)
     session.add(comment)
-    session.execute(
-        update(Post).where(Post.id == post_id).values(comment_count=Post.comment_count + 1)
-    )
+    counted = add_to_counter(session, post_id, "comment_count", 1, version_names)
     session.flush()
     session.refresh(comment)
-    return comment
+    return comment, counted
 
 
 _COUNT_VIEW = text(
@@ -190,18 +235,17 @@ _COUNT_VIEW = text(
 
 
 def record_view(session: Session, post_id: int, viewer_id: int,
-                debounce_seconds: int = VIEW_DEBOUNCE_SECONDS) -> bool:
+                debounce_seconds: int = VIEW_DEBOUNCE_SECONDS,
+                version_names: Sequence[str] = ()) -> Counted:
     """Count a view unless this viewer's last counted view of the post is more recent
-    than ``debounce_seconds``; True if it counted (``view_count`` then grows by one)."""
+    than ``debounce_seconds``; ``changed`` if it counted (``view_count`` then grows by
+    one, and ``version_names`` are bumped in that statement)."""
     counted = session.execute(
         _COUNT_VIEW, {"p": post_id, "v": viewer_id, "debounce": debounce_seconds}
     ).first()
     if counted is None:
-        return False
-    session.execute(
-        update(Post).where(Post.id == post_id).values(view_count=Post.view_count + 1)
-    )
-    return True
+        return Counted(False)
+    return add_to_counter(session, post_id, "view_count", 1, version_names)
 
 
 def post_counts(session: Session, post_id: int, viewer_id: int | None = None,
@@ -309,6 +353,35 @@ def load_page(
         rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
                                 bool(is_liked_row))
     return rows
+
+
+def post_entities(session: Session, post_ids: Sequence[int]) -> dict[int, PostRow]:
+    """The live posts among ``post_ids`` with their authors' profiles, as every viewer sees
+    them (one query; ``liked`` False: a viewer's like is not part of a post's entity)."""
+    if not post_ids:
+        return {}
+    query = (
+        select(Post, User.display_name, User.avatar_url, User.subscription_tier)
+        .outerjoin(User, User.id == Post.author_id)
+        .where(Post.id.in_(list(post_ids)), Post.deleted_at.is_(None))
+    )
+    return {post.id: PostRow(post, author_json(post.author_id, name, avatar, tier), False)
+            for post, name, avatar, tier in session.execute(query)}
+
+
+def liked_ids(session: Session, user_id: int, limit: int) -> list[int]:
+    """Up to ``limit`` ids of posts ``user_id`` likes (the likes index, any order)."""
+    return [int(i) for i in session.execute(
+        select(PostLike.post_id).where(PostLike.user_id == user_id).limit(limit)).scalars()]
+
+
+def liked_among(session: Session, user_id: int, post_ids: Sequence[int]) -> set[int]:
+    """Which of ``post_ids`` ``user_id`` likes (one indexed query)."""
+    if not post_ids:
+        return set()
+    return {int(i) for i in session.execute(
+        select(PostLike.post_id).where(PostLike.user_id == user_id,
+                                       PostLike.post_id.in_(list(post_ids)))).scalars()}
 
 
 def recent_keys(

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import cast, delete, func, select, text, update
+from sqlalchemy import cast, delete, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,7 @@ from storage.models import (
     RankingConfig,
     UserPreferences,
 )
-from storage.posts import can_see
+from storage.posts import Counted, add_to_counter, can_see
 
 POST_COLUMNS = (
     "p.id, p.author_id, u.display_name AS author_display_name, "
@@ -299,24 +299,28 @@ def post_is_visible(session: Session, post_id: int, viewer_id: int, is_admin: bo
     ).first() is not None
 
 
-def _add_fact(session: Session, model: type, counter: Any, user_id: int, post_id: int) -> bool:
+def _add_fact(session: Session, model: type, counter: str, user_id: int, post_id: int,
+              version_names: Sequence[str]) -> Counted:
     """Insert one (post, user) fact; if it is new, raise the post's counter by one in the
-    same transaction (the insert's unique key serialises concurrent adds, so it is exact)."""
+    same transaction (the insert's unique key serialises concurrent adds, so it is exact)
+    and bump ``version_names`` in that statement."""
     added = session.execute(
         insert(model).values(post_id=post_id, user_id=user_id)
         .on_conflict_do_nothing().returning(model.post_id)
     ).first() is not None
-    if added:
-        session.execute(update(Post).where(Post.id == post_id).values({counter: counter + 1}))
-    return added
+    if not added:
+        return Counted(False)
+    return add_to_counter(session, post_id, counter, 1, version_names)
 
 
-def add_praise(session: Session, user_id: int, post_id: int) -> bool:
-    return _add_fact(session, PostPraise, Post.praise_count, user_id, post_id)
+def add_praise(session: Session, user_id: int, post_id: int,
+               version_names: Sequence[str] = ()) -> Counted:
+    return _add_fact(session, PostPraise, "praise_count", user_id, post_id, version_names)
 
 
-def add_trophy(session: Session, user_id: int, post_id: int) -> bool:
-    return _add_fact(session, PostTrophy, Post.trophy_count, user_id, post_id)
+def add_trophy(session: Session, user_id: int, post_id: int,
+               version_names: Sequence[str] = ()) -> Counted:
+    return _add_fact(session, PostTrophy, "trophy_count", user_id, post_id, version_names)
 
 
 def add_fellow(session: Session, user_id: int, fellow_id: int) -> bool:
