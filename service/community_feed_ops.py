@@ -326,15 +326,16 @@ def _unrank(app: AppState, post_id: int) -> None:
 # --- the page ----------------------------------------------------------------------------
 
 
-def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool
+def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool,
+                prefetch: cf.Prefetch | None = None, pointer: bool = False
                 ) -> tuple[Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
-    read together in one pipeline (with the viewer's blocked authors and the count of
-    their posts). With Redis down, Postgres applies the rule in the page's own queries
-    (no statement more for the member set)."""
+    read together in one pipeline (with the viewer's blocked authors, the count of
+    their posts and the walk's first read, ``prefetch``). With Redis down, Postgres
+    applies the rule in the page's own queries (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     try:
-        page = cf.read_count(app.cache, PATH, field, member_of, viewer)
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -439,7 +440,10 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
     else:
-        trend = TrendingSource.resume(app, data) if data else TrendingSource.start(app)
+        # A first page guesses the shared snapshot this process saw last and checks the
+        # guess against the pointer read with the page's count (one round trip less).
+        trend = TrendingSource.resume(app, data) if data else (
+            TrendingSource.guess(app) or TrendingSource.start(app))
         source = trend
         extra = trend.cursor_fields()
 
@@ -449,16 +453,31 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
                                                      unblocked(), only)
 
         field = cf.count_field("g", "t", trend.sid, asset_type, tags)
-    vis, page = _page_state(app, field, viewer, is_admin)
     sparse = bool(tags) and (matches or 0) < SPARSE_TAGS
-    if feed_type != "trending" and (sparse or (asset_type and not tags)):
+    indexed = feed_type != "trending" and (sparse or (asset_type and not tags))
+    window = feed_type == "recent" and bool(tags)  # common tags: the newest posts, a window
+    filtered = bool(asset_type or tags)
+    # The walk's first Redis read rides with the count (an index walk reads Postgres).
+    prefetch = None if indexed or window else source.prefetch(
+        after, walk.first_chunk(source, limit, filtered))
+    pointer = feed_type == "trending" and not data
+    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer)
+    if pointer and not trend.confirmed(page):  # the guess was wrong (or Redis is down)
+        trend = TrendingSource.start(app)
+        source, extra = trend, trend.cursor_fields()
+        field = cf.count_field("g", "t", trend.sid, asset_type, tags)
+        prefetch = source.prefetch(after, walk.first_chunk(source, limit, filtered))
+        vis, page = _page_state(app, field, viewer, is_admin, prefetch)
+    if page is not None and prefetch is not None and page.ranges is not None:
+        source.prefetched = (prefetch, page.ranges)
+    if indexed:
         source = FilteredSource(app, authors, asset_type, tags, viewer, vis, sparse=sparse)
-    elif feed_type == "recent" and tags:  # common tags: the newest posts, a window a page
+    elif window:
         source = FilteredSource(app, None, asset_type, tags, viewer, vis,
                                 window=walk.SCAN_BUDGET)
     blocked = _blocked(app, viewer, page)
     load = walk.PostLoader(app, viewer, vis, blocked, asset_type, tags, cached=page is not None)
-    rows, resume = walk.collect(source, after, limit, vis, bool(asset_type or tags), load)
+    rows, resume = walk.collect(source, after, limit, vis, filtered, load)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None
     if resume is not None:
