@@ -247,21 +247,6 @@ def load_candidates(
 # --- what a page shows ---------------------------------------------------------------------
 
 
-def visible_posts(session: Session, viewer_id: int, post_ids: Sequence[int],
-                  is_admin: bool = False) -> dict[int, dict[str, Any]]:
-    """Current rows of those ``post_ids`` the viewer may see now (one indexed query):
-    deleted posts, blocked authors' posts, muted collectives' posts and posts of
-    collectives the viewer is not in are left out, so a cached ranking never shows them."""
-    if not post_ids:
-        return {}
-    rows = session.execute(
-        text(f"SELECT {POST_COLUMNS} FROM posts p LEFT JOIN users u ON u.id = p.author_id "
-             f"{_PREFS_JOIN} WHERE p.id = ANY(CAST(:ids AS bigint[])) AND {_VISIBLE}"),
-        {"viewer": viewer_id, "ids": list(post_ids), "admin": is_admin},
-    )
-    return {row.id: dict(row._mapping) for row in rows}
-
-
 def chronological_page(session: Session, viewer_id: int | None, offset: int, limit: int,
                        is_admin: bool = False) -> tuple[int, list[dict[str, Any]]]:
     """Newest first: (count of posts the viewer may see, the rows of one page). Anonymous
