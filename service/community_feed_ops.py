@@ -458,15 +458,15 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     window = feed_type == "recent" and bool(tags)  # common tags: the newest posts, a window
     filtered = bool(asset_type or tags)
     # The walk's first Redis read rides with the count (an index walk reads Postgres).
-    prefetch = None if indexed or window else source.prefetch(
-        after, walk.first_chunk(source, limit, filtered))
+    first = walk.first_chunk(source, limit, filtered, hidden=not is_admin)
+    prefetch = None if indexed or window else source.prefetch(after, first)
     pointer = feed_type == "trending" and not data
     vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer)
     if pointer and not trend.confirmed(page):  # the guess was wrong (or Redis is down)
         trend = TrendingSource.start(app)
         source, extra = trend, trend.cursor_fields()
         field = cf.count_field("g", "t", trend.sid, asset_type, tags)
-        prefetch = source.prefetch(after, walk.first_chunk(source, limit, filtered))
+        prefetch = source.prefetch(after, first)
         vis, page = _page_state(app, field, viewer, is_admin, prefetch)
     if page is not None and prefetch is not None and page.ranges is not None:
         source.prefetched = (prefetch, page.ranges)
@@ -477,7 +477,8 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
                                 window=walk.SCAN_BUDGET)
     blocked = _blocked(app, viewer, page)
     load = walk.PostLoader(app, viewer, vis, blocked, asset_type, tags, cached=page is not None)
-    rows, resume = walk.collect(source, after, limit, vis, filtered, load)
+    rows, resume = walk.collect(source, after, limit, vis, filtered, load,
+                                None if indexed or window else first)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None
     if resume is not None:

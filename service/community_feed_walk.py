@@ -288,21 +288,29 @@ class PostLoader:
                 if p.author_id not in self.blocked and p.matches(self.asset_type, self.tags)}
 
 
-def first_chunk(source: Source, limit: int, filtered: bool) -> int:
-    """How many keys ``collect`` asks its source for first."""
-    return limit + 1 if source.exact or not filtered else 4 * (limit + 1)
+def first_chunk(source: Source, limit: int, filtered: bool, hidden: bool = False) -> int:
+    """How many keys ``collect`` asks its source for first: ``limit + 1`` when each is a
+    post of the page (an exact source, or no filter and a viewer who may see every post),
+    twice that when some posts may be hidden from the viewer (a collective's posts: one
+    read instead of two when up to half of them are), four times that for filters."""
+    if source.exact:
+        return limit + 1
+    if filtered:
+        return 4 * (limit + 1)
+    return 2 * (limit + 1) if hidden else limit + 1
 
 
 def collect(source: Source, after: Key | None, limit: int, vis: Visibility, filtered: bool,
-            load: Callable[[Sequence[int]], Mapping[int, Any]]
+            load: Callable[[Sequence[int]], Mapping[int, Any]], first: int | None = None
             ) -> tuple[list[tuple[Key, Any]], Key | None]:
     """Walk ``source`` after ``after`` until ``limit + 1`` posts the viewer may see are
     found, or ``SCAN_BUDGET`` keys were examined; ``load(ids)`` gives the live posts
     among ``ids`` that match the page's filters (``filtered``: there are some), each with
-    its ``collective_id``. Returns (page posts with their keys, the key to resume after,
-    None if the walk reached its end)."""
+    its ``collective_id``; ``first``: the first chunk's size (default ``first_chunk``).
+    Returns (page posts with their keys, the key to resume after, None if the walk
+    reached its end)."""
     found: list[tuple[Key, Any]] = []
-    chunk = first_chunk(source, limit, filtered)
+    chunk = first or first_chunk(source, limit, filtered)
     cursor, scanned = after, 0
     while True:
         keys = source.next_keys(cursor, chunk)

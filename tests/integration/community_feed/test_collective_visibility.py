@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 
 from cache import community_feed as cf
+from cache import posts as cache_posts
 from cache import stats
 from cache.keyspace_admin import clear_keyspace
 from cache.outbox import relay_outbox
 from service import community_feed_walk, create_app
-from storage import posts as posts_store
 from storage.db import DB_QUERIES
 from tests.support.auth import bearer
 
@@ -278,13 +278,13 @@ def test_sparse_visibility_is_bounded_per_page(client, state, monkeypatch):
     public.append(_post(client, 30))
     hidden += [_post(client, AUTHOR, collective_id=coll) for _ in range(10)]
     examined: list[int] = []
-    real = posts_store.load_page
+    real = cache_posts.page_posts
 
-    def counting(session, ids, *args, **kwargs):
+    def counting(deps, ids, *args, **kwargs):
         examined.append(len(ids))
-        return real(session, ids, *args, **kwargs)
+        return real(deps, ids, *args, **kwargs)
 
-    monkeypatch.setattr(posts_store, "load_page", counting)
+    monkeypatch.setattr(cache_posts, "page_posts", counting)
     for feed_type in ("recent", "trending"):
         cursor, seen, pages = None, [], 0
         while True:
