@@ -13,11 +13,14 @@ against Postgres in the write's own transaction). A like is a heart (section 4):
 ``like_post`` also bumps the liker's personalized-feed version in the same transaction,
 whichever endpoint the like came through.
 
-Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``),
-the rows from one Postgres query per chunk of ids (``storage.posts.load_page``: live posts
-only, filters applied, author names joined, the viewer's likes for the whole chunk). With
-Redis down, the same order comes from Postgres (keyset queries; for trending, the walk's
-snapshot row), so answers are identical. The walk itself (sources, visibility, the scan
+Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``;
+the walk's first read rides in the pipeline of the page's count), the posts from their
+cached entities and the viewer's likes set (``cache/posts.py``: one pipeline per chunk of
+ids, filters, visibility and blocked authors applied on the way out), and the document is
+assembled from their bytes (``FeedOut`` stays the contract). With Redis down, the same
+order comes from Postgres (keyset queries; for trending, the walk's snapshot row) and the
+posts from one query per chunk (``storage.posts.load_page``), rendered the same way, so
+answers are identical. The walk itself (sources, visibility, the scan
 budget) is ``service/community_feed_walk.py``; cursors ``service/community_feed_cursor.py``.
 
 Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
