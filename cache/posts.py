@@ -19,7 +19,8 @@ Layout:
 
 Writes, each in the outbox change of the write's own transaction, the versions bumped in
 the statement that changes the counter (``storage.posts.add_to_counter``: no statement
-more per write):
+more for the bump; a comment or a counted view, which carried no cache change before,
+now writes its outbox row and applies it: one statement and one pipeline):
 
 - like / unlike: ``HSET`` of the post's ``like_count`` (absolute, read under the post's row
   lock; the post's version orders concurrent likes) and ``SADD`` / ``SREM`` of the liker's
