@@ -8,6 +8,7 @@ write."""
 from __future__ import annotations
 
 import pytest
+from redis.cluster import RedisCluster
 
 from cache import posts as cache_posts
 from service.ranked_feed import RankedPageOut
@@ -61,7 +62,11 @@ def test_warm_page_is_0_sql_and_matches_the_schema_and_postgres(
     cold = feed(client, headers, feed_type)
     costs = Costs(monkeypatch)
     warm, sql, trips = costs.of(lambda: feed(client, headers, feed_type))
-    assert (sql, trips) == (0, WARM_TRIPS[feed_type])
+    assert sql == 0
+    # Round trips per node: on a cluster each pipeline is one per node, in parallel.
+    nodes = len(state.cache.redis.get_primaries()) if isinstance(
+        state.cache.redis, RedisCluster) else 1
+    assert WARM_TRIPS[feed_type] <= trips <= WARM_TRIPS[feed_type] * nodes
     assert warm == cold
     assert set(by_id(warm)) == set(world)
     top = by_id(warm)[world[0]]
