@@ -90,6 +90,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache import checks
+from cache import posts as cache_posts
 from cache.client import NO_VALUE, Cache, CacheUnavailable
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
@@ -949,12 +950,22 @@ def rebuild(deps: checks.Deps, user_id: int) -> None:
 
 
 def warm(deps: checks.Deps, user_id: int) -> None:
-    """The following feed's first page inputs: followees, their author sets, collectives."""
+    """The following feed's first page inputs: followees, their author sets, collectives,
+    and the posts of its first page with the user's likes (``cache/posts.py``)."""
     authors = followees(deps, user_id)
     ck = CommunityKeys(deps.cache.keys)
-    ranges = range_after(deps.cache, PATH, [ck.author(a) for a in authors], None, 1) \
-        if authors else []
+    keys = [ck.author(a) for a in authors]
+    ranges = range_after(deps.cache, PATH, keys, None, 1) if authors else []
     missing = [a for a, r in zip(authors, ranges, strict=True) if r.entries is None]
     if missing:
         fill_author_sets(deps, missing)
     collectives(deps, user_id)
+    if authors:
+        first = sorted((k for r in range_after(deps.cache, PATH, keys, None, WARM_POSTS)
+                        for k in r.entries or []), reverse=True)[:WARM_POSTS]
+        cache_posts.page_posts(deps, [pid for _, pid in first], user_id)
+    else:
+        cache_posts.page_posts(deps, [], user_id)
+
+
+WARM_POSTS = 50  # posts of a warmed following feed's first pages

@@ -49,10 +49,11 @@ from typing import Any
 import orjson
 
 from cache import stats
-from cache.client import CacheUnavailable
+from cache.client import NO_VALUE, CacheUnavailable
 from cache.entities import Entity, EntityStore, Fields, encode, isoformat, queue_read
 from cache.fill import LeaseHeld
 from cache.keys import Keyspace, Scope, post_tag, user_tag
+from cache.lease import wait_for
 from cache.versioned import Change
 from storage import posts as posts_store
 from storage.posts import PostRow
@@ -174,7 +175,7 @@ def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None
     """The live posts among ``post_ids`` and which of them ``viewer`` likes: one pipeline
     (entities, and the viewer's likes of these ids); missing entities are one batched
     fill, a missing likes set one fill. Redis down: from Postgres."""
-    if not post_ids:
+    if not post_ids and viewer is None:
         return {}, set()
     keys = deps.cache.keys
     ids = list(post_ids)
@@ -223,10 +224,25 @@ def _liked_miss(deps: Any, viewer: int, filled: bool, ids: list[int]) -> set[int
             liked = fill_likes(deps, viewer)
             if len(liked) <= LIKES_CACHE_MAX:
                 return set(liked).intersection(ids)
-        except (LeaseHeld, CacheUnavailable):
+        except LeaseHeld:  # another request fills it: wait for its fill
+            got = wait_for(lambda: _read_likes(deps, viewer, ids), deps.cache.lease_wait_ms)
+            if got is not NO_VALUE:
+                return got
+        except CacheUnavailable:
             pass
     stats.count(LIKES_PATH, "fallback")
     return _liked_from_db(deps, viewer, ids)
+
+
+def _read_likes(deps: Any, viewer: int, ids: list[int]) -> Any:
+    """The viewer's likes among ``ids`` from their set, ``NO_VALUE`` while it is missing
+    (or holds too many to say)."""
+    lk = likes_key(deps.cache.keys, viewer)
+    flags = [bool(x) for x in deps.cache.run(
+        LIKES_PATH, lambda r: r.smismember(lk, [FILLED, OVER, *ids]))]
+    if not flags[0] or flags[1]:
+        return NO_VALUE
+    return {i for i, f in zip(ids, flags[2:], strict=True) if f}
 
 
 def fill_likes(deps: Any, user_id: int) -> list[int]:

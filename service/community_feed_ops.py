@@ -479,7 +479,9 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         source = FilteredSource(app, None, asset_type, tags, viewer, vis,
                                 window=walk.SCAN_BUDGET)
     blocked = _blocked(app, viewer, page)
-    load = walk.PostLoader(app, viewer, vis, blocked, asset_type, tags, cached=page is not None)
+    # An exact source applied the filters in its own statement: not checked again.
+    load = walk.PostLoader(app, viewer, vis, blocked, None if source.exact else asset_type,
+                           () if source.exact else tags, cached=page is not None)
     rows, resume = walk.collect(source, after, limit, vis, filtered, load,
                                 None if indexed or window else first)
     stats.count(PATH + ":" + feed_type, source.outcome)

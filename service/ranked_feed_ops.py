@@ -378,5 +378,14 @@ def rebuild_user(app_state: AppState, user_id: int, path: str = "rebuild") -> No
 
 
 def warm_user(app_state: AppState, user_id: int) -> None:
-    """Read through the user's first page, so their next read is a hit."""
-    cache_of(app_state).warm(lambda: ranked_page(app_state, user_id, 0, 1))
+    """Read through the user's first page and its posts, so their next read is a hit."""
+
+    def first_page() -> Any:
+        _, ranked = ranked_page(app_state, user_id, 0, WARM_POSTS)
+        if ranked is not None:
+            cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)
+
+    cache_of(app_state).warm(first_page)
+
+
+WARM_POSTS = 50  # entries (and posts) of a warmed ranking's first page
