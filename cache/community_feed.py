@@ -90,6 +90,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache import checks
+from cache import posts as cache_posts
 from cache.client import NO_VALUE, Cache, CacheUnavailable
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
@@ -448,7 +449,11 @@ def _pointer(sid: int, floor: Floor) -> str:
 def snapshot_pointer(cache: Cache, path: str) -> tuple[int, Floor] | None:
     """The snapshot new walks share right now, if any, and its floor. Raises
     ``CacheUnavailable``."""
-    raw = cache.run(path, lambda r: r.get(CommunityKeys(cache.keys).latest_snapshot))
+    return _decode_pointer(cache.run(
+        path, lambda r: r.get(CommunityKeys(cache.keys).latest_snapshot)))
+
+
+def _decode_pointer(raw: bytes | None) -> tuple[int, Floor] | None:
     if raw is None:
         return None
     sid, _, floor = raw.decode().partition(":")
@@ -588,19 +593,41 @@ class PageState:
     collectives: Any
     blocked: Any = None
     blocked_count: tuple[str, Grouped] | None = None
+    ranges: list[KeyRange] | None = None  # the ``prefetch`` read, if asked
+    pointer: tuple[int, Floor] | None = None  # the shared snapshot's pointer, if asked
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """A walk's first read (``range_after(keys, after, n)``), to ride with the page's
+    count: its answer is ``PageState.ranges``."""
+
+    keys: list[str]
+    after: tuple[int, int] | None
+    n: int
 
 
 def read_count(cache: Cache, path: str, field: str, member_of: int | None = None,
-               blocker: int | None = None) -> PageState:
+               blocker: int | None = None, prefetch: Prefetch | None = None,
+               pointer: bool = False) -> PageState:
     """The cached grouped count of ``field`` and the version copy, plus, if ``member_of``
     is a user id, that user's cached collectives, and if ``blocker`` is one, that user's
-    cached blocked authors and the cached count of their posts in ``field``, in one
-    pipeline (two slots: one round trip per node). Raises ``CacheUnavailable``."""
+    cached blocked authors and the cached count of their posts in ``field``, the
+    ``prefetch`` range read and, with ``pointer``, the shared trending snapshot's pointer
+    (``snapshot_pointer``), in one pipeline (two slots: one round trip per node).
+    Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
 
     def run(r: Any) -> PageState:
         pipe = r.pipeline(transaction=False)
+        if pointer:
+            pipe.get(ck.latest_snapshot)
+        if prefetch is not None:
+            p = prefetch
+            argv = (["+inf", "", p.n] if p.after is None
+                    else [str(p.after[0]), member(p.after[1]), p.n])
+            RANGE_AFTER(keys=p.keys, args=argv, client=pipe)
         pipe.get(vkey)
         pipe.hget(ck.counts, field)
         if member_of is not None:
@@ -611,6 +638,11 @@ def read_count(cache: Cache, path: str, field: str, member_of: int | None = None
             pipe.smembers(ck.blocked(blocker))
             pipe.hget(ck.counts, blocked_field(blocker, field))
         reply = pipe.execute()
+        ranges = shared = None
+        if pointer:
+            shared, reply = _decode_pointer(reply[0]), reply[1:]
+        if prefetch is not None:
+            ranges, reply = [_key_range(item) for item in reply[0]], reply[1:]
         version, value, rest = reply[0], reply[1], reply[2:]
         colls = blocked = adjust = None
         if member_of is not None:
@@ -620,7 +652,7 @@ def read_count(cache: Cache, path: str, field: str, member_of: int | None = None
             adjust = None if rest[2] is None else decode_adjustment(rest[2])
         return PageState(None if value is None else decode_grouped(value),
                          "0" if version is None else version.decode(), colls, blocked,
-                         adjust)
+                         adjust, ranges, shared)
 
     return cache.run(path, run)
 
@@ -918,12 +950,22 @@ def rebuild(deps: checks.Deps, user_id: int) -> None:
 
 
 def warm(deps: checks.Deps, user_id: int) -> None:
-    """The following feed's first page inputs: followees, their author sets, collectives."""
+    """The following feed's first page inputs: followees, their author sets, collectives,
+    and the posts of its first page with the user's likes (``cache/posts.py``)."""
     authors = followees(deps, user_id)
     ck = CommunityKeys(deps.cache.keys)
-    ranges = range_after(deps.cache, PATH, [ck.author(a) for a in authors], None, 1) \
-        if authors else []
+    keys = [ck.author(a) for a in authors]
+    ranges = range_after(deps.cache, PATH, keys, None, 1) if authors else []
     missing = [a for a, r in zip(authors, ranges, strict=True) if r.entries is None]
     if missing:
         fill_author_sets(deps, missing)
     collectives(deps, user_id)
+    if authors:
+        first = sorted((k for r in range_after(deps.cache, PATH, keys, None, WARM_POSTS)
+                        for k in r.entries or []), reverse=True)[:WARM_POSTS]
+        cache_posts.page_posts(deps, [pid for _, pid in first], user_id)
+    else:
+        cache_posts.page_posts(deps, [], user_id)
+
+
+WARM_POSTS = 50  # posts of a warmed following feed's first pages

@@ -1,8 +1,9 @@
 """The Redis key layout, in one place.
 
-Every key is ``<prefix>{<tag>}:<name>``. The hash tag ``{u:42}`` (one user) or ``{g:7}``
-(one group) puts every key an operation touches in one Redis Cluster slot, so multi-key
-scripts and pipelines stay legal on a cluster. A key format is permanent once data
+Every key is ``<prefix>{<tag>}:<name>``. The hash tag ``{u:42}`` (one user), ``{g:7}``
+(one group), ``{r:3}`` (one reel) or ``{p:5}`` (one post) puts every key an operation
+touches in one Redis Cluster slot, so multi-key scripts and pipelines stay legal on a
+cluster. A key format is permanent once data
 exists: ``tests/unit/test_cache_keys.py`` pins the formats.
 """
 
@@ -21,6 +22,10 @@ def group_tag(group_id: int) -> str:
 
 def reel_tag(reel_id: int) -> str:
     return f"r:{reel_id}"
+
+
+def post_tag(post_id: int) -> str:
+    return f"p:{post_id}"
 
 
 GLOBAL_TAG = "global"

@@ -35,9 +35,10 @@ recomputes. Old keys are never read again and expire by TTL. If Redis loses the 
 is reloaded from Postgres (``Filler.version``), never restarted, so a restarted Redis
 cannot serve a page of an older version.
 
-What a version cannot see (posts deleted by their author, and, while a write's apply is
-still pending, the viewer's new blocks or mutes) is filtered when a page is rendered, by
-a batched SQL check of the page's ids (``storage.ranked_feed.visible_posts``).
+What a version cannot see (posts deleted by their author) is filtered when a page is
+rendered: its posts are their cached entities (``cache/posts.py``), and a delete drops
+the post's entity in its own change. The viewer's new blocks or mutes move the version
+once their change is applied (right after commit; a lost apply by the outbox relay).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any
 
 from cache import activity_feed, ranked_feed, recent_reels
 from cache import group_feed as gf_cache
+from cache import posts as cache_posts
 from cache.client import Cache
 from cache.community_feed import CommunityKeys, colls_scope, follows_scope
 from cache.keys import Keyspace, user_tag
@@ -57,10 +58,11 @@ def user_fixed_keys(keys: Keyspace, user_id: int) -> list[str]:
         gf_cache.groups_key(keys, user_id),
         CommunityKeys(keys).followees(user_id),
         CommunityKeys(keys).collectives(user_id),
+        cache_posts.likes_key(keys, user_id),
     ]
     scopes = [activity_feed.scope(user_id), recent_reels.scope(user_id),
               gf_cache.groups_scope(user_id), follows_scope(user_id), colls_scope(user_id),
-              ranked_feed.scope(user_id)]
+              ranked_feed.scope(user_id), cache_posts.likes_scope(user_id)]
     return names + [keys.version(s) for s in scopes]
 
 

@@ -6,7 +6,8 @@ opened lazily on first use).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from rq import Queue
@@ -34,6 +35,9 @@ class AppState:
     filler: Filler
     applier: Applier
     queue_redis: redis.Redis
+    # Process-local hints a read checks against Redis before trusting (never the truth):
+    # e.g. the trending snapshot new walks shared last (service/community_feed_walk.py).
+    hints: dict[str, Any] = field(default_factory=dict)
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.db, self.applier)

@@ -140,5 +140,7 @@ def feed(args: dict[str, Any]):
     if args["feed_type"] == "following" and viewer is None:
         raise Unauthorized("The following feed needs a signed-in user",
                            code="authentication_required")
-    return ops.feed_page(state(), viewer, bool(g.user and g.user.is_admin), args["feed_type"],
-                         args["cursor"], args["limit"], args["asset_type"], tags)
+    # Assembled from cached JSON (no per-post dump); FeedOut stays the contract.
+    return Response(ops.feed_page(state(), viewer, bool(g.user and g.user.is_admin),
+                                  args["feed_type"], args["cursor"], args["limit"],
+                                  args["asset_type"], tags), mimetype="application/json")

@@ -13,11 +13,14 @@ against Postgres in the write's own transaction). A like is a heart (section 4):
 ``like_post`` also bumps the liker's personalized-feed version in the same transaction,
 whichever endpoint the like came through.
 
-Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``),
-the rows from one Postgres query per chunk of ids (``storage.posts.load_page``: live posts
-only, filters applied, author names joined, the viewer's likes for the whole chunk). With
-Redis down, the same order comes from Postgres (keyset queries; for trending, the walk's
-snapshot row), so answers are identical. The walk itself (sources, visibility, the scan
+Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``;
+the walk's first read rides in the pipeline of the page's count), the posts from their
+cached entities and the viewer's likes set (``cache/posts.py``: one pipeline per chunk of
+ids, filters, visibility and blocked authors applied on the way out), and the document is
+assembled from their bytes (``FeedOut`` stays the contract). With Redis down, the same
+order comes from Postgres (keyset queries; for trending, the walk's snapshot row) and the
+posts from one query per chunk (``storage.posts.load_page``), rendered the same way, so
+answers are identical. The walk itself (sources, visibility, the scan
 budget) is ``service/community_feed_walk.py``; cursors ``service/community_feed_cursor.py``.
 
 Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
@@ -51,6 +54,7 @@ import orjson
 from sqlalchemy.orm import Session
 
 from cache import community_feed as cf
+from cache import posts as cache_posts
 from cache import ranked_feed, stats
 from cache.client import NO_VALUE, CacheUnavailable
 from service import community_feed_walk as walk
@@ -168,11 +172,13 @@ def delete_post(app: AppState, post_id: int, user_id: int, is_admin: bool = Fals
             if posts.get_visible_post(uow.session, post_id, user_id) is None:
                 raise NotFound("Post not found")
             raise Forbidden("Only the author or an admin may delete this post")
-        if not posts.soft_delete(uow.session, post_id):
+        deleted = posts.soft_delete(uow.session, post_id, [cache_posts.scope(post_id).row_name])
+        if not deleted.changed:
             raise NotFound("Post not found")
         cf.post_deleted(uow.change(cf.posts_scope()),
                         uow.change(cf.author_scope(post.author_id)), ck, post_id,
                         post.author_id)
+        _post_change(app, uow, post_id, deleted, deleted=True)
         uow.commit()
     _unrank(app, post_id)
 
@@ -185,15 +191,23 @@ def like_post(app: AppState, user_id: int, post_id: int, liked: bool,
     their next personalized page reflects it. Raises ``NotFound`` (also for a post the
     user may not see).
     """
+    likes = cache_posts.likes_scope(user_id).row_name
     with app.uow() as uow:
         _visible(uow.session, post_id, user_id, is_admin)
-        changed = posts.set_like(uow.session, post_id, user_id, liked)
-        if changed is None:
+        counted = posts.set_like(uow.session, post_id, user_id, liked,
+                                 [cache_posts.scope(post_id).row_name, likes])
+        if not counted.changed:
             return False  # rolled back: nothing changed, no version moved
         ranked_feed.touch(uow, user_id)
+        _post_change(app, uow, post_id, counted, like_count=counted.count)
+        if likes in counted.versions:
+            keys = app.cache.keys
+            cache_posts.on_like(
+                cache_posts.adopt_likes(uow, keys, user_id, counted.versions[likes]),
+                keys, user_id, post_id, liked)
         uow.commit()
     # The engagement the like's own statement returned: no second read after the commit.
-    _rescore(app, post_id, engagement=changed)
+    _rescore(app, post_id, engagement=counted.after)
     return True
 
 
@@ -202,7 +216,9 @@ def add_comment(app: AppState, user_id: int, post_id: int, body: str,
     """Add a comment (counted in trending). Raises ``NotFound``."""
     with app.uow() as uow:
         _visible(uow.session, post_id, user_id, is_admin)
-        comment = posts.add_comment(uow.session, post_id, user_id, body)
+        comment, counted = posts.add_comment(uow.session, post_id, user_id, body,
+                                             [cache_posts.scope(post_id).row_name])
+        _post_change(app, uow, post_id, counted, comment_count=counted.count)
         uow.commit()
         _rescore(app, post_id, session=uow.session)
     return comment
@@ -213,11 +229,28 @@ def record_view(app: AppState, user_id: int, post_id: int, is_admin: bool = Fals
     ``NotFound``."""
     with app.uow() as uow:
         _visible(uow.session, post_id, user_id, is_admin)
-        counted = posts.record_view(uow.session, post_id, user_id)
+        counted = posts.record_view(uow.session, post_id, user_id,
+                                    version_names=[cache_posts.scope(post_id).row_name])
+        _post_change(app, uow, post_id, counted, view_count=counted.count)
         uow.commit()
-        if counted:
+        if counted.changed:
             _rescore(app, post_id, session=uow.session)
-    return counted
+    return counted.changed
+
+
+def _post_change(app: AppState, uow: Any, post_id: int, counted: posts.Counted,
+                 deleted: bool = False, **counts: int) -> None:
+    """Queue, in ``uow``, the post entity's change of a counted write (its version bumped
+    by the write's statement): its counters set in place, or the entity dropped."""
+    version = counted.versions.get(cache_posts.scope(post_id).row_name)
+    if version is None:
+        return
+    keys = app.cache.keys
+    change = cache_posts.adopt(uow, keys, post_id, version)
+    if deleted:
+        cache_posts.on_deleted(change, keys, post_id)
+    else:
+        cache_posts.on_counts(change, keys, post_id, **counts)
 
 
 def set_membership(app: AppState, uow: Any, user_id: int, collective_id: int,
@@ -301,15 +334,16 @@ def _unrank(app: AppState, post_id: int) -> None:
 # --- the page ----------------------------------------------------------------------------
 
 
-def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool
+def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool,
+                prefetch: cf.Prefetch | None = None, pointer: bool = False
                 ) -> tuple[Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
-    read together in one pipeline (with the viewer's blocked authors and the count of
-    their posts). With Redis down, Postgres applies the rule in the page's own queries
-    (no statement more for the member set)."""
+    read together in one pipeline (with the viewer's blocked authors, the count of
+    their posts and the walk's first read, ``prefetch``). With Redis down, Postgres
+    applies the rule in the page's own queries (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     try:
-        page = cf.read_count(app.cache, PATH, field, member_of, viewer)
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -324,9 +358,20 @@ def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool
     return Visibility.of(colls), page
 
 
+def _blocked(app: AppState, viewer: int | None, page: cf.PageState | None) -> frozenset[int]:
+    """The authors the viewer blocked, as read with the page's count (filled on a miss);
+    empty for anonymous callers and with Redis down (Postgres applies the rule then)."""
+    if page is None or viewer is None:
+        return frozenset()
+    blocked = page.blocked
+    if blocked is NO_VALUE or blocked is None:
+        blocked = cf.blocked(app, viewer)
+    return blocked
+
+
 def _viewer_total(app: AppState, field: str, page: cf.PageState | None, vis: Visibility,
                   count: Callable[[Sequence[int] | None], cf.Grouped],
-                  viewer: int | None) -> int:
+                  viewer: int | None, blocked: frozenset[int]) -> int:
     """``total_count`` as the viewer sees it: the cached grouped count (computed and
     cached on a miss) summed over what they may see, less the posts of the authors they
     blocked (which pages never list). That part is counted once per blocked set (its
@@ -334,19 +379,21 @@ def _viewer_total(app: AppState, field: str, page: cf.PageState | None, vis: Vis
     and costs an index range per blocked author (``ix_posts_author_time``) when computed.
     With Redis down (``page`` None), ``count`` excluded them in its own statement."""
     total = vis.total(*cf.grouped_count(app, field, page, lambda: count(None)))
-    if page is None or viewer is None:
-        return total
-    blocked = page.blocked
-    if blocked is NO_VALUE or blocked is None:
-        blocked = cf.blocked(app, viewer)
-    if not blocked:
+    if page is None or viewer is None or not blocked:
         return total
     value = cf.blocked_grouped_count(app, viewer, field, page, blocked, count)
     return max(total - vis.total(*value), 0)
 
 
-def _no_match_page() -> dict[str, Any]:
-    return {"posts": [], "total_count": 0, "has_more": False, "next_cursor": None}
+def _page_json(posts_json: Sequence[bytes], total: int, next_cursor: str | None) -> bytes:
+    """``FeedOut`` assembled from the posts' cached bytes (no schema dump per post)."""
+    return (b'{"posts":[' + b",".join(posts_json) + b"]," + orjson.dumps(
+        {"total_count": total, "has_more": next_cursor is not None,
+         "next_cursor": next_cursor})[1:])
+
+
+def _no_match_page() -> bytes:
+    return _page_json([], 0, None)
 
 
 def _matches(app: AppState, asset_type: str | None, tags: list[str]) -> int | None:
@@ -361,9 +408,9 @@ def _matches(app: AppState, asset_type: str | None, tags: list[str]) -> int | No
 
 def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
               cursor: str | None, limit: int, asset_type: str | None, tags: list[str]
-              ) -> dict[str, Any]:
+              ) -> bytes:
     """One page of ``feed_type`` (``trending``, ``recent``, ``following``: needs a
-    ``viewer``) after ``cursor``, as ``FeedOut``. ``tags``: parsed (sorted, unique).
+    ``viewer``) after ``cursor``, as ``FeedOut``'s JSON document. ``tags``: parsed (sorted, unique).
     Raises ``BadCursor`` for a cursor that is not one of this feed's and filters'."""
     query = filters_digest(asset_type, tags)
     data = decode_cursor(cursor, feed_type, query) if cursor else None
@@ -401,7 +448,10 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
         field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
     else:
-        trend = TrendingSource.resume(app, data) if data else TrendingSource.start(app)
+        # A first page guesses the shared snapshot this process saw last and checks the
+        # guess against the pointer read with the page's count (one round trip less).
+        trend = TrendingSource.resume(app, data) if data else (
+            TrendingSource.guess(app) or TrendingSource.start(app))
         source = trend
         extra = trend.cursor_fields()
 
@@ -411,21 +461,38 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
                                                      unblocked(), only)
 
         field = cf.count_field("g", "t", trend.sid, asset_type, tags)
-    vis, page = _page_state(app, field, viewer, is_admin)
     sparse = bool(tags) and (matches or 0) < SPARSE_TAGS
-    if feed_type != "trending" and (sparse or (asset_type and not tags)):
+    indexed = feed_type != "trending" and (sparse or (asset_type and not tags))
+    window = feed_type == "recent" and bool(tags)  # common tags: the newest posts, a window
+    filtered = bool(asset_type or tags)
+    # The walk's first Redis read rides with the count (an index walk reads Postgres).
+    first = walk.first_chunk(source, limit, filtered, hidden=not is_admin)
+    prefetch = None if indexed or window else source.prefetch(after, first)
+    pointer = feed_type == "trending" and not data
+    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer)
+    if pointer and not trend.confirmed(page):  # the guess was wrong (or Redis is down)
+        trend = TrendingSource.start(app)
+        source, extra = trend, trend.cursor_fields()
+        field = cf.count_field("g", "t", trend.sid, asset_type, tags)
+        prefetch = source.prefetch(after, first)
+        vis, page = _page_state(app, field, viewer, is_admin, prefetch)
+    if page is not None and prefetch is not None and page.ranges is not None:
+        source.prefetched = (prefetch, page.ranges)
+    if indexed:
         source = FilteredSource(app, authors, asset_type, tags, viewer, vis, sparse=sparse)
-    elif feed_type == "recent" and tags:  # common tags: the newest posts, a window a page
+    elif window:
         source = FilteredSource(app, None, asset_type, tags, viewer, vis,
                                 window=walk.SCAN_BUDGET)
-    rows, resume = walk.collect(app, source, after, limit, viewer, vis, asset_type, tags)
+    blocked = _blocked(app, viewer, page)
+    # An exact source applied the filters in its own statement: not checked again.
+    load = walk.PostLoader(app, viewer, vis, blocked, None if source.exact else asset_type,
+                           () if source.exact else tags, cached=page is not None)
+    rows, resume = walk.collect(source, after, limit, vis, filtered, load,
+                                None if indexed or window else first)
     stats.count(PATH + ":" + feed_type, source.outcome)
     next_cursor = None
     if resume is not None:
         next_cursor = encode_cursor({"f": feed_type, "q": query, "k": list(resume), **extra})
-    return {
-        "posts": [post_json(row) for _, row in rows],
-        "total_count": _viewer_total(app, field, page, vis, count, viewer),
-        "has_more": resume is not None,
-        "next_cursor": next_cursor,
-    }
+    return _page_json([post.community_json(post.id in load.liked) for _, post in rows],
+                      _viewer_total(app, field, page, vis, count, viewer, blocked),
+                      next_cursor)

@@ -110,17 +110,18 @@ def start_walk(app: AppState) -> tuple[int, cf.Floor, str]:
     return row.id, row.floor, "miss"
 
 
-def walk_after(app: AppState, sid: int, floor: cf.Floor, after: Key | None, n: int
-               ) -> tuple[list[Key], str]:
+def walk_after(app: AppState, sid: int, floor: cf.Floor, after: Key | None, n: int,
+               prefetched: cf.KeyRange | None = None) -> tuple[list[Key], str]:
     """Up to ``n`` keys of the walk of snapshot ``sid`` strictly after ``after``: the
-    snapshot down to its ``floor``, then its deep tail; and the cache outcome. Raises
-    ``UnknownSnapshot``."""
+    snapshot down to its ``floor``, then its deep tail; and the cache outcome.
+    ``prefetched``: the copy's range after ``after`` (``n`` entries), read already.
+    Raises ``UnknownSnapshot``."""
     if floor is None:
-        return keys_after(app, sid, after, n)
+        return keys_after(app, sid, after, n, prefetched)
     keys: list[Key] = []
     outcome = "hit"
     if after is None or after > floor:
-        head, outcome = keys_after(app, sid, after, n)
+        head, outcome = keys_after(app, sid, after, n, prefetched)
         keys = [k for k in head if k >= floor]
         if len(keys) == len(head) and len(head) == n:
             return keys, outcome
@@ -132,10 +133,13 @@ def walk_after(app: AppState, sid: int, floor: cf.Floor, after: Key | None, n: i
     return keys, outcome
 
 
-def keys_after(app: AppState, sid: int, after: Key | None, n: int
-               ) -> tuple[list[Key], str]:
+def keys_after(app: AppState, sid: int, after: Key | None, n: int,
+               prefetched: cf.KeyRange | None = None) -> tuple[list[Key], str]:
     """Up to ``n`` keys of snapshot ``sid``'s own entries strictly after ``after``, and
-    the cache outcome. Raises ``UnknownSnapshot``."""
+    the cache outcome (``prefetched``: that range, read already). Raises
+    ``UnknownSnapshot``."""
+    if prefetched is not None and prefetched.entries is not None:
+        return prefetched.entries, "hit"
     ck = cf.CommunityKeys(app.cache.keys)
     outcome = "miss"
     try:

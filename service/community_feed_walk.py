@@ -22,11 +22,12 @@ after the last key examined.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cache import community_feed as cf
+from cache import posts as cache_posts
 from cache.client import CacheUnavailable
 from service import community_feed_trending as trending
 from service.bootstrap import AppState
@@ -40,6 +41,7 @@ Key = tuple[int, int]  # (score, post id): the exact sort key of every feed
 SCAN_BUDGET = 2000
 
 OUTCOME_RANK = {"hit": 0, "miss": 1, "fallback": 2}
+HINT = "trending_pointer"  # AppState.hints: the shared snapshot this process saw last
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,24 @@ class Source:
     outcome = "hit"
     exact = False
     more: Key | None = None
+    # A first read done with the page's count (``cf.Prefetch``) and its answer.
+    prefetched: tuple[cf.Prefetch, list[cf.KeyRange]] | None = None
 
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         raise NotImplementedError
+
+    def prefetch(self, after: Key | None, n: int) -> cf.Prefetch | None:
+        """The Redis read ``next_keys(after, n)`` starts with, if it can ride with the
+        page's count (one round trip less); None if it cannot."""
+        return None
+
+    def take(self, after: Key | None, n: int) -> list[cf.KeyRange] | None:
+        """The prefetched answer of the read ``next_keys(after, n)`` starts with (used
+        once), if it was prefetched and found all its keys."""
+        got, self.prefetched = self.prefetched, None
+        if got is None or (got[0].after, got[0].n) != (after, n):
+            return None
+        return got[1] if all(r.entries is not None for r in got[1]) else None
 
 
 def _recent_pg(app: AppState, after: Key | None, n: int,
@@ -93,14 +110,20 @@ class RecentSource(Source):
     def __init__(self, app: AppState) -> None:
         self.app = app
 
+    def prefetch(self, after: Key | None, n: int) -> cf.Prefetch | None:
+        return cf.Prefetch([cf.CommunityKeys(self.app.cache.keys).recent], after, n)
+
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
-        try:
-            rng, outcome = cf.recent_after(self.app, after, n)
-        except CacheUnavailable:
-            self.outcome = "fallback"
-            return _recent_pg(self.app, after, n)
-        if outcome == "miss":
-            self.outcome = "miss"
+        taken = self.take(after, n)
+        rng = taken[0] if taken else None
+        if rng is None:
+            try:
+                rng, outcome = cf.recent_after(self.app, after, n)
+            except CacheUnavailable:
+                self.outcome = "fallback"
+                return _recent_pg(self.app, after, n)
+            if outcome == "miss":
+                self.outcome = "miss"
         keys = rng.entries or []
         if len(keys) < n and not rng.complete:
             keys += _recent_pg(self.app, keys[-1] if keys else after, n - len(keys))
@@ -113,17 +136,25 @@ class FollowingSource(Source):
     def __init__(self, app: AppState, followee_ids: list[int]) -> None:
         self.app, self.authors = app, followee_ids
 
+    def prefetch(self, after: Key | None, n: int) -> cf.Prefetch | None:
+        if not self.authors:
+            return None
+        ck = cf.CommunityKeys(self.app.cache.keys)
+        return cf.Prefetch([ck.author(a) for a in self.authors], after, n)
+
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         if not self.authors:
             return []
         app = self.app
-        try:
-            ranges, outcome = cf.author_ranges(app, self.authors, after, n)
-        except CacheUnavailable:
-            self.outcome = "fallback"
-            return _recent_pg(app, after, n, self.authors)
-        if outcome == "miss":
-            self.outcome = "miss"
+        ranges = self.take(after, n)
+        if ranges is None:
+            try:
+                ranges, outcome = cf.author_ranges(app, self.authors, after, n)
+            except CacheUnavailable:
+                self.outcome = "fallback"
+                return _recent_pg(app, after, n, self.authors)
+            if outcome == "miss":
+                self.outcome = "miss"
         merged = sorted((k for r in ranges for k in r.entries or []), reverse=True)[:n]
         # An author set that was trimmed and ran out hides older posts below its last key.
         floor = max((r.entries[-1] if r.entries else after or (2**63, 0)
@@ -176,9 +207,30 @@ class TrendingSource(Source):
                  ) -> None:
         self.app, self.sid, self.floor, self.outcome = app, sid, floor, outcome
 
+    guessed = False
+
     @classmethod
     def start(cls, app: AppState) -> TrendingSource:
-        return cls(app, *trending.start_walk(app))
+        source = cls(app, *trending.start_walk(app))
+        app.hints[HINT] = (source.sid, source.floor)
+        return source
+
+    @classmethod
+    def guess(cls, app: AppState) -> TrendingSource | None:
+        """A new walk of the snapshot this process last saw shared (None: none seen);
+        ``confirmed`` tells whether it is still the shared one."""
+        hint = app.hints.get(HINT)
+        if hint is None:
+            return None
+        source = cls(app, *hint)
+        source.guessed = True
+        return source
+
+    def confirmed(self, page: cf.PageState | None) -> bool:
+        """Whether this walk's snapshot is the shared one, as the pointer read with the
+        page (``page``; None: Redis down) says; a walk not guessed always is."""
+        return not self.guessed or (page is not None
+                                    and page.pointer == (self.sid, self.floor))
 
     @classmethod
     def resume(cls, app: AppState, data: dict[str, Any]) -> TrendingSource:
@@ -190,9 +242,17 @@ class TrendingSource(Source):
         """What every cursor of this walk carries besides its key."""
         return {"s": self.sid, **({"fl": list(self.floor)} if self.floor else {})}
 
+    def prefetch(self, after: Key | None, n: int) -> cf.Prefetch | None:
+        if self.floor is not None and after is not None and after <= self.floor:
+            return None  # past the snapshot's copy: its deep tail, in Postgres
+        return cf.Prefetch([cf.CommunityKeys(self.app.cache.keys).snapshot(self.sid)],
+                           after, n)
+
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         try:
-            keys, outcome = trending.walk_after(self.app, self.sid, self.floor, after, n)
+            taken = self.take(after, n)
+            keys, outcome = trending.walk_after(self.app, self.sid, self.floor, after, n,
+                                                taken[0] if taken else None)
         except trending.UnknownSnapshot as exc:
             raise BadCursor() from exc
         if OUTCOME_RANK[outcome] > OUTCOME_RANK[self.outcome]:
@@ -200,23 +260,64 @@ class TrendingSource(Source):
         return keys
 
 
-def collect(app: AppState, source: Source, after: Key | None, limit: int,
-            viewer: int | None, vis: Visibility, asset_type: str | None, tags: list[str]
-            ) -> tuple[list[tuple[Key, posts.PostRow]], Key | None]:
-    """Walk ``source`` after ``after`` until ``limit + 1`` live matching posts the viewer
-    may see are found, or ``SCAN_BUDGET`` keys were examined; returns (page rows with
-    their keys, the key to resume after, None if the walk reached its end)."""
-    found: list[tuple[Key, posts.PostRow]] = []
-    chunk = limit + 1 if source.exact or not (asset_type or tags) else 4 * (limit + 1)
+class PostLoader:
+    """Loads a page's posts by id (``__call__``): from the post entities and the viewer's
+    likes in Redis (``cache.posts``), less deleted posts, posts by authors the viewer
+    blocked (``blocked``) and posts not matching the filters; with Redis down
+    (``cached`` False) from Postgres in one statement that applies every rule, the
+    viewer's collectives too when ``vis.sql`` says so. Remembers which posts the viewer
+    likes (``liked``)."""
+
+    def __init__(self, app: AppState, viewer: int | None, vis: Visibility,
+                 blocked: frozenset[int], asset_type: str | None, tags: Sequence[str],
+                 cached: bool) -> None:
+        self.app, self.viewer, self.vis, self.blocked = app, viewer, vis, blocked
+        self.asset_type, self.tags, self.cached = asset_type, tags, cached
+        self.liked: set[int] = set()
+
+    def __call__(self, ids: Sequence[int]) -> dict[int, cache_posts.CachedPost]:
+        if not self.cached:
+            with self.app.db.session() as session:
+                rows = posts.load_page(session, ids, self.viewer, self.asset_type, self.tags,
+                                       self.vis.sql)
+            self.liked.update(i for i, row in rows.items() if row.liked)
+            return cache_posts.from_rows(rows)
+        found, liked = cache_posts.page_posts(self.app, ids, self.viewer)
+        self.liked |= liked
+        return {i: p for i, p in found.items()
+                if p.author_id not in self.blocked and p.matches(self.asset_type, self.tags)}
+
+
+def first_chunk(source: Source, limit: int, filtered: bool, hidden: bool = False) -> int:
+    """How many keys ``collect`` asks its source for first: ``limit + 1`` when each is a
+    post of the page (an exact source, or no filter and a viewer who may see every post),
+    twice that when some posts may be hidden from the viewer (a collective's posts: one
+    read instead of two when up to half of them are), four times that for filters."""
+    if source.exact:
+        return limit + 1
+    if filtered:
+        return 4 * (limit + 1)
+    return 2 * (limit + 1) if hidden else limit + 1
+
+
+def collect(source: Source, after: Key | None, limit: int, vis: Visibility, filtered: bool,
+            load: Callable[[Sequence[int]], Mapping[int, Any]], first: int | None = None
+            ) -> tuple[list[tuple[Key, Any]], Key | None]:
+    """Walk ``source`` after ``after`` until ``limit + 1`` posts the viewer may see are
+    found, or ``SCAN_BUDGET`` keys were examined; ``load(ids)`` gives the live posts
+    among ``ids`` that match the page's filters (``filtered``: there are some), each with
+    its ``collective_id``; ``first``: the first chunk's size (default ``first_chunk``).
+    Returns (page posts with their keys, the key to resume after, None if the walk
+    reached its end)."""
+    found: list[tuple[Key, Any]] = []
+    chunk = first or first_chunk(source, limit, filtered)
     cursor, scanned = after, 0
     while True:
         keys = source.next_keys(cursor, chunk)
         if keys:
-            with app.db.session() as session:
-                rows = posts.load_page(session, [k[-1] for k in keys], viewer, asset_type,
-                                       tags, vis.sql)
+            rows = load([k[-1] for k in keys])
             found += [(k, rows[k[-1]]) for k in keys
-                      if k[-1] in rows and vis.sees(rows[k[-1]].post.collective_id)]
+                      if k[-1] in rows and vis.sees(rows[k[-1]].collective_id)]
             scanned += len(keys)
         if len(found) > limit:
             return found[:limit], found[limit - 1][0]

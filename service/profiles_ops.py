@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cache import posts as cache_posts
 from service.bootstrap import AppState
 from storage import profiles
 
@@ -21,5 +22,12 @@ def save_profile(app: AppState, user_id: int, changes: dict[str, Any]) -> dict[s
         if not changes:
             return profiles.get_profile(uow.session, user_id)
         saved = profiles.save_profile(uow.session, user_id, changes)
+        # The author's cached posts embed the profile: re-rendered in place.
+        keys = app.cache.keys
+        for post_id, version in profiles.bump_post_versions(
+                uow.session, user_id, cache_posts.VERSION_PREFIX,
+                cache_posts.VERSION_SUFFIX).items():
+            cache_posts.on_author(cache_posts.adopt(uow, keys, post_id, version), keys,
+                                  post_id, saved)
         uow.commit()
     return saved

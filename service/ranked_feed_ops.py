@@ -26,12 +26,15 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from cache import community_feed as cf
+from cache import posts as cache_posts
 from cache import ranked_feed as feed_cache
+from cache.entities import encode
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
 from service import community_feed_ops
 from service import ranked_feed_score as scoring
@@ -39,6 +42,8 @@ from service.bootstrap import AppState
 from service.errors import ApiError, NotFound
 from storage import ranked_feed as store
 from storage import rebuild as rebuild_store
+from storage.posts import PostRow
+from storage.profiles import author_json
 
 DECISION_LOG_TOP = 10  # posts per sampled ranking-decision log line
 decisions = logging.getLogger("service.ranking")
@@ -169,22 +174,30 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
 
 @dataclass(frozen=True)
 class FeedPage:
-    """One page: the walk's size, and its posts as rows (``storage.ranked_feed``
-    columns) with their ranked entry (None when chronological)."""
+    """One page: the walk's size, and its posts (``cache.posts.CachedPost``: their
+    rendered bytes) with their ranked entry (None when chronological)."""
 
     count: int
-    posts: list[tuple[dict[str, Any], Entry | None]]
+    posts: list[tuple[cache_posts.CachedPost, Entry | None]]
     personalized: bool
+
+
+def _from_row(row: dict[str, Any]) -> cache_posts.CachedPost:
+    """A ``storage.ranked_feed`` row rendered as its post entity would be."""
+    author = author_json(row["author_id"], row["author_display_name"],
+                         row["author_avatar_url"], row["author_tier"])
+    return cache_posts.CachedPost.of(row["id"], encode(cache_posts.render(
+        PostRow(SimpleNamespace(**row), author, False))))  # type: ignore[arg-type]
 
 
 def _log_decision(app_state: AppState, user_id: int, page: int, page_size: int,
                   count: int, controls: Controls,
-                  shown: Sequence[tuple[dict[str, Any], Entry | None]]) -> None:
+                  shown: Sequence[tuple[cache_posts.CachedPost, Entry | None]]) -> None:
     """One JSON line: the viewer, the page and its top posts with their components."""
-    top = [{"id": row["id"], "score": entry.score,
+    top = [{"id": post.id, "score": entry.score,
             "components": dict(zip(scoring.COMPONENTS, entry.components, strict=True)),
             "viewed": entry.viewed}
-           for row, entry in shown[:DECISION_LOG_TOP] if entry is not None]
+           for post, entry in shown[:DECISION_LOG_TOP] if entry is not None]
     decisions.info(json.dumps({
         "event": "ranking_decision", "viewer": user_id, "page": page,
         "page_size": page_size, "count": count, "config_version": controls.version,
@@ -196,17 +209,22 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
                       force: bool = False, is_admin: bool = False,
                       clock: datetime | None = None) -> FeedPage:
     """The viewer's personalized page ``page`` (chronological when ranking is off).
-    Posts deleted, blocked, muted or left since the ranking was cached are left out."""
+
+    The posts are their cached entities (``cache.posts``: one pipeline, a batched fill of
+    the missing ones; Redis down: one statement): posts deleted since the ranking was
+    cached are left out (a delete drops the entity, a fill finds no live row). Blocks,
+    mutes, joins and leaves move the viewer's calc version in their transaction, so a
+    ranking cached before them is not read again once their change is applied (right
+    after commit; after a crash, by the outbox relay)."""
     start = (page - 1) * page_size
     with app_state.db.session() as session:  # a connection only once a statement runs
         controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
                                        force=force, is_admin=is_admin, clock=clock,
                                        session=session)
-        if ranked is None:
-            return chronological_page(app_state, user_id, page, page_size, is_admin)
-        rows = store.visible_posts(session, user_id, [e.id for e in ranked.entries],
-                                   is_admin)
-    shown = [(rows[e.id], e) for e in ranked.entries if e.id in rows]
+    if ranked is None:
+        return chronological_page(app_state, user_id, page, page_size, is_admin)
+    found, _ = cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)
+    shown = [(found[e.id], e) for e in ranked.entries if e.id in found]
     sample = app_state.settings.ranking_log_sample
     if sample > 0 and random.random() < sample:  # noqa: S311 - sampling, not security
         _log_decision(app_state, user_id, page, page_size, ranked.count, controls, shown)
@@ -219,33 +237,43 @@ def chronological_page(app_state: AppState, user_id: int | None, page: int,
     with app_state.db.session() as session:
         count, rows = store.chronological_page(session, user_id, (page - 1) * page_size,
                                                page_size, is_admin)
-    return FeedPage(count, [(row, None) for row in rows], False)
+    return FeedPage(count, [(_from_row(row), None) for row in rows], False)
 
 
 # --- the viewer's writes -------------------------------------------------------------------
 
 
 def _add_fact(app_state: AppState, user_id: int, post_id: int, is_admin: bool,
-              add: Callable[[Any, int, int], bool]) -> bool:
+              add: Callable[..., Any], counter: str) -> bool:
+    """Add the viewer's fact (``add``: praise or trophy) and, if new, count it in the
+    post's cached entity (``counter``), its version bumped in the counter's statement."""
+    name = cache_posts.scope(post_id).row_name
     with app_state.uow() as uow:
         if not store.post_is_visible(uow.session, post_id, user_id, is_admin):
             raise NotFound("Post not found")
-        added = add(uow.session, user_id, post_id)
-        if added:
+        added = add(uow.session, user_id, post_id, [name])
+        if added.changed:
             feed_cache.touch(uow, user_id)
+            if name in added.versions:
+                keys = app_state.cache.keys
+                cache_posts.on_counts(
+                    cache_posts.adopt(uow, keys, post_id, added.versions[name]), keys,
+                    post_id, **{counter: added.count})
         uow.commit()
-    return added
+    return added.changed
 
 
 def praise(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
     """Praise a post the viewer may see (once); True if new. The viewer's calc version
     moves in the same transaction. Raises ``NotFound``."""
-    return _add_fact(app_state, user_id, post_id, is_admin, store.add_praise)
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_praise,
+                     "praise_count")
 
 
 def trophy(app_state: AppState, user_id: int, post_id: int, is_admin: bool = False) -> bool:
     """Give a post the viewer may see a trophy (once); as ``praise``."""
-    return _add_fact(app_state, user_id, post_id, is_admin, store.add_trophy)
+    return _add_fact(app_state, user_id, post_id, is_admin, store.add_trophy,
+                     "trophy_count")
 
 
 def set_fellow(app_state: AppState, me: int, other: int, fellow: bool) -> bool:
@@ -359,5 +387,14 @@ def rebuild_user(app_state: AppState, user_id: int, path: str = "rebuild") -> No
 
 
 def warm_user(app_state: AppState, user_id: int) -> None:
-    """Read through the user's first page, so their next read is a hit."""
-    cache_of(app_state).warm(lambda: ranked_page(app_state, user_id, 0, 1))
+    """Read through the user's first page and its posts, so their next read is a hit."""
+
+    def first_page() -> Any:
+        _, ranked = ranked_page(app_state, user_id, 0, WARM_POSTS)
+        if ranked is not None:
+            cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)
+
+    cache_of(app_state).warm(first_page)
+
+
+WARM_POSTS = 50  # entries (and posts) of a warmed ranking's first page

@@ -11,7 +11,7 @@ Functions take a ``Session`` and never commit: the caller's unit of work does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,6 @@ from sqlalchemy import (
     text,
     true,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -55,6 +54,60 @@ class PostRow:
     post: Post
     author: dict[str, Any]
     liked: bool
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a counted write changed: whether its fact row changed, the post's counter as
+    committed (absolute, read under the post's row lock) and the ``cache_versions`` rows
+    it bumped in the same statement (``{name: version}``)."""
+
+    changed: bool
+    count: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    after: LikeResult | None = None  # a like's: the post's engagement after it
+
+
+# The ``cache_versions`` rows named by ``:version_names`` bumped, in the order given, once
+# for each row of the CTE ``p`` (a statement's changed posts row): ``v(name, version)``.
+_VERSIONS_CTE = (
+    "v AS (INSERT INTO cache_versions (name, version) "
+    "  SELECT n.name, 1 FROM p, unnest(CAST(:version_names AS text[])) "
+    "    WITH ORDINALITY AS n(name, ord) ORDER BY n.ord "
+    "  ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1 "
+    "  RETURNING name, version) "
+)
+
+
+def _bump_with_versions(session: Session, update_sql: str, params: dict[str, Any],
+                        version_names: Sequence[str]) -> tuple[int, dict[str, int]] | None:
+    """Run ``update_sql`` (an UPDATE of one posts row ``RETURNING <value> AS n``) and, if it
+    changed a row, bump the ``cache_versions`` rows ``version_names`` in the same statement
+    (after the post's row lock, in the order given: every writer of a post locks in this
+    order). Returns ``(n, {name: version})``, or None if no row changed."""
+    rows = session.execute(text(
+        f"WITH p AS ({update_sql}), " + _VERSIONS_CTE +
+        "SELECT p.n, v.name, v.version FROM p LEFT JOIN v ON true"),
+        {**params, "version_names": list(version_names)}).all()
+    if not rows:
+        return None
+    return int(rows[0][0]), {name: int(v) for _, name, v in rows if name is not None}
+
+
+def add_to_counter(session: Session, post_id: int, column: str, delta: int,
+                    version_names: Sequence[str]) -> Counted:
+    if column not in COUNTERS:
+        raise ValueError(f"{column} is not a post counter")
+    got = _bump_with_versions(
+        session, f"UPDATE posts SET {column} = {column} + :delta WHERE id = :post "
+                 f"RETURNING {column} AS n",
+        {"delta": delta, "post": post_id}, version_names)
+    if got is None:
+        return Counted(True)
+    return Counted(True, got[0], got[1])
+
+
+COUNTERS = ("like_count", "comment_count", "view_count", "praise_count", "trophy_count")
 
 
 def create_post(session: Session, author_id: int, **fields: object) -> Post:
@@ -115,35 +168,38 @@ def post_visible(session: Session, post_id: int, viewer_id: int, is_admin: bool 
     return session.execute(query).scalar_one_or_none() is not None
 
 
-def soft_delete(session: Session, post_id: int) -> bool:
-    """Mark the post deleted; False if it was already deleted or does not exist."""
-    result = session.execute(
-        update(Post)
-        .where(Post.id == post_id, Post.deleted_at.is_(None))
-        .values(deleted_at=func.now())
-    )
-    return result.rowcount > 0
+def soft_delete(session: Session, post_id: int,
+                version_names: Sequence[str] = ()) -> Counted:
+    """Mark the post deleted (and bump ``version_names`` in the same statement);
+    ``changed`` False if it was already deleted or does not exist."""
+    got = _bump_with_versions(
+        session, "UPDATE posts SET deleted_at = now() WHERE id = :post AND deleted_at IS NULL "
+                 "RETURNING id AS n", {"post": post_id}, version_names)
+    return Counted(False) if got is None else Counted(True, 0, got[1])
 
 
-# One statement per like or unlike: the like row, ``like_count`` moved with it (same
-# transaction, so the counter is exact under concurrency) and the post's engagement after
-# it (what the trending re-score needs), or no row when the like row did not change.
-_LIKE_COUNTED = (
-    "UPDATE posts SET like_count = posts.like_count + :delta FROM toggled"
-    " WHERE posts.id = toggled.post_id"
-    " RETURNING posts.id, posts.created_at, posts.like_count, posts.comment_count,"
-    " posts.view_count, posts.is_featured, posts.deleted_at IS NOT NULL AS deleted"
-)
-_SET_LIKE = text(
-    "WITH toggled AS ("
-    " INSERT INTO post_likes (post_id, user_id) SELECT id, :user_id FROM posts"
-    " WHERE id = :post_id ON CONFLICT DO NOTHING RETURNING post_id) " + _LIKE_COUNTED
-)
-_UNSET_LIKE = text(
-    "WITH toggled AS ("
-    " DELETE FROM post_likes WHERE post_id = :post_id AND user_id = :user_id"
-    " RETURNING post_id) " + _LIKE_COUNTED
-)
+# One statement per like or unlike: the like row; ``like_count`` moved with it (same
+# transaction, so the counter is exact under concurrency); the versions bumped after the
+# post's row lock (the order every writer of a post takes); the post's engagement after it
+# (what the trending re-score needs, no read after commit). No row: the like row did not
+# change (already liked, never liked, or a missing post).
+_TOGGLE_LIKE = {
+    True: "INSERT INTO post_likes (post_id, user_id) SELECT id, :user_id FROM posts"
+          " WHERE id = :post_id ON CONFLICT DO NOTHING RETURNING post_id",
+    False: "DELETE FROM post_likes WHERE post_id = :post_id AND user_id = :user_id"
+           " RETURNING post_id",
+}
+_SET_LIKE = {
+    liked: text(
+        f"WITH toggled AS ({toggle}), "
+        "p AS (UPDATE posts SET like_count = posts.like_count + :delta FROM toggled"
+        " WHERE posts.id = toggled.post_id"
+        " RETURNING posts.id, posts.created_at, posts.like_count, posts.comment_count,"
+        " posts.view_count, posts.is_featured, posts.deleted_at IS NOT NULL AS deleted), "
+        + _VERSIONS_CTE +
+        "SELECT p.*, v.name AS version_name, v.version FROM p LEFT JOIN v ON true")
+    for liked, toggle in _TOGGLE_LIKE.items()
+}
 
 
 @dataclass(frozen=True)
@@ -153,19 +209,23 @@ class LikeResult:
     engagement: Engagement | None
 
 
-def set_like(session: Session, post_id: int, user_id: int, liked: bool) -> LikeResult | None:
-    """Like (``liked=True``) or unlike a post, in one statement; None if the like row did
-    not change (already liked, never liked, or a missing post: check the post's visibility
-    separately, ``get_visible_post``)."""
-    row = session.execute(_SET_LIKE if liked else _UNSET_LIKE,
-                          {"post_id": post_id, "user_id": user_id,
-                           "delta": 1 if liked else -1}).first()
-    if row is None:
-        return None
-    if row.deleted:
-        return LikeResult(None)
-    return LikeResult(Engagement(row.id, row.created_at, row.like_count, row.comment_count,
-                                 row.view_count, row.is_featured))
+def set_like(session: Session, post_id: int, user_id: int, liked: bool,
+             version_names: Sequence[str] = ()) -> Counted:
+    """Like (``liked=True``) or unlike a post, in one statement that also bumps
+    ``version_names``; ``changed`` if the like row changed, ``count`` the committed
+    ``like_count`` and ``after`` the engagement for the re-score. Raises nothing for a
+    missing post (check its visibility separately): it just changes nothing."""
+    rows = session.execute(_SET_LIKE[liked], {
+        "post_id": post_id, "user_id": user_id, "delta": 1 if liked else -1,
+        "version_names": list(version_names)}).all()
+    if not rows:
+        return Counted(False)
+    row = rows[0]
+    after = LikeResult(None if row.deleted else Engagement(
+        row.id, row.created_at, row.like_count, row.comment_count, row.view_count,
+        row.is_featured))
+    versions = {r.version_name: int(r.version) for r in rows if r.version_name is not None}
+    return Counted(True, int(row.like_count), versions, after)
 
 
 def is_liked(session: Session, post_id: int, user_id: int) -> bool:
@@ -179,16 +239,16 @@ def is_liked(session: Session, post_id: int, user_id: int) -> bool:
     )
 
 
-def add_comment(session: Session, post_id: int, author_id: int, body: str) -> Comment:
-    """Insert a comment and count it on the post (same transaction)."""
+def add_comment(session: Session, post_id: int, author_id: int, body: str,
+                version_names: Sequence[str] = ()) -> tuple[Comment, Counted]:
+    """Insert a comment and count it on the post (same transaction; ``version_names``
+    bumped in the counter's statement)."""
     comment = Comment(post_id=post_id, author_id=author_id, body=body)
     session.add(comment)
-    session.execute(
-        update(Post).where(Post.id == post_id).values(comment_count=Post.comment_count + 1)
-    )
+    counted = add_to_counter(session, post_id, "comment_count", 1, version_names)
     session.flush()
     session.refresh(comment)
-    return comment
+    return comment, counted
 
 
 _COUNT_VIEW = text(
@@ -200,18 +260,17 @@ _COUNT_VIEW = text(
 
 
 def record_view(session: Session, post_id: int, viewer_id: int,
-                debounce_seconds: int = VIEW_DEBOUNCE_SECONDS) -> bool:
+                debounce_seconds: int = VIEW_DEBOUNCE_SECONDS,
+                version_names: Sequence[str] = ()) -> Counted:
     """Count a view unless this viewer's last counted view of the post is more recent
-    than ``debounce_seconds``; True if it counted (``view_count`` then grows by one)."""
+    than ``debounce_seconds``; ``changed`` if it counted (``view_count`` then grows by
+    one, and ``version_names`` are bumped in that statement)."""
     counted = session.execute(
         _COUNT_VIEW, {"p": post_id, "v": viewer_id, "debounce": debounce_seconds}
     ).first()
     if counted is None:
-        return False
-    session.execute(
-        update(Post).where(Post.id == post_id).values(view_count=Post.view_count + 1)
-    )
-    return True
+        return Counted(False)
+    return add_to_counter(session, post_id, "view_count", 1, version_names)
 
 
 def post_counts(session: Session, post_id: int, viewer_id: int | None = None,
@@ -319,6 +378,35 @@ def load_page(
         rows[post.id] = PostRow(post, author_json(post.author_id, name, avatar, tier),
                                 bool(is_liked_row))
     return rows
+
+
+def post_entities(session: Session, post_ids: Sequence[int]) -> dict[int, PostRow]:
+    """The live posts among ``post_ids`` with their authors' profiles, as every viewer sees
+    them (one query; ``liked`` False: a viewer's like is not part of a post's entity)."""
+    if not post_ids:
+        return {}
+    query = (
+        select(Post, User.display_name, User.avatar_url, User.subscription_tier)
+        .outerjoin(User, User.id == Post.author_id)
+        .where(Post.id.in_(list(post_ids)), Post.deleted_at.is_(None))
+    )
+    return {post.id: PostRow(post, author_json(post.author_id, name, avatar, tier), False)
+            for post, name, avatar, tier in session.execute(query)}
+
+
+def liked_ids(session: Session, user_id: int, limit: int) -> list[int]:
+    """Up to ``limit`` ids of posts ``user_id`` likes (the likes index, any order)."""
+    return [int(i) for i in session.execute(
+        select(PostLike.post_id).where(PostLike.user_id == user_id).limit(limit)).scalars()]
+
+
+def liked_among(session: Session, user_id: int, post_ids: Sequence[int]) -> set[int]:
+    """Which of ``post_ids`` ``user_id`` likes (one indexed query)."""
+    if not post_ids:
+        return set()
+    return {int(i) for i in session.execute(
+        select(PostLike.post_id).where(PostLike.user_id == user_id,
+                                       PostLike.post_id.in_(list(post_ids)))).scalars()}
 
 
 def recent_keys(

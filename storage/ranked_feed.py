@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import cast, delete, func, select, text, update
+from sqlalchemy import cast, delete, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,7 @@ from storage.models import (
     RankingConfig,
     UserPreferences,
 )
-from storage.posts import can_see
+from storage.posts import Counted, add_to_counter, can_see
 
 POST_COLUMNS = (
     "p.id, p.author_id, u.display_name AS author_display_name, "
@@ -258,21 +258,6 @@ def load_candidates(
 # --- what a page shows ---------------------------------------------------------------------
 
 
-def visible_posts(session: Session, viewer_id: int, post_ids: Sequence[int],
-                  is_admin: bool = False) -> dict[int, dict[str, Any]]:
-    """Current rows of those ``post_ids`` the viewer may see now (one indexed query):
-    deleted posts, blocked authors' posts, muted collectives' posts and posts of
-    collectives the viewer is not in are left out, so a cached ranking never shows them."""
-    if not post_ids:
-        return {}
-    rows = session.execute(
-        text(f"SELECT {POST_COLUMNS} FROM posts p LEFT JOIN users u ON u.id = p.author_id "
-             f"{_PREFS_JOIN} WHERE p.id = ANY(CAST(:ids AS bigint[])) AND {_VISIBLE}"),
-        {"viewer": viewer_id, "ids": list(post_ids), "admin": is_admin},
-    )
-    return {row.id: dict(row._mapping) for row in rows}
-
-
 def chronological_page(session: Session, viewer_id: int | None, offset: int, limit: int,
                        is_admin: bool = False) -> tuple[int, list[dict[str, Any]]]:
     """Newest first: (count of posts the viewer may see, the rows of one page). Anonymous
@@ -310,24 +295,28 @@ def post_is_visible(session: Session, post_id: int, viewer_id: int, is_admin: bo
     ).first() is not None
 
 
-def _add_fact(session: Session, model: type, counter: Any, user_id: int, post_id: int) -> bool:
+def _add_fact(session: Session, model: type, counter: str, user_id: int, post_id: int,
+              version_names: Sequence[str]) -> Counted:
     """Insert one (post, user) fact; if it is new, raise the post's counter by one in the
-    same transaction (the insert's unique key serialises concurrent adds, so it is exact)."""
+    same transaction (the insert's unique key serialises concurrent adds, so it is exact)
+    and bump ``version_names`` in that statement."""
     added = session.execute(
         insert(model).values(post_id=post_id, user_id=user_id)
         .on_conflict_do_nothing().returning(model.post_id)
     ).first() is not None
-    if added:
-        session.execute(update(Post).where(Post.id == post_id).values({counter: counter + 1}))
-    return added
+    if not added:
+        return Counted(False)
+    return add_to_counter(session, post_id, counter, 1, version_names)
 
 
-def add_praise(session: Session, user_id: int, post_id: int) -> bool:
-    return _add_fact(session, PostPraise, Post.praise_count, user_id, post_id)
+def add_praise(session: Session, user_id: int, post_id: int,
+               version_names: Sequence[str] = ()) -> Counted:
+    return _add_fact(session, PostPraise, "praise_count", user_id, post_id, version_names)
 
 
-def add_trophy(session: Session, user_id: int, post_id: int) -> bool:
-    return _add_fact(session, PostTrophy, Post.trophy_count, user_id, post_id)
+def add_trophy(session: Session, user_id: int, post_id: int,
+               version_names: Sequence[str] = ()) -> Counted:
+    return _add_fact(session, PostTrophy, "trophy_count", user_id, post_id, version_names)
 
 
 def add_fellow(session: Session, user_id: int, fellow_id: int) -> bool:

@@ -185,6 +185,7 @@ READ_PATH_MODULES = (
     "tests/integration/group_feed/test_group_feed.py",
     "tests/integration/activity_feed/test_activity_feed.py",
     "tests/integration/community_feed/test_community_feed.py",
+    "tests/integration/community_feed/test_post_entities.py",
     "tests/integration/ranked_feed/test_ranked_feed.py",
     "tests/integration/recent_reels/test_reels_api.py",
 )

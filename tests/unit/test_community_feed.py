@@ -5,7 +5,6 @@ formula, the key layout, and a page's walk over a scripted source."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -29,7 +28,6 @@ from service.community_feed_ops import created_us
 from service.community_feed_walk import PUBLIC, Source, Visibility
 from service.errors import ApiError
 from service.schemas import FeedArgs, PostIn
-from storage import posts
 from storage.posts import Engagement
 
 Q = filters_digest(None, [])
@@ -252,46 +250,37 @@ class ScriptedSource(Source):
         return rest[:n]
 
 
-@pytest.fixture
-def fake_app(monkeypatch):
-    """An app whose database "holds" every post id, in collective 1 when the id is even."""
-
-    def load_page(session, ids, viewer, asset_type=None, tags=(), visible_to=None):
-        return {i: SimpleNamespace(post=SimpleNamespace(collective_id=1 if i % 2 == 0
-                                                        else None)) for i in ids}
-
-    monkeypatch.setattr(posts, "load_page", load_page)
-    db = SimpleNamespace(session=contextlib.nullcontext)
-    return SimpleNamespace(db=db)
+def load(ids):
+    """A database that "holds" every post id, in collective 1 when the id is even."""
+    return {i: SimpleNamespace(collective_id=1 if i % 2 == 0 else None) for i in ids}
 
 
-def test_collect_stops_after_limit_and_resumes_after_the_last_post(fake_app):
+def test_collect_stops_after_limit_and_resumes_after_the_last_post():
     source = ScriptedSource(50)
-    rows, resume = walk.collect(fake_app, source, None, 5, None, Visibility.of(None), None, [])
+    rows, resume = walk.collect(source, None, 5, Visibility.of(None), False, load)
     assert [k for k, _ in rows] == [(n, n) for n in range(50, 45, -1)]
     assert resume == (46, 46)
     assert source.calls == [6]
-    rows, resume = walk.collect(fake_app, source, (3, 3), 5, None, Visibility.of(None),
-                                None, [])
+    rows, resume = walk.collect(source, (3, 3), 5, Visibility.of(None), False, load)
     assert [k for k, _ in rows] == [(2, 2), (1, 1)] and resume is None  # the end
 
 
-def test_collect_keeps_what_the_viewer_sees_within_the_scan_budget(fake_app, monkeypatch):
+def test_collect_keeps_what_the_viewer_sees_within_the_scan_budget(monkeypatch):
     monkeypatch.setattr(walk, "SCAN_BUDGET", 30)
     source = ScriptedSource(100)
     # Only odd ids are public: a page of 20 needs 40 keys, more than the budget.
-    rows, resume = walk.collect(fake_app, source, None, 20, None, PUBLIC, None, [])
+    rows, resume = walk.collect(source, None, 20, PUBLIC, False, load)
     assert all(k[1] % 2 for k, _ in rows) and len(rows) == 15
     assert resume == (71, 71)  # after the last key examined
     assert source.calls == [21, 9]  # limit + 1, then doubled but cut to the budget left
     # A filtered walk over an inexact source starts with 4 x (limit + 1) keys.
     source = ScriptedSource(100)
-    rows, _ = walk.collect(fake_app, source, None, 20, None, PUBLIC, "image", [])
+    rows, _ = walk.collect(source, None, 20, PUBLIC, True, load)
     assert source.calls == [84] and len(rows) == 20
 
 
-def test_collect_ends_at_a_source_window(fake_app):
+def test_collect_ends_at_a_source_window():
     source = ScriptedSource(3, exact=True)
     source.more = (1, 1)
-    rows, resume = walk.collect(fake_app, source, None, 5, None, Visibility.of(None), None, [])
+    rows, resume = walk.collect(source, None, 5, Visibility.of(None), False, load)
     assert len(rows) == 3 and resume == (1, 1)

@@ -9,10 +9,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from cache import ranked_feed as rf
+from cache.client import CacheUnavailable
 from cache.keys import Scope
-from service import ranked_feed
+from cache.outbox import relay_outbox
+from service import ranked_feed, ranked_feed_ops
 from storage import ranked_feed as store
-from tests.support.ranked_feed_data import FROZEN_NOW, generate, oracle_order, set_preferences
+from tests.support.ranked_feed_data import FROZEN_NOW, generate, oracle_order
 
 
 def counter(outcome: str, path: str = rf.PATH) -> float:
@@ -131,24 +133,42 @@ def test_fellow_change_refreshes_both_sides(client, auth, state, monkeypatch):
         assert counter("miss") == misses + 1
 
 
-def test_deleted_blocked_muted_never_come_from_a_cached_page(client, auth, state, monkeypatch):
+def test_deleted_blocked_muted_never_come_from_a_cached_page(client, auth, admin_headers,
+                                                             state, monkeypatch):
+    """A delete drops the post's entity: the cached ranking (a hit, no SQL) leaves it out.
+    Blocks and mutes move the viewer's calc version in their transaction: once their
+    change is applied (after commit, or by the outbox relay when that apply was lost) the
+    page is ranked again without them."""
     world = _world(state, monkeypatch)
     viewer = world.users[1]
     cached = page(client, auth(viewer))
     deleted, blocked_post, muted_post = (pid for pid, _ in cached[:3])
+    assert client.delete(f"/community/posts/{deleted}",
+                         headers=admin_headers).status_code == 204
+    hits = counter("hit")
+    served = page(client, auth(viewer))
+    assert counter("hit") == hits + 1
+    assert deleted not in {pid for pid, _ in served}
+    assert [pid for pid, _ in served] == [pid for pid, _ in cached if pid != deleted][
+        :len(served)]
     with state.db.session() as s:
-        s.execute(text("UPDATE posts SET deleted_at = now() WHERE id = :p"), {"p": deleted})
         blocked_author, = s.execute(text("SELECT author_id FROM posts WHERE id = :p"),
                                     {"p": blocked_post}).one()
         s.execute(text("UPDATE posts SET collective_id = :c WHERE id = :p"),
                   {"c": world.collectives[0], "p": muted_post})
         s.commit()
-    # Preferences written behind the cache's back (as if the version bump's apply were
-    # still pending): the cached page must still filter them.
-    set_preferences(state, viewer, muted=[world.collectives[0]], blocked=[blocked_author])
-    hits = counter("hit")
+
+    def lost(changes):
+        raise CacheUnavailable("test")
+
+    with monkeypatch.context() as m:  # committed, its apply lost: the relay applies it
+        m.setattr(state.applier, "apply", lost)
+        ranked_feed_ops.save_preferences(state, viewer, {
+            "muted_collectives": [world.collectives[0]], "blocked_users": [blocked_author]})
+    relay_outbox(state.db, state.applier, min_age=0)
+    misses = counter("miss")
     served = page(client, auth(viewer))
-    assert counter("hit") == hits + 1
+    assert counter("miss") == misses + 1
     ids = {pid for pid, _ in served}
     assert deleted not in ids and blocked_post not in ids and muted_post not in ids
     with state.db.session() as s:
