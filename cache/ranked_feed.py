@@ -351,17 +351,21 @@ class RankedFeedCache:
         pending: list[InputsRead] = []
 
         def load(replies: list[Any]) -> Ranking:
-            pending.append(InputsRead(replies[0]))
+            pending.append(InputsRead(list(replies)))
             return compute(version, clock_us, None, pending[-1])
 
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
             pipe.set(temps[key], encode(ranking, max(self.keep, stop)))
             stage_inputs(pipe, pending[-1].writes)
 
+        def queue_gets(pipe: Any, names: list[str]) -> None:
+            for name in names:  # one GET each: a cluster pipeline refuses MGET
+                pipe.get(name)
+
         def fill() -> _Cached:
             ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
                                        ttl=self.page_ttl,
-                                       preread=lambda pipe: pipe.mget(names))
+                                       preread=lambda pipe: queue_gets(pipe, names))
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
                            ranking.records[start:stop])
 
