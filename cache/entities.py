@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from cache import stats
@@ -50,15 +49,6 @@ class Entity:
     id: int
     scope: Scope
     key: str
-
-
-def isoformat(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with ``Z``, as API.md requires (every rendered time)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def encode(fields: Mapping[str, Any]) -> Fields:

@@ -55,7 +55,7 @@ import orjson
 
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
-from cache.entities import Entity, EntityStore, isoformat, queue_read
+from cache.entities import Entity, EntityStore, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 from cache.scripts import BITFIELD_IF_EXISTS
@@ -64,6 +64,7 @@ from storage import group_feed as store
 from storage import rebuild as rebuild_store
 from storage.db import Database
 from storage.models import FeedItem
+from storage.times import isoformat
 
 T = TypeVar("T")
 

@@ -50,13 +50,14 @@ import orjson
 
 from cache import stats
 from cache.client import NO_VALUE, CacheUnavailable
-from cache.entities import Entity, EntityStore, Fields, encode, isoformat, queue_read
+from cache.entities import Entity, EntityStore, Fields, encode, queue_read
 from cache.fill import LeaseHeld
 from cache.keys import Keyspace, Scope, post_tag, user_tag
 from cache.lease import wait_for
 from cache.versioned import Change
 from storage import posts as posts_store
 from storage.posts import PostRow
+from storage.times import isoformat
 
 PATH = "posts"
 LIKES_PATH = "posts.likes"

@@ -27,6 +27,7 @@ from service.errors import NotFound, ServiceUnavailable
 from service.fields import MAX_ID, CappedList, Id, IsoDateTime, StrictBoolean, UtcDateTime
 from service.state import state
 from storage.activity_feed import ACTIVITY_TYPES, PageQuery
+from storage.times import isoformat
 
 bp = Blueprint("activity_feed", __name__, description="User activity feed (read / unread)")
 
@@ -319,12 +320,8 @@ def generate(body):
         "message": (f"Generated {report.created} activity feed items for user "
                     f"{body['user_id']}"),
         "created_count": report.created,
-        "date_range": {"start": _iso(report.start), "end": _iso(report.end)},
+        "date_range": {"start": isoformat(report.start), "end": isoformat(report.end)},
     }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- operator commands ---------------------------------------------------------------------
@@ -344,7 +341,7 @@ def init_cli(app: Flask) -> None:
         report = ops.cleanup(state(), activity_type, older_than_days, dry_run)
         verb = "Would delete" if dry_run else "Deleted"
         for name, cutoff in report.cutoffs.items():
-            click.echo(f"  {name}: {report.deleted.get(name, 0)} older than {_iso(cutoff)}")
+            click.echo(f"  {name}: {report.deleted.get(name, 0)} older than {isoformat(cutoff)}")
         users = "" if dry_run else f" of {report.users} users"
         click.echo(f"{verb} {report.total} activity items{users}")
 
@@ -355,7 +352,7 @@ def init_cli(app: Flask) -> None:
         """Move activity items older than N days (default 365) to activities_archive."""
         report = ops.archive(state(), older_than_days)
         click.echo(f"Archived {report.moved} activity items of {report.users} users "
-                   f"created before {_iso(report.cutoff)}")
+                   f"created before {isoformat(report.cutoff)}")
 
     @app.cli.command("populate-activity-feeds")
     @click.option("--user-id", type=click.IntRange(1, MAX_ID))
@@ -369,4 +366,4 @@ def init_cli(app: Flask) -> None:
         verb = "Would create" if dry_run else "Created"
         users = "" if dry_run else f" for {report.users} users"
         click.echo(f"{verb} {report.created} activity items{users} from events between "
-                   f"{_iso(report.start)} and {_iso(report.end)}")
+                   f"{isoformat(report.start)} and {isoformat(report.end)}")

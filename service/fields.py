@@ -10,7 +10,7 @@ from marshmallow import ValidationError as FieldError
 from marshmallow import fields, validate
 from werkzeug.routing import BaseConverter, ValidationError
 
-from cache.entities import isoformat  # the one time format; entities are rendered with it
+from storage.times import isoformat  # the one time format; entities are rendered with it
 
 MAX_ID = 2**63 - 1
 # An id as text: ASCII digits (``\d`` would admit fullwidth and other Unicode digits), no

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import Activity, Event
+from storage.times import isoformat
 
 ACTIVITY_TYPES: tuple[str, ...] = (
     "event",
@@ -44,14 +45,6 @@ _ITEM_COLUMNS = (
 )
 
 
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def item_dict(row: Any) -> dict[str, Any]:
     """One activity as cached and served (before display fields are added)."""
     return {
@@ -60,8 +53,8 @@ def item_dict(row: Any) -> dict[str, Any]:
         "title": row.title,
         "description": row.description,
         "is_read": row.is_read,
-        "read_at": iso(row.read_at),
-        "created_at": iso(row.created_at),
+        "read_at": isoformat(row.read_at),
+        "created_at": isoformat(row.created_at),
         "data": row.data,
         "target_type": row.target_type,
         "target_id": row.target_id,
