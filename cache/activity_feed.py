@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from cache import checks
-from cache.client import NO_VALUE, Cache
+from cache.client import NO_VALUE, Cache, pipelined
 from cache.fill import Filler, read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.versioned import Change
@@ -152,10 +152,7 @@ def summary(cache: Cache, filler: Filler, db: Database, user_id: int) -> Summary
     ckey, rkey = counts_key(cache.keys, user_id), recent_key(cache.keys, user_id)
 
     def read(r: Any) -> Summary | Any:
-        pipe = r.pipeline(transaction=False)
-        pipe.hgetall(ckey)
-        pipe.get(rkey)
-        raw_counts, raw_recent = pipe.execute()
+        raw_counts, raw_recent = pipelined(r, (("HGETALL", ckey), ("GET", rkey)))
         counts = decode_counts(raw_counts)
         if counts is NO_VALUE or raw_recent is None:
             return NO_VALUE
@@ -187,10 +184,7 @@ def first_page(
         return (counts.unread if unread_only else counts.total), list(items[:size])
 
     def read(r: Any) -> Any:
-        pipe = r.pipeline(transaction=False)
-        pipe.hgetall(ckey)
-        pipe.get(pkey)
-        raw_counts, raw_page = pipe.execute()
+        raw_counts, raw_page = pipelined(r, (("HGETALL", ckey), ("GET", pkey)))
         counts = decode_counts(raw_counts)
         if counts is NO_VALUE or raw_page is None:
             return NO_VALUE

@@ -7,11 +7,11 @@ Every Redis call of a read path goes through ``Cache.run(path, fn)``, which rais
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from cache import stats
 from cache.breaker import CLOSED, HALF_OPEN, Breaker
@@ -76,6 +76,58 @@ def get_many(r: Any, keys: list[str]) -> list[bytes | None]:
     if isinstance(r, redis.Redis):
         return r.mget(keys)
     return r.mget_nonatomic(keys)
+
+
+def pipelined(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The replies of ``commands`` (each a tuple of arguments, e.g. ``("HGETALL", key)``)
+    in one round trip, parsed as ``pipe.execute_command(*command)`` parses them (the
+    client's response callbacks, without per-command options: ``ZRANGE ... WITHSCORES``
+    answers the flat list). The first error reply is raised once every reply is read.
+
+    On a single Redis the commands are packed and sent on one pooled connection without
+    redis-py's ``Pipeline`` object, whose set-up, per-command bookkeeping and reset were
+    most of a warm read's Redis CPU (issue 15's profile); a failed attempt is retried as
+    the pipeline retries it (the connection's ``Retry``, disconnecting first). Any other
+    client (a cluster: one pipeline per node, in parallel) runs a pipeline.
+    """
+    if type(r) is not redis.Redis or r.connection is not None:
+        pipe = r.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+    pool = r.connection_pool
+    conn = pool.get_connection()
+    callbacks = r.response_callbacks
+
+    def attempt() -> list[Any]:
+        conn.send_packed_command(
+            [b"".join(map(_pack_command, commands))] if _pack_command is not None
+            else conn.pack_commands(commands))
+        replies: list[Any] = []
+        error: ResponseError | None = None
+        for command in commands:
+            try:
+                reply = conn.read_response()
+            except ResponseError as exc:
+                error = error or exc
+                replies.append(exc)
+                continue
+            callback = callbacks.get(command[0])
+            replies.append(callback(reply) if callback is not None else reply)
+        if error is not None:
+            raise error
+        return replies
+
+    try:
+        return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+    finally:
+        pool.release(conn)
+
+
+try:  # hiredis's packer called directly: redis-py wraps it in a Python function per command
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _pack_command = None
 
 
 @functools.cache

@@ -50,9 +50,9 @@ from typing import Any
 
 import orjson
 
-from cache import checks
-from cache.client import NO_VALUE
-from cache.entities import Entity, EntityStore, Fields
+from cache import checks, stats
+from cache.client import NO_VALUE, CacheUnavailable, pipelined
+from cache.entities import Entity, EntityStore, Fields, encode
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, reel_tag, user_tag
 from cache.versioned import Change
@@ -119,25 +119,35 @@ def read(redis: Any, keys: Keyspace, user_id: int, start: int, count: int, ttl: 
     Refreshes the idle TTL of a list in use.
     """
     k, mk = key(keys, user_id), mine_key(keys, user_id)
-    pipe = redis.pipeline(transaction=False)
-    pipe.zcard(k)
-    # Newest first; the sentinel (lowest) can only show at the end of the last page.
-    pipe.zrevrange(k, start, start + count - 1, withscores=True)
-    pipe.hgetall(mk)
-    pipe.expire(k, ttl)
-    pipe.expire(mk, ttl)
-    size, members, mine, _, _ = pipe.execute()
+    size, flat, mine, _, _ = pipelined(redis, (
+        ("ZCARD", k),
+        # Newest first; the sentinel (lowest) can only show at the end of the last page.
+        # Without redis-py's options: [[member, score], ...] (RESP3), or the flat
+        # [member, score, ...] of RESP2 (see _pairs).
+        ("ZREVRANGE", k, start, start + count - 1, "WITHSCORES"),
+        ("HGETALL", mk),
+        ("EXPIRE", k, ttl),
+        ("EXPIRE", mk, ttl),
+    ))
     if not size or not mine:
         return NO_VALUE
     entries = []
-    for member, score in members:
-        if member == SENTINEL.encode():
+    sentinel = SENTINEL.encode()
+    for member, score in _pairs(flat):
+        if member == sentinel:
             continue
         duration = mine.get(b"d:" + member)
-        entries.append(ListEntry(int(member), int(score),
+        entries.append(ListEntry(int(member), int(float(score)),
                                  int(duration) if duration else None,
                                  b"l:" + member in mine))
     return RecentPage(size - 1, entries)
+
+
+def _pairs(reply: list[Any]) -> Any:
+    """``(member, score)`` pairs of a ``Z*RANGE ... WITHSCORES`` reply in either protocol."""
+    if reply and not isinstance(reply[0], list | tuple):
+        return zip(reply[::2], reply[1::2], strict=True)
+    return reply
 
 
 def _mine_fields(e: ListEntry) -> dict[str, str]:
@@ -230,8 +240,18 @@ def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields
                     for i, r in reels_store.reel_entities(session, ids).items()}
 
     keys = app_state.cache.keys
-    return EntityStore(app_state.filler, PATH_REELS).read(
-        [reel_entity(keys, e.reel_id) for e in entries], load)
+    entities = [reel_entity(keys, e.reel_id) for e in entries]
+    store = EntityStore(app_state.filler, PATH_REELS)
+    if not entities:
+        return {}
+    commands = [("HGETALL", entity.key) for entity in entities]
+    try:
+        # EntityStore.read's one pipeline, sent without redis-py's Pipeline object.
+        found = app_state.cache.run(PATH_REELS, lambda r: pipelined(r, commands))
+    except CacheUnavailable:
+        stats.count(PATH_REELS, "fallback")
+        return {i: encode(f) for i, f in load([e.id for e in entities]).items()}
+    return store.complete(entities, found, load)
 
 
 def recent_page(
