@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from cache import stats
+from service import write_access_line
 from service.failed_jobs import counts_by_type
 from service.repairs import RepairsCollector
 from storage.cache_state import outbox_backlog
@@ -189,5 +190,5 @@ def init_app(app: Flask) -> None:
                 "ms": round(elapsed * 1000, 2),
                 "cache": outcomes,
             })
-            log.info(line.decode())
+            write_access_line(log, line.decode())
         return response

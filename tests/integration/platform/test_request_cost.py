@@ -120,3 +120,63 @@ def test_log_lines_keep_the_standard_time_format():
                                    None)
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert ours.format(record) == standard.format(record)
+
+
+def test_the_direct_access_line_is_what_the_formatter_writes(monkeypatch):
+    """With logging as ``configure_logging`` leaves it, the access line is written without
+    a LogRecord: the same text as ``logger.info`` through the handler's formatter."""
+    import io
+    import logging
+
+    from service import LineFormatter, write_access_line
+
+    ours = LineFormatter()
+    for created in (1_750_000_000.0, 1_750_000_000.999, 1_750_000_001.5, 1_750_000_000.25):
+        record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "x y", None,
+                                   None)
+        record.created = created
+        record.msecs = int((created - int(created)) * 1000) + 0.0
+        assert ours.access_line("service.access", "x y", created) == ours.format(record)
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LineFormatter())
+    handler._hc = True  # type: ignore[attr-defined]
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    logger = logging.getLogger("service.access")
+    monkeypatch.setattr(logger, "handlers", [])
+    calls = []
+    monkeypatch.setattr(logger, "info", lambda msg: calls.append(msg))
+    write_access_line(logger, '{"status":200}')
+    assert calls == []  # written directly
+    [line] = stream.getvalue().splitlines()
+    assert line.endswith(' INFO service.access {"status":200}'), line
+
+    # Anything else in the way (a capture handler, a filter): through logger.info.
+    handler.addFilter(lambda record: True)
+    write_access_line(logger, "second")
+    assert calls == ["second"]
+    assert stream.getvalue().count("\n") == 1
+
+
+def test_async_views_still_run_and_plain_ones_are_remembered():
+    """``App.ensure_sync`` keeps a plain function as it is (remembered) and still wraps a
+    coroutine function to run it."""
+    from service import App
+
+    app = App(__name__)
+
+    def plain():
+        return 1
+
+    async def coro():
+        return 2
+
+    assert app.ensure_sync(plain) is plain and plain in app._plain
+    assert app.ensure_sync(plain) is plain
+    try:
+        wrapped = app.ensure_sync(coro)
+    except RuntimeError:  # Flask's async extra (asgiref) not installed: refused, as before
+        return
+    assert wrapped is not coro and coro not in app._plain
+    assert wrapped() == 2
