@@ -70,15 +70,22 @@ def encode_counts(counts: store.FeedCounts) -> dict[str, int]:
     return fields
 
 
+_TYPE_FIELDS = tuple((f"t:{t}".encode(), t) for t in store.ACTIVITY_TYPES)
+
+
 def decode_counts(raw: dict[Any, Any]) -> store.FeedCounts | Any:
     """Counts from an HGETALL reply, or NO_VALUE if the hash is missing or partial."""
-    fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-    if "total" not in fields or "unread" not in fields:
+    if raw and isinstance(next(iter(raw)), str):  # a client that decodes replies
+        raw = {(k.encode() if isinstance(k, str) else k): v for k, v in raw.items()}
+    total, unread = raw.get(b"total"), raw.get(b"unread")
+    if total is None or unread is None:
         return NO_VALUE
-    by_type = {
-        t: fields.get(f"t:{t}", 0) for t in store.ACTIVITY_TYPES if fields.get(f"t:{t}", 0)
-    }
-    return store.FeedCounts(fields["total"], fields["unread"], by_type)
+    by_type = {}
+    for field, activity_type in _TYPE_FIELDS:
+        value = raw.get(field)
+        if value is not None and int(value):
+            by_type[activity_type] = int(value)
+    return store.FeedCounts(int(total), int(unread), by_type)
 
 
 def record_write(

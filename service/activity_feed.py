@@ -132,6 +132,9 @@ class FanoutOut(Schema):
 
 
 class ListQuery(Schema):
+    # Its answer depends on the query string alone: remembered per query (service/api.py).
+    MEMO_QUERY = True
+
     class Meta:
         unknown = EXCLUDE
 

@@ -107,6 +107,9 @@ class ReelBatchOut(Schema):
 
 
 class RecentReelsQuery(Schema):
+    # Its answer depends on the query string alone: remembered per query (service/api.py).
+    MEMO_QUERY = True
+
     class Meta:
         unknown = EXCLUDE
 

@@ -6,6 +6,7 @@ view commits to Postgres first, then applies to Redis.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,10 +85,17 @@ def track_views(
     return accepted, rejected
 
 
+@functools.lru_cache(maxsize=16384)
+def _viewed_at(ms: int) -> bytes:
+    """A view time's JSON, rendered once per process for each time seen (a user's page
+    repeats the same times until they view another reel)."""
+    return orjson.dumps(isoformat(ms_to_datetime(ms)))
+
+
 def _viewer_values(entry: ListEntry) -> dict[str, bytes]:
     return {
         "reel_id": b"%d" % entry.reel_id,
-        "viewed_at": orjson.dumps(isoformat(ms_to_datetime(entry.viewed_at_ms))),
+        "viewed_at": _viewed_at(entry.viewed_at_ms),
         "view_duration": b"null" if entry.view_duration is None
         else b"%d" % entry.view_duration,
         "is_liked": b"true" if entry.is_liked else b"false",

@@ -180,3 +180,82 @@ def test_async_views_still_run_and_plain_ones_are_remembered():
         return
     assert wrapped is not coro and coro not in app._plain
     assert wrapped() == 2
+
+
+def test_remembered_query_answers_are_per_query_and_never_shared(monkeypatch):
+    """A ``MEMO_QUERY`` schema's answers are remembered per raw query string (bounded);
+    each caller gets its own copy, a refused query is refused every time, and a schema
+    without the mark is parsed on every request."""
+    from flask import Flask
+    from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+    from service import api
+
+    loads = []
+
+    class Memo(Schema):
+        MEMO_QUERY = True
+        page = fields.Integer(load_default=1, validate=validate.Range(1, 10))
+        tags = fields.String(load_default="")
+
+        @post_load
+        def _count(self, data, **_):
+            loads.append(dict(data))
+            data["tags"] = tuple(t for t in data["tags"].split(",") if t)
+            return data
+
+    class Plain(Memo):
+        MEMO_QUERY = False
+
+    parser = api.SchemaOnceParser(error_handler=None)
+
+    @parser.error_handler
+    def _raise(error, req, schema, *, error_status_code, error_headers):
+        raise ValidationError(error.messages)
+
+    app = Flask(__name__)
+
+    def parse(schema, query):
+        with app.test_request_context("/?" + query):
+            return parser.parse(schema, location="query")
+
+    first = parse(Memo, "page=2&tags=a,b")
+    assert first == {"page": 2, "tags": ("a", "b")}
+    first["page"] = 99  # a handler changing its answer changes nobody else's
+    assert parse(Memo, "page=2&tags=a,b") == {"page": 2, "tags": ("a", "b")}
+    assert parse(Memo, "page=3") == {"page": 3, "tags": ()}
+    assert len(loads) == 2  # the repeated query was not parsed again
+    for _ in range(2):
+        try:
+            parse(Memo, "page=11")
+        except ValidationError:
+            pass
+        else:
+            raise AssertionError("page=11 was accepted")
+    assert len(loads) == 2  # refused by the validator, nothing remembered
+    parse(Plain, "page=2")
+    parse(Plain, "page=2")
+    assert len(loads) == 4
+
+    monkeypatch.setattr(api, "MEMO_QUERIES", 3)
+    for page in range(1, 6):
+        parse(Memo, f"page={page}&tags=x")
+    memo = next(m for k, m in parser._queries.items() if k[0] is Memo)
+    assert len(memo) == 3 and b"page=1&tags=x" not in memo
+
+
+def test_recently_viewed_query_parse_is_remembered_yet_exact(client, auth, admin_headers):
+    """Through the API: the same query answers as before, a bad one is a 400 each time."""
+    from tests.support.recent_reels import make_reels
+
+    [reel] = make_reels(client, admin_headers, 1)
+    headers = auth(7)
+    assert client.post(f"/api/reels/{reel}/view", json={"view_duration": 3},
+                       headers=headers).status_code == 200
+    for _ in range(2):
+        r = client.get("/api/reels/recently-viewed?page=1&per_page=5&fields=reel_id",
+                       headers=headers)
+        assert r.status_code == 200
+        assert r.get_json()["data"]["reels"] == [{"reel_id": reel}]
+        bad = client.get("/api/reels/recently-viewed?per_page=500", headers=headers)
+        assert bad.status_code == 400 and "per_page" in bad.get_json()["details"]
