@@ -96,8 +96,12 @@ def pipelined(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
             pipe.execute_command(*command)
         return pipe.execute()
     pool = r.connection_pool
-    conn = pool.get_connection()
+    # ``get_connection`` without redis-py's deprecated-arguments check (it inspects the
+    # call's arguments every time; we pass none).
+    take = getattr(type(pool).get_connection, "__wrapped__", None)
+    conn = take(pool) if take is not None else pool.get_connection()
     callbacks = r.response_callbacks
+    found: dict[Any, Any] = {}  # callbacks by command name, looked up once per call
 
     def attempt() -> list[Any]:
         conn.send_packed_command(
@@ -112,7 +116,10 @@ def pipelined(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
                 error = error or exc
                 replies.append(exc)
                 continue
-            callback = callbacks.get(command[0])
+            name = command[0]
+            callback = found.get(name, found)
+            if callback is found:
+                callback = found[name] = callbacks.get(name)
             replies.append(callback(reply) if callback is not None else reply)
         if error is not None:
             raise error

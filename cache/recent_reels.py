@@ -93,8 +93,19 @@ def reel_key(keys: Keyspace, reel_id: int) -> str:
     return keys.key(reel_tag(reel_id), "reel")
 
 
+_ENTITIES: dict[tuple[str, int], Entity] = {}  # made once per reel and key prefix
+MAX_ENTITIES = 65536
+
+
 def reel_entity(keys: Keyspace, reel_id: int) -> Entity:
-    return Entity(reel_id, reel_scope(reel_id), reel_key(keys, reel_id))
+    """Where a reel's entity lives (remembered: a page names 20 of them per request)."""
+    found = _ENTITIES.get((keys.prefix, reel_id))
+    if found is None:
+        found = Entity(reel_id, reel_scope(reel_id), reel_key(keys, reel_id))
+        if len(_ENTITIES) >= MAX_ENTITIES:
+            _ENTITIES.clear()
+        _ENTITIES[(keys.prefix, reel_id)] = found
+    return found
 
 
 MINE_SENTINEL = "_"
