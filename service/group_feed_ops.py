@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cache import group_feed as gf_cache
-from cache.entities import JSON as ENTITY_JSON
 from cache.group_feed import ReadStates
 from service.auth import Caller
 from service.bootstrap import AppState
@@ -144,8 +143,7 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
         if not cached.member:
             with app_state.db.session() as session:
                 _deny_group(session, group_id)
-        return assemble_page([(fields[ENTITY_JSON], viewed)
-                              for fields, viewed in cached.items])
+        return assemble_page(cached.items)
     with app_state.db.session() as session:
         if caller.is_admin and not checked:
             _check_group(session, group_id, caller)
