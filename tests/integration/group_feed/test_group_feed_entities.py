@@ -131,3 +131,34 @@ def test_redis_down_same_page(client, auth, admin_headers, group, state):
                       headers=admin_headers).status_code == 404
     assert client.get(FEED, query_string={"group": 999_999},
                       headers=auth(ALICE)).status_code == 404
+
+
+def test_each_missing_piece_of_a_listed_page_is_filled_and_the_page_is_the_same(
+        client, auth, admin_headers, group, state, monkeypatch):
+    """With the group's list cached, a missing groups set, read state or entity is filled
+    (SQL) and the page is the one Postgres gives; a non-member still gets 403."""
+    items = [post_item(client, auth(ALICE), group, f"i{n}") for n in range(4)]
+    mark(client, auth(BOB), items[2]["id"])
+    warm = feed(client, auth(BOB), group)
+    assert [i["id"] for i in warm] == _pg_page(state, group)
+    assert [i["has_viewed"] for i in warm] == [False, True, False, False]
+    r, keys = state.cache.redis, state.cache.keys
+    costs = Costs(monkeypatch)
+    for missing in (gf_cache.groups_key(keys, BOB), gf_cache.key(keys, BOB, group),
+                    gf_cache.item_key(keys, group, items[0]["id"])):
+        assert r.delete(missing) == 1, missing
+        page, sql, _ = costs.of(lambda: feed(client, auth(BOB), group))
+        assert page == warm and sql >= 1, missing
+        page, sql, trips = costs.of(lambda: feed(client, auth(BOB), group))
+        assert page == warm and (sql, trips) == (0, 2), missing
+    # A viewer outside the group, on a cached list: refused, with nothing of the page
+    # (the first request fills their groups set, the second reads it).
+    for _ in range(2):
+        r_out = client.get(FEED, query_string={"group": group}, headers=auth(99))
+        assert r_out.status_code == 403 and b"i0" not in r_out.data
+    # An admin's page has no per-viewer membership check, and its own has_viewed.
+    admin_page = feed(client, admin_headers, group)
+    assert [i["id"] for i in admin_page] == [i["id"] for i in warm]
+    assert not any(i["has_viewed"] for i in admin_page)
+    # An empty page of a cached list (a cursor below the oldest item).
+    assert feed(client, auth(BOB), group, before=items[0]["id"]) == []
