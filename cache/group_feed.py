@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
+import redis
 
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
@@ -580,10 +581,15 @@ class ReadStates:
         check = group_id if check_member else ""
 
         def read(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)  # two slots: one script call each
-            READ_PAGE(keys=[items_key(keys, group_id)], args=[prefix, top, limit], client=pipe)
-            VIEWED_STATE(keys=[groups, rs_key], args=[check, RS_INLINE_BYTES], client=pipe)
-            return pipe.execute()
+            # Two slots: one script call each, pipelined on a single Redis. A cluster
+            # pipeline asks a node for an EVAL's keys (COMMAND GETKEYS) before sending it,
+            # a round trip per script: there, two direct calls (each routed by its keys).
+            client = r.pipeline(transaction=False) if isinstance(r, redis.Redis) else r
+            got = [READ_PAGE(keys=[items_key(keys, group_id)], args=[prefix, top, limit],
+                             client=client),
+                   VIEWED_STATE(keys=[groups, rs_key], args=[check, RS_INLINE_BYTES],
+                                client=client)]
+            return client.execute() if client is not r else got
 
         try:
             got, reply = self.cache.run(PATH_PAGE, read)
