@@ -38,11 +38,12 @@ Measured (Redis 7.0, ``MEMORY USAGE``;
 232 bytes for ``rs`` + 72 for its version copy per (user, group); 80 bytes after a
 mark-all; 232 bytes per group for ``live``. Alternatives measured at the same size: a second
 bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits (392
-bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 2 and
-0 SQL (the list and membership; the entities and the caller's bits), one group's unread
-count 1, all groups 2. A page past the cached list (older than the newest
-``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one statement) and its bits in one
-round trip.
+bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 1 and
+0 SQL (one pipeline of two scripts: the list's page with its entities in the group's slot,
+membership and the read state in the caller's; 2 when the read state is over
+``RS_INLINE_BYTES``), one group's unread count 1, all groups 2. A page past the cached
+list (older than the newest ``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one
+statement) and its bits in one round trip after the list's.
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
+import redis
 
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
+from cache.entities import JSON as ENTITY_JSON
 from cache.entities import Entity, EntityStore, queue_read
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
-from cache.scripts import BITFIELD_IF_EXISTS
+from cache.scripts import BITFIELD_IF_EXISTS, LuaScript
 from cache.versioned import Change
 from storage import group_feed as store
 from storage import rebuild as rebuild_store
@@ -299,10 +302,101 @@ def items_list_of(rows: Sequence[tuple[int, int]]) -> ItemsList:
 
 @dataclass(frozen=True)
 class CachedPage:
-    """A page from the cache: ``items`` as (rendered entity fields, has_viewed)."""
+    """A page from the cache: ``items`` as (rendered JSON fragment, has_viewed)."""
 
     member: bool
-    items: list[tuple[dict[bytes, bytes], bool]]
+    items: list[tuple[bytes, bool]]
+
+
+# --- a warm page in one round trip: two script calls, one per slot ---------------------------
+# One pipeline of READ_PAGE, in the group's slot (the list's page: ids, positions and each
+# item's rendered ``j``, read atomically), and VIEWED_STATE, in the caller's slot
+# (membership and the read state itself when it is at most RS_INLINE_BYTES); the page's
+# ``has_viewed`` are read from those bytes. A bigger read state (a group of more than
+# ~8,000 items) is asked for the page's positions alone, a second round trip
+# (VIEWED_AMONG). Two replies per page instead of one per item: the per-item commands of
+# a pipeline (packing, one reply each) were most of a warm page's CPU. READ_PAGE names the
+# entity keys from ARGV[1], the group's ``item:`` prefix, which carries the group's hash
+# tag: every key it reads is in KEYS[1]'s slot.
+
+RS_INLINE_BYTES = 1024
+
+# KEYS: the items list. ARGV: entity key prefix, ZREVRANGEBYSCORE max, limit. Returns false
+# if the list is missing; {0} if the page runs past the list's end (Postgres answers);
+# else {1, "id,id,...", "pos,pos,...", j or false per item}.
+READ_PAGE = LuaScript("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local limit = tonumber(ARGV[3])
+local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '-inf', 'WITHSCORES',
+                        'LIMIT', 0, limit + 1)
+local ids, positions, out = {}, {}, {1, '', ''}
+local complete = false
+for i = 1, #rows, 2 do
+  if rows[i] == '""" + ITEMS_SENTINEL + """' then
+    complete = true
+  elseif #ids < limit then
+    local id = string.format('%d', tonumber(rows[i + 1]))
+    ids[#ids + 1] = id
+    positions[#positions + 1] = rows[i]
+    out[#out + 1] = redis.call('HGET', ARGV[1] .. id, 'j')
+  end
+end
+if #ids < limit and not complete then return {0} end
+out[2] = table.concat(ids, ',')
+out[3] = table.concat(positions, ',')
+return out
+""")
+
+_MEMBER_CHECK = """
+local member = 1
+if ARGV[1] ~= '' then
+  local r = redis.call('SMISMEMBER', KEYS[1], ARGV[1], '""" + str(GROUPS_SENTINEL) + """')
+  if r[2] == 0 then member = -1 elseif r[1] == 0 then return {0} end
+end
+"""
+
+# KEYS: the user's groups set, the read state. ARGV: the group id ("" = no membership
+# check), the most bytes of read state to return. Returns {0} for a non-member; else
+# {member, state}: member 1, or -1 when the groups set is not cached; state absent when the
+# read state is missing, false when it is longer than ARGV[2], else its bytes.
+VIEWED_STATE = LuaScript(_MEMBER_CHECK + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {member} end
+if redis.call('STRLEN', KEYS[2]) > tonumber(ARGV[2]) then return {member, false} end
+return {member, redis.call('GET', KEYS[2])}
+""")
+
+# KEYS: the user's groups set, the read state. ARGV: the group id ("" = no membership
+# check), "pos,pos,...". Returns {0} for a non-member; else {member, viewed}: member 1, or
+# -1 when the groups set is not cached; viewed absent when the read state is missing, else
+# one "0"/"1" per position (viewed iff at or below the watermark, or its bit set).
+VIEWED_AMONG = LuaScript(_MEMBER_CHECK + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {member} end
+local positions, args = {}, {'GET', 'u32', 0}
+for p in string.gmatch(ARGV[2], '%d+') do
+  p = tonumber(p)
+  positions[#positions + 1] = p
+  args[#args + 1] = 'GET'
+  args[#args + 1] = 'u1'
+  args[#args + 1] = """ + str(OFFSET) + """ + p
+end
+local fields = redis.call('BITFIELD_RO', KEYS[2], unpack(args))
+local watermark, out = fields[1], {}
+for i, p in ipairs(positions) do
+  out[i] = (p <= watermark or fields[i + 1] == 1) and '1' or '0'
+end
+return {member, table.concat(out)}
+""")
+
+_VIEWED_CHAR = ord("1")
+
+
+def viewed_in(raw: bytes, positions: Sequence[int]) -> list[bool]:
+    """``has_viewed`` per position from a read state's bytes (``ReadState.viewed``, without
+    building one): at or below the watermark, or its bit set."""
+    watermark = int.from_bytes(raw[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"), "big")
+    size = len(raw) * 8
+    return [p <= watermark or (o < size and bool(raw[o >> 3] & (0x80 >> (o & 7))))
+            for p in positions for o in (OFFSET + p,)]
 
 
 # --- write side: the ops a committed change carries ----------------------------------------
@@ -472,12 +566,86 @@ class ReadStates:
         """A feed page from Redis alone when warm, or None when the cache cannot answer it
         (Redis down, or a page past the cached list's end): the caller reads Postgres.
 
-        Warm: two round trips. 1) the group's list (the page's ids and positions) and the
-        caller's membership; 2) the page's entities (group slot) and the caller's bits for
-        their positions (user slot). Missing entities are one batched load;
-        ``before_fill()`` runs before the list is filled from Postgres
-        (an admin's group check: an unknown group is never cached).
+        Warm: one round trip, one script call per slot (``READ_PAGE`` in the group's slot:
+        the page's ids, positions and rendered entities; ``VIEWED_STATE`` in the caller's:
+        membership and the read state), two for a read state over ``RS_INLINE_BYTES``.
+        Missing entities are one batched load;
+        a missing read state or groups set is filled; a missing list takes
+        ``_cold_page``, where ``before_fill()`` runs before the list is filled from
+        Postgres (an admin's group check: an unknown group is never cached).
         """
+        keys = self.cache.keys
+        top = "+inf" if before is None else f"({before}"
+        prefix = keys.key(group_tag(group_id), "item", "")
+        groups, rs_key = groups_key(keys, user_id), key(keys, user_id, group_id)
+        check = group_id if check_member else ""
+
+        def read(r: Any) -> list[Any]:
+            # Two slots: one script call each, pipelined on a single Redis. A cluster
+            # pipeline asks a node for an EVAL's keys (COMMAND GETKEYS) before sending it,
+            # a round trip per script: there, two direct calls (each routed by its keys).
+            client = r.pipeline(transaction=False) if isinstance(r, redis.Redis) else r
+            got = [READ_PAGE(keys=[items_key(keys, group_id)], args=[prefix, top, limit],
+                             client=client),
+                   VIEWED_STATE(keys=[groups, rs_key], args=[check, RS_INLINE_BYTES],
+                                client=client)]
+            return client.execute() if client is not r else got
+
+        try:
+            got, reply = self.cache.run(PATH_PAGE, read)
+            if got is None:  # the list is not cached: membership first, then its fill
+                return self._cold_page(user_id, group_id, limit, before, check_member,
+                                       before_fill)
+            stats.count(PATH_ITEMS_LIST, "hit")
+            if got[0] == 0:
+                return None  # past the cached list: Postgres answers
+            if check_member:
+                cached_member = NO_VALUE if reply[0] == -1 else reply[0] == 1
+                if not self._member(user_id, group_id, cached_member):
+                    return CachedPage(False, [])
+            ids_raw, positions_raw, fragments = got[1], got[2], got[3:]
+            if not fragments:
+                return CachedPage(True, [])
+            positions = [int(p) for p in positions_raw.split(b",")]
+            if len(reply) > 1 and reply[1] is not None:
+                stats.count(PATH_PAGE, "hit")
+                viewed = viewed_in(reply[1], positions)
+            else:
+                among = None if len(reply) == 1 else self.cache.run(
+                    PATH_PAGE, lambda r: VIEWED_AMONG(keys=[groups, rs_key],
+                                                      args=["", positions_raw], client=r))
+                if among is not None and len(among) > 1:
+                    stats.count(PATH_PAGE, "hit")
+                    viewed = [c == _VIEWED_CHAR for c in among[1]]
+                else:  # the read state is missing
+                    state = self.fill_state(user_id, group_id, PATH_PAGE)
+                    viewed = [state.viewed(p) for p in positions]
+            if None not in fragments:
+                stats.count(PATH_ITEMS, "hit")
+                return CachedPage(True, list(zip(fragments, viewed, strict=True)))
+            # Some entities missing (evicted, expired, never read): one batched fill; an
+            # item gone meanwhile (deleted after the list was read) is left out.
+            wanted = [Entity(int(i), live_scope(group_id), item_key(keys, group_id, int(i)))
+                      for i in ids_raw.split(b",")]
+            found = [{ENTITY_JSON: f} if f is not None else {} for f in fragments]
+            rendered = self.entities.complete(wanted, found, self._load_items(group_id))
+            return CachedPage(True, [(rendered[e.id][ENTITY_JSON], v) for e, v in
+                                     zip(wanted, viewed, strict=True) if e.id in rendered])
+        except CacheUnavailable:
+            return None
+
+    def _cold_page(
+        self,
+        user_id: int,
+        group_id: int,
+        limit: int,
+        before: int | None,
+        check_member: bool,
+        before_fill: Callable[[], None],
+    ) -> CachedPage | None:
+        """``cached_page`` when the group's list is missing: the list and the caller's
+        membership (checked first), the list's fill, then the page's entities and bits.
+        Raises ``CacheUnavailable``."""
         keys = self.cache.keys
         lkey = items_key(keys, group_id)
         rs_key = key(keys, user_id, group_id)
@@ -491,51 +659,48 @@ class ReadStates:
             pipe.exists(lkey)
             return pipe.execute()
 
-        try:
-            reply = self.cache.run(PATH_ITEMS_LIST, read_list)
-            if check_member:
-                if not self._member(user_id, group_id, parse_member_check(reply[0])):
-                    return CachedPage(False, [])
-                reply = reply[1:]
-            listed, exists = reply
-            if exists:
-                stats.count(PATH_ITEMS_LIST, "hit")
-                entries = parse_items(listed).page(limit, before)
-            else:
-                before_fill()
-                entries = self.fill_items_list(group_id).page(limit, before)
-            if entries is None:
-                return None  # past the cached list: Postgres answers
-            wanted = [Entity(item_id, live_scope(group_id), item_key(keys, group_id, item_id))
-                      for item_id, _ in entries]
-            positions = [p for _, p in entries]
+        reply = self.cache.run(PATH_ITEMS_LIST, read_list)
+        if check_member:
+            if not self._member(user_id, group_id, parse_member_check(reply[0])):
+                return CachedPage(False, [])
+            reply = reply[1:]
+        listed, exists = reply
+        if exists:
+            stats.count(PATH_ITEMS_LIST, "hit")
+            entries = parse_items(listed).page(limit, before)
+        else:
+            before_fill()
+            entries = self.fill_items_list(group_id).page(limit, before)
+        if entries is None:
+            return None  # past the cached list: Postgres answers
+        wanted = [Entity(item_id, live_scope(group_id), item_key(keys, group_id, item_id))
+                  for item_id, _ in entries]
+        positions = [p for _, p in entries]
 
-            def read_page(r: Any) -> list[Any]:
-                pipe = r.pipeline(transaction=False)  # two slots
-                queue_read(pipe, wanted)
-                BITFIELD_IF_EXISTS(
-                    keys=[rs_key],
-                    args=["GET", "u32", 0, *(a for p in positions for a in ("GET", "u1",
-                                                                            OFFSET + p))],
-                    client=pipe)
-                return pipe.execute()
+        def read_page(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)  # two slots
+            queue_read(pipe, wanted)
+            BITFIELD_IF_EXISTS(
+                keys=[rs_key],
+                args=["GET", "u32", 0, *(a for p in positions for a in ("GET", "u1",
+                                                                        OFFSET + p))],
+                client=pipe)
+            return pipe.execute()
 
-            reply = self.cache.run(PATH_PAGE, read_page) if wanted else [None]
-            found, fields = reply[:-1], reply[-1]
-            rendered = self.entities.complete(wanted, found, self._load_items(group_id))
-            if fields is not None:
-                stats.count(PATH_PAGE, "hit")
-                viewed = viewed_from_bits(positions, fields)
-            elif wanted:
-                state = self.fill_state(user_id, group_id, PATH_PAGE)
-                viewed = [state.viewed(p) for p in positions]
-            else:
-                viewed = []
-            # An entity gone meanwhile (deleted after the list was read) is left out.
-            return CachedPage(True, [(rendered[e.id], v) for e, v in
-                                     zip(wanted, viewed, strict=True) if e.id in rendered])
-        except CacheUnavailable:
-            return None
+        reply = self.cache.run(PATH_PAGE, read_page) if wanted else [None]
+        found, fields = reply[:-1], reply[-1]
+        rendered = self.entities.complete(wanted, found, self._load_items(group_id))
+        if fields is not None:
+            stats.count(PATH_PAGE, "hit")
+            viewed = viewed_from_bits(positions, fields)
+        elif wanted:
+            state = self.fill_state(user_id, group_id, PATH_PAGE)
+            viewed = [state.viewed(p) for p in positions]
+        else:
+            viewed = []
+        # An entity gone meanwhile (deleted after the list was read) is left out.
+        return CachedPage(True, [(rendered[e.id][ENTITY_JSON], v) for e, v in
+                                 zip(wanted, viewed, strict=True) if e.id in rendered])
 
     # Read paths.
 

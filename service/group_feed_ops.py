@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cache import group_feed as gf_cache
-from cache.entities import JSON as ENTITY_JSON
 from cache.group_feed import ReadStates
+from cache.versioned import Change
 from service.auth import Caller
 from service.bootstrap import AppState
 from service.errors import ApiError, Forbidden, NotFound
@@ -144,8 +144,7 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
         if not cached.member:
             with app_state.db.session() as session:
                 _deny_group(session, group_id)
-        return assemble_page([(fields[ENTITY_JSON], viewed)
-                              for fields, viewed in cached.items])
+        return assemble_page(cached.items)
     with app_state.db.session() as session:
         if caller.is_admin and not checked:
             _check_group(session, group_id, caller)
@@ -184,15 +183,18 @@ def _viewer_item(session: Session, item_id: int, caller: Caller) -> store.Viewer
 
 def mark_viewed(app_state: AppState, caller: Caller, item_id: int) -> datetime:
     """Idempotent: repeat calls keep (and return) the first ``viewed_at``. A first view is
-    four statements (the item with the caller's membership and view, the version bump,
-    the view, the outbox row) and one commit; a repeat is one statement."""
+    three statements (the item with the caller's membership and view; the version bump
+    with the view; the outbox row) and one commit; a repeat is one statement."""
     with app_state.uow() as uow:
         item = _viewer_item(uow.session, item_id, caller)
         viewed_at = item.viewed_at
         if viewed_at is None:
-            # The scope's version row lock first: writers of this read state serialise.
-            change = uow.change(gf_cache.scope(caller.id, item.group_id))
-            viewed_at, _ = store.add_view(uow.session, item, caller.id)
+            # The scope's version row lock first (in the statement): writers of this read
+            # state serialise.
+            scope = gf_cache.scope(caller.id, item.group_id)
+            viewed_at, _, version = store.add_view_bumping(uow.session, item, caller.id,
+                                                           scope.row_name)
+            change = uow.adopt(Change(scope, version, []))
             gf_cache.on_viewed(
                 change, app_state.cache.keys, caller.id, item.group_id, item.position
             )

@@ -140,6 +140,24 @@ _ADD_VIEW = text(
     " LIMIT 1"
 )
 
+# The view with its read state's version bump, in one statement: the bump (an upsert of the
+# ``cache_versions`` row, ``storage/cache_state.py``'s) runs first, as the insert reads its
+# row, so its row lock serialises this scope's writers before the view is written, as
+# ``bump_version`` then ``add_view`` did in two statements.
+_ADD_VIEW_BUMPING = text(
+    "WITH bump AS ("
+    " INSERT INTO cache_versions (name, version) VALUES (:name, 1)"
+    " ON CONFLICT (name) DO UPDATE SET version = cache_versions.version + 1"
+    " RETURNING version),"
+    " ins AS ("
+    " INSERT INTO feed_item_views (item_id, user_id, group_id, position, viewed_at)"
+    " SELECT :item, :user, :group, :position, now() FROM bump"
+    " ON CONFLICT (item_id, user_id) DO NOTHING RETURNING viewed_at)"
+    " SELECT (SELECT viewed_at FROM ins),"
+    " (SELECT viewed_at FROM feed_item_views WHERE item_id = :item AND user_id = :user),"
+    " (SELECT version FROM bump)"
+)
+
 # One statement, one snapshot: the inserted rows and the watermark (the group's last
 # position) describe the same moment, so every position <= watermark is either a live
 # item now viewed or a deleted item.
@@ -202,6 +220,29 @@ def add_view(session: Session, item: FeedItem | ViewerItem, user_id: int
         {"item": item.id, "user": user_id, "group": item.group_id, "position": item.position},
     ).one()
     return row[0], bool(row[1])
+
+
+def add_view_bumping(session: Session, item: FeedItem | ViewerItem, user_id: int,
+                      version_name: str) -> tuple[datetime, bool, int]:
+    """``add_view`` and the bump of version ``version_name`` (the read state's scope) in
+    one statement; returns ``(viewed_at, inserted, new version)``.
+
+    A view committed by another transaction while this one waited for the version row's
+    lock is newer than the statement's snapshot: the insert skips it (a conflict) and the
+    snapshot cannot read it, so it is read by a second statement, which can."""
+    inserted, existing, version = session.execute(
+        _ADD_VIEW_BUMPING,
+        {"item": item.id, "user": user_id, "group": item.group_id, "position": item.position,
+         "name": version_name},
+    ).one()
+    if inserted is not None:
+        return inserted, True, int(version)
+    if existing is None:
+        existing = get_view(session, item.id, user_id)
+        if existing is None:  # deleted meanwhile by a mark-unread: record it again
+            viewed_at, was_inserted = add_view(session, item, user_id)
+            return viewed_at, was_inserted, int(version)
+    return existing, False, int(version)
 
 
 def remove_view(session: Session, item_id: int, user_id: int) -> bool:

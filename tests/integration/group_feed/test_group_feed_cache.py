@@ -127,14 +127,21 @@ def test_round_trips_and_bytes_at_1000_items(client, auth, admin_headers, state,
     trips.during(lambda: api_unread(client, headers, group))  # fills the live bitmap
     one_group = trips.during(lambda: api_unread(client, headers, group))
     all_groups = trips.during(lambda: api_unread(client, headers))
-    # A page: the group's list + the caller's membership, then the entities + the
-    # caller's bits (2). 200 items run past the cached list (ITEMS_LIST_SIZE): the ids come
-    # from Postgres, the bits in one round trip after the list's.
-    assert (page, page_200, one_group, all_groups) == (2, 2, 1, 2)
+    # A page: one pipeline of the group's list with its entities and the caller's
+    # membership with their read state (1). 200 items run past the cached list
+    # (ITEMS_LIST_SIZE): the ids come from Postgres, the bits in one round trip after the
+    # list's.
+    assert (page, page_200, one_group, all_groups) == (1, 2, 1, 2)
     assert api_unread(client, headers, group) == 900
     shown = viewed_map(client, headers, group)
     assert len(shown) == 200
     assert shown == {i: v for i, v in pg_viewed(state, USER, group).items() if i in shown}
+    # A read state over RS_INLINE_BYTES is asked for the page's positions: 2 round trips,
+    # the same page.
+    monkeypatch.setattr(gf_cache, "RS_INLINE_BYTES", 16)
+    assert trips.during(lambda: feed(client, headers, group)) == 2
+    assert viewed_map(client, headers, group) == shown
+    monkeypatch.undo()
 
     r, keys = state.cache.redis, state.cache.keys
     rs_key = gf_cache.key(keys, USER, group)
