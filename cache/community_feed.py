@@ -242,13 +242,40 @@ def blocked_changed(change: Change, ck: CommunityKeys, user_id: int) -> None:
     change.op("DEL", ck.blocked(user_id))
 
 
-# Re-score one post if the trending set exists and its reference time is still ARGV[1].
+# Re-score one post if the trending set exists and its reference time is still ARGV[1];
+# else answer the reference it has now ('' if none): a string, where a re-score answers
+# a number.
 RESCORE = LuaScript("""
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local ref = redis.call('GET', KEYS[2])
+if ref ~= ARGV[1] then return ref or '' end
 if ARGV[4] == 'rem' then return redis.call('ZREM', KEYS[1], ARGV[3]) end
 if ARGV[4] == 'xx' then return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3]) end
 return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 """)
+
+
+class Rescore:
+    """A post's trending re-score as a rider of its write's apply pipeline
+    (``cache.outbox.Rider``: no round trip of its own), computed at ``ref``, the
+    reference time the process last saw. After the pipeline, ``moved`` is the set's
+    reference if it was not ``ref`` any more (None: it was, or the pipeline did not
+    run): then the score must be computed again at that reference (``rescore``)."""
+
+    def __init__(self, keys: Keyspace, post_id: int, score: int | None, ref: str,
+                 new: bool = False) -> None:
+        ck = CommunityKeys(keys)
+        self.keys = [ck.trending, ck.trending_ref]
+        mode = "rem" if score is None else ("add" if new else "xx")
+        self.args = [ref, score or 0, member(post_id), mode]
+        self.moved: str | None = None
+
+    def queue(self, pipe: Any) -> int:
+        RESCORE(keys=self.keys, args=self.args, client=pipe)
+        return 1
+
+    def done(self, replies: list[Any]) -> None:
+        if isinstance(replies[0], bytes):
+            self.moved = replies[0].decode()
 
 
 def trending_ref(cache: Cache, path: str) -> str | None:

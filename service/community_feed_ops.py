@@ -57,6 +57,7 @@ from cache import community_feed as cf
 from cache import posts as cache_posts
 from cache import ranked_feed, stats
 from cache.client import NO_VALUE, CacheUnavailable
+from cache.versioned import Change
 from service import community_feed_walk as walk
 from service.bootstrap import AppState
 from service.community_feed_cursor import decode_cursor, encode_cursor, filters_digest
@@ -192,22 +193,36 @@ def like_post(app: AppState, user_id: int, post_id: int, liked: bool,
     user may not see).
     """
     likes = cache_posts.likes_scope(user_id).row_name
+    calc = ranked_feed.scope(user_id)
     with app.uow() as uow:
-        _visible(uow.session, post_id, user_id, is_admin)
+        # Visibility checked and the liker's calc version bumped by the like's own
+        # statement (after the post's and their likes set's versions, the order
+        # ``ranked_feed.touch`` took them in).
         counted = posts.set_like(uow.session, post_id, user_id, liked,
-                                 [cache_posts.scope(post_id).row_name, likes])
+                                 [cache_posts.scope(post_id).row_name, likes, calc.row_name],
+                                 is_admin)
+        if counted is None:
+            raise NotFound("Post not found")
         if not counted.changed:
             return False  # rolled back: nothing changed, no version moved
-        ranked_feed.touch(uow, user_id)
+        if calc.row_name in counted.versions:
+            uow.adopt(Change(calc, counted.versions[calc.row_name], []))
+        else:
+            ranked_feed.touch(uow, user_id)
         _post_change(app, uow, post_id, counted, like_count=counted.count)
         if likes in counted.versions:
             keys = app.cache.keys
             cache_posts.on_like(
                 cache_posts.adopt_likes(uow, keys, user_id, counted.versions[likes]),
                 keys, user_id, post_id, liked)
+        # The re-score rides in the apply pipeline: the engagement the like's own
+        # statement returned, at the reference time this process saw last.
+        rider = _rescore_rider(app, post_id, counted.after)
+        if rider is not None:
+            uow.ride(rider)
         uow.commit()
-    # The engagement the like's own statement returned: no second read after the commit.
-    _rescore(app, post_id, engagement=counted.after)
+    if rider is None or rider.moved is not None:  # no reference known, or it moved
+        _rescore(app, post_id, engagement=counted.after, ref=rider and rider.moved)
     return True
 
 
@@ -292,18 +307,41 @@ def engagement(app: AppState, post_id: int, viewer_id: int | None,
 # --- trending upkeep (best effort; the scheduled rebuild repairs what this misses) --------
 
 
+REF_HINT = "trending_ref"  # AppState.hints: the trending set's reference time seen last
+
+
+def _score_at(eng: posts.Engagement | None, ref: str) -> int | None:
+    if eng is None:
+        return None
+    return cf.trending_score(eng.like_count, eng.comment_count, eng.view_count,
+                             eng.is_featured, eng.created_at.timestamp(), float(ref))
+
+
+def _rescore_rider(app: AppState, post_id: int, engagement: posts.LikeResult | None
+                   ) -> cf.Rescore | None:
+    """The committed write's re-score as a rider of its apply pipeline, at the reference
+    time this process saw last (None: none seen yet, or no engagement)."""
+    ref = app.hints.get(REF_HINT)
+    if ref is None or engagement is None:
+        return None
+    return cf.Rescore(app.cache.keys, post_id, _score_at(engagement.engagement, ref), ref)
+
+
 def _rescore(app: AppState, post_id: int, new: bool = False,
              session: Session | None = None,
-             engagement: posts.LikeResult | None = None) -> None:
+             engagement: posts.LikeResult | None = None, ref: str | None = None) -> None:
     """Re-score a post in the cached trending set from its committed engagement.
 
     ``session``: the committed unit of work's, read again in a new transaction (what a
     fresh session would see) without checking out and pinging another connection.
     ``engagement``: the engagement a committed write's statement returned (no read).
+    ``ref``: the set's reference time as a rider just read it ('' : no set), else read.
     """
     try:
-        ref = cf.trending_ref(app.cache, PATH)
         if ref is None:
+            ref = cf.trending_ref(app.cache, PATH)
+        app.hints[REF_HINT] = ref or None
+        if not ref:
             return  # no trending set: the next read or rebuild computes it whole
         if engagement is not None:
             eng = engagement.engagement
@@ -312,12 +350,8 @@ def _rescore(app: AppState, post_id: int, new: bool = False,
         else:
             with app.db.session() as own:
                 eng = posts.engagement_of(own, post_id)
-        if eng is None:
-            cf.rescore(app.cache, PATH, post_id, None, ref)
-            return
-        score = cf.trending_score(eng.like_count, eng.comment_count, eng.view_count,
-                                  eng.is_featured, eng.created_at.timestamp(), float(ref))
-        cf.rescore(app.cache, PATH, post_id, score, ref, new=new)
+        cf.rescore(app.cache, PATH, post_id, _score_at(eng, ref), ref,
+                   new=new and eng is not None)
     except CacheUnavailable:
         log.debug("trending re-score of post %s skipped: cache unavailable", post_id)
 
