@@ -92,6 +92,7 @@ from typing import Any
 from cache import checks
 from cache import posts as cache_posts
 from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.entities import batch, script_command
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.lease import Lease, LeaseHeld, wait_for
@@ -647,24 +648,23 @@ def read_count(cache: Cache, path: str, field: str, member_of: int | None = None
     vkey = cache.keys.version(posts_scope())
 
     def run(r: Any) -> PageState:
-        pipe = r.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         if pointer:
-            pipe.get(ck.latest_snapshot)
+            commands.append(("GET", ck.latest_snapshot))
         if prefetch is not None:
             p = prefetch
             argv = (["+inf", "", p.n] if p.after is None
                     else [str(p.after[0]), member(p.after[1]), p.n])
-            RANGE_AFTER(keys=p.keys, args=argv, client=pipe)
-        pipe.get(vkey)
-        pipe.hget(ck.counts, field)
+            commands.append(script_command(r, RANGE_AFTER, p.keys, argv))
+        commands += [("GET", vkey), ("HGET", ck.counts, field)]
         if member_of is not None:
-            pipe.exists(ck.collectives(member_of))
-            pipe.smembers(ck.collectives(member_of))
+            colls_key = ck.collectives(member_of)
+            commands += [("EXISTS", colls_key), ("SMEMBERS", colls_key)]
         if blocker is not None:
-            pipe.exists(ck.blocked(blocker))
-            pipe.smembers(ck.blocked(blocker))
-            pipe.hget(ck.counts, blocked_field(blocker, field))
-        reply = pipe.execute()
+            blocked_key = ck.blocked(blocker)
+            commands += [("EXISTS", blocked_key), ("SMEMBERS", blocked_key),
+                         ("HGET", ck.counts, blocked_field(blocker, field))]
+        reply = batch(r, commands)  # one round trip per node, raw replies
         ranges = shared = None
         if pointer:
             shared, reply = _decode_pointer(reply[0]), reply[1:]

@@ -90,4 +90,7 @@ class UnitOfWork:
             return
         # Redis down or the breaker open: the relay applies it once Redis answers.
         with contextlib.suppress(CacheUnavailable):
-            self.applier.apply(self.changes, riders=self.riders)
+            if self.riders:
+                self.applier.apply(self.changes, riders=self.riders)
+            else:
+                self.applier.apply(self.changes)
