@@ -23,9 +23,10 @@ posts from one query per chunk (``storage.posts.load_page``), rendered the same 
 answers are identical. The walk itself (sources, visibility, the scan
 budget) is ``service/community_feed_walk.py``; cursors ``service/community_feed_cursor.py``.
 
-Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
-index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
-or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
+Filters (``asset_type``, ``tags``): a filter no live post matches is answered by its
+probe (``posts.count_upto``, cached in the counts hash: one round trip warm, one index
+probe cold): an empty last page, ``total_count`` 0, nothing walked. A filtered
+``recent`` or ``following`` walk is read from a Postgres index
 (``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
 after the cursor, visibility and blocked authors in the same statement) when the filter
 is an asset type alone (``ix_posts_live_asset_time``: exact) or tags fewer than
@@ -44,6 +45,7 @@ part is counted per blocked set and cached beside the count, read in the same pi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -369,15 +371,17 @@ def _unrank(app: AppState, post_id: int) -> None:
 
 
 def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool,
-                prefetch: cf.Prefetch | None = None, pointer: bool = False
-                ) -> tuple[Visibility, cf.PageState | None]:
+                prefetch: cf.Prefetch | None = None, pointer: bool = False,
+                follows: bool = False) -> tuple[Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
     read together in one pipeline (with the viewer's blocked authors, the count of
-    their posts and the walk's first read, ``prefetch``). With Redis down, Postgres
-    applies the rule in the page's own queries (no statement more for the member set)."""
+    their posts, the walk's first read, ``prefetch``, and with ``follows`` the version
+    copy of their followees set). With Redis down, Postgres applies the rule in the
+    page's own queries (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     try:
-        page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer)
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer,
+                             viewer if follows else None)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -431,13 +435,48 @@ def _no_match_page() -> bytes:
 
 
 def _matches(app: AppState, asset_type: str | None, tags: list[str]) -> int | None:
-    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter).
-    One index probe; 0 answers the page: nothing walked, nothing cached, so a stream of
-    made-up tags costs a probe each and no memory."""
+    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter):
+    the cached probe (one round trip), else one index probe, cached under the version it
+    was read under (``cf.read_probe``: bounded, a stream of made-up tags costs a probe
+    each past the cap, not memory). 0 answers the page: nothing walked."""
     if not (asset_type or tags):
         return None
+    field = cf.probe_field(asset_type, tags)
+    version = None
+    try:
+        cached, version = cf.read_probe(app.cache, PATH, field)
+        if cached is not None:
+            return cached
+    except CacheUnavailable:
+        pass
     with app.db.session() as session:
-        return posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
+        found = posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
+    if version is not None:
+        with contextlib.suppress(CacheUnavailable):
+            cf.write_count(app.cache, PATH, field, str(found), version,
+                           app.settings.idle_ttl, cap=cf.PROBE_FIELDS_MAX)
+    return found
+
+
+FOLLOWEES_HINT = "cf_followees"  # AppState.hints: {viewer: (version copy, followees)}
+FOLLOWEES_HINT_USERS = 10_000  # past it the hints start over (a dict, not an LRU)
+
+
+def _followees(app: AppState, viewer: int) -> tuple[list[int], str | None, bool]:
+    """The viewer's followees: those this process read last under a version copy, to be
+    confirmed by the copy read with the page's count (``guessed`` True: no round trip
+    of their own), else the cached set with its copy (one round trip, remembered).
+    Returns (followees, the version copy or None, guessed)."""
+    hints = app.hints.setdefault(FOLLOWEES_HINT, {})
+    got = hints.get(viewer)
+    if got is not None:
+        return got[1], got[0], True
+    authors, version = cf.followees_versioned(app, viewer)
+    if version is not None:
+        if len(hints) >= FOLLOWEES_HINT_USERS:
+            hints.clear()
+        hints[viewer] = (version, authors)
+    return authors, version, False
 
 
 def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
@@ -460,6 +499,19 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         return viewer if page is None else None
 
     authors: list[int] | None = None
+    follows_version, guessed = None, False
+
+    def following(authors: list[int]) -> tuple[Source, Any, str]:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            mine = authors if only is None else sorted(set(authors) & set(only))
+            with app.db.session() as session:
+                return posts.count_live_grouped(session, mine, *filters, vis.sql,
+                                                unblocked())
+
+        digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
+        return (FollowingSource(app, authors), count,
+                cf.count_field("g", "f", viewer, digest, asset_type, tags))
+
     if feed_type == "recent":
         source: Source = RecentSource(app)
 
@@ -470,17 +522,8 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
 
         field = cf.count_field("g", "r", asset_type, tags)
     elif feed_type == "following":
-        authors = cf.followees(app, viewer)  # type: ignore[arg-type]
-        source = FollowingSource(app, authors)
-
-        def count(only: Sequence[int] | None) -> cf.Grouped:
-            mine = authors if only is None else sorted(set(authors) & set(only))
-            with app.db.session() as session:
-                return posts.count_live_grouped(session, mine, *filters, vis.sql,
-                                                unblocked())
-
-        digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
-        field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
+        authors, follows_version, guessed = _followees(app, viewer)  # type: ignore[arg-type]
+        source, count, field = following(authors)
     else:
         # A first page guesses the shared snapshot this process saw last and checks the
         # guess against the pointer read with the page's count (one round trip less).
@@ -503,7 +546,15 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     first = walk.first_chunk(source, limit, filtered, hidden=not is_admin)
     prefetch = None if indexed or window else source.prefetch(after, first)
     pointer = feed_type == "trending" and not data
-    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer)
+    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer, guessed)
+    if guessed and (page is None or page.follows_version != follows_version):
+        # The followees this process saw last are not the set's any more (or Redis is
+        # down: they cannot be confirmed): read them, and the page's state, again.
+        app.hints[FOLLOWEES_HINT].pop(viewer, None)
+        authors, follows_version, _ = _followees(app, viewer)  # type: ignore[arg-type]
+        source, count, field = following(authors)
+        prefetch = None if indexed or window else source.prefetch(after, first)
+        vis, page = _page_state(app, field, viewer, is_admin, prefetch)
     if pointer and not trend.confirmed(page):  # the guess was wrong (or Redis is down)
         trend = TrendingSource.start(app)
         source, extra = trend, trend.cursor_fields()
