@@ -827,16 +827,24 @@ def followees_versioned(deps: checks.Deps, user_id: int) -> tuple[list[int], str
     ``followees`` answers and None."""
     key = CommunityKeys(deps.cache.keys).followees(user_id)
     vkey = deps.cache.keys.version(follows_scope(user_id))
-    try:
+
+    def read() -> tuple[list[int], str] | None:
         version, exists, members = deps.cache.run(
             PATH + ":followees",
             lambda r: batch(r, [("GET", vkey), ("EXISTS", key), ("SMEMBERS", key)]))
+        if not exists or version is None:
+            return None
+        return sorted(int(m) for m in members if m != SENTINEL.encode()), version.decode()
+
+    try:
+        got = read()
+        if got is not None:
+            stats.count(PATH + ":followees", "hit")
+            return got
+        authors = followees(deps, user_id)  # filled (or read from Postgres)
+        return read() or (authors, None)  # the fill's set with its copy, if it landed
     except CacheUnavailable:
         return followees(deps, user_id), None
-    if not exists or version is None:
-        return followees(deps, user_id), None
-    stats.count(PATH + ":followees", "hit")
-    return sorted(int(m) for m in members if m != SENTINEL.encode()), version.decode()
 
 
 def collectives(deps: checks.Deps, user_id: int) -> frozenset[int]:

@@ -233,3 +233,30 @@ def test_a_filter_nothing_matches_is_answered_from_redis_until_a_post_matches(
     for feed_type in ("recent", "following"):
         body = feed(client, headers, feed_type, tags="fresh")
         assert [p["id"] for p in body["posts"]] == [created] and body["total_count"] == 1
+
+
+@pytest.mark.parametrize("feed_type", ["trending", "recent", "following"])
+def test_every_assembled_page_of_a_walk_is_the_schemas_document(
+        client, auth, admin_headers, world, feed_type):
+    """Each page of a whole walk, one post a page (cursor pages, the last page), warm and
+    cold, for an anonymous caller, a viewer and an admin: the bytes assembled from the
+    cache are a valid ``FeedOut`` and exactly what the schema dumps of them."""
+    schema = FeedOut()
+    # (The following feed: the viewer follows both authors; admins and anonymous
+    # callers follow nobody.)
+    callers = [auth(VIEWER)] + ([admin_headers, {}] if feed_type != "following" else [])
+    for headers in callers:
+        for _ in range(2):  # cold, then warm
+            seen, cursor = [], None
+            while True:
+                extra = {"cursor": cursor} if cursor else {}
+                body = feed(client, headers, feed_type, limit=1, **extra)
+                assert schema.validate(body) == {}
+                assert schema.dump(schema.load(body)) == body
+                assert all(set(p) == set(schema.fields["posts"].inner.schema.fields)
+                           for p in body["posts"])
+                seen += [p["id"] for p in body["posts"]]
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+            assert sorted(seen) == sorted(world)
