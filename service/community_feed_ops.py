@@ -572,6 +572,7 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     # An exact source applied the filters in its own statement: not checked again.
     load = walk.PostLoader(app, viewer, vis, blocked, None if source.exact else asset_type,
                            () if source.exact else tags, cached=page is not None)
+    load.want = limit + 1  # the first chunk may hold more keys than the page needs
     rows, resume = walk.collect(source, after, limit, vis, filtered, load,
                                 None if indexed or window else first)
     stats.count(PATH + ":" + feed_type, source.outcome)
