@@ -13,7 +13,9 @@ module names the key and the scope; see ``cache/group_feed.py`` and
 
 Reads: ``queue_read`` queues one ``HGETALL`` per entity on the caller's pipeline (the
 page's other reads ride with it); on a cluster the pipeline is one round trip per node, in
-parallel. ``EntityStore.complete`` fills whatever was missing (never cached, expired,
+parallel. A hot path can send its reads as one ``batch`` instead (raw commands, raw
+replies: a tenth of redis-py's pipeline cost per command; see ``cache/posts.py``).
+``EntityStore.complete`` fills whatever was missing (never cached, expired,
 evicted) with ONE batched load from Postgres through ``Filler.fill_batch``: leases and
 version copies in one round trip, the load, one publishing round trip; each key is
 published only if its scope's version did not move while it loaded, so a slow fill never

@@ -31,11 +31,12 @@ now writes its outbox row and applies it: one statement and one pipeline):
   bumped in the profile's transaction (one statement, ``storage.profiles``);
 - a new post is cached by the first page that misses it.
 
-Reads (``page_posts``): one pipeline, the page's entities (one ``HGETALL`` each: on a
-cluster one pipeline per node, in parallel) and, for a signed-in viewer, ``SMISMEMBER`` of
-the page's ids in their likes set; missing entities are one batched fill
-(``EntityStore.complete``), a missing likes set one fill. Responses are assembled from the
-cached bytes (``CachedPost.community_json`` / ``ranked_json``): no schema dump per post.
+Reads (``page_posts``): one round trip, the page's entities (one ``HMGET`` of the fields
+each, sent as a raw batch, ``cache.entities.batch``: on a cluster one pipeline per node, in
+parallel) and, for a signed-in viewer, ``SMISMEMBER`` of the page's ids in their likes
+set; missing entities are one batched fill (``EntityStore.complete``), a missing likes
+set one fill. Responses are assembled from the cached bytes (``CachedPost.community_json``
+/ ``ranked_json``): no schema dump per post.
 Memory is bounded by the entity TTL (``Cache.idle_ttl``) and LRU eviction, both of which
 end in one batched fill.
 """

@@ -11,7 +11,11 @@ not delete a post. A post with a ``collective_id`` exists only for that collecti
 members and for admins; for everyone else its endpoints answer ``NotFound`` (checked
 against Postgres in the write's own transaction). A like is a heart (section 4):
 ``like_post`` also bumps the liker's personalized-feed version in the same transaction,
-whichever endpoint the like came through.
+whichever endpoint the like came through. A like (DESIGN rule 8) is one statement (the
+visibility check, the like row, the counter and every version bump) plus the outbox
+row, then one pipeline: the changes' apply, with the re-score riding in it at the
+reference time the process saw last (``cf.Rescore``; a moved reference costs one round
+trip more, once per rebuild).
 
 Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``;
 the walk's first read rides in the pipeline of the page's count), the posts from their
