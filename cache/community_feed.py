@@ -66,7 +66,9 @@ Structures:
   ``["b", <user>, <count field>]`` holds the same count for their blocked authors' posts
   only, prefixed with the digest of the blocked set it was computed for
   (``<digest>:[public, {...}]``): a value for another set is recomputed, never used.
-  A filter no post matches writes nothing (answered by an index probe, not cached).
+  A page's filter probe (``["m", asset, tags]``: how many live posts match, capped)
+  lives here too, so a filter no post matches is answered from Redis; a probe is written
+  only while the hash holds fewer than ``PROBE_FIELDS_MAX`` fields.
 
 Following: fan-out on read. One-off measurement on this machine (2 cores, local Redis 7,
 author sets of 200 posts, a page of 21 merged in one Lua call incl. Python parsing):
@@ -89,9 +91,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cache import checks
+from cache import checks, stats
 from cache import posts as cache_posts
 from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.entities import batch, script_command
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, user_tag
 from cache.lease import Lease, LeaseHeld, wait_for
@@ -242,13 +245,40 @@ def blocked_changed(change: Change, ck: CommunityKeys, user_id: int) -> None:
     change.op("DEL", ck.blocked(user_id))
 
 
-# Re-score one post if the trending set exists and its reference time is still ARGV[1].
+# Re-score one post if the trending set exists and its reference time is still ARGV[1];
+# else answer the reference it has now ('' if none): a string, where a re-score answers
+# a number.
 RESCORE = LuaScript("""
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local ref = redis.call('GET', KEYS[2])
+if ref ~= ARGV[1] then return ref or '' end
 if ARGV[4] == 'rem' then return redis.call('ZREM', KEYS[1], ARGV[3]) end
 if ARGV[4] == 'xx' then return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3]) end
 return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 """)
+
+
+class Rescore:
+    """A post's trending re-score as a rider of its write's apply pipeline
+    (``cache.outbox.Rider``: no round trip of its own), computed at ``ref``, the
+    reference time the process last saw. After the pipeline, ``moved`` is the set's
+    reference if it was not ``ref`` any more (None: it was, or the pipeline did not
+    run): then the score must be computed again at that reference (``rescore``)."""
+
+    def __init__(self, keys: Keyspace, post_id: int, score: int | None, ref: str,
+                 new: bool = False) -> None:
+        ck = CommunityKeys(keys)
+        self.keys = [ck.trending, ck.trending_ref]
+        mode = "rem" if score is None else ("add" if new else "xx")
+        self.args = [ref, score or 0, member(post_id), mode]
+        self.moved: str | None = None
+
+    def queue(self, pipe: Any) -> int:
+        RESCORE(keys=self.keys, args=self.args, client=pipe)
+        return 1
+
+    def done(self, replies: list[Any]) -> None:
+        if isinstance(replies[0], bytes):
+            self.moved = replies[0].decode()
 
 
 def trending_ref(cache: Cache, path: str) -> str | None:
@@ -535,8 +565,12 @@ def stage_trending(pipe: Any, temps: dict[str, str], ck: CommunityKeys,
 
 # --- cached total counts ---------------------------------------------------------------------
 
+# ARGV: version, field, value, ttl and optionally a cap: with it, a new field is written
+# only while the hash holds fewer fields than that.
 COUNT_SET = LuaScript("""
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if ARGV[5] and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0
+   and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
 return 1
@@ -595,6 +629,7 @@ class PageState:
     blocked_count: tuple[str, Grouped] | None = None
     ranges: list[KeyRange] | None = None  # the ``prefetch`` read, if asked
     pointer: tuple[int, Floor] | None = None  # the shared snapshot's pointer, if asked
+    follows_version: str | None = None  # the followees set's version copy, if asked
 
 
 @dataclass(frozen=True)
@@ -609,35 +644,41 @@ class Prefetch:
 
 def read_count(cache: Cache, path: str, field: str, member_of: int | None = None,
                blocker: int | None = None, prefetch: Prefetch | None = None,
-               pointer: bool = False) -> PageState:
+               pointer: bool = False, follows_of: int | None = None) -> PageState:
     """The cached grouped count of ``field`` and the version copy, plus, if ``member_of``
     is a user id, that user's cached collectives, and if ``blocker`` is one, that user's
     cached blocked authors and the cached count of their posts in ``field``, the
     ``prefetch`` range read and, with ``pointer``, the shared trending snapshot's pointer
-    (``snapshot_pointer``), in one pipeline (two slots: one round trip per node).
+    (``snapshot_pointer``) and, if ``follows_of`` is a user id, the version copy of
+    their followees set, in one batch (two slots: one round trip per node).
     Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
 
     def run(r: Any) -> PageState:
-        pipe = r.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         if pointer:
-            pipe.get(ck.latest_snapshot)
+            commands.append(("GET", ck.latest_snapshot))
         if prefetch is not None:
             p = prefetch
             argv = (["+inf", "", p.n] if p.after is None
                     else [str(p.after[0]), member(p.after[1]), p.n])
-            RANGE_AFTER(keys=p.keys, args=argv, client=pipe)
-        pipe.get(vkey)
-        pipe.hget(ck.counts, field)
+            commands.append(script_command(r, RANGE_AFTER, p.keys, argv))
+        commands += [("GET", vkey), ("HGET", ck.counts, field)]
         if member_of is not None:
-            pipe.exists(ck.collectives(member_of))
-            pipe.smembers(ck.collectives(member_of))
+            colls_key = ck.collectives(member_of)
+            commands += [("EXISTS", colls_key), ("SMEMBERS", colls_key)]
         if blocker is not None:
-            pipe.exists(ck.blocked(blocker))
-            pipe.smembers(ck.blocked(blocker))
-            pipe.hget(ck.counts, blocked_field(blocker, field))
-        reply = pipe.execute()
+            blocked_key = ck.blocked(blocker)
+            commands += [("EXISTS", blocked_key), ("SMEMBERS", blocked_key),
+                         ("HGET", ck.counts, blocked_field(blocker, field))]
+        if follows_of is not None:
+            commands.append(("GET", cache.keys.version(follows_scope(follows_of))))
+        reply = batch(r, commands)  # one round trip per node, raw replies
+        follows = None
+        if follows_of is not None:
+            follows = "" if reply[-1] is None else reply[-1].decode()
+            reply = reply[:-1]
         ranges = shared = None
         if pointer:
             shared, reply = _decode_pointer(reply[0]), reply[1:]
@@ -652,20 +693,43 @@ def read_count(cache: Cache, path: str, field: str, member_of: int | None = None
             adjust = None if rest[2] is None else decode_adjustment(rest[2])
         return PageState(None if value is None else decode_grouped(value),
                          "0" if version is None else version.decode(), colls, blocked,
-                         adjust, ranges, shared)
+                         adjust, ranges, shared, follows)
 
     return cache.run(path, run)
 
 
 def write_count(cache: Cache, path: str, field: str, value: Grouped | str, version: str,
-                ttl: int) -> None:
-    """Cache a grouped count (or an encoded adjustment) computed under posts-scope
-    ``version`` (dropped if it moved)."""
+                ttl: int, cap: int | None = None) -> None:
+    """Cache a grouped count (or an encoded adjustment, or a probe) computed under
+    posts-scope ``version`` (dropped if it moved; with ``cap``, also when the counts hash
+    holds that many fields already)."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
     raw = value if isinstance(value, str) else encode_grouped(value)
-    cache.run(path, lambda r: COUNT_SET(
-        keys=[vkey, ck.counts], args=[version, field, raw, ttl], client=r))
+    args: list[Any] = [version, field, raw, ttl] + ([cap] if cap is not None else [])
+    cache.run(path, lambda r: COUNT_SET(keys=[vkey, ck.counts], args=args, client=r))
+
+
+# A page's filter probe (how many live posts match its filters, up to a cap: the page's
+# plan, and 0 answers it) is kept in the counts hash too, under ``["m", asset, tags]``:
+# dropped with the counts by every create and delete, written under the same version
+# rule, and, since anyone can make up filters, only while the hash holds fewer than
+# PROBE_FIELDS_MAX fields (past it a made-up filter costs its probe, not memory).
+PROBE_FIELDS_MAX = 2048
+
+
+def probe_field(asset_type: str | None, tags: Sequence[str]) -> str:
+    return count_field("m", asset_type, list(tags))
+
+
+def read_probe(cache: Cache, path: str, field: str) -> tuple[int | None, str]:
+    """The cached probe of ``field`` (None: not cached) and the posts-scope version copy
+    it is read under, in one round trip. Raises ``CacheUnavailable``."""
+    vkey = cache.keys.version(posts_scope())
+    counts = CommunityKeys(cache.keys).counts
+    version, raw = cache.run(path, lambda r: batch(r, [("GET", vkey),
+                                                       ("HGET", counts, field)]))
+    return (None if raw is None else int(raw)), "0" if version is None else version.decode()
 
 
 # --- batch fills (the following feed's author sets) ------------------------------------------
@@ -754,6 +818,33 @@ def followees(deps: checks.Deps, user_id: int) -> list[int]:
     return sorted(read_through(
         deps.cache, PATH + ":followees", read, lambda: fill_followees(deps, user_id),
         lambda: checks.sql(deps, posts_store.followees, user_id)))
+
+
+def followees_versioned(deps: checks.Deps, user_id: int) -> tuple[list[int], str | None]:
+    """The user's followees and the version copy of their set as read with it (one
+    round trip: the copy first, so a change applied in between leaves an older copy
+    beside the newer set, never the reverse), or, on a miss or with Redis down, what
+    ``followees`` answers and None."""
+    key = CommunityKeys(deps.cache.keys).followees(user_id)
+    vkey = deps.cache.keys.version(follows_scope(user_id))
+
+    def read() -> tuple[list[int], str] | None:
+        version, exists, members = deps.cache.run(
+            PATH + ":followees",
+            lambda r: batch(r, [("GET", vkey), ("EXISTS", key), ("SMEMBERS", key)]))
+        if not exists or version is None:
+            return None
+        return sorted(int(m) for m in members if m != SENTINEL.encode()), version.decode()
+
+    try:
+        got = read()
+        if got is not None:
+            stats.count(PATH + ":followees", "hit")
+            return got
+        authors = followees(deps, user_id)  # filled (or read from Postgres)
+        return read() or (authors, None)  # the fill's set with its copy, if it landed
+    except CacheUnavailable:
+        return followees(deps, user_id), None
 
 
 def collectives(deps: checks.Deps, user_id: int) -> frozenset[int]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cache import stats
 from cache.client import Cache
@@ -34,6 +34,18 @@ if TYPE_CHECKING:
     from cache.live_events import Publisher
 
 log = logging.getLogger(__name__)
+
+
+class Rider(Protocol):
+    """Commands that ride in a write's apply pipeline (the same round trip): ``queue``
+    queues them on the pipeline and returns how many; ``done`` gets their replies. For
+    best-effort work beside the outbox change (e.g. a post's trending re-score), never
+    for what the change itself must carry: a rider is not in the outbox, so a crash or a
+    Redis failure loses it."""
+
+    def queue(self, pipe: Any) -> int: ...
+
+    def done(self, replies: list[Any]) -> None: ...
 
 
 class Applier:
@@ -64,10 +76,11 @@ class Applier:
         return behind, unknown
 
     def apply(self, changes: Iterable[Change], by: str = "request", announce: bool = True,
-              repair: bool = False) -> int:
+              repair: bool = False, riders: Sequence[Rider] = ()) -> int:
         """Apply ``changes`` in one pipelined round trip; returns how many were not in
         Redis yet (the others were already applied: no-ops). ``repair``: the changes are in
         Redis and their live events were lost (``Publisher.unannounced``): announce them.
+        ``riders``: more commands queued after them in the same pipeline (``Rider``).
 
         Raises ``CacheUnavailable`` if Redis fails (the outbox row stays for the relay).
         Runs even while the breaker is open when ``by == "relay"``: the relay is how the
@@ -87,12 +100,19 @@ class Applier:
                 queue_apply(pipe, self.cache.keys, change, self.cache.idle_ttl)
             if plan is not None:
                 plan.queue_after(pipe)
-            return plan, pipe.execute()
+            counts = [rider.queue(pipe) for rider in riders]
+            return plan, counts, pipe.execute()
 
         if by == "relay":
-            plan, replies = self.cache.run_unguarded("outbox", run)
+            plan, counts, replies = self.cache.run_unguarded("outbox", run)
         else:
-            plan, replies = self.cache.run("outbox", run)
+            plan, counts, replies = self.cache.run("outbox", run)
+        if riders:  # their replies are the pipeline's last, in order
+            tail = len(replies) - sum(counts)
+            replies, theirs = replies[:tail], replies[tail:]
+            for rider, n in zip(riders, counts, strict=True):
+                rider.done(theirs[:n])
+                theirs = theirs[n:]
         # One APPLY answer per change, after the publisher's reads queued before them.
         start = len(plan.before) if plan is not None else 0
         results = replies[start:start + len(changes)]

@@ -31,11 +31,12 @@ now writes its outbox row and applies it: one statement and one pipeline):
   bumped in the profile's transaction (one statement, ``storage.profiles``);
 - a new post is cached by the first page that misses it.
 
-Reads (``page_posts``): one pipeline, the page's entities (one ``HGETALL`` each: on a
-cluster one pipeline per node, in parallel) and, for a signed-in viewer, ``SMISMEMBER`` of
-the page's ids in their likes set; missing entities are one batched fill
-(``EntityStore.complete``), a missing likes set one fill. Responses are assembled from the
-cached bytes (``CachedPost.community_json`` / ``ranked_json``): no schema dump per post.
+Reads (``page_posts``): one round trip, the page's entities (one ``HMGET`` of the fields
+each, sent as a raw batch, ``cache.entities.batch``: on a cluster one pipeline per node, in
+parallel) and, for a signed-in viewer, ``SMISMEMBER`` of the page's ids in their likes
+set; missing entities are one batched fill (``EntityStore.complete``), a missing likes
+set one fill. Responses are assembled from the cached bytes (``CachedPost.community_json``
+/ ``ranked_json``): no schema dump per post.
 Memory is bounded by the entity TTL (``Cache.idle_ttl``) and LRU eviction, both of which
 end in one batched fill.
 """
@@ -50,7 +51,7 @@ import orjson
 
 from cache import stats
 from cache.client import NO_VALUE, CacheUnavailable
-from cache.entities import Entity, EntityStore, Fields, encode, queue_read
+from cache.entities import Entity, EntityStore, Fields, batch, encode
 from cache.fill import LeaseHeld
 from cache.keys import Keyspace, Scope, post_tag, user_tag
 from cache.lease import wait_for
@@ -171,38 +172,48 @@ def _load(deps: Any) -> Any:
     return load
 
 
+# The entity's fields, in the order ``page_posts`` reads them (one HMGET per post).
+FIELDS = (b"j", b"a", b"m", *(name.encode() for name in COUNTERS))
+
+
 def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None
                ) -> tuple[dict[int, CachedPost], set[int]]:
-    """The live posts among ``post_ids`` and which of them ``viewer`` likes: one pipeline
-    (entities, and the viewer's likes of these ids); missing entities are one batched
-    fill, a missing likes set one fill. Redis down: from Postgres."""
+    """The live posts among ``post_ids`` and which of them ``viewer`` likes: one round
+    trip (an ``HMGET`` of each entity's fields, and ``SMISMEMBER`` of these ids in the
+    viewer's likes set, sent as one batch: ``cache.entities.batch``); missing entities
+    are one batched fill, a missing likes set one fill. Redis down: from Postgres."""
     if not post_ids and viewer is None:
         return {}, set()
     keys = deps.cache.keys
     ids = list(post_ids)
-    wanted = [entity(keys, i) for i in ids]
+    # ``key(keys, i)``, inlined: this runs for every post of every page.
+    prefix = keys.prefix
+    commands: list[tuple[Any, ...]] = [("HMGET", f"{prefix}{{p:{i}}}:post", *FIELDS)
+                                       for i in ids]
     lk = likes_key(keys, viewer) if viewer is not None else None
-
-    def run(r: Any) -> list[Any]:
-        pipe = r.pipeline(transaction=False)
-        queue_read(pipe, wanted)
-        if lk is not None:
-            pipe.smismember(lk, [FILLED, OVER, *ids])
-            pipe.expire(lk, deps.cache.idle_ttl)
-        return pipe.execute()
+    if lk is not None:
+        commands.append(("SMISMEMBER", lk, FILLED, OVER, *ids))
+        commands.append(("EXPIRE", lk, deps.cache.idle_ttl))
 
     load = _load(deps)
     try:
-        replies = deps.cache.run(PATH, run)
+        replies = deps.cache.run(PATH, lambda r: batch(r, commands))
     except CacheUnavailable:
         stats.count(PATH, "fallback")
         posts = {i: CachedPost.of(i, encode(f)) for i, f in load(ids).items()}
         return posts, _liked_from_db(deps, viewer, list(posts))
-    found = EntityStore(deps.filler, PATH).complete(wanted, replies[:len(wanted)], load)
-    posts = {i: CachedPost.of(i, f) for i, f in found.items()}
+    posts: dict[int, CachedPost] = {}
+    missing: list[Entity] = []
+    for i, values in zip(ids, replies, strict=False):
+        if values[0] is None:  # never cached, expired or evicted (or deleted)
+            missing.append(entity(keys, i))
+        else:
+            posts[i] = CachedPost.of(i, dict(zip(FIELDS, values, strict=True)))
+    filled = EntityStore(deps.filler, PATH).complete(missing, [{}] * len(missing), load)
+    posts.update((i, CachedPost.of(i, f)) for i, f in filled.items())
     if lk is None:
         return posts, set()
-    flags = [bool(x) for x in replies[len(wanted)]]
+    flags = [bool(x) for x in replies[len(ids)]]
     if flags[0] and not flags[1]:
         stats.count(LIKES_PATH, "hit")
         return posts, {i for i, f in zip(ids, flags[2:], strict=True) if f and i in posts}

@@ -11,7 +11,11 @@ not delete a post. A post with a ``collective_id`` exists only for that collecti
 members and for admins; for everyone else its endpoints answer ``NotFound`` (checked
 against Postgres in the write's own transaction). A like is a heart (section 4):
 ``like_post`` also bumps the liker's personalized-feed version in the same transaction,
-whichever endpoint the like came through.
+whichever endpoint the like came through. A like (DESIGN rule 8) is one statement (the
+visibility check, the like row, the counter and every version bump) plus the outbox
+row, then one pipeline: the changes' apply, with the re-score riding in it at the
+reference time the process saw last (``cf.Rescore``; a moved reference costs one round
+trip more, once per rebuild).
 
 Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``;
 the walk's first read rides in the pipeline of the page's count), the posts from their
@@ -23,9 +27,10 @@ posts from one query per chunk (``storage.posts.load_page``), rendered the same 
 answers are identical. The walk itself (sources, visibility, the scan
 budget) is ``service/community_feed_walk.py``; cursors ``service/community_feed_cursor.py``.
 
-Filters (``asset_type``, ``tags``): a filter no live post matches is answered by one
-index probe (``posts.count_upto``): an empty last page, ``total_count`` 0, nothing walked
-or cached. A filtered ``recent`` or ``following`` walk is read from a Postgres index
+Filters (``asset_type``, ``tags``): a filter no live post matches is answered by its
+probe (``posts.count_upto``, cached in the counts hash: one round trip warm, one index
+probe cold): an empty last page, ``total_count`` 0, nothing walked. A filtered
+``recent`` or ``following`` walk is read from a Postgres index
 (``FilteredSource``: ``ix_posts_live_asset_time`` or the GIN ``ix_posts_tags``, keyset
 after the cursor, visibility and blocked authors in the same statement) when the filter
 is an asset type alone (``ix_posts_live_asset_time``: exact) or tags fewer than
@@ -44,6 +49,7 @@ part is counted per blocked set and cached beside the count, read in the same pi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -57,6 +63,7 @@ from cache import community_feed as cf
 from cache import posts as cache_posts
 from cache import ranked_feed, stats
 from cache.client import NO_VALUE, CacheUnavailable
+from cache.versioned import Change
 from service import community_feed_walk as walk
 from service.bootstrap import AppState
 from service.community_feed_cursor import decode_cursor, encode_cursor, filters_digest
@@ -192,22 +199,36 @@ def like_post(app: AppState, user_id: int, post_id: int, liked: bool,
     user may not see).
     """
     likes = cache_posts.likes_scope(user_id).row_name
+    calc = ranked_feed.scope(user_id)
     with app.uow() as uow:
-        _visible(uow.session, post_id, user_id, is_admin)
+        # Visibility checked and the liker's calc version bumped by the like's own
+        # statement (after the post's and their likes set's versions, the order
+        # ``ranked_feed.touch`` took them in).
         counted = posts.set_like(uow.session, post_id, user_id, liked,
-                                 [cache_posts.scope(post_id).row_name, likes])
+                                 [cache_posts.scope(post_id).row_name, likes, calc.row_name],
+                                 is_admin)
+        if counted is None:
+            raise NotFound("Post not found")
         if not counted.changed:
             return False  # rolled back: nothing changed, no version moved
-        ranked_feed.touch(uow, user_id)
+        if calc.row_name in counted.versions:
+            uow.adopt(Change(calc, counted.versions[calc.row_name], []))
+        else:
+            ranked_feed.touch(uow, user_id)
         _post_change(app, uow, post_id, counted, like_count=counted.count)
         if likes in counted.versions:
             keys = app.cache.keys
             cache_posts.on_like(
                 cache_posts.adopt_likes(uow, keys, user_id, counted.versions[likes]),
                 keys, user_id, post_id, liked)
+        # The re-score rides in the apply pipeline: the engagement the like's own
+        # statement returned, at the reference time this process saw last.
+        rider = _rescore_rider(app, post_id, counted.after)
+        if rider is not None:
+            uow.ride(rider)
         uow.commit()
-    # The engagement the like's own statement returned: no second read after the commit.
-    _rescore(app, post_id, engagement=counted.after)
+    if rider is None or rider.moved is not None:  # no reference known, or it moved
+        _rescore(app, post_id, engagement=counted.after, ref=rider and rider.moved)
     return True
 
 
@@ -292,18 +313,41 @@ def engagement(app: AppState, post_id: int, viewer_id: int | None,
 # --- trending upkeep (best effort; the scheduled rebuild repairs what this misses) --------
 
 
+REF_HINT = "trending_ref"  # AppState.hints: the trending set's reference time seen last
+
+
+def _score_at(eng: posts.Engagement | None, ref: str) -> int | None:
+    if eng is None:
+        return None
+    return cf.trending_score(eng.like_count, eng.comment_count, eng.view_count,
+                             eng.is_featured, eng.created_at.timestamp(), float(ref))
+
+
+def _rescore_rider(app: AppState, post_id: int, engagement: posts.LikeResult | None
+                   ) -> cf.Rescore | None:
+    """The committed write's re-score as a rider of its apply pipeline, at the reference
+    time this process saw last (None: none seen yet, or no engagement)."""
+    ref = app.hints.get(REF_HINT)
+    if ref is None or engagement is None:
+        return None
+    return cf.Rescore(app.cache.keys, post_id, _score_at(engagement.engagement, ref), ref)
+
+
 def _rescore(app: AppState, post_id: int, new: bool = False,
              session: Session | None = None,
-             engagement: posts.LikeResult | None = None) -> None:
+             engagement: posts.LikeResult | None = None, ref: str | None = None) -> None:
     """Re-score a post in the cached trending set from its committed engagement.
 
     ``session``: the committed unit of work's, read again in a new transaction (what a
     fresh session would see) without checking out and pinging another connection.
     ``engagement``: the engagement a committed write's statement returned (no read).
+    ``ref``: the set's reference time as a rider just read it ('' : no set), else read.
     """
     try:
-        ref = cf.trending_ref(app.cache, PATH)
         if ref is None:
+            ref = cf.trending_ref(app.cache, PATH)
+        app.hints[REF_HINT] = ref or None
+        if not ref:
             return  # no trending set: the next read or rebuild computes it whole
         if engagement is not None:
             eng = engagement.engagement
@@ -312,12 +356,8 @@ def _rescore(app: AppState, post_id: int, new: bool = False,
         else:
             with app.db.session() as own:
                 eng = posts.engagement_of(own, post_id)
-        if eng is None:
-            cf.rescore(app.cache, PATH, post_id, None, ref)
-            return
-        score = cf.trending_score(eng.like_count, eng.comment_count, eng.view_count,
-                                  eng.is_featured, eng.created_at.timestamp(), float(ref))
-        cf.rescore(app.cache, PATH, post_id, score, ref, new=new)
+        cf.rescore(app.cache, PATH, post_id, _score_at(eng, ref), ref,
+                   new=new and eng is not None)
     except CacheUnavailable:
         log.debug("trending re-score of post %s skipped: cache unavailable", post_id)
 
@@ -335,15 +375,17 @@ def _unrank(app: AppState, post_id: int) -> None:
 
 
 def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool,
-                prefetch: cf.Prefetch | None = None, pointer: bool = False
-                ) -> tuple[Visibility, cf.PageState | None]:
+                prefetch: cf.Prefetch | None = None, pointer: bool = False,
+                follows: bool = False) -> tuple[Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
     read together in one pipeline (with the viewer's blocked authors, the count of
-    their posts and the walk's first read, ``prefetch``). With Redis down, Postgres
-    applies the rule in the page's own queries (no statement more for the member set)."""
+    their posts, the walk's first read, ``prefetch``, and with ``follows`` the version
+    copy of their followees set). With Redis down, Postgres applies the rule in the
+    page's own queries (no statement more for the member set)."""
     member_of = viewer if viewer is not None and not is_admin else None
     try:
-        page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer)
+        page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer,
+                             viewer if follows else None)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -397,13 +439,48 @@ def _no_match_page() -> bytes:
 
 
 def _matches(app: AppState, asset_type: str | None, tags: list[str]) -> int | None:
-    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter).
-    One index probe; 0 answers the page: nothing walked, nothing cached, so a stream of
-    made-up tags costs a probe each and no memory."""
+    """How many live posts match the filters, up to ``SPARSE_TAGS`` (None: no filter):
+    the cached probe (one round trip), else one index probe, cached under the version it
+    was read under (``cf.read_probe``: bounded, a stream of made-up tags costs a probe
+    each past the cap, not memory). 0 answers the page: nothing walked."""
     if not (asset_type or tags):
         return None
+    field = cf.probe_field(asset_type, tags)
+    version = None
+    try:
+        cached, version = cf.read_probe(app.cache, PATH, field)
+        if cached is not None:
+            return cached
+    except CacheUnavailable:
+        pass
     with app.db.session() as session:
-        return posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
+        found = posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
+    if version is not None:
+        with contextlib.suppress(CacheUnavailable):
+            cf.write_count(app.cache, PATH, field, str(found), version,
+                           app.settings.idle_ttl, cap=cf.PROBE_FIELDS_MAX)
+    return found
+
+
+FOLLOWEES_HINT = "cf_followees"  # AppState.hints: {viewer: (version copy, followees)}
+FOLLOWEES_HINT_USERS = 10_000  # past it the hints start over (a dict, not an LRU)
+
+
+def _followees(app: AppState, viewer: int) -> tuple[list[int], str | None, bool]:
+    """The viewer's followees: those this process read last under a version copy, to be
+    confirmed by the copy read with the page's count (``guessed`` True: no round trip
+    of their own), else the cached set with its copy (one round trip, remembered).
+    Returns (followees, the version copy or None, guessed)."""
+    hints = app.hints.setdefault(FOLLOWEES_HINT, {})
+    got = hints.get(viewer)
+    if got is not None:
+        return got[1], got[0], True
+    authors, version = cf.followees_versioned(app, viewer)
+    if version is not None:
+        if len(hints) >= FOLLOWEES_HINT_USERS:
+            hints.clear()
+        hints[viewer] = (version, authors)
+    return authors, version, False
 
 
 def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
@@ -426,6 +503,19 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         return viewer if page is None else None
 
     authors: list[int] | None = None
+    follows_version, guessed = None, False
+
+    def following(authors: list[int]) -> tuple[Source, Any, str]:
+        def count(only: Sequence[int] | None) -> cf.Grouped:
+            mine = authors if only is None else sorted(set(authors) & set(only))
+            with app.db.session() as session:
+                return posts.count_live_grouped(session, mine, *filters, vis.sql,
+                                                unblocked())
+
+        digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
+        return (FollowingSource(app, authors), count,
+                cf.count_field("g", "f", viewer, digest, asset_type, tags))
+
     if feed_type == "recent":
         source: Source = RecentSource(app)
 
@@ -436,17 +526,8 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
 
         field = cf.count_field("g", "r", asset_type, tags)
     elif feed_type == "following":
-        authors = cf.followees(app, viewer)  # type: ignore[arg-type]
-        source = FollowingSource(app, authors)
-
-        def count(only: Sequence[int] | None) -> cf.Grouped:
-            mine = authors if only is None else sorted(set(authors) & set(only))
-            with app.db.session() as session:
-                return posts.count_live_grouped(session, mine, *filters, vis.sql,
-                                                unblocked())
-
-        digest = hashlib.sha1(orjson.dumps(authors)).hexdigest()[:16]
-        field = cf.count_field("g", "f", viewer, digest, asset_type, tags)
+        authors, follows_version, guessed = _followees(app, viewer)  # type: ignore[arg-type]
+        source, count, field = following(authors)
     else:
         # A first page guesses the shared snapshot this process saw last and checks the
         # guess against the pointer read with the page's count (one round trip less).
@@ -469,7 +550,15 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     first = walk.first_chunk(source, limit, filtered, hidden=not is_admin)
     prefetch = None if indexed or window else source.prefetch(after, first)
     pointer = feed_type == "trending" and not data
-    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer)
+    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer, guessed)
+    if guessed and (page is None or page.follows_version != follows_version):
+        # The followees this process saw last are not the set's any more (or Redis is
+        # down: they cannot be confirmed): read them, and the page's state, again.
+        app.hints[FOLLOWEES_HINT].pop(viewer, None)
+        authors, follows_version, _ = _followees(app, viewer)  # type: ignore[arg-type]
+        source, count, field = following(authors)
+        prefetch = None if indexed or window else source.prefetch(after, first)
+        vis, page = _page_state(app, field, viewer, is_admin, prefetch)
     if pointer and not trend.confirmed(page):  # the guess was wrong (or Redis is down)
         trend = TrendingSource.start(app)
         source, extra = trend, trend.cursor_fields()
@@ -487,6 +576,7 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     # An exact source applied the filters in its own statement: not checked again.
     load = walk.PostLoader(app, viewer, vis, blocked, None if source.exact else asset_type,
                            () if source.exact else tags, cached=page is not None)
+    load.want = limit + 1  # the first chunk may hold more keys than the page needs
     rows, resume = walk.collect(source, after, limit, vis, filtered, load,
                                 None if indexed or window else first)
     stats.count(PATH + ":" + feed_type, source.outcome)

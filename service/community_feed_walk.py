@@ -260,13 +260,30 @@ class TrendingSource(Source):
         return keys
 
 
+# AppState.hints: each post's collective (None: public) as pages read it. A post never
+# changes collective, so this only decides which entities a page need not read: a post
+# known to be hidden from the viewer is not read, and the first read of a page stops at
+# the posts it needs (``PostLoader.want``). Past POST_HINTS posts it starts over.
+COLLECTIVE_HINT = "cf_post_collective"
+POST_HINTS = 100_000
+
+
 class PostLoader:
     """Loads a page's posts by id (``__call__``): from the post entities and the viewer's
     likes in Redis (``cache.posts``), less deleted posts, posts by authors the viewer
     blocked (``blocked``) and posts not matching the filters; with Redis down
     (``cached`` False) from Postgres in one statement that applies every rule, the
     viewer's collectives too when ``vis.sql`` says so. Remembers which posts the viewer
-    likes (``liked``)."""
+    likes (``liked``).
+
+    From Redis it leaves out the posts it knows are hidden from the viewer (their
+    collective, ``COLLECTIVE_HINT``), and with ``want`` set its next call reads the ids
+    in order only until ``want`` of them are posts it knows the viewer sees; the rest
+    are read (in a second round trip) only if fewer than ``want`` of those were found
+    (deleted, blocked or filtered out). So a first chunk sized for hidden posts costs
+    the entities of the page, not of the chunk."""
+
+    want: int | None = None
 
     def __init__(self, app: AppState, viewer: int | None, vis: Visibility,
                  blocked: frozenset[int], asset_type: str | None, tags: Sequence[str],
@@ -282,8 +299,29 @@ class PostLoader:
                                        self.vis.sql)
             self.liked.update(i for i, row in rows.items() if row.liked)
             return cache_posts.from_rows(rows)
+        known = self.app.hints.setdefault(COLLECTIVE_HINT, {})
+        sees, want, self.want = self.vis.sees, self.want, None
+        wanted = [i for i in ids if i not in known or sees(known[i])]
+        rest: list[int] = []
+        if want is not None:
+            seen = 0
+            for n, i in enumerate(wanted):
+                seen += i in known
+                if seen >= want:
+                    wanted, rest = wanted[:n + 1], wanted[n + 1:]
+                    break
+        found = self._read(wanted, known)
+        if rest and sum(1 for p in found.values() if sees(p.collective_id)) < want:
+            found.update(self._read(rest, known))
+        return found
+
+    def _read(self, ids: list[int], known: dict[int, int | None]
+              ) -> dict[int, cache_posts.CachedPost]:
         found, liked = cache_posts.page_posts(self.app, ids, self.viewer)
         self.liked |= liked
+        if len(known) + len(found) > POST_HINTS:
+            known.clear()
+        known.update((i, p.collective_id) for i, p in found.items())
         return {i: p for i, p in found.items()
                 if p.author_id not in self.blocked and p.matches(self.asset_type, self.tags)}
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from cache.client import CacheUnavailable
 from cache.keys import Scope
-from cache.outbox import Applier
+from cache.outbox import Applier, Rider
 from cache.versioned import Change
 from storage import cache_state
 from storage.db import Database
@@ -39,6 +39,7 @@ class UnitOfWork:
         self.connection = db.engine.connect()
         self.session: Session = Session(bind=self.connection, expire_on_commit=False)
         self.changes: list[Change] = []
+        self.riders: list[Rider] = []
         self.committed = False
 
     def __enter__(self) -> UnitOfWork:
@@ -75,6 +76,11 @@ class UnitOfWork:
         self.changes.append(change)
         return change
 
+    def ride(self, rider: Rider) -> None:
+        """Queue ``rider``'s best-effort commands in the apply pipeline after commit (the
+        write's one round trip); they run only if the unit of work has changes."""
+        self.riders.append(rider)
+
     def commit(self) -> None:
         if self.changes:
             cache_state.add_outbox(self.session, [c.to_json() for c in self.changes])
@@ -84,4 +90,7 @@ class UnitOfWork:
             return
         # Redis down or the breaker open: the relay applies it once Redis answers.
         with contextlib.suppress(CacheUnavailable):
-            self.applier.apply(self.changes)
+            if self.riders:
+                self.applier.apply(self.changes, riders=self.riders)
+            else:
+                self.applier.apply(self.changes)

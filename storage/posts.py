@@ -178,26 +178,35 @@ def soft_delete(session: Session, post_id: int,
     return Counted(False) if got is None else Counted(True, 0, got[1])
 
 
-# One statement per like or unlike: the like row; ``like_count`` moved with it (same
-# transaction, so the counter is exact under concurrency); the versions bumped after the
-# post's row lock (the order every writer of a post takes); the post's engagement after it
-# (what the trending re-score needs, no read after commit). No row: the like row did not
-# change (already liked, never liked, or a missing post).
+# One statement per like or unlike: the visibility check (live, and public or the
+# viewer's collective's, or an admin: ``can_see``); the like row; ``like_count`` moved with
+# it (same transaction, so the counter is exact under concurrency); the versions bumped
+# after the post's row lock (the order every writer of a post takes); the post's engagement
+# after it (what the trending re-score needs, no read after commit). No row: the post is
+# missing, deleted or hidden from the viewer; a row without ``id``: the like row did not
+# change (already liked, or never liked).
+_VISIBLE_CTE = (
+    "vis AS (SELECT posts.id AS post_id FROM posts WHERE posts.id = :post_id"
+    " AND posts.deleted_at IS NULL AND (posts.collective_id IS NULL OR :is_admin"
+    " OR EXISTS (SELECT 1 FROM collective_members m"
+    " WHERE m.collective_id = posts.collective_id AND m.user_id = :user_id)))"
+)
 _TOGGLE_LIKE = {
-    True: "INSERT INTO post_likes (post_id, user_id) SELECT id, :user_id FROM posts"
-          " WHERE id = :post_id ON CONFLICT DO NOTHING RETURNING post_id",
-    False: "DELETE FROM post_likes WHERE post_id = :post_id AND user_id = :user_id"
-           " RETURNING post_id",
+    True: "INSERT INTO post_likes (post_id, user_id) SELECT post_id, :user_id FROM vis"
+          " ON CONFLICT DO NOTHING RETURNING post_id",
+    False: "DELETE FROM post_likes USING vis WHERE post_likes.post_id = vis.post_id"
+           " AND post_likes.user_id = :user_id RETURNING post_likes.post_id",
 }
 _SET_LIKE = {
     liked: text(
-        f"WITH toggled AS ({toggle}), "
+        f"WITH {_VISIBLE_CTE}, toggled AS ({toggle}), "
         "p AS (UPDATE posts SET like_count = posts.like_count + :delta FROM toggled"
         " WHERE posts.id = toggled.post_id"
         " RETURNING posts.id, posts.created_at, posts.like_count, posts.comment_count,"
         " posts.view_count, posts.is_featured, posts.deleted_at IS NOT NULL AS deleted), "
         + _VERSIONS_CTE +
-        "SELECT p.*, v.name AS version_name, v.version FROM p LEFT JOIN v ON true")
+        "SELECT vis.post_id AS visible, p.*, v.name AS version_name, v.version"
+        " FROM vis LEFT JOIN p ON true LEFT JOIN v ON true")
     for liked, toggle in _TOGGLE_LIKE.items()
 }
 
@@ -210,17 +219,19 @@ class LikeResult:
 
 
 def set_like(session: Session, post_id: int, user_id: int, liked: bool,
-             version_names: Sequence[str] = ()) -> Counted:
-    """Like (``liked=True``) or unlike a post, in one statement that also bumps
-    ``version_names``; ``changed`` if the like row changed, ``count`` the committed
-    ``like_count`` and ``after`` the engagement for the re-score. Raises nothing for a
-    missing post (check its visibility separately): it just changes nothing."""
+             version_names: Sequence[str] = (), is_admin: bool = False) -> Counted | None:
+    """Like (``liked=True``) or unlike a post the user may see, in one statement that
+    also bumps ``version_names``; None if the post is missing, deleted or hidden from
+    the user (``can_see``); else ``changed`` if the like row changed, ``count`` the
+    committed ``like_count`` and ``after`` the engagement for the re-score."""
     rows = session.execute(_SET_LIKE[liked], {
         "post_id": post_id, "user_id": user_id, "delta": 1 if liked else -1,
-        "version_names": list(version_names)}).all()
+        "is_admin": is_admin, "version_names": list(version_names)}).all()
     if not rows:
-        return Counted(False)
+        return None
     row = rows[0]
+    if row.id is None:
+        return Counted(False)
     after = LikeResult(None if row.deleted else Engagement(
         row.id, row.created_at, row.like_count, row.comment_count, row.view_count,
         row.is_featured))

@@ -596,8 +596,10 @@ def _work(client, path: str, headers: dict) -> tuple[dict, int, int, float]:
 
 def test_a_filter_that_matches_nothing_is_answered_by_an_index(app, client):
     """100,000 posts and a filter no post matches (a tag, an asset type, or a tag among
-    others): every feed answers an empty last page after one index probe: one SQL
-    statement, no Redis call, no post read (the walk used to read the whole table
+    others): every feed answers an empty last page after one index probe (one SQL
+    statement, then its result cached: one Redis round trip to read it and one to write
+    it), and from the cached probe after that (no SQL, one round trip); no post read
+    (the walk used to read the whole table
     looking for ``limit + 1`` matches: 765 ms at 50k posts, 11 s at 200k, in the probe
     that found it; then 300-700 ms a page under a scan budget)."""
     state = app.extensions["hc"]
@@ -612,11 +614,12 @@ def test_a_filter_that_matches_nothing_is_answered_by_an_index(app, client):
         for feed, headers in (("recent", {}), ("trending", {}), ("recent", follower),
                               ("trending", follower), ("following", follower)):
             path = f"/community/feed?feed_type={feed}&{filters}"
-            for _ in range(2):  # cold and warm alike
+            for warm in (False, True):  # cold (the filter's first page) or warm
                 body, sql, redis, ms = _work(client, path, headers)
                 assert body == {"posts": [], "total_count": 0, "has_more": False,
                                 "next_cursor": None}, (path, body)
-                assert (sql, redis) == (1, 0), (path, sql, redis)
+                assert (sql, redis) in ({(0, 1)} if warm else {(1, 2), (0, 1)}), (
+                    path, sql, redis)
                 times.setdefault(feed, []).append(ms)
     print("\n[hostile] filter matching nothing, 100k posts, median / slowest page (ms): "
           + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.0f} / {max(v):.0f}"
@@ -658,10 +661,10 @@ def test_filtered_walks_read_an_index_not_the_posts(app, client):
                 assert len(body["posts"]) == 10 and body["total_count"] == 10, body
                 assert not body["has_more"] and body["next_cursor"] is None
                 # Cold: + the count and the viewer's collectives and blocked authors
-                # (filled once, with their versions). Warm: the probe and the keys (the
-                # posts are cached entities). Not a chunk per thousand posts, whatever the
-                # table's size.
-                assert cold <= 8 and sql == 2, (feed, filters, cold, sql)
+                # (filled once, with their versions). Warm: the keys (the probe is
+                # cached, the posts are cached entities). Not a chunk per thousand posts,
+                # whatever the table's size.
+                assert cold <= 8 and sql == 1, (feed, filters, cold, sql)
                 statement, params = next(c for c in captured if " AS us" in c[0])
                 with state.db.engine.connect() as conn:
                     plan = "\n".join(r[0] for r in conn.exec_driver_sql(
