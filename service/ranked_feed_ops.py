@@ -6,8 +6,8 @@ A ranking: the viewer's inputs (fellows, collectives, interaction counts, prefer
 cached per calc version, ``cache.ranked_feed``; on a miss all four come from one
 statement, ``storage.ranked_feed.load_inputs``), one lean query for the bounded candidate
 set (``storage.ranked_feed.load_candidates``: only the score's columns, the viewed flag
-included, in binary format, one round trip), then numpy scoring
-(``service.ranked_feed_score``). A page's ranking and its post rows share one session
+included, packed in one bytea that numpy reads as it is, one round trip), then numpy
+scoring (``service.ranked_feed_score``). A page's ranking and its post rows share one session
 (one pool checkout). The first ``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores,
 components: 32 bytes each); a walk past them ranks again at the cached ranking's clock,
 less the entries already shown.
@@ -125,14 +125,14 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
         by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
         preferred_types=frozenset(prefs["preferred_post_types"]),
     )
-    rows = store.load_candidates(
+    records = store.load_candidates(
         session, viewer=user_id, fellows=inputs["fellows"], collectives=inputs["colls"],
         blocked=prefs["blocked_users"], muted=prefs["muted_collectives"],
         type_values=scoring.post_type_values(viewer),
         k_recent=settings.ranked_candidates_recent,
         k_social=settings.ranked_candidates_social, is_admin=is_admin,
     )
-    candidates = scoring.Candidates.from_rows(rows)
+    candidates = scoring.Candidates.from_records(records)
     if exclude is not None and len(exclude):
         candidates = candidates.without(exclude)
     ranked = scoring.rank(candidates, viewer, weights or settings.ranking_weights, clock)
