@@ -215,7 +215,7 @@ _CANDIDATES = (
     "|| boolsend(r.viewed) || float8send(r.post_type), ''::bytea), ''::bytea) "
     f"FROM ({_CANDIDATE_ROWS}) r"
 )
-# One candidate as ``_CANDIDATES`` packs it (53 bytes).
+# One candidate as ``_CANDIDATES`` packs it (49 bytes).
 CANDIDATE_ROW = np.dtype([("id", ">i8"), ("author_id", ">i8"), ("collective_id", ">i8"),
                           ("created_us", ">i8"), ("engagement", ">f8"), ("viewed", "?"),
                           ("post_type", ">f8")])

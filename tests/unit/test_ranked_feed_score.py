@@ -67,7 +67,7 @@ def test_packed_candidates_read_as_the_rows_they_pack():
     rows = [row(7, 2, 5, 3.0, 4.5, True, 20.0), row(9, 3, 0, 1.5, 50.0, False, 10.0),
             row(7, 2, 5, 3.0, 4.5, True, 20.0)]
     packed = np.array(rows, dtype=CANDIDATE_ROW).tobytes()
-    assert len(packed) == 53 * len(rows)
+    assert len(packed) == 49 * len(rows)
     got = scoring.Candidates.from_records(np.frombuffer(packed, dtype=CANDIDATE_ROW))
     want = scoring.Candidates.from_rows(rows)
     for name in ("ids", "author_ids", "collective_ids", "created_us", "engagement", "viewed",
