@@ -6,16 +6,20 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
   ``rf:stats:<v>`` (10 min): the viewer's fellows, joined collectives, feed preferences
   (preferred types, blocked authors, muted collectives) and interaction counts (per
   author, per post type), JSON strings;
-- **ranking** ``rf:rank:packed:<v>:<c>`` (5 min): one string, a 16-byte header (the
-  ranking's size, the entries kept, the clock it was ranked at) then the first entries
-  best first, 32 bytes each (``RECORD``: id, score and the six components, exactly); a
-  page is one ``GETRANGE`` of the header and one of its slice (one round trip). Only the
-  first ``keep`` entries (``RANKED_CACHE_ENTRIES``, 200: 6.4 KB) are kept; a page past
-  them ranks again at the kept clock, less the kept entries, and keeps the ranking
-  extended (the kept entries unchanged, so a walk never shows a post twice). ``<c>`` is
-  the ranking controls' version (below). Candidates are the posts the viewer may see
-  (public or in their collectives); a caller with the admin role sees every collective,
-  so their ranking is kept apart, ``rf:rank:packed:<v>:<c>:a``.
+- **ranking** ``rf:rank:v2`` (5 min): one string, a 32-byte header (the ranking's size,
+  the entries kept, the clock it was ranked at, and the calc version ``<v>`` and controls'
+  version ``<c>`` it was ranked under) then the first entries best first, 32 bytes each
+  (``RECORD``: id, score and the six components, exactly). A page is read in the same
+  round trip as the versions: one pipeline of the version copy, the controls, a
+  ``GETRANGE`` of the header and one of the page's slice, served only if the header's
+  ``<v>`` and ``<c>`` are the ones just read (so a cached page costs that round trip and
+  the posts' one). One key per viewer, not one per version: a new ranking overwrites it
+  and nothing of an older version lingers until its TTL. Only the first ``keep`` entries
+  (``RANKED_CACHE_ENTRIES``, 200: 6.4 KB) are kept; a page past them ranks again at the
+  kept clock, less the kept entries, and keeps the ranking extended (the kept entries
+  unchanged, so a walk never shows a post twice). Candidates are the posts the viewer may
+  see (public or in their collectives); a caller with the admin role sees every
+  collective, so their ranking is kept apart, ``rf:rank:v2:a``.
 
 And one key shared by every viewer, under its own tag: **controls** ``{rank}:config``, the
 admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
@@ -23,15 +27,16 @@ admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
 ``cache_versions`` row bumped in the same transaction as the change (whose outbox op
 deletes this key). A page read fetches it in the same pipeline as the viewer's calc
 version (one round trip, no SQL when warm); a missing copy is filled from Postgres, single
-flight. A new ``<c>`` keys new rankings, so no page computed under older weights is read
-again, in any process, from the next page on.
+flight. A ranking whose header holds another ``<c>`` is not served, so no page computed
+under older weights is read again, in any process, from the next page on.
 
 ``<v>`` is the scope ``Scope(u:<id>, "calc")``'s version, whose truth is a Postgres row
 (``cache_versions``): every write that changes one of the viewer's inputs (heart, praise,
 trophy, fellow either side, collective join/leave, preferences) calls ``touch`` in its
 unit of work, which bumps the row in the same transaction; after commit the Redis copy
-moves to the new version, so the next read looks up keys nobody has written yet and
-recomputes. Old keys are never read again and expire by TTL. If Redis loses the copy it
+moves to the new version, so the next read looks up input keys nobody has written yet,
+finds a ranking header of the older version, and recomputes. Old input keys are never
+read again and expire by TTL. If Redis loses the copy it
 is reloaded from Postgres (``Filler.version``), never restarted, so a restarted Redis
 cannot serve a page of an older version.
 
@@ -48,15 +53,16 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
 from cache import stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
-from cache.fill import Filler, LeaseHeld, read_through
+from cache.fill import Filler, LeaseHeld
 from cache.keys import Keyspace, Scope, user_tag
+from cache.lease import wait_for
 
 PATH = "ranked_feed"
 INPUTS_PATH = "ranked_feed_inputs"
@@ -71,14 +77,13 @@ CONFIG_TAG = "rank"
 CONFIG_PATH = "ranking_config"
 
 
-RANK_FORMAT = "packed"  # in the key: a deploy never reads another format's ranking
+RANK_FORMAT = "v2"  # in the key: a deploy never reads another format's ranking
 
 
-def rank_key(
-    keys: Keyspace, user_id: int, version: int, config_version: int, admin: bool = False
-) -> str:
-    parts: tuple[object, ...] = (version, config_version, "a") if admin else (
-        version, config_version)
+def rank_key(keys: Keyspace, user_id: int, admin: bool = False) -> str:
+    """The viewer's one ranking key: the versions it was computed under are in its header
+    (a new version overwrites it, nothing of an older one lingers until its TTL)."""
+    parts: tuple[object, ...] = ("a",) if admin else ()
     return keys.key(user_tag(user_id), "rf", "rank", RANK_FORMAT, *parts)
 
 
@@ -128,9 +133,19 @@ def touch(uow: Any, user_id: int) -> None:
 
 # --- the ranking: one string per viewer, ids, scores and components of its first pages ---
 
-# Header: the ranking's size (candidates), the entries kept, and its clock (µs since the
-# epoch) so that an extension ranks with the same recency.
-HEADER = struct.Struct("<IIq")
+# Header: the ranking's size (candidates), the entries kept, its clock (µs since the
+# epoch) so that an extension ranks with the same recency, and the viewer's calc version
+# and the controls' version it was ranked under (a reader serves it only when both are
+# the current ones).
+HEADER = struct.Struct("<IIqqq")
+
+
+class Head(NamedTuple):
+    count: int
+    kept: int
+    clock_us: int
+    version: int
+    config_version: int
 # One entry: 32 bytes. Components are kept exactly: recency as a float64; social,
 # collective and viewed as flags; interaction (0..40), engagement × 2 (half points) and
 # post_type / 10 as integers (each component is exactly such a value).
@@ -198,24 +213,50 @@ class _Cached:
     records: np.ndarray  # the requested slice (RECORD)
 
 
-def encode(ranking: Ranking, keep: int) -> bytes:
+@dataclass(frozen=True)
+class FirstRead:
+    """What a page's first round trip read: the viewer's calc version (None when the cache
+    is unusable), the controls, and the requested slice of the cached ranking when it was
+    ranked under both (None: a miss)."""
+
+    version: int | None
+    controls: Controls
+    cached: _Cached | None
+
+
+def _slice(raw_head: bytes | None, raw: bytes | None, version: int,
+           config_version: int) -> _Cached | None:
+    head = decode_header(raw_head or b"")
+    if (head is None or raw is None or len(raw) % RECORD.itemsize
+            or head.version != version or head.config_version != config_version):
+        return None
+    return _Cached(head.count, head.kept, head.clock_us, np.frombuffer(raw, dtype=RECORD))
+
+
+def encode(ranking: Ranking, keep: int, version: int, config_version: int) -> bytes:
     kept = ranking.records[:keep]
-    return HEADER.pack(len(ranking.records), len(kept), ranking.clock_us) + kept.tobytes()
+    return HEADER.pack(len(ranking.records), len(kept), ranking.clock_us, version,
+                       config_version) + kept.tobytes()
 
 
-def decode_header(raw: bytes) -> tuple[int, int, int] | None:
-    """(count, kept, clock) of a cached ranking, None for a missing or malformed one."""
+def decode_header(raw: bytes) -> Head | None:
+    """The header of a cached ranking, None for a missing or malformed one."""
     if len(raw) < HEADER.size:
         return None
-    return HEADER.unpack_from(raw)
+    return Head(*HEADER.unpack_from(raw))
 
 
-def decode(raw: bytes) -> tuple[tuple[int, int, int], np.ndarray] | None:
+def decode(raw: bytes) -> tuple[Head, np.ndarray] | None:
     """The header and every kept entry of a whole cached ranking (None if malformed)."""
     head = decode_header(raw)
     if head is None or len(raw) != HEADER.size + head[1] * RECORD.itemsize:
         return None
     return head, np.frombuffer(raw, dtype=RECORD, offset=HEADER.size)
+
+
+def _bounds(start: int, stop: int) -> tuple[int, int]:
+    """The byte range of entries ``[start, stop)`` in a cached ranking."""
+    return HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
 
 
 def _page(ranking: Ranking, start: int, stop: int) -> RankedPage:
@@ -258,28 +299,33 @@ class RankedFeedCache:
         self.input_ttls = input_ttls
         self.keep = keep
 
-    def versions(self, user_id: int, load_controls: Callable[[], Controls],
-                 load_version: Callable[[], int] | None = None,
-                 ) -> tuple[int | None, Controls]:
-        """The viewer's calc version (None when the cache is unusable) and the ranking
-        controls, in one round trip when both copies are in Redis. A missing copy is
-        loaded from Postgres (``load_controls()`` for the controls, refilled single-flight;
-        ``load_version()`` for the calc version's row, default the filler's loader).
-        Never raises for Redis trouble."""
+    def first_read(self, user_id: int, start: int, stop: int, admin: bool,
+                   load_controls: Callable[[], Controls],
+                   load_version: Callable[[], int] | None = None) -> FirstRead:
+        """One round trip: the viewer's calc version, the ranking controls, and the header
+        and entries ``[start, stop)`` of the viewer's cached ranking (one pipeline: the
+        controls' slot and the viewer's; on a cluster one pipeline per node). A missing
+        copy of the controls or of the version is loaded from Postgres (``load_controls()``,
+        refilled single-flight; ``load_version()`` for the calc version's row, default the
+        filler's loader). Never raises for Redis trouble."""
         vkey = self.cache.keys.version(scope(user_id))
         ckey = config_key(self.cache.keys)
+        key = rank_key(self.cache.keys, user_id, admin)
+        lo, hi = _bounds(start, stop)
 
         def read(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             pipe.get(vkey)
             pipe.get(ckey)
+            pipe.getrange(key, 0, HEADER.size - 1)
+            pipe.getrange(key, lo, hi - 1)
             return pipe.execute()
 
         try:
-            raw_version, raw_controls = self.cache.run(PATH, read)
+            raw_version, raw_controls, raw_head, raw = self.cache.run(PATH, read)
         except CacheUnavailable:
             stats.count(CONFIG_PATH, "fallback")
-            return None, load_controls()
+            return FirstRead(None, load_controls(), None)
         if raw_controls is not None:
             stats.count(CONFIG_PATH, "hit")
             controls = Controls.decode(raw_controls)
@@ -287,11 +333,13 @@ class RankedFeedCache:
             stats.count(CONFIG_PATH, "miss")
             controls = self._fill_controls(load_controls)
         if raw_version is not None:
-            return int(raw_version), controls
-        try:
-            return self.filler.reload_version(PATH, scope(user_id), load_version), controls
-        except CacheUnavailable:
-            return None, controls
+            version = int(raw_version)
+        else:
+            try:
+                version = self.filler.reload_version(PATH, scope(user_id), load_version)
+            except CacheUnavailable:
+                return FirstRead(None, controls, None)
+        return FirstRead(version, controls, _slice(raw_head, raw, version, controls.version))
 
     def _fill_controls(self, load_controls: Callable[[], Controls]) -> Controls:
         key = config_key(self.cache.keys)
@@ -307,8 +355,7 @@ class RankedFeedCache:
     def page(
         self,
         user_id: int,
-        version: int | None,
-        config_version: int,
+        first: FirstRead,
         start: int,
         stop: int,
         compute: Compute,
@@ -318,8 +365,8 @@ class RankedFeedCache:
     ) -> RankedPage:
         """Entries ``[start, stop)`` of the viewer's ranking and its size.
 
-        ``version`` and ``config_version`` are the viewer's calc version and the controls'
-        version as ``versions`` read them (``version`` None: the cache is unusable).
+        ``first`` is what ``first_read`` read (its ``version`` None: the cache is
+        unusable; its ``cached``: the slice when the cached ranking is current).
         ``compute(version, clock_us, exclude, inputs)`` ranks from Postgres at
         ``clock_us``, less the posts ``exclude`` (``version`` None when the cache is
         unusable: inputs then come from Postgres too); ``inputs``, when not None, holds
@@ -331,21 +378,20 @@ class RankedFeedCache:
         (``invalidate_cache=true``); ``admin`` picks the admin-role ranking (every
         collective's posts). Never raises for Redis trouble.
         """
+        version = first.version
         if version is None:
             stats.count(PATH, "fallback")
             return _page(compute(None, clock_us, None, None), start, stop)
-        key = rank_key(self.cache.keys, user_id, version, config_version, admin)
-        lo, hi = HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
+        config_version = first.controls.version
+        key = rank_key(self.cache.keys, user_id, admin)
+        lo, hi = _bounds(start, stop)
 
-        def read(r: Any) -> _Cached:
+        def read(r: Any) -> Any:
             pipe = r.pipeline(transaction=False)
             pipe.getrange(key, 0, HEADER.size - 1)
             pipe.getrange(key, lo, hi - 1)
-            raw_head, raw = pipe.execute()
-            head = decode_header(raw_head)
-            if head is None or len(raw) % RECORD.itemsize:
-                return NO_VALUE
-            return _Cached(*head, np.frombuffer(raw, dtype=RECORD))
+            got = _slice(*pipe.execute(), version, config_version)
+            return NO_VALUE if got is None else got
 
         names = self.input_keys(user_id, version)
         pending: list[InputsRead] = []
@@ -355,7 +401,8 @@ class RankedFeedCache:
             return compute(version, clock_us, None, pending[-1])
 
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
-            pipe.set(temps[key], encode(ranking, max(self.keep, stop)))
+            pipe.set(temps[key], encode(ranking, max(self.keep, stop), version,
+                                        config_version))
             stage_inputs(pipe, pending[-1].writes)
 
         def queue_gets(pipe: Any, names: list[str]) -> None:
@@ -370,25 +417,36 @@ class RankedFeedCache:
                            ranking.records[start:stop])
 
         def fallback() -> _Cached:
+            stats.count(PATH, "fallback")
             ranking = compute(None, clock_us, None, None)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
                            ranking.records[start:stop])
 
-        if force:
+        if first.cached is not None and not force:
+            stats.count(PATH, "hit")
+            got = first.cached
+        else:
             stats.count(PATH, "miss")
             try:
                 got = fill()
-            except (LeaseHeld, CacheUnavailable):
-                stats.count(PATH, "fallback")
+            except LeaseHeld:
+                # Another process fills it: wait for its fill (not a forced page: that
+                # one is computed now), else answer from Postgres without writing.
+                waited = NO_VALUE
+                if not force:
+                    with contextlib.suppress(CacheUnavailable):
+                        waited = wait_for(lambda: self.cache.run(PATH, read),
+                                          self.cache.lease_wait_ms)
+                got = fallback() if waited is NO_VALUE else waited
+            except CacheUnavailable:
                 got = fallback()
-        else:
-            got = read_through(self.cache, PATH, read, fill, fallback)
         if stop > got.kept and got.kept < got.count:  # past the kept entries: extend
-            return self._extend(user_id, version, key, start, stop, compute, clock_us)
+            return self._extend(user_id, version, config_version, key, start, stop,
+                                compute, clock_us)
         return RankedPage(got.count, entries(got.records))
 
-    def _extend(self, user_id: int, version: int, key: str, start: int, stop: int,
-                compute: Compute, clock_us: int) -> RankedPage:
+    def _extend(self, user_id: int, version: int, config_version: int, key: str,
+                start: int, stop: int, compute: Compute, clock_us: int) -> RankedPage:
         """Rank again at the cached ranking's clock, less the entries kept, and keep the
         ranking extended (the kept entries first, unchanged, so no walk sees a post twice);
         answered without writing when another process holds the lease or Redis fails."""
@@ -397,9 +455,12 @@ class RankedFeedCache:
             whole = decode(self.cache.run(PATH, lambda r: r.get(key)) or b"")
         except CacheUnavailable:
             whole = None
-        if whole is None:  # gone or unreadable meanwhile: a fresh ranking, not kept
+        if whole is None or whole[0].version != version or (
+                whole[0].config_version != config_version):
+            # gone, unreadable or replaced meanwhile: a fresh ranking, not kept
             return _page(compute(None, clock_us, None, None), start, stop)
-        (_, kept, clock), prefix = whole
+        head, prefix = whole
+        clock = head.clock_us
         merged: list[Ranking] = []
 
         def load() -> Ranking:
@@ -408,7 +469,8 @@ class RankedFeedCache:
             return merged[0]
 
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
-            pipe.set(temps[key], encode(ranking, max(stop, 2 * kept)))
+            pipe.set(temps[key], encode(ranking, max(stop, 2 * head.kept), version,
+                                        config_version))
 
         try:
             ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
@@ -508,16 +570,14 @@ def check(cache: Cache, user_id: int, truth: Callable[[], dict[str, Any]],
         pipe.get(ckey)
         return pipe.execute()
 
-    raw_version, raw_controls = cache.run(PATH, heads)
+    raw_version, _ = cache.run(PATH, heads)
     if raw_version is None:
         return []
     version = int(raw_version)
     names = [input_key(keys, user_id, n, version) for n in INPUT_NAMES]
-    reads = list(names)
-    if raw_controls is not None:  # without the controls no current ranking is readable
-        config_version = Controls.decode(raw_controls).version
-        reads += [rank_key(keys, user_id, version, config_version, admin)
-                  for admin in (False, True)]
+    # Both rankings, whatever versions they were ranked under (an older one is never
+    # served): only their shape is checked.
+    reads = names + [rank_key(keys, user_id, admin) for admin in (False, True)]
     def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
         for key in reads:
@@ -539,6 +599,6 @@ def check(cache: Cache, user_id: int, truth: Callable[[], dict[str, Any]],
     for key, raw in zip(reads[len(names):], cached[len(names):], strict=True):
         if raw is not None:
             whole = decode(raw)
-            if whole is None or whole[0][1] > whole[0][0]:
+            if whole is None or whole[0].kept > whole[0].count:
                 out.append((key, f"{len(raw)} bytes", "a header and whole entries"))
     return out

@@ -146,14 +146,15 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                 session: Any = None) -> tuple[Controls, RankedPage | None]:
     """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
     them (None when the admin switched ranking off); an admin's ranking (every collective)
-    is kept apart. Warm: one round trip for the versions, one for the page. A ranking (and
+    is kept apart. Warm: one round trip reads the versions and the page. A ranking (and
     a calc version whose Redis copy is missing) is read on ``session`` when given (one
     connection for the whole request)."""
     cache = cache_of(app_state)
     row = feed_cache.scope(user_id).row_name
-    version, controls = cache.versions(
-        user_id, lambda: load_controls(app_state),
+    first = cache.first_read(
+        user_id, start, stop, is_admin, lambda: load_controls(app_state),
         None if session is None else lambda: rebuild_store.versions(session, [row])[row])
+    controls = first.controls
     if not controls.enabled:
         return controls, None
     weights = weights_of(app_state, controls)
@@ -164,7 +165,7 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                                session, cached_inputs)
 
     return controls, cache.page(
-        user_id, version, controls.version, start, stop, compute,
+        user_id, first, start, stop, compute,
         feed_cache.now_us(clock or now()), force=force, admin=is_admin,
     )
 

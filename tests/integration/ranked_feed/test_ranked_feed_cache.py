@@ -253,10 +253,10 @@ def test_inputs_are_cached_across_page_expiry(client, auth, state, monkeypatch):
     first = page(client, auth(viewer))
     version = state.filler.version(rf.PATH, rf.scope(viewer))
     keys = state.cache.keys
-    assert 0 < state.cache.redis.ttl(rf.rank_key(keys, viewer, version, 0)) <= 300
+    assert 0 < state.cache.redis.ttl(rf.rank_key(keys, viewer)) <= 300
     assert 0 < state.cache.redis.ttl(rf.input_key(keys, viewer, "fellows", version)) <= 300
     assert 300 < state.cache.redis.ttl(rf.input_key(keys, viewer, "stats", version)) <= 600
-    state.cache.redis.delete(rf.rank_key(keys, viewer, version, 0))  # the page expires
+    state.cache.redis.delete(rf.rank_key(keys, viewer))  # the page expires
     hits = counter("hit", rf.INPUTS_PATH)
     assert page(client, auth(viewer)) == first
     assert counter("hit", rf.INPUTS_PATH) == hits + len(rf.INPUT_NAMES)
