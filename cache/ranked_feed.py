@@ -58,11 +58,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from cache import posts as cache_posts
 from cache import stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.entities import Entity, queue_read
 from cache.fill import Filler, LeaseHeld
 from cache.keys import Keyspace, Scope, user_tag
-from cache.lease import wait_for
+from cache.lease import Lease, wait_for
+from cache.versioned import PUBLISH, publish_keys
 
 PATH = "ranked_feed"
 INPUTS_PATH = "ranked_feed_inputs"
@@ -203,6 +206,9 @@ class Ranking:
 class RankedPage:
     count: int  # entries in the whole ranking
     entries: list[Entry]  # the requested slice
+    # The slice's post entities as read in a fill's publish round trip (their HGETALL
+    # answers, in ``entries`` order, for ``EntityStore.complete``), or None: not read yet.
+    posts: tuple[list[Entity], list[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,7 @@ class _Cached:
     kept: int
     clock_us: int
     records: np.ndarray  # the requested slice (RECORD)
+    posts: tuple[list[Entity], list[Any]] | None = None  # RankedPage.posts
 
 
 @dataclass(frozen=True)
@@ -410,11 +417,10 @@ class RankedFeedCache:
                 pipe.get(name)
 
         def fill() -> _Cached:
-            ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
-                                       ttl=self.page_ttl,
-                                       preread=lambda pipe: queue_gets(pipe, names))
+            ranking, posts = self._fill(user_id, key, load, stage,
+                                        lambda pipe: queue_gets(pipe, names), start, stop)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
-                           ranking.records[start:stop])
+                           ranking.records[start:stop], posts)
 
         def fallback() -> _Cached:
             stats.count(PATH, "fallback")
@@ -443,7 +449,54 @@ class RankedFeedCache:
         if stop > got.kept and got.kept < got.count:  # past the kept entries: extend
             return self._extend(user_id, version, config_version, key, start, stop,
                                 compute, clock_us)
-        return RankedPage(got.count, entries(got.records))
+        return RankedPage(got.count, entries(got.records), got.posts)
+
+    def _fill(self, user_id: int, key: str, load: Callable[[list[Any]], Ranking],
+              stage: Callable[[Any, dict[str, str], Ranking], None],
+              preread: Callable[[Any], None], start: int, stop: int,
+              ) -> tuple[Ranking, tuple[list[Entity], list[Any]]]:
+        """``Filler.fill`` of the ranking (the lease, the version copy and ``preread``'s
+        keys in one round trip; ``load(their replies)``; publish if the version did not
+        move) whose publish round trip also reads the post entities of the page
+        ``[start, stop)`` of what was loaded: ``(ranking, (entities, their HGETALL
+        answers))``. On a cluster each round trip is one pipeline per node. Raises
+        ``LeaseHeld`` and ``CacheUnavailable`` as ``Filler.fill``."""
+        cache = self.cache
+        lease = Lease(cache.keys.lease(key), cache.lease_ttl_ms)
+        vkey = cache.keys.version(scope(user_id))
+
+        def take_lease(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            lease.queue_take(pipe)
+            pipe.get(vkey)  # read before the load (see versioned.py)
+            preread(pipe)
+            return pipe.execute()
+
+        got, raw_version, *extra = cache.run(PATH, take_lease)
+        if not got:
+            raise LeaseHeld(key)
+        version = (int(raw_version) if raw_version is not None
+                   else self.filler.version(PATH, scope(user_id)))
+        ranking = load(extra)
+        temps = {key: cache.keys.temp(key, lease.token)}
+        wanted = [cache_posts.entity(cache.keys, int(i))
+                  for i in ranking.records[start:stop]["id"]]
+
+        def publish(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.delete(temps[key])
+            stage(pipe, temps, ranking)
+            PUBLISH(keys=publish_keys(cache.keys, scope(user_id), lease.key,
+                                      list(temps.items())),
+                    args=[version, cache.idle_ttl, lease.token, self.page_ttl], client=pipe)
+            queue_read(pipe, wanted)
+            return pipe.execute()
+
+        replies = cache.run(PATH, publish)
+        found = replies[len(replies) - len(wanted):]
+        if not replies[len(replies) - len(wanted) - 1]:
+            stats.STALE_FILLS.labels(PATH).inc()
+        return ranking, (wanted, found)
 
     def _extend(self, user_id: int, version: int, config_version: int, key: str,
                 start: int, stop: int, compute: Compute, clock_us: int) -> RankedPage:

@@ -34,12 +34,13 @@ import numpy as np
 from cache import community_feed as cf
 from cache import posts as cache_posts
 from cache import ranked_feed as feed_cache
-from cache.entities import encode
+from cache.entities import EntityStore, encode
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
 from service import community_feed_ops
 from service import ranked_feed_score as scoring
 from service.bootstrap import AppState
 from service.errors import ApiError, NotFound
+from storage import posts as posts_store
 from storage import ranked_feed as store
 from storage import rebuild as rebuild_store
 from storage.posts import PostRow
@@ -206,6 +207,25 @@ def _log_decision(app_state: AppState, user_id: int, page: int, page_size: int,
     }))
 
 
+def _load_posts(app_state: AppState, ids: list[int]) -> dict[int, dict[str, bytes]]:
+    """The live posts among ``ids`` rendered as their entities (``cache.posts.render``)."""
+    with app_state.db.session() as session:
+        return {i: cache_posts.render(row)
+                for i, row in posts_store.post_entities(session, ids).items()}
+
+
+def _page_posts(app_state: AppState, ranked: RankedPage) -> dict[int, cache_posts.CachedPost]:
+    """The page's live posts: from the entities a fill read in its publish round trip
+    (those missing filled in one batch), else ``cache.posts.page_posts`` (one round
+    trip)."""
+    if ranked.posts is None:
+        return cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)[0]
+    wanted, replies = ranked.posts
+    found = EntityStore(app_state.filler, cache_posts.PATH).complete(
+        wanted, replies, lambda ids: _load_posts(app_state, ids))
+    return {i: cache_posts.CachedPost.of(i, fields) for i, fields in found.items()}
+
+
 def personalized_page(app_state: AppState, user_id: int, page: int, page_size: int,
                       force: bool = False, is_admin: bool = False,
                       clock: datetime | None = None) -> FeedPage:
@@ -224,7 +244,7 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
                                        session=session)
     if ranked is None:
         return chronological_page(app_state, user_id, page, page_size, is_admin)
-    found, _ = cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)
+    found = _page_posts(app_state, ranked)
     shown = [(found[e.id], e) for e in ranked.entries if e.id in found]
     sample = app_state.settings.ranking_log_sample
     if sample > 0 and random.random() < sample:  # noqa: S311 - sampling, not security

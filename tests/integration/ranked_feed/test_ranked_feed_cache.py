@@ -198,7 +198,7 @@ def test_invalidate_cache_forces_a_fresh_page(client, auth, state, monkeypatch):
 
 def test_forced_page_costs(client, auth, state, monkeypatch):
     """``invalidate_cache=true``: the versions, the lease with the viewer's cached inputs,
-    the publish, the page's post entities (4 Redis round trips); the candidates (one
+    the publish with the page's post entities (3 Redis round trips); the candidates (one
     pipeline of the ranking's settings and the query), no SQL for the page's posts."""
     from tests.support.metrics import Costs
 
@@ -208,7 +208,7 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     costs = Costs(monkeypatch)
     fresh, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
     assert [pid for pid, _ in fresh] == expected_first_page(state, viewer)
-    assert trips == 4
+    assert trips == 3
     assert sql == len(store._RANKING_SETTINGS) + 1
     # Inputs expired: loaded in the same session (one statement more), written in the
     # publish's round trip, and read from the cache by the next forced page.
@@ -216,7 +216,7 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     state.cache.redis.delete(*[rf.input_key(state.cache.keys, viewer, name, version)
                                for name in rf.INPUT_NAMES])
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
-    assert again == fresh and trips == 4
+    assert again == fresh and trips == 3
     assert sql == len(store._RANKING_SETTINGS) + 1 + 1
     hits = counter("hit", rf.INPUTS_PATH)
     assert page(client, auth(viewer), invalidate_cache="true") == fresh
@@ -224,7 +224,7 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     # The version copy lost: its row read on the page's session, the copy set back.
     state.cache.redis.delete(state.cache.keys.version(rf.scope(viewer)))
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
-    assert again == fresh and trips == 5
+    assert again == fresh and trips == 4
     assert sql == len(store._RANKING_SETTINGS) + 1 + 1
     assert state.filler.version(rf.PATH, rf.scope(viewer)) == version
 
