@@ -147,16 +147,20 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                 session: Any = None) -> tuple[Controls, RankedPage | None]:
     """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
     them (None when the admin switched ranking off); an admin's ranking (every collective)
-    is kept apart. Warm: one round trip reads the versions and the page. A ranking (and
+    is kept apart. Warm: one round trip reads the versions and the page; ``force``: the
+    versions, the fill's lease and the inputs, then the publish with the page's posts. A
+    ranking (and
     a calc version whose Redis copy is missing) is read on ``session`` when given (one
     connection for the whole request)."""
     cache = cache_of(app_state)
     row = feed_cache.scope(user_id).row_name
     first = cache.first_read(
         user_id, start, stop, is_admin, lambda: load_controls(app_state),
-        None if session is None else lambda: rebuild_store.versions(session, [row])[row])
+        None if session is None else lambda: rebuild_store.versions(session, [row])[row],
+        force=force)
     controls = first.controls
     if not controls.enabled:
+        cache.release(first)
         return controls, None
     weights = weights_of(app_state, controls)
 
