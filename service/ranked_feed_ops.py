@@ -235,8 +235,9 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
                       clock: datetime | None = None) -> FeedPage:
     """The viewer's personalized page ``page`` (chronological when ranking is off).
 
-    The posts are their cached entities (``cache.posts``: one pipeline, a batched fill of
-    the missing ones; Redis down: one statement): posts deleted since the ranking was
+    The posts are their cached entities (``cache.posts``: read in the ranking fill's
+    publish round trip, else one pipeline; a batched fill of the missing ones; Redis down:
+    one statement): posts deleted since the ranking was
     cached are left out (a delete drops the entity, a fill finds no live row). Blocks,
     mutes, joins and leaves move the viewer's calc version in their transaction, so a
     ranking cached before them is not read again once their change is applied (right
