@@ -2,20 +2,27 @@
 
 Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc version:
 
-- **inputs** ``rf:fellows:<v>``, ``rf:colls:<v>``, ``rf:prefs:<v>`` (5 min),
-  ``rf:stats:<v>`` (10 min): the viewer's fellows, joined collectives, feed preferences
-  (preferred types, blocked authors, muted collectives) and interaction counts (per
-  author, per post type), JSON strings;
-- **ranking** ``rf:rank:packed:<v>:<c>`` (5 min): one string, a 16-byte header (the
-  ranking's size, the entries kept, the clock it was ranked at) then the first entries
-  best first, 32 bytes each (``RECORD``: id, score and the six components, exactly); a
-  page is one ``GETRANGE`` of the header and one of its slice (one round trip). Only the
-  first ``keep`` entries (``RANKED_CACHE_ENTRIES``, 200: 6.4 KB) are kept; a page past
-  them ranks again at the kept clock, less the kept entries, and keeps the ranking
-  extended (the kept entries unchanged, so a walk never shows a post twice). ``<c>`` is
-  the ranking controls' version (below). Candidates are the posts the viewer may see
-  (public or in their collectives); a caller with the admin role sees every collective,
-  so their ranking is kept apart, ``rf:rank:packed:<v>:<c>:a``.
+- **inputs** ``rf:inputs`` (10 min, the longest of the inputs' TTLs): one JSON object,
+  ``{"v": <v>, "fellows", "colls", "stats", "prefs"}``: the viewer's fellows, joined
+  collectives, interaction counts (per author, per post type) and feed preferences
+  (preferred types, blocked authors, muted collectives), loaded from Postgres under calc
+  version ``<v>`` and read only under that version. One key per viewer, not one per
+  version: a new version's inputs overwrite it, and a forced page reads it in its first
+  round trip (the key's name does not wait for the version);
+- **ranking** ``rf:rank:v2`` (5 min): one string, a 32-byte header (the ranking's size,
+  the entries kept, the clock it was ranked at, and the calc version ``<v>`` and controls'
+  version ``<c>`` it was ranked under) then the first entries best first, 32 bytes each
+  (``RECORD``: id, score and the six components, exactly). A page is read in the same
+  round trip as the versions: one pipeline of the version copy, the controls, a
+  ``GETRANGE`` of the header and one of the page's slice, served only if the header's
+  ``<v>`` and ``<c>`` are the ones just read (so a cached page costs that round trip and
+  the posts' one). One key per viewer, not one per version: a new ranking overwrites it
+  and nothing of an older version lingers until its TTL. Only the first ``keep`` entries
+  (``RANKED_CACHE_ENTRIES``, 200: 6.4 KB) are kept; a page past them ranks again at the
+  kept clock, less the kept entries, and keeps the ranking extended (the kept entries
+  unchanged, so a walk never shows a post twice). Candidates are the posts the viewer may
+  see (public or in their collectives); a caller with the admin role sees every
+  collective, so their ranking is kept apart, ``rf:rank:v2:a``.
 
 And one key shared by every viewer, under its own tag: **controls** ``{rank}:config``, the
 admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
@@ -23,15 +30,15 @@ admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
 ``cache_versions`` row bumped in the same transaction as the change (whose outbox op
 deletes this key). A page read fetches it in the same pipeline as the viewer's calc
 version (one round trip, no SQL when warm); a missing copy is filled from Postgres, single
-flight. A new ``<c>`` keys new rankings, so no page computed under older weights is read
-again, in any process, from the next page on.
+flight. A ranking whose header holds another ``<c>`` is not served, so no page computed
+under older weights is read again, in any process, from the next page on.
 
 ``<v>`` is the scope ``Scope(u:<id>, "calc")``'s version, whose truth is a Postgres row
 (``cache_versions``): every write that changes one of the viewer's inputs (heart, praise,
 trophy, fellow either side, collective join/leave, preferences) calls ``touch`` in its
 unit of work, which bumps the row in the same transaction; after commit the Redis copy
-moves to the new version, so the next read looks up keys nobody has written yet and
-recomputes. Old keys are never read again and expire by TTL. If Redis loses the copy it
+moves to the new version, so the next read finds inputs and a ranking header of the older
+version, and recomputes. If Redis loses the copy it
 is reloaded from Postgres (``Filler.version``), never restarted, so a restarted Redis
 cannot serve a page of an older version.
 
@@ -48,15 +55,19 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
+from cache import posts as cache_posts
 from cache import stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
-from cache.fill import Filler, LeaseHeld, read_through
+from cache.entities import Entity, queue_read
+from cache.fill import Filler, LeaseHeld
 from cache.keys import Keyspace, Scope, user_tag
+from cache.lease import Lease, wait_for
+from cache.versioned import PUBLISH, publish_keys
 
 PATH = "ranked_feed"
 INPUTS_PATH = "ranked_feed_inputs"
@@ -71,14 +82,13 @@ CONFIG_TAG = "rank"
 CONFIG_PATH = "ranking_config"
 
 
-RANK_FORMAT = "packed"  # in the key: a deploy never reads another format's ranking
+RANK_FORMAT = "v2"  # in the key: a deploy never reads another format's ranking
 
 
-def rank_key(
-    keys: Keyspace, user_id: int, version: int, config_version: int, admin: bool = False
-) -> str:
-    parts: tuple[object, ...] = (version, config_version, "a") if admin else (
-        version, config_version)
+def rank_key(keys: Keyspace, user_id: int, admin: bool = False) -> str:
+    """The viewer's one ranking key: the versions it was computed under are in its header
+    (a new version overwrites it, nothing of an older one lingers until its TTL)."""
+    parts: tuple[object, ...] = ("a",) if admin else ()
     return keys.key(user_tag(user_id), "rf", "rank", RANK_FORMAT, *parts)
 
 
@@ -115,10 +125,9 @@ class Controls:
                    {str(k): float(w) for k, w in data["weights"].items()})
 
 
-def input_key(keys: Keyspace, user_id: int, name: str, version: int) -> str:
-    if name not in INPUT_NAMES:
-        raise ValueError(f"unknown ranked feed input {name!r}")
-    return keys.key(user_tag(user_id), "rf", name, version)
+def inputs_key(keys: Keyspace, user_id: int) -> str:
+    """The viewer's one inputs key: JSON ``{"v": <calc version>, <name>: value, ...}``."""
+    return keys.key(user_tag(user_id), "rf", "inputs")
 
 
 def touch(uow: Any, user_id: int) -> None:
@@ -128,9 +137,19 @@ def touch(uow: Any, user_id: int) -> None:
 
 # --- the ranking: one string per viewer, ids, scores and components of its first pages ---
 
-# Header: the ranking's size (candidates), the entries kept, and its clock (µs since the
-# epoch) so that an extension ranks with the same recency.
-HEADER = struct.Struct("<IIq")
+# Header: the ranking's size (candidates), the entries kept, its clock (µs since the
+# epoch) so that an extension ranks with the same recency, and the viewer's calc version
+# and the controls' version it was ranked under (a reader serves it only when both are
+# the current ones).
+HEADER = struct.Struct("<IIqqq")
+
+
+class Head(NamedTuple):
+    count: int
+    kept: int
+    clock_us: int
+    version: int
+    config_version: int
 # One entry: 32 bytes. Components are kept exactly: recency as a float64; social,
 # collective and viewed as flags; interaction (0..40), engagement × 2 (half points) and
 # post_type / 10 as integers (each component is exactly such a value).
@@ -188,6 +207,9 @@ class Ranking:
 class RankedPage:
     count: int  # entries in the whole ranking
     entries: list[Entry]  # the requested slice
+    # The slice's post entities as read in a fill's publish round trip (their HGETALL
+    # answers, in ``entries`` order, for ``EntityStore.complete``), or None: not read yet.
+    posts: tuple[list[Entity], list[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,26 +218,56 @@ class _Cached:
     kept: int
     clock_us: int
     records: np.ndarray  # the requested slice (RECORD)
+    posts: tuple[list[Entity], list[Any]] | None = None  # RankedPage.posts
 
 
-def encode(ranking: Ranking, keep: int) -> bytes:
+@dataclass(frozen=True)
+class FirstRead:
+    """What a page's first round trip read: the viewer's calc version (None when the cache
+    is unusable), the controls, and the requested slice of the cached ranking when it was
+    ranked under both (None: a miss)."""
+
+    version: int | None
+    controls: Controls
+    cached: _Cached | None
+    # A forced page's fill lease, taken in that round trip: (the lease, the version copy
+    # and the inputs key as read beside it), or None (not forced, or another holds it).
+    taken: tuple[Lease, Any, list[Any]] | None = None
+
+
+def _slice(raw_head: bytes | None, raw: bytes | None, version: int,
+           config_version: int) -> _Cached | None:
+    head = decode_header(raw_head or b"")
+    if (head is None or raw is None or len(raw) % RECORD.itemsize
+            or head.version != version or head.config_version != config_version):
+        return None
+    return _Cached(head.count, head.kept, head.clock_us, np.frombuffer(raw, dtype=RECORD))
+
+
+def encode(ranking: Ranking, keep: int, version: int, config_version: int) -> bytes:
     kept = ranking.records[:keep]
-    return HEADER.pack(len(ranking.records), len(kept), ranking.clock_us) + kept.tobytes()
+    return HEADER.pack(len(ranking.records), len(kept), ranking.clock_us, version,
+                       config_version) + kept.tobytes()
 
 
-def decode_header(raw: bytes) -> tuple[int, int, int] | None:
-    """(count, kept, clock) of a cached ranking, None for a missing or malformed one."""
+def decode_header(raw: bytes) -> Head | None:
+    """The header of a cached ranking, None for a missing or malformed one."""
     if len(raw) < HEADER.size:
         return None
-    return HEADER.unpack_from(raw)
+    return Head(*HEADER.unpack_from(raw))
 
 
-def decode(raw: bytes) -> tuple[tuple[int, int, int], np.ndarray] | None:
+def decode(raw: bytes) -> tuple[Head, np.ndarray] | None:
     """The header and every kept entry of a whole cached ranking (None if malformed)."""
     head = decode_header(raw)
     if head is None or len(raw) != HEADER.size + head[1] * RECORD.itemsize:
         return None
     return head, np.frombuffer(raw, dtype=RECORD, offset=HEADER.size)
+
+
+def _bounds(start: int, stop: int) -> tuple[int, int]:
+    """The byte range of entries ``[start, stop)`` in a cached ranking."""
+    return HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
 
 
 def _page(ranking: Ranking, start: int, stop: int) -> RankedPage:
@@ -232,17 +284,19 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass
 class InputsRead:
-    """A fill's view of the viewer's cached inputs: ``raw``, their keys as read in the
-    lease's round trip (``input_keys`` order); ``writes``, the ones loaded from Postgres
-    meanwhile, ``(key, value, ttl)``, for the publish's round trip."""
+    """A fill's view of the viewer's cached inputs: ``raw``, their key as read in the
+    lease's round trip (or None); ``writes``, what was loaded from Postgres meanwhile,
+    ``(key, value, ttl)``, for the publish's round trip."""
 
-    raw: list[Any]
+    raw: Any
     writes: list[tuple[str, bytes, int]] = field(default_factory=list)
 
 
 def stage_inputs(pipe: Any, writes: list[tuple[str, bytes, int]]) -> None:
     for key, value, ttl in writes:
         pipe.set(key, value, ex=ttl)
+
+
 # compute(version, clock_us, exclude, the fill's InputsRead or None)
 Compute = Callable[[int | None, int, np.ndarray | None, "InputsRead | None"], Ranking]
 
@@ -258,28 +312,41 @@ class RankedFeedCache:
         self.input_ttls = input_ttls
         self.keep = keep
 
-    def versions(self, user_id: int, load_controls: Callable[[], Controls],
-                 load_version: Callable[[], int] | None = None,
-                 ) -> tuple[int | None, Controls]:
-        """The viewer's calc version (None when the cache is unusable) and the ranking
-        controls, in one round trip when both copies are in Redis. A missing copy is
-        loaded from Postgres (``load_controls()`` for the controls, refilled single-flight;
-        ``load_version()`` for the calc version's row, default the filler's loader).
-        Never raises for Redis trouble."""
+    def first_read(self, user_id: int, start: int, stop: int, admin: bool,
+                   load_controls: Callable[[], Controls],
+                   load_version: Callable[[], int] | None = None,
+                   force: bool = False) -> FirstRead:
+        """One round trip: the viewer's calc version, the ranking controls, and the header
+        and entries ``[start, stop)`` of the viewer's cached ranking (one pipeline: the
+        controls' slot and the viewer's; on a cluster one pipeline per node); ``force``
+        (a page that ranks now): the fill's lease and the viewer's inputs instead of the
+        ranking, so that the fill needs no round trip of its own before the publish. A
+        missing copy of the controls or of the version is loaded from Postgres
+        (``load_controls()``, refilled single-flight; ``load_version()`` for the calc
+        version's row, default the filler's loader). Never raises for Redis trouble."""
         vkey = self.cache.keys.version(scope(user_id))
         ckey = config_key(self.cache.keys)
+        key = rank_key(self.cache.keys, user_id, admin)
+        lo, hi = _bounds(start, stop)
+        lease = Lease(self.cache.keys.lease(key), self.cache.lease_ttl_ms)
 
         def read(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             pipe.get(vkey)
             pipe.get(ckey)
+            if force:
+                lease.queue_take(pipe)
+                pipe.get(inputs_key(self.cache.keys, user_id))
+            else:
+                pipe.getrange(key, 0, HEADER.size - 1)
+                pipe.getrange(key, lo, hi - 1)
             return pipe.execute()
 
         try:
-            raw_version, raw_controls = self.cache.run(PATH, read)
+            raw_version, raw_controls, third, fourth = self.cache.run(PATH, read)
         except CacheUnavailable:
             stats.count(CONFIG_PATH, "fallback")
-            return None, load_controls()
+            return FirstRead(None, load_controls(), None)
         if raw_controls is not None:
             stats.count(CONFIG_PATH, "hit")
             controls = Controls.decode(raw_controls)
@@ -287,11 +354,16 @@ class RankedFeedCache:
             stats.count(CONFIG_PATH, "miss")
             controls = self._fill_controls(load_controls)
         if raw_version is not None:
-            return int(raw_version), controls
-        try:
-            return self.filler.reload_version(PATH, scope(user_id), load_version), controls
-        except CacheUnavailable:
-            return None, controls
+            version = int(raw_version)
+        else:
+            try:
+                version = self.filler.reload_version(PATH, scope(user_id), load_version)
+            except CacheUnavailable:
+                return FirstRead(None, controls, None)
+        if force:  # the version as read (or reloaded) beside the lease, before the load
+            taken = (lease, version, [fourth]) if third else None
+            return FirstRead(version, controls, None, taken)
+        return FirstRead(version, controls, _slice(third, fourth, version, controls.version))
 
     def _fill_controls(self, load_controls: Callable[[], Controls]) -> Controls:
         key = config_key(self.cache.keys)
@@ -307,8 +379,7 @@ class RankedFeedCache:
     def page(
         self,
         user_id: int,
-        version: int | None,
-        config_version: int,
+        first: FirstRead,
         start: int,
         stop: int,
         compute: Compute,
@@ -318,8 +389,8 @@ class RankedFeedCache:
     ) -> RankedPage:
         """Entries ``[start, stop)`` of the viewer's ranking and its size.
 
-        ``version`` and ``config_version`` are the viewer's calc version and the controls'
-        version as ``versions`` read them (``version`` None: the cache is unusable).
+        ``first`` is what ``first_read`` read (its ``version`` None: the cache is
+        unusable; its ``cached``: the slice when the cached ranking is current).
         ``compute(version, clock_us, exclude, inputs)`` ranks from Postgres at
         ``clock_us``, less the posts ``exclude`` (``version`` None when the cache is
         unusable: inputs then come from Postgres too); ``inputs``, when not None, holds
@@ -331,64 +402,124 @@ class RankedFeedCache:
         (``invalidate_cache=true``); ``admin`` picks the admin-role ranking (every
         collective's posts). Never raises for Redis trouble.
         """
+        version = first.version
         if version is None:
             stats.count(PATH, "fallback")
             return _page(compute(None, clock_us, None, None), start, stop)
-        key = rank_key(self.cache.keys, user_id, version, config_version, admin)
-        lo, hi = HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
+        config_version = first.controls.version
+        key = rank_key(self.cache.keys, user_id, admin)
+        lo, hi = _bounds(start, stop)
 
-        def read(r: Any) -> _Cached:
+        def read(r: Any) -> Any:
             pipe = r.pipeline(transaction=False)
             pipe.getrange(key, 0, HEADER.size - 1)
             pipe.getrange(key, lo, hi - 1)
-            raw_head, raw = pipe.execute()
-            head = decode_header(raw_head)
-            if head is None or len(raw) % RECORD.itemsize:
-                return NO_VALUE
-            return _Cached(*head, np.frombuffer(raw, dtype=RECORD))
+            got = _slice(*pipe.execute(), version, config_version)
+            return NO_VALUE if got is None else got
 
-        names = self.input_keys(user_id, version)
+        ikey = inputs_key(self.cache.keys, user_id)
         pending: list[InputsRead] = []
 
         def load(replies: list[Any]) -> Ranking:
-            pending.append(InputsRead(list(replies)))
+            pending.append(InputsRead(replies[0]))
             return compute(version, clock_us, None, pending[-1])
 
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
-            pipe.set(temps[key], encode(ranking, max(self.keep, stop)))
+            pipe.set(temps[key], encode(ranking, max(self.keep, stop), version,
+                                        config_version))
             stage_inputs(pipe, pending[-1].writes)
 
-        def queue_gets(pipe: Any, names: list[str]) -> None:
-            for name in names:  # one GET each: a cluster pipeline refuses MGET
-                pipe.get(name)
-
         def fill() -> _Cached:
-            ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
-                                       ttl=self.page_ttl,
-                                       preread=lambda pipe: queue_gets(pipe, names))
+            ranking, posts = self._fill(user_id, key, load, stage,
+                                        lambda pipe: pipe.get(ikey), start, stop, first.taken)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
-                           ranking.records[start:stop])
+                           ranking.records[start:stop], posts)
 
         def fallback() -> _Cached:
+            stats.count(PATH, "fallback")
             ranking = compute(None, clock_us, None, None)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
                            ranking.records[start:stop])
 
-        if force:
+        if first.cached is not None and not force:
+            stats.count(PATH, "hit")
+            got = first.cached
+        else:
             stats.count(PATH, "miss")
             try:
+                if force and first.taken is None:
+                    raise LeaseHeld(key)  # another process holds the fill's lease
                 got = fill()
-            except (LeaseHeld, CacheUnavailable):
-                stats.count(PATH, "fallback")
+            except LeaseHeld:
+                # Another process fills it: wait for its fill (not a forced page: that
+                # one is computed now), else answer from Postgres without writing.
+                waited = NO_VALUE
+                if not force:
+                    with contextlib.suppress(CacheUnavailable):
+                        waited = wait_for(lambda: self.cache.run(PATH, read),
+                                          self.cache.lease_wait_ms)
+                got = fallback() if waited is NO_VALUE else waited
+            except CacheUnavailable:
                 got = fallback()
-        else:
-            got = read_through(self.cache, PATH, read, fill, fallback)
         if stop > got.kept and got.kept < got.count:  # past the kept entries: extend
-            return self._extend(user_id, version, key, start, stop, compute, clock_us)
-        return RankedPage(got.count, entries(got.records))
+            return self._extend(user_id, version, config_version, key, start, stop,
+                                compute, clock_us)
+        return RankedPage(got.count, entries(got.records), got.posts)
 
-    def _extend(self, user_id: int, version: int, key: str, start: int, stop: int,
-                compute: Compute, clock_us: int) -> RankedPage:
+    def _fill(self, user_id: int, key: str, load: Callable[[list[Any]], Ranking],
+              stage: Callable[[Any, dict[str, str], Ranking], None],
+              preread: Callable[[Any], None], start: int, stop: int,
+              taken: tuple[Lease, Any, list[Any]] | None = None,
+              ) -> tuple[Ranking, tuple[list[Entity], list[Any]]]:
+        """``Filler.fill`` of the ranking (the lease, the version copy and ``preread``'s
+        keys in one round trip, or ``taken``: that round trip's lease and replies, read
+        by ``first_read``; ``load(their replies)``; publish if the version did not move)
+        whose publish round trip also reads the post entities of the page ``[start,
+        stop)`` of what was loaded: ``(ranking, (entities, their HGETALL answers))``. On
+        a cluster each round trip is one pipeline per node. Raises ``LeaseHeld`` and
+        ``CacheUnavailable`` as ``Filler.fill``."""
+        cache = self.cache
+        vkey = cache.keys.version(scope(user_id))
+        if taken is not None:
+            lease, raw_version, extra = taken
+        else:
+            lease = Lease(cache.keys.lease(key), cache.lease_ttl_ms)
+
+            def take_lease(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)
+                lease.queue_take(pipe)
+                pipe.get(vkey)  # read before the load (see versioned.py)
+                preread(pipe)
+                return pipe.execute()
+
+            got, raw_version, *extra = cache.run(PATH, take_lease)
+            if not got:
+                raise LeaseHeld(key)
+        version = (int(raw_version) if raw_version is not None
+                   else self.filler.version(PATH, scope(user_id)))
+        ranking = load(extra)
+        temps = {key: cache.keys.temp(key, lease.token)}
+        wanted = [cache_posts.entity(cache.keys, int(i))
+                  for i in ranking.records[start:stop]["id"]]
+
+        def publish(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.delete(temps[key])
+            stage(pipe, temps, ranking)
+            PUBLISH(keys=publish_keys(cache.keys, scope(user_id), lease.key,
+                                      list(temps.items())),
+                    args=[version, cache.idle_ttl, lease.token, self.page_ttl], client=pipe)
+            queue_read(pipe, wanted)
+            return pipe.execute()
+
+        replies = cache.run(PATH, publish)
+        found = replies[len(replies) - len(wanted):]
+        if not replies[len(replies) - len(wanted) - 1]:
+            stats.STALE_FILLS.labels(PATH).inc()
+        return ranking, (wanted, found)
+
+    def _extend(self, user_id: int, version: int, config_version: int, key: str,
+                start: int, stop: int, compute: Compute, clock_us: int) -> RankedPage:
         """Rank again at the cached ranking's clock, less the entries kept, and keep the
         ranking extended (the kept entries first, unchanged, so no walk sees a post twice);
         answered without writing when another process holds the lease or Redis fails."""
@@ -397,9 +528,12 @@ class RankedFeedCache:
             whole = decode(self.cache.run(PATH, lambda r: r.get(key)) or b"")
         except CacheUnavailable:
             whole = None
-        if whole is None:  # gone or unreadable meanwhile: a fresh ranking, not kept
+        if whole is None or whole[0].version != version or (
+                whole[0].config_version != config_version):
+            # gone, unreadable or replaced meanwhile: a fresh ranking, not kept
             return _page(compute(None, clock_us, None, None), start, stop)
-        (_, kept, clock), prefix = whole
+        head, prefix = whole
+        clock = head.clock_us
         merged: list[Ranking] = []
 
         def load() -> Ranking:
@@ -408,7 +542,8 @@ class RankedFeedCache:
             return merged[0]
 
         def stage(pipe: Any, temps: dict[str, str], ranking: Ranking) -> None:
-            pipe.set(temps[key], encode(ranking, max(stop, 2 * kept)))
+            pipe.set(temps[key], encode(ranking, max(stop, 2 * head.kept), version,
+                                        config_version))
 
         try:
             ranking = self.filler.fill(PATH, scope(user_id), [key], load, stage,
@@ -417,45 +552,36 @@ class RankedFeedCache:
             ranking = merged[0] if merged else load()
         return _page(ranking, start, stop)
 
-    def input_keys(self, user_id: int, version: int) -> list[str]:
-        """The keys of the viewer's inputs at ``version``, in ``INPUT_NAMES`` order."""
-        return [input_key(self.cache.keys, user_id, name, version) for name in INPUT_NAMES]
-
     def inputs(
         self, user_id: int, version: int, load: Callable[[], dict[str, Any]],
         cached: InputsRead | None = None,
     ) -> dict[str, Any]:
-        """The viewer's inputs at ``version`` (by name, ``INPUT_NAMES``): cached ones from
-        Redis (one round trip); if any is missing, ``load()`` gives every input from
-        Postgres (JSON-able values, one statement) and the missing ones are cached with
-        their TTL. With ``cached`` (a fill's ``InputsRead``) there is no round trip here:
-        the keys were read in the fill's lease round trip and the missing ones are
-        written in its publish round trip. Keys carry the version, so a value loaded after
-        a bump can never be read under the new version; values are only ever as new as or
-        newer than their key's version."""
-        keys = dict(zip(INPUT_NAMES, self.input_keys(user_id, version), strict=True))
+        """The viewer's inputs at ``version`` (by name, ``INPUT_NAMES``): from their one
+        key in Redis (one round trip) when it was written under ``version``; else
+        ``load()`` gives every input from Postgres (JSON-able values, one statement) and
+        the key is written with them under ``version`` (``inputs_ttl``). With ``cached``
+        (a fill's ``InputsRead``) there is no round trip here: the key was read in the
+        fill's lease round trip and is written in its publish round trip. The value
+        carries the version it was loaded under (read before the load), so a value loaded
+        after a bump is never read under the new version; values are only ever as new as
+        or newer than their version. One key per viewer: a new version's inputs overwrite
+        an older version's (nothing lingers until its TTL)."""
+        key = inputs_key(self.cache.keys, user_id)
         if cached is not None:
             raw = cached.raw
         else:
             try:
-                raw = self.cache.run(INPUTS_PATH, lambda r: r.mget(list(keys.values())))
+                raw = self.cache.run(INPUTS_PATH, lambda r: r.get(key))
             except CacheUnavailable:
-                raw = [None] * len(keys)
-        values: dict[str, Any] = {}
-        missing: list[str] = []
-        for name, value in zip(keys, raw, strict=True):
-            if value is not None:
-                stats.count(INPUTS_PATH, "hit")
-                values[name] = orjson.loads(value)
-            else:
-                stats.count(INPUTS_PATH, "miss")
-                missing.append(name)
-        if not missing:
-            return values
+                raw = None
+        value = orjson.loads(raw) if raw is not None else None
+        if isinstance(value, dict) and value.get("v") == version:
+            stats.count(INPUTS_PATH, "hit")
+            return {name: value[name] for name in INPUT_NAMES}
+        stats.count(INPUTS_PATH, "miss")
         loaded = load()
-        values.update({name: loaded[name] for name in missing})
-        writes = [(keys[name], orjson.dumps(loaded[name]), self.input_ttls[name])
-                  for name in missing]
+        values = {name: loaded[name] for name in INPUT_NAMES}
+        writes = [(key, orjson.dumps({"v": version, **values}), self.inputs_ttl)]
         if cached is not None:
             cached.writes.extend(writes)
             return values
@@ -469,23 +595,31 @@ class RankedFeedCache:
             self.cache.run(INPUTS_PATH, store)
         return values
 
+    @property
+    def inputs_ttl(self) -> int:
+        """The inputs key's TTL: the longest of the inputs' (a version-checked copy; the
+        TTL only bounds its memory)."""
+        return max(self.input_ttls.values())
+
     # --- the operator's rebuild and warm of one user ------------------------------------
 
     def rebuild(self, user_id: int, path: str, page: Callable[[], Any]) -> None:
-        """The inputs are cached under the calc version and only loaded when missing: drop
-        the current version's, then ``page()`` (a forced page) recomputes the ranking,
-        which reloads them, version-checked."""
-        version = self.filler.version(path, scope(user_id))
-        keys = [input_key(self.cache.keys, user_id, n, version) for n in INPUT_NAMES]
+        """The inputs are cached under the calc version and only loaded when missing or of
+        another version: drop them, then ``page()`` (a forced page) recomputes the
+        ranking, which reloads them, version-checked."""
+        key = inputs_key(self.cache.keys, user_id)
 
         def drop(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            for key in keys:
-                pipe.delete(key)
-            pipe.execute()
+            r.delete(key)
 
         self.cache.run(path, drop)
         page()
+
+    def release(self, first: FirstRead) -> None:
+        """Free a forced page's lease that ``first_read`` took and no fill will use."""
+        if first.taken is not None:
+            with contextlib.suppress(CacheUnavailable):
+                self.cache.run(PATH, first.taken[0].release)
 
     def warm(self, page: Callable[[], Any]) -> None:
         """``page()`` reads the first page through: a miss fills inputs and ranking."""
@@ -494,51 +628,42 @@ class RankedFeedCache:
 
 def check(cache: Cache, user_id: int, truth: Callable[[], dict[str, Any]],
           load_version: Callable[[], int]) -> list[tuple[str, Any, Any]]:
-    """``(key, cached, Postgres)`` for each cached input of ``user_id`` at their current
-    calc version that differs from ``truth()`` (inputs by name), compared only when the
-    version is settled: the Redis copy equals ``load_version()`` (the Postgres row) read
-    before and after the truth. The ranking is a page cache of a time-dependent score that
-    others' activity moves by design: only its shape is checked (a whole header and
+    """``(key#name, cached, Postgres)`` for each cached input of ``user_id`` at their
+    current calc version that differs from ``truth()`` (inputs by name), compared only when
+    the version is settled: the Redis copy equals ``load_version()`` (the Postgres row)
+    read before and after the truth. The ranking is a page cache of a time-dependent score
+    that others' activity moves by design: only its shape is checked (a whole header and
     entries). Read-only; raises ``CacheUnavailable``."""
     keys = cache.keys
-    vkey, ckey = keys.version(scope(user_id)), config_key(keys)
-    def heads(r: Any) -> list[Any]:  # two slots: a pipeline, not one MGET
-        pipe = r.pipeline(transaction=False)
-        pipe.get(vkey)
-        pipe.get(ckey)
-        return pipe.execute()
+    vkey, ikey = keys.version(scope(user_id)), inputs_key(keys, user_id)
+    # Both rankings, whatever versions they were ranked under (an older one is never
+    # served): only their shape is checked.
+    ranks = [rank_key(keys, user_id, admin) for admin in (False, True)]
 
-    raw_version, raw_controls = cache.run(PATH, heads)
-    if raw_version is None:
-        return []
-    version = int(raw_version)
-    names = [input_key(keys, user_id, n, version) for n in INPUT_NAMES]
-    reads = list(names)
-    if raw_controls is not None:  # without the controls no current ranking is readable
-        config_version = Controls.decode(raw_controls).version
-        reads += [rank_key(keys, user_id, version, config_version, admin)
-                  for admin in (False, True)]
-    def read(r: Any) -> list[Any]:
+    def read(r: Any) -> list[Any]:  # one slot: the user's
         pipe = r.pipeline(transaction=False)
-        for key in reads:
+        for key in (vkey, ikey, *ranks):
             pipe.get(key)
         return pipe.execute()
 
-    cached = cache.run(PATH, read)
+    raw_version, raw_inputs, *raw_ranks = cache.run(PATH, read)
+    if raw_version is None:
+        return []
+    version = int(raw_version)
     before = load_version()
     inputs = truth()
     if load_version() != before or before != version:
         return []  # a write moved the version meanwhile, or its apply is pending
     out: list[tuple[str, Any, Any]] = []
-    for name, key, raw in zip(INPUT_NAMES, names, cached, strict=False):
-        if raw is not None:
-            got = orjson.loads(raw)
+    cached = orjson.loads(raw_inputs) if raw_inputs is not None else None
+    if isinstance(cached, dict) and cached.get("v") == version:
+        for name in INPUT_NAMES:
             want = orjson.loads(orjson.dumps(inputs[name]))
-            if got != want:
-                out.append((key, got, want))
-    for key, raw in zip(reads[len(names):], cached[len(names):], strict=True):
+            if cached.get(name) != want:
+                out.append((f"{ikey}#{name}", cached.get(name), want))
+    for key, raw in zip(ranks, raw_ranks, strict=True):
         if raw is not None:
             whole = decode(raw)
-            if whole is None or whole[0][1] > whole[0][0]:
+            if whole is None or whole[0].kept > whole[0].count:
                 out.append((key, f"{len(raw)} bytes", "a header and whole entries"))
     return out

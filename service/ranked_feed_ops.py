@@ -6,8 +6,8 @@ A ranking: the viewer's inputs (fellows, collectives, interaction counts, prefer
 cached per calc version, ``cache.ranked_feed``; on a miss all four come from one
 statement, ``storage.ranked_feed.load_inputs``), one lean query for the bounded candidate
 set (``storage.ranked_feed.load_candidates``: only the score's columns, the viewed flag
-included, in binary format, one round trip), then numpy scoring
-(``service.ranked_feed_score``). A page's ranking and its post rows share one session
+included, packed in one bytea that numpy reads as it is, one round trip), then numpy
+scoring (``service.ranked_feed_score``). A page's ranking and its post rows share one session
 (one pool checkout). The first ``RANKED_CACHE_ENTRIES`` entries are cached (ids, scores,
 components: 32 bytes each); a walk past them ranks again at the cached ranking's clock,
 less the entries already shown.
@@ -34,12 +34,13 @@ import numpy as np
 from cache import community_feed as cf
 from cache import posts as cache_posts
 from cache import ranked_feed as feed_cache
-from cache.entities import encode
+from cache.entities import EntityStore, encode
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
 from service import community_feed_ops
 from service import ranked_feed_score as scoring
 from service.bootstrap import AppState
 from service.errors import ApiError, NotFound
+from storage import posts as posts_store
 from storage import ranked_feed as store
 from storage import rebuild as rebuild_store
 from storage.posts import PostRow
@@ -125,14 +126,14 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
         by_type={str(t): int(n) for t, n in inputs["stats"]["t"].items()},
         preferred_types=frozenset(prefs["preferred_post_types"]),
     )
-    rows = store.load_candidates(
+    records = store.load_candidates(
         session, viewer=user_id, fellows=inputs["fellows"], collectives=inputs["colls"],
         blocked=prefs["blocked_users"], muted=prefs["muted_collectives"],
         type_values=scoring.post_type_values(viewer),
         k_recent=settings.ranked_candidates_recent,
         k_social=settings.ranked_candidates_social, is_admin=is_admin,
     )
-    candidates = scoring.Candidates.from_rows(rows)
+    candidates = scoring.Candidates.from_records(records)
     if exclude is not None and len(exclude):
         candidates = candidates.without(exclude)
     ranked = scoring.rank(candidates, viewer, weights or settings.ranking_weights, clock)
@@ -146,15 +147,20 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                 session: Any = None) -> tuple[Controls, RankedPage | None]:
     """The ranking controls and entries ``[start, stop)`` of the viewer's ranking under
     them (None when the admin switched ranking off); an admin's ranking (every collective)
-    is kept apart. Warm: one round trip for the versions, one for the page. A ranking (and
+    is kept apart. Warm: one round trip reads the versions and the page; ``force``: the
+    versions, the fill's lease and the inputs, then the publish with the page's posts. A
+    ranking (and
     a calc version whose Redis copy is missing) is read on ``session`` when given (one
     connection for the whole request)."""
     cache = cache_of(app_state)
     row = feed_cache.scope(user_id).row_name
-    version, controls = cache.versions(
-        user_id, lambda: load_controls(app_state),
-        None if session is None else lambda: rebuild_store.versions(session, [row])[row])
+    first = cache.first_read(
+        user_id, start, stop, is_admin, lambda: load_controls(app_state),
+        None if session is None else lambda: rebuild_store.versions(session, [row])[row],
+        force=force)
+    controls = first.controls
     if not controls.enabled:
+        cache.release(first)
         return controls, None
     weights = weights_of(app_state, controls)
 
@@ -164,7 +170,7 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
                                session, cached_inputs)
 
     return controls, cache.page(
-        user_id, version, controls.version, start, stop, compute,
+        user_id, first, start, stop, compute,
         feed_cache.now_us(clock or now()), force=force, admin=is_admin,
     )
 
@@ -205,13 +211,33 @@ def _log_decision(app_state: AppState, user_id: int, page: int, page_size: int,
     }))
 
 
+def _load_posts(app_state: AppState, ids: list[int]) -> dict[int, dict[str, bytes]]:
+    """The live posts among ``ids`` rendered as their entities (``cache.posts.render``)."""
+    with app_state.db.session() as session:
+        return {i: cache_posts.render(row)
+                for i, row in posts_store.post_entities(session, ids).items()}
+
+
+def _page_posts(app_state: AppState, ranked: RankedPage) -> dict[int, cache_posts.CachedPost]:
+    """The page's live posts: from the entities a fill read in its publish round trip
+    (those missing filled in one batch), else ``cache.posts.page_posts`` (one round
+    trip)."""
+    if ranked.posts is None:
+        return cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)[0]
+    wanted, replies = ranked.posts
+    found = EntityStore(app_state.filler, cache_posts.PATH).complete(
+        wanted, replies, lambda ids: _load_posts(app_state, ids))
+    return {i: cache_posts.CachedPost.of(i, fields) for i, fields in found.items()}
+
+
 def personalized_page(app_state: AppState, user_id: int, page: int, page_size: int,
                       force: bool = False, is_admin: bool = False,
                       clock: datetime | None = None) -> FeedPage:
     """The viewer's personalized page ``page`` (chronological when ranking is off).
 
-    The posts are their cached entities (``cache.posts``: one pipeline, a batched fill of
-    the missing ones; Redis down: one statement): posts deleted since the ranking was
+    The posts are their cached entities (``cache.posts``: read in the ranking fill's
+    publish round trip, else one pipeline; a batched fill of the missing ones; Redis down:
+    one statement): posts deleted since the ranking was
     cached are left out (a delete drops the entity, a fill finds no live row). Blocks,
     mutes, joins and leaves move the viewer's calc version in their transaction, so a
     ranking cached before them is not read again once their change is applied (right
@@ -223,7 +249,7 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
                                        session=session)
     if ranked is None:
         return chronological_page(app_state, user_id, page, page_size, is_admin)
-    found, _ = cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)
+    found = _page_posts(app_state, ranked)
     shown = [(found[e.id], e) for e in ranked.entries if e.id in found]
     sample = app_state.settings.ranking_log_sample
     if sample > 0 and random.random() < sample:  # noqa: S311 - sampling, not security

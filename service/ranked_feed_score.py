@@ -74,6 +74,21 @@ class Candidates:
                    created_us=ints[:, 3], engagement=table[:, 4],
                    viewed=table[:, 5] != 0, post_type=table[:, 6])
 
+    @classmethod
+    def from_records(cls, records: np.ndarray) -> Candidates:
+        """From a structured array with the fields of ``from_rows``'s tuples by name
+        (``storage.ranked_feed.CANDIDATE_ROW``), a post found by two sources twice: one
+        row per post, in id order, each column one vector conversion."""
+        _, first = np.unique(records["id"], return_index=True)
+        records = records[first]
+        return cls(ids=records["id"].astype(np.int64),
+                   author_ids=records["author_id"].astype(np.int64),
+                   collective_ids=records["collective_id"].astype(np.int64),
+                   created_us=records["created_us"].astype(np.int64),
+                   engagement=records["engagement"].astype(np.float64),
+                   viewed=records["viewed"].astype(bool),
+                   post_type=records["post_type"].astype(np.float64))
+
     def without(self, ids: np.ndarray) -> Candidates:
         """These candidates less the posts ``ids``."""
         keep = ~np.isin(self.ids, ids)

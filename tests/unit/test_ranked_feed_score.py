@@ -55,3 +55,22 @@ def test_score_is_the_weighted_sum_of_the_components():
                                      + 0.15 * 30 + 0.10 * 30, rel=1e-12)
     assert by_id[2] == pytest.approx((0.15 * 100 + 0.20 * 40) * scoring.VIEWED_FACTOR,
                                      rel=1e-12)
+
+
+def test_packed_candidates_read_as_the_rows_they_pack():
+    """The candidate query's one bytea (``CANDIDATE_ROW``, big-endian) gives the same
+    candidates as its rows would, a post found twice kept once."""
+    import numpy as np
+
+    from storage.ranked_feed import CANDIDATE_ROW
+
+    rows = [row(7, 2, 5, 3.0, 4.5, True, 20.0), row(9, 3, 0, 1.5, 50.0, False, 10.0),
+            row(7, 2, 5, 3.0, 4.5, True, 20.0)]
+    packed = np.array(rows, dtype=CANDIDATE_ROW).tobytes()
+    assert len(packed) == 49 * len(rows)
+    got = scoring.Candidates.from_records(np.frombuffer(packed, dtype=CANDIDATE_ROW))
+    want = scoring.Candidates.from_rows(rows)
+    for name in ("ids", "author_ids", "collective_ids", "created_us", "engagement", "viewed",
+                 "post_type"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+    assert got.ids.tolist() == [7, 9] and got.viewed.tolist() == [True, False]

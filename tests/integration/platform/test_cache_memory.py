@@ -17,7 +17,7 @@ from tests.support.auth import bearer
 from tests.support.cache_ops import FROZEN_NOW, active_user
 
 DOC = PROJECT_ROOT / "docs" / "operations.md"
-SHORT_TTL = re.compile(r":rf:(rank|fellows|colls|stats|prefs):")  # page caches, minutes by design
+SHORT_TTL = re.compile(r":rf:(rank|inputs)(:|$)")  # page caches, minutes by design
 
 
 def budget() -> dict[str, int]:

@@ -83,9 +83,8 @@ def test_page_of_50_out_of_100k(client, auth, state):
         "cached page 1": timed(get, 300),
         "cached page 3": timed(lambda: get("&page=3"), 300),
     }
-    version = state.filler.version(rf.PATH, rf.scope(VIEWER))
-    key = rf.rank_key(state.cache.keys, VIEWER, version, 0)
-    (size, kept, _), _ = rf.decode(state.cache.redis.get(key))
+    key = rf.rank_key(state.cache.keys, VIEWER)
+    (size, kept, *_), _ = rf.decode(state.cache.redis.get(key))
     memory = state.cache.redis.memory_usage(key, samples=0)
     print(f"\nranking size (candidates): {size}, kept {kept}: {memory} bytes in Redis")
     for name, (median, p95) in results.items():

@@ -5,6 +5,7 @@ lost version copy is reloaded from Postgres, never restarted."""
 
 from __future__ import annotations
 
+import orjson
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
@@ -197,9 +198,10 @@ def test_invalidate_cache_forces_a_fresh_page(client, auth, state, monkeypatch):
 
 
 def test_forced_page_costs(client, auth, state, monkeypatch):
-    """``invalidate_cache=true``: the versions, the lease with the viewer's cached inputs,
-    the publish, the page's post entities (4 Redis round trips); the candidates (one
-    pipeline of the ranking's settings and the query), no SQL for the page's posts."""
+    """``invalidate_cache=true``: the versions with the fill's lease and the viewer's
+    cached inputs, then the publish with the page's post entities (2 Redis round trips);
+    the candidates (one pipeline of the ranking's settings and the query), no SQL for the
+    page's posts."""
     from tests.support.metrics import Costs
 
     world = _world(state, monkeypatch)
@@ -208,23 +210,29 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     costs = Costs(monkeypatch)
     fresh, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
     assert [pid for pid, _ in fresh] == expected_first_page(state, viewer)
-    assert trips == 4
+    assert trips == 2
     assert sql == len(store._RANKING_SETTINGS) + 1
     # Inputs expired: loaded in the same session (one statement more), written in the
     # publish's round trip, and read from the cache by the next forced page.
     version = state.filler.version(rf.PATH, rf.scope(viewer))
-    state.cache.redis.delete(*[rf.input_key(state.cache.keys, viewer, name, version)
-                               for name in rf.INPUT_NAMES])
+    state.cache.redis.delete(rf.inputs_key(state.cache.keys, viewer))
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
-    assert again == fresh and trips == 4
+    assert again == fresh and trips == 2
     assert sql == len(store._RANKING_SETTINGS) + 1 + 1
     hits = counter("hit", rf.INPUTS_PATH)
     assert page(client, auth(viewer), invalidate_cache="true") == fresh
-    assert counter("hit", rf.INPUTS_PATH) == hits + len(rf.INPUT_NAMES)
+    assert counter("hit", rf.INPUTS_PATH) == hits + 1
+    # Inputs of another version are not read: loaded again, and written under this one.
+    key = rf.inputs_key(state.cache.keys, viewer)
+    stale = orjson.loads(state.cache.redis.get(key))
+    state.cache.redis.set(key, orjson.dumps({**stale, "v": version - 1, "fellows": []}))
+    again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
+    assert again == fresh and sql == len(store._RANKING_SETTINGS) + 1 + 1
+    assert orjson.loads(state.cache.redis.get(key)) == stale
     # The version copy lost: its row read on the page's session, the copy set back.
     state.cache.redis.delete(state.cache.keys.version(rf.scope(viewer)))
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
-    assert again == fresh and trips == 5
+    assert again == fresh and trips == 3
     assert sql == len(store._RANKING_SETTINGS) + 1 + 1
     assert state.filler.version(rf.PATH, rf.scope(viewer)) == version
 
@@ -253,13 +261,13 @@ def test_inputs_are_cached_across_page_expiry(client, auth, state, monkeypatch):
     first = page(client, auth(viewer))
     version = state.filler.version(rf.PATH, rf.scope(viewer))
     keys = state.cache.keys
-    assert 0 < state.cache.redis.ttl(rf.rank_key(keys, viewer, version, 0)) <= 300
-    assert 0 < state.cache.redis.ttl(rf.input_key(keys, viewer, "fellows", version)) <= 300
-    assert 300 < state.cache.redis.ttl(rf.input_key(keys, viewer, "stats", version)) <= 600
-    state.cache.redis.delete(rf.rank_key(keys, viewer, version, 0))  # the page expires
+    assert 0 < state.cache.redis.ttl(rf.rank_key(keys, viewer)) <= 300
+    assert 300 < state.cache.redis.ttl(rf.inputs_key(keys, viewer)) <= 600
+    assert orjson.loads(state.cache.redis.get(rf.inputs_key(keys, viewer)))["v"] == version
+    state.cache.redis.delete(rf.rank_key(keys, viewer))  # the page expires
     hits = counter("hit", rf.INPUTS_PATH)
     assert page(client, auth(viewer)) == first
-    assert counter("hit", rf.INPUTS_PATH) == hits + len(rf.INPUT_NAMES)
+    assert counter("hit", rf.INPUTS_PATH) == hits + 1
 
 
 def test_filler_publishes_with_the_given_ttl(state):

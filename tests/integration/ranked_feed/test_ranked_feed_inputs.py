@@ -106,14 +106,16 @@ def test_cached_ranking_is_bounded_and_extended_on_demand(client, auth, state, w
     assert len(expected) > keep  # the walk goes past the kept entries
     first = client.get("/api/posts/?page_size=20", headers=auth(viewer)).get_json()
     version = state.filler.version(rf.PATH, rf.scope(viewer))
-    key = rf.rank_key(state.cache.keys, viewer, version, 0)
+    key = rf.rank_key(state.cache.keys, viewer)
     assert state.cache.redis.memory_usage(key, samples=0) <= 8 * 1024
-    (count, kept, _), _ = rf.decode(state.cache.redis.get(key))
+    head, _ = rf.decode(state.cache.redis.get(key))
+    count, kept = head.count, head.kept
     assert (count, kept) == (len(expected), keep) and first["count"] == count
+    assert (head.version, head.config_version) == (version, 0)  # ranked under them
     results, bodies = walk(client, auth(viewer), 30)
     assert [p["id"] for p in results] == [pid for pid, _ in expected]
     assert {b["count"] for b in bodies} == {len(expected)}
-    (_, kept, _), _ = rf.decode(state.cache.redis.get(key))
+    (_, kept, *_), _ = rf.decode(state.cache.redis.get(key))
     assert kept == len(expected)  # extended as the walk went
     weights = state.settings.ranking_weights
     for post in results:  # explain still adds up to the score
