@@ -25,12 +25,18 @@ from cache.client import connect
 from service import create_app
 from service.settings import Settings
 from tests.support import ROOT as PROJECT_ROOT
+from tests.support import lazy_openapi
 from tests.support.auth import JWT_SECRET, bearer  # noqa: F401 - fixtures use them
 from tests.support.servers import server_dir
 
 ROOT = PROJECT_ROOT
 sys.path.insert(0, str(ROOT / "scripts"))  # `import embedded`: scripts/embedded.py, a dev tool
 
+# A test app documents its views when /openapi.json is first asked for, not as it is built
+# (that was over half of ``create_app``'s CPU time, paid by every test).
+lazy_openapi.install()
+
+SESSION_REDIS_TIMEOUT = 1.0  # seconds; see the ``settings`` fixture
 
 
 @pytest.fixture(scope="session")
@@ -215,6 +221,11 @@ def settings(database_url, redis_url, key_prefix) -> Settings:
         queue_prefix=key_prefix,
         jwt_secret=JWT_SECRET,
         db_pool_size=20,
+        # The session's Redis is never stopped or frozen: a reply later than the service's
+        # 0.1 s is a loaded host (at load 15-27 on two cores, 1-3 tests a run failed on it),
+        # not a fault. Tests of slow or frozen Redis use servers of their own and set their
+        # own timeouts (tests/support/reliability.py, chaos_app in tests/support/group_feed.py).
+        redis_read_timeout=SESSION_REDIS_TIMEOUT, redis_connect_timeout=SESSION_REDIS_TIMEOUT,
         # Off here (tests make hundreds of requests a minute from one address);
         # tests/reliability/test_rate_limits.py turns them on.
         rate_limit_anonymous=0, rate_limit_user=0, rate_limit_fanout=0,
