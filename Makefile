@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# `make test` runs the suite on this many pytest-xdist workers, each with embedded servers of
+# its own (tests/conftest.py); 0 runs it in one process, as `pytest` alone does.
+TEST_WORKERS ?= 2
 
 # flask, gunicorn and honcho from the venv for every child process.
 export PATH := $(BIN):$(PATH)
@@ -17,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/python scripts/run
 
 test: $(STAMP)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The unit tier: no servers, seconds.
 test-fast: $(STAMP)

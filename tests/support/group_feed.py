@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from service import create_app
+from service.settings import Settings
 from tests.support.servers import RedisProcess
 
 FEED = "/api/v1/messaging/feed/"
@@ -114,6 +115,9 @@ def chaos_app(settings, own_redis, redis_url):
         "SETTINGS": settings.replace(
             redis_url=own_redis.url, rq_redis_url=redis_url,
             breaker_failures=1, breaker_cooldown=COOLDOWN, lease_wait_ms=50,
+            # The service's own timeouts (``settings`` has longer ones): this Redis is frozen.
+            redis_read_timeout=Settings.redis_read_timeout,
+            redis_connect_timeout=Settings.redis_connect_timeout,
         ),
         "TESTING": True,
     })

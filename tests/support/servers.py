@@ -64,20 +64,41 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisProcess:
-        self.proc = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
+        """Start it and wait until it answers. A first start that loses its port (another
+        process, e.g. a parallel test worker, bound it between ``free_port`` and Redis)
+        retries on a new one; a restart keeps the port, which clients already hold."""
+        for attempt in range(3):
+            self.proc = subprocess.Popen(
+                [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save",
+                 "", "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            if self._wait_own():
+                self._started = True
                 return self
-            except redis.ConnectionError:
+            self.stop()
+            if getattr(self, "_started", False) or attempt == 2:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _wait_own(self) -> bool:
+        """True once our process answers on ``port`` (not some other server that holds
+        it); False if it exits or does not answer within 10 s."""
+        assert self.proc is not None
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if int(client.info("server")["process_id"]) == self.proc.pid:
+                        return True
+                except (redis.ConnectionError, redis.TimeoutError):  # not up yet
+                    pass
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
