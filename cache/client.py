@@ -78,19 +78,32 @@ def get_many(r: Any, keys: list[str]) -> list[bytes | None]:
     return r.mget_nonatomic(keys)
 
 
-def pipelined(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+def packed_client(r: Any) -> bool:
+    """``r`` is a plain redis-py client on redis-py's own pooled connections (not a
+    cluster, not a fake, not a single-connection client): ``pipelined`` may pack for it."""
+    pool = getattr(r, "connection_pool", None)
+    return (type(r) is redis.Redis and r.connection is None and pool is not None
+            and pool.connection_class.__module__.startswith("redis."))
+
+
+def pipelined(r: Any, commands: Sequence[tuple[Any, ...]], raw: bool = False) -> list[Any]:
     """The replies of ``commands`` (each a tuple of arguments, e.g. ``("HGETALL", key)``)
     in one round trip, parsed as ``pipe.execute_command(*command)`` parses them (the
     client's response callbacks, without per-command options: ``ZRANGE ... WITHSCORES``
-    answers the flat list). The first error reply is raised once every reply is read.
+    answers the flat list); ``raw``: the replies as the connection's parser reads them,
+    no callbacks. The first error reply is raised once every reply is read.
 
-    On a single Redis the commands are packed and sent on one pooled connection without
-    redis-py's ``Pipeline`` object, whose set-up, per-command bookkeeping and reset were
-    most of a warm read's Redis CPU (issue 15's profile); a failed attempt is retried as
-    the pipeline retries it (the connection's ``Retry``, disconnecting first). Any other
+    On a plain client (``packed_client``) the commands are packed by hiredis and sent on
+    one pooled connection without redis-py's ``Pipeline`` object, whose set-up,
+    per-command bookkeeping and reset were most of a warm read's Redis CPU (issue 15's
+    profiles); a failed attempt is retried as the pipeline retries it (the connection's
+    ``Retry``, disconnecting first), and a connection left by any other exception is
+    disconnected, so no half-read reply is ever handed to the next caller. Any other
     client (a cluster: one pipeline per node, in parallel) runs a pipeline.
     """
-    if type(r) is not redis.Redis or r.connection is not None:
+    if not commands:
+        return []
+    if not packed_client(r):
         pipe = r.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
@@ -100,19 +113,18 @@ def pipelined(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     # call's arguments every time; we pass none).
     take = getattr(type(pool).get_connection, "__wrapped__", None)
     conn = take(pool) if take is not None else pool.get_connection()
-    callbacks = r.response_callbacks
+    callbacks = {} if raw else r.response_callbacks
     found: dict[Any, Any] = {}  # callbacks by command name, looked up once per call
+    packed = [b"".join(map(_pack_command, commands))] if _pack_command is not None else None
 
     def attempt() -> list[Any]:
-        conn.send_packed_command(
-            [b"".join(map(_pack_command, commands))] if _pack_command is not None
-            else conn.pack_commands(commands))
+        conn.send_packed_command(packed or conn.pack_commands(commands))
         replies: list[Any] = []
         error: ResponseError | None = None
         for command in commands:
             try:
                 reply = conn.read_response()
-            except ResponseError as exc:
+            except ResponseError as exc:  # a whole reply: the connection stays in step
                 error = error or exc
                 replies.append(exc)
                 continue
@@ -127,6 +139,11 @@ def pipelined(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
 
     try:
         return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+    except ResponseError:
+        raise
+    except BaseException:
+        conn.disconnect()
+        raise
     finally:
         pool.release(conn)
 

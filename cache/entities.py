@@ -34,12 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from hiredis import pack_command
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 from cache import stats
-from cache.client import NO_VALUE, CacheUnavailable
+from cache.client import NO_VALUE, CacheUnavailable, packed_client, pipelined
 from cache.fill import Filler
 from cache.keys import Scope
 from cache.scripts import LuaScript
@@ -66,59 +62,24 @@ def encode(fields: Mapping[str, Any]) -> Fields:
     }
 
 
-def _plain(r: Any) -> bool:
-    """A plain redis-py client on redis-py's own connections (not a cluster, not a fake)."""
-    pool = getattr(r, "connection_pool", None)
-    return (type(r) is redis.Redis and pool is not None
-            and pool.connection_class.__module__.startswith("redis."))
-
-
 def script_command(r: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Any]
                    ) -> tuple[Any, ...]:
     """``script`` as one command of a ``batch`` on ``r``: ``EVALSHA`` on a plain client
     (a script cache Redis lost answers NOSCRIPT, and ``Cache.run`` loads the scripts and
     runs the batch again), ``EVAL`` of its source on a cluster (as ``LuaScript`` does)."""
-    if _plain(r):
+    if packed_client(r):
         return ("EVALSHA", script.sha, len(keys), *keys, *args)
     return ("EVAL", script.source, len(keys), *keys, *args)
 
 
 def batch(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """``commands`` in one round trip (per node), their raw replies in order: no response
-    callbacks (``HMGET`` and ``SMISMEMBER`` lists, integers, bulk bytes).
-
-    A page of entities is dozens of small commands, and redis-py's pipeline spends about
-    10 µs of Python on each (its packer, its per-command bookkeeping and parsing: three
-    quarters of a warm community page's Redis cost, by profile). On a plain client they
-    are packed by hiredis and read back by the connection's own parser, on a connection of
-    the client's pool (disconnected on any error, so no half-read reply is reused; a
-    connection the server closed is retried once on a fresh one). A cluster client (or
-    any other) gets an ordinary pipeline: one round trip per node, in parallel. Raises
-    what redis-py raises (``Cache.run`` turns it into ``CacheUnavailable``)."""
-    if not commands:
-        return []
-    if not _plain(r):
-        pipe = r.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return pipe.execute()
-    pool = r.connection_pool
-    packed = b"".join(pack_command(command) for command in commands)
-    for attempt in (1, 2):
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([packed])
-            return [conn.read_response() for _ in commands]
-        except RedisConnectionError:
-            conn.disconnect()
-            if attempt == 2:
-                raise
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-    raise AssertionError("unreachable")
+    """``commands`` in one round trip (per node), their raw replies in order (``HMGET`` and
+    ``SMISMEMBER`` lists, integers, bulk bytes): ``cache.client.pipelined(raw=True)``.
+    A page of entities is dozens of small commands, and redis-py's pipeline spent about
+    10 µs of Python on each (three quarters of a warm community page's Redis cost, by
+    profile). Raises what redis-py raises (``Cache.run`` turns it into
+    ``CacheUnavailable``)."""
+    return pipelined(r, commands, raw=True)
 
 
 def queue_read(pipe: Any, entities: Sequence[Entity]) -> None:
