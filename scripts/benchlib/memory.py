@@ -81,7 +81,8 @@ def redis_memory(redis_url: str, prefix: str, users: list[int], db_url: str) -> 
     }
 
 
-ENTITY_FAMILIES = {"{g:#}:item:#": None, "{r:#}:reel": "{r:#}:v:reel"}
+ENTITY_FAMILIES = {"{g:#}:item:#": None, "{p:#}:post": "{p:#}:v:post",
+                   "{r:#}:reel": "{r:#}:v:reel"}
 
 
 def _entities(shared: dict[str, dict]) -> dict[str, dict]:
