@@ -520,6 +520,16 @@ class ReadStates:
             refresh,
         )
 
+    def _after_member(self, user_id: int, group_id: int, check_member: bool,
+                      reply: list[Any]) -> list[Any] | None:
+        """``reply`` without its membership check's answer (queued first by
+        ``queue_member_check`` when ``check_member``); None when the user is not a member."""
+        if not check_member:
+            return reply
+        if not self._member(user_id, group_id, parse_member_check(reply[0])):
+            return None
+        return reply[1:]
+
     def _member(self, user_id: int, group_id: int, cached: Any) -> bool:
         if cached is not NO_VALUE:
             stats.count(GROUPS_PATH, "hit")
@@ -659,11 +669,10 @@ class ReadStates:
             pipe.exists(lkey)
             return pipe.execute()
 
-        reply = self.cache.run(PATH_ITEMS_LIST, read_list)
-        if check_member:
-            if not self._member(user_id, group_id, parse_member_check(reply[0])):
-                return CachedPage(False, [])
-            reply = reply[1:]
+        reply = self._after_member(user_id, group_id, check_member,
+                                   self.cache.run(PATH_ITEMS_LIST, read_list))
+        if reply is None:
+            return CachedPage(False, [])
         listed, exists = reply
         if exists:
             stats.count(PATH_ITEMS_LIST, "hit")
@@ -723,11 +732,10 @@ class ReadStates:
             return pipe.execute()
 
         try:
-            reply = self.cache.run(PATH_PAGE, read)
-            if check_member:
-                if not self._member(user_id, group_id, parse_member_check(reply[0])):
-                    return PageState(False, [])
-                reply = reply[1:]
+            reply = self._after_member(user_id, group_id, check_member,
+                                       self.cache.run(PATH_PAGE, read))
+            if reply is None:
+                return PageState(False, [])
             exists, fields = reply
             if exists:
                 stats.count(PATH_PAGE, "hit")
@@ -757,11 +765,10 @@ class ReadStates:
             return pipe.execute()
 
         try:
-            reply = self.cache.run(PATH_UNREAD, read)
-            if check_member:
-                if not self._member(user_id, group_id, parse_member_check(reply[0])):
-                    return False, 0
-                reply = reply[1:]
+            reply = self._after_member(user_id, group_id, check_member,
+                                       self.cache.run(PATH_UNREAD, read))
+            if reply is None:
+                return False, 0
             counts = self._counts(user_id, {group_id: (reply[0], reply[1])})
             return True, counts[group_id]
         except CacheUnavailable:
