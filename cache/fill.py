@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cache import stats
@@ -21,7 +22,19 @@ from cache.versioned import PUBLISH, SET_MAX, publish_keys
 
 T = TypeVar("T")
 
-__all__ = ["Filler", "LeaseHeld", "read_through"]
+__all__ = ["Filler", "LeaseHeld", "Taken", "read_through"]
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A fill's lease as taken in its caller's own round trip (``Lease.queue_take`` in the
+    caller's pipeline, its reply truthy): the scope's ``version`` as read (or reloaded)
+    there, before the load, and the ``replies`` of what the caller read beside it, which
+    are then ``load``'s argument."""
+
+    lease: Lease
+    version: int | None
+    replies: list[Any] = field(default_factory=list)
 
 
 class Filler:
@@ -83,49 +96,78 @@ class Filler:
         Returns the loaded data. Raises ``LeaseHeld`` if another filler holds the lease
         and ``CacheUnavailable`` if Redis fails.
         """
+        return self.fill_and_read(path, scope, keys, load, stage, ttl, only_if_missing,
+                                  preread)[0]
+
+    def fill_and_read(
+        self,
+        path: str,
+        scope: Scope,
+        keys: Sequence[str],
+        load: Callable[..., T],
+        stage: Callable[[Any, dict[str, str], T], None],
+        ttl: int | None = None,
+        only_if_missing: bool = False,
+        preread: Callable[[Any], None] | None = None,
+        taken: Taken | None = None,
+        then_read: Callable[[Any, T], None] | None = None,
+    ) -> tuple[T, list[Any]]:
+        """``fill``, and two ways to save round trips: ``taken``, the lease as taken in
+        the caller's own round trip (``Taken``: no round trip here before the load;
+        ``preread`` and ``only_if_missing`` then do not apply, the caller read what it
+        needed beside the lease); ``then_read(pipe, data)`` queues reads (of any slot)
+        after the publish, in its round trip. Returns ``(data, their replies)``."""
         cache = self.cache
-        lease = Lease(cache.keys.lease(keys[0]), cache.lease_ttl_ms)
         vkey = cache.keys.version(scope)
+        if taken is not None:
+            lease, raw_version, extra = taken.lease, taken.version, taken.replies
+        else:
+            lease = Lease(cache.keys.lease(keys[0]), cache.lease_ttl_ms)
 
-        def take_lease(r: Any) -> list[Any]:
-            # One round trip: the lease, the version copy (same slot: same tag), and a
-            # second look at the key: a fill may have landed since our caller's miss.
-            pipe = r.pipeline(transaction=False)
-            lease.queue_take(pipe)
-            pipe.get(vkey)
-            pipe.exists(keys[0])
-            if preread is not None:
-                preread(pipe)
-            return pipe.execute()
+            def take_lease(r: Any) -> list[Any]:
+                # One round trip: the lease, the version copy (same slot: same tag), and a
+                # second look at the key: a fill may have landed since our caller's miss.
+                pipe = r.pipeline(transaction=False)
+                lease.queue_take(pipe)
+                pipe.get(vkey)
+                pipe.exists(keys[0])
+                if preread is not None:
+                    preread(pipe)
+                return pipe.execute()
 
-        got, raw_version, filled, *extra = cache.run(path, take_lease)
-        if got and filled and only_if_missing:
-            # Someone else's fill landed meanwhile: don't load again; callers treat this
-            # like a held lease and read the key.
-            cache.run(path, lease.release)
-            raise LeaseHeld(keys[0])
-        if not got:
-            raise LeaseHeld(keys[0])
+            got, raw_version, filled, *extra = cache.run(path, take_lease)
+            if got and filled and only_if_missing:
+                # Someone else's fill landed meanwhile: don't load again; callers treat
+                # this like a held lease and read the key.
+                cache.run(path, lease.release)
+                raise LeaseHeld(keys[0])
+            if not got:
+                raise LeaseHeld(keys[0])
         # Read before the load (see versioned.py); a lost copy is reloaded from Postgres.
         version = int(raw_version) if raw_version is not None else self.version(path, scope)
-        data = load(extra) if preread is not None else load()
+        data = load(extra) if preread is not None or taken is not None else load()
         temps = {key: cache.keys.temp(key, lease.token) for key in keys}
+        at: list[int] = []  # where PUBLISH's answer is in the replies
 
-        def publish(r: Any) -> int:
+        def publish(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for temp in temps.values():
                 pipe.delete(temp)
             stage(pipe, temps, data)
+            at.append(len(pipe))
             PUBLISH(
                 keys=publish_keys(cache.keys, scope, lease.key, list(temps.items())),
                 args=[version, cache.idle_ttl, lease.token, ttl or cache.idle_ttl],
                 client=pipe,
             )
-            return pipe.execute()[-1]
+            if then_read is not None:
+                then_read(pipe, data)
+            return pipe.execute()
 
-        if not cache.run(path, publish):
+        replies = cache.run(path, publish)
+        if not replies[at[-1]]:
             stats.STALE_FILLS.labels(path).inc()
-        return data
+        return data, replies[at[-1] + 1:]
 
     def fill_batch(
         self,

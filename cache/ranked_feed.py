@@ -64,10 +64,9 @@ from cache import posts as cache_posts
 from cache import stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
 from cache.entities import Entity, queue_read
-from cache.fill import Filler, LeaseHeld
+from cache.fill import Filler, LeaseHeld, Taken
 from cache.keys import Keyspace, Scope, user_tag
 from cache.lease import Lease, wait_for
-from cache.versioned import PUBLISH, publish_keys
 
 PATH = "ranked_feed"
 INPUTS_PATH = "ranked_feed_inputs"
@@ -230,9 +229,9 @@ class FirstRead:
     version: int | None
     controls: Controls
     cached: _Cached | None
-    # A forced page's fill lease, taken in that round trip: (the lease, the version copy
-    # and the inputs key as read beside it), or None (not forced, or another holds it).
-    taken: tuple[Lease, Any, list[Any]] | None = None
+    # A forced page's fill lease, taken in that round trip (with the version and the
+    # inputs key as read beside it), or None (not forced, or another holds it).
+    taken: Taken | None = None
 
 
 def _slice(raw_head: bytes | None, raw: bytes | None, version: int,
@@ -361,7 +360,7 @@ class RankedFeedCache:
             except CacheUnavailable:
                 return FirstRead(None, controls, None)
         if force:  # the version as read (or reloaded) beside the lease, before the load
-            taken = (lease, version, [fourth]) if third else None
+            taken = Taken(lease, version, [fourth]) if third else None
             return FirstRead(version, controls, None, taken)
         return FirstRead(version, controls, _slice(third, fourth, version, controls.version))
 
@@ -429,11 +428,21 @@ class RankedFeedCache:
                                         config_version))
             stage_inputs(pipe, pending[-1].writes)
 
+        wanted: list[Entity] = []
+
+        def read_posts(pipe: Any, ranking: Ranking) -> None:
+            # The page's post entities, read in the publish's round trip.
+            wanted.extend(cache_posts.entity(self.cache.keys, int(i))
+                          for i in ranking.records[start:stop]["id"])
+            queue_read(pipe, wanted)
+
         def fill() -> _Cached:
-            ranking, posts = self._fill(user_id, key, load, stage,
-                                        lambda pipe: pipe.get(ikey), start, stop, first.taken)
+            ranking, found = self.filler.fill_and_read(
+                PATH, scope(user_id), [key], load, stage, ttl=self.page_ttl,
+                preread=lambda pipe: pipe.get(ikey), taken=first.taken,
+                then_read=read_posts)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
-                           ranking.records[start:stop], posts)
+                           ranking.records[start:stop], (wanted, found))
 
         def fallback() -> _Cached:
             stats.count(PATH, "fallback")
@@ -465,58 +474,6 @@ class RankedFeedCache:
             return self._extend(user_id, version, config_version, key, start, stop,
                                 compute, clock_us)
         return RankedPage(got.count, entries(got.records), got.posts)
-
-    def _fill(self, user_id: int, key: str, load: Callable[[list[Any]], Ranking],
-              stage: Callable[[Any, dict[str, str], Ranking], None],
-              preread: Callable[[Any], None], start: int, stop: int,
-              taken: tuple[Lease, Any, list[Any]] | None = None,
-              ) -> tuple[Ranking, tuple[list[Entity], list[Any]]]:
-        """``Filler.fill`` of the ranking (the lease, the version copy and ``preread``'s
-        keys in one round trip, or ``taken``: that round trip's lease and replies, read
-        by ``first_read``; ``load(their replies)``; publish if the version did not move)
-        whose publish round trip also reads the post entities of the page ``[start,
-        stop)`` of what was loaded: ``(ranking, (entities, their HGETALL answers))``. On
-        a cluster each round trip is one pipeline per node. Raises ``LeaseHeld`` and
-        ``CacheUnavailable`` as ``Filler.fill``."""
-        cache = self.cache
-        vkey = cache.keys.version(scope(user_id))
-        if taken is not None:
-            lease, raw_version, extra = taken
-        else:
-            lease = Lease(cache.keys.lease(key), cache.lease_ttl_ms)
-
-            def take_lease(r: Any) -> list[Any]:
-                pipe = r.pipeline(transaction=False)
-                lease.queue_take(pipe)
-                pipe.get(vkey)  # read before the load (see versioned.py)
-                preread(pipe)
-                return pipe.execute()
-
-            got, raw_version, *extra = cache.run(PATH, take_lease)
-            if not got:
-                raise LeaseHeld(key)
-        version = (int(raw_version) if raw_version is not None
-                   else self.filler.version(PATH, scope(user_id)))
-        ranking = load(extra)
-        temps = {key: cache.keys.temp(key, lease.token)}
-        wanted = [cache_posts.entity(cache.keys, int(i))
-                  for i in ranking.records[start:stop]["id"]]
-
-        def publish(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            pipe.delete(temps[key])
-            stage(pipe, temps, ranking)
-            PUBLISH(keys=publish_keys(cache.keys, scope(user_id), lease.key,
-                                      list(temps.items())),
-                    args=[version, cache.idle_ttl, lease.token, self.page_ttl], client=pipe)
-            queue_read(pipe, wanted)
-            return pipe.execute()
-
-        replies = cache.run(PATH, publish)
-        found = replies[len(replies) - len(wanted):]
-        if not replies[len(replies) - len(wanted) - 1]:
-            stats.STALE_FILLS.labels(PATH).inc()
-        return ranking, (wanted, found)
 
     def _extend(self, user_id: int, version: int, config_version: int, key: str,
                 start: int, stop: int, compute: Compute, clock_us: int) -> RankedPage:
@@ -619,7 +576,7 @@ class RankedFeedCache:
         """Free a forced page's lease that ``first_read`` took and no fill will use."""
         if first.taken is not None:
             with contextlib.suppress(CacheUnavailable):
-                self.cache.run(PATH, first.taken[0].release)
+                self.cache.run(PATH, first.taken.lease.release)
 
     def warm(self, page: Callable[[], Any]) -> None:
         """``page()`` reads the first page through: a miss fills inputs and ranking."""
