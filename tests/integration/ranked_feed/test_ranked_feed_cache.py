@@ -17,6 +17,8 @@ from service import ranked_feed, ranked_feed_ops
 from storage import ranked_feed as store
 from tests.support.ranked_feed_data import FROZEN_NOW, generate, oracle_order
 
+CANDIDATE_SQL = 2  # the ranking's settings (one statement) and the candidates' query
+
 
 def counter(outcome: str, path: str = rf.PATH) -> float:
     return REGISTRY.get_sample_value(
@@ -211,14 +213,14 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     fresh, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
     assert [pid for pid, _ in fresh] == expected_first_page(state, viewer)
     assert trips == 2
-    assert sql == len(store._RANKING_SETTINGS) + 1
+    assert sql == CANDIDATE_SQL
     # Inputs expired: loaded in the same session (one statement more), written in the
     # publish's round trip, and read from the cache by the next forced page.
     version = state.filler.version(rf.PATH, rf.scope(viewer))
     state.cache.redis.delete(rf.inputs_key(state.cache.keys, viewer))
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
     assert again == fresh and trips == 2
-    assert sql == len(store._RANKING_SETTINGS) + 1 + 1
+    assert sql == CANDIDATE_SQL + 1
     hits = counter("hit", rf.INPUTS_PATH)
     assert page(client, auth(viewer), invalidate_cache="true") == fresh
     assert counter("hit", rf.INPUTS_PATH) == hits + 1
@@ -227,14 +229,30 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     stale = orjson.loads(state.cache.redis.get(key))
     state.cache.redis.set(key, orjson.dumps({**stale, "v": version - 1, "fellows": []}))
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
-    assert again == fresh and sql == len(store._RANKING_SETTINGS) + 1 + 1
+    assert again == fresh and sql == CANDIDATE_SQL + 1
     assert orjson.loads(state.cache.redis.get(key)) == stale
     # The version copy lost: its row read on the page's session, the copy set back.
     state.cache.redis.delete(state.cache.keys.version(rf.scope(viewer)))
     again, sql, trips = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
     assert again == fresh and trips == 3
-    assert sql == len(store._RANKING_SETTINGS) + 1 + 1
+    assert sql == CANDIDATE_SQL + 1
     assert state.filler.version(rf.PATH, rf.scope(viewer)) == version
+
+
+def test_candidates_query_runs_under_the_rankings_settings(state, monkeypatch):
+    """The settings statement is in force for the candidates' query (same transaction),
+    and only there: the session's next transaction has the server's defaults."""
+    world = _world(state, monkeypatch)
+    with state.db.session() as session:
+        default = session.execute(text("SHOW random_page_cost")).scalar_one()
+        session.commit()
+        store.load_candidates(session, viewer=world.users[0], fellows=[], collectives=[],
+                              blocked=[], muted=[], type_values={}, k_recent=5, k_social=5)
+        shown = [session.execute(text(f"SHOW {name}")).scalar_one() for name in (
+            "max_parallel_workers_per_gather", "random_page_cost", "plan_cache_mode")]
+        assert shown == ["0", "1.1", "force_generic_plan"]
+        session.commit()
+        assert session.execute(text("SHOW random_page_cost")).scalar_one() == default
 
 
 def test_lost_version_copy_is_reloaded_not_restarted(client, auth, state, monkeypatch):
