@@ -9,7 +9,7 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
   version ``<v>`` and read only under that version. One key per viewer, not one per
   version: a new version's inputs overwrite it, and a forced page reads it in its first
   round trip (the key's name does not wait for the version);
-- **ranking** ``rf:rank:v2`` (5 min): one string, a 32-byte header (the ranking's size,
+- **ranking** ``rf:rank:v3`` (5 min): one string, a 32-byte header (the ranking's size,
   the entries kept, the clock it was ranked at, and the calc version ``<v>`` and controls'
   version ``<c>`` it was ranked under) then the first entries best first, 32 bytes each
   (``RECORD``: id, score and the six components, exactly). A page is read in the same
@@ -22,7 +22,7 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
   kept clock, less the kept entries, and keeps the ranking extended (the kept entries
   unchanged, so a walk never shows a post twice). Candidates are the posts the viewer may
   see (public or in their collectives); a caller with the admin role sees every
-  collective, so their ranking is kept apart, ``rf:rank:v2:a``.
+  collective, so their ranking is kept apart, ``rf:rank:v3:a``.
 
 And one key shared by every viewer, under its own tag: **controls** ``{rank}:config``, the
 admin's switch and weights (``/api/admin/ranking/``) as JSON ``{"v", "enabled",
@@ -81,7 +81,7 @@ CONFIG_TAG = "rank"
 CONFIG_PATH = "ranking_config"
 
 
-RANK_FORMAT = "v2"  # in the key: a deploy never reads another format's ranking
+RANK_FORMAT = "v3"  # in the key: a deploy never reads another format's ranking
 
 
 def rank_key(keys: Keyspace, user_id: int, admin: bool = False) -> str:
@@ -149,13 +149,17 @@ class Head(NamedTuple):
     clock_us: int
     version: int
     config_version: int
-# One entry: 32 bytes. Components are kept exactly: recency as a float64; social,
+# One entry: 24 bytes. Components are kept exactly: recency as a float64; social,
 # collective and viewed as flags; interaction (0..40), engagement × 2 (half points) and
-# post_type / 10 as integers (each component is exactly such a value).
-RECORD = np.dtype([("id", "<i8"), ("score", "<f8"), ("recency", "<f8"),
-                   ("post_type", "<u4"), ("engagement2", "<i2"), ("interaction", "u1"),
-                   ("flags", "u1")])
+# post_type / 10 as integers (each component is exactly such a value). The score is not
+# kept: it is a function of these and the weights of the controls' version in the header
+# (``Score``), recomputed for the page's entries to the same bits.
+RECORD = np.dtype([("id", "<i8"), ("recency", "<f8"), ("post_type", "<u4"),
+                   ("engagement2", "<i2"), ("interaction", "u1"), ("flags", "u1")])
 SOCIAL, COLLECTIVE, VIEWED = 1, 2, 4
+
+# score(components (n, 6) in the score's order, viewed (n,)) -> the n final scores
+Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -168,12 +172,11 @@ class Entry:
     viewed: bool
 
 
-def pack(ids: np.ndarray, scores: np.ndarray, components: np.ndarray,
-         viewed: np.ndarray) -> np.ndarray:
+def pack(ids: np.ndarray, components: np.ndarray, viewed: np.ndarray) -> np.ndarray:
     """Ranked columns (components in the score's order: recency, social, interaction,
     engagement, collective, post_type) as ``RECORD`` entries."""
     out = np.zeros(len(ids), dtype=RECORD)
-    out["id"], out["score"], out["recency"] = ids, scores, components[:, 0]
+    out["id"], out["recency"] = ids, components[:, 0]
     out["interaction"] = components[:, 2]
     out["engagement2"] = np.rint(components[:, 3] * 2)
     out["post_type"] = np.rint(components[:, 5] / 10)
@@ -182,16 +185,27 @@ def pack(ids: np.ndarray, scores: np.ndarray, components: np.ndarray,
     return out
 
 
-def entries(records: np.ndarray) -> list[Entry]:
-    """``RECORD`` entries (one page) as ``Entry`` values with their six components."""
-    return [
-        Entry(int(r["id"]), float(r["score"]), (
-            float(r["recency"]), 50.0 if r["flags"] & SOCIAL else 0.0,
-            float(r["interaction"]), float(r["engagement2"]) / 2,
-            30.0 if r["flags"] & COLLECTIVE else 0.0, 10.0 * float(r["post_type"]),
-        ), bool(r["flags"] & VIEWED))
-        for r in records
-    ]
+def components(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (n, 6) components (the score's order) and the viewed flags of ``RECORD``
+    entries, exactly as ``pack`` was given them."""
+    flags = records["flags"]
+    out = np.empty((len(records), 6), dtype=np.float64)
+    out[:, 0] = records["recency"]
+    out[:, 1] = np.where(flags & SOCIAL, 50.0, 0.0)
+    out[:, 2] = records["interaction"]
+    out[:, 3] = records["engagement2"] / 2
+    out[:, 4] = np.where(flags & COLLECTIVE, 30.0, 0.0)
+    out[:, 5] = 10.0 * records["post_type"].astype(np.float64)
+    return out, (flags & VIEWED) != 0
+
+
+def entries(records: np.ndarray, score: Score) -> list[Entry]:
+    """``RECORD`` entries (one page) as ``Entry`` values: their six components and
+    ``score`` of them."""
+    parts, viewed = components(records)
+    scores = score(parts, viewed)
+    return [Entry(int(i), float(s), tuple(p), bool(v)) for i, s, p, v in
+            zip(records["id"], scores, parts.tolist(), viewed, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -269,8 +283,8 @@ def _bounds(start: int, stop: int) -> tuple[int, int]:
     return HEADER.size + start * RECORD.itemsize, HEADER.size + stop * RECORD.itemsize
 
 
-def _page(ranking: Ranking, start: int, stop: int) -> RankedPage:
-    return RankedPage(len(ranking.records), entries(ranking.records[start:stop]))
+def _page(ranking: Ranking, start: int, stop: int, score: Score) -> RankedPage:
+    return RankedPage(len(ranking.records), entries(ranking.records[start:stop], score))
 
 
 def now_us(now: datetime) -> int:
@@ -382,6 +396,7 @@ class RankedFeedCache:
         start: int,
         stop: int,
         compute: Compute,
+        score: Score,
         clock_us: int,
         force: bool = False,
         admin: bool = False,
@@ -392,7 +407,8 @@ class RankedFeedCache:
         unusable; its ``cached``: the slice when the cached ranking is current).
         ``compute(version, clock_us, exclude, inputs)`` ranks from Postgres at
         ``clock_us``, less the posts ``exclude`` (``version`` None when the cache is
-        unusable: inputs then come from Postgres too); ``inputs``, when not None, holds
+        unusable: inputs then come from Postgres too); ``score`` gives the entries'
+        scores from their components (under ``first.controls``); ``inputs``, when not None, holds
         the viewer's cached inputs as read in the fill's lease round trip, and collects
         those to write in its publish round trip (``InputsRead``). The first ``keep``
         entries are cached; a page past them ranks again at the cached ranking's clock,
@@ -404,7 +420,7 @@ class RankedFeedCache:
         version = first.version
         if version is None:
             stats.count(PATH, "fallback")
-            return _page(compute(None, clock_us, None, None), start, stop)
+            return _page(compute(None, clock_us, None, None), start, stop, score)
         config_version = first.controls.version
         key = rank_key(self.cache.keys, user_id, admin)
         lo, hi = _bounds(start, stop)
@@ -472,11 +488,12 @@ class RankedFeedCache:
                 got = fallback()
         if stop > got.kept and got.kept < got.count:  # past the kept entries: extend
             return self._extend(user_id, version, config_version, key, start, stop,
-                                compute, clock_us)
-        return RankedPage(got.count, entries(got.records), got.posts)
+                                compute, score, clock_us)
+        return RankedPage(got.count, entries(got.records, score), got.posts)
 
     def _extend(self, user_id: int, version: int, config_version: int, key: str,
-                start: int, stop: int, compute: Compute, clock_us: int) -> RankedPage:
+                start: int, stop: int, compute: Compute, score: Score,
+                clock_us: int) -> RankedPage:
         """Rank again at the cached ranking's clock, less the entries kept, and keep the
         ranking extended (the kept entries first, unchanged, so no walk sees a post twice);
         answered without writing when another process holds the lease or Redis fails."""
@@ -488,7 +505,7 @@ class RankedFeedCache:
         if whole is None or whole[0].version != version or (
                 whole[0].config_version != config_version):
             # gone, unreadable or replaced meanwhile: a fresh ranking, not kept
-            return _page(compute(None, clock_us, None, None), start, stop)
+            return _page(compute(None, clock_us, None, None), start, stop, score)
         head, prefix = whole
         clock = head.clock_us
         merged: list[Ranking] = []
@@ -507,7 +524,7 @@ class RankedFeedCache:
                                        ttl=self.page_ttl)
         except (LeaseHeld, CacheUnavailable):
             ranking = merged[0] if merged else load()
-        return _page(ranking, start, stop)
+        return _page(ranking, start, stop, score)
 
     def inputs(
         self, user_id: int, version: int, load: Callable[[], dict[str, Any]],

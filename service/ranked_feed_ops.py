@@ -137,8 +137,7 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
     if exclude is not None and len(exclude):
         candidates = candidates.without(exclude)
     ranked = scoring.rank(candidates, viewer, weights or settings.ranking_weights, clock)
-    return Ranking(clock, feed_cache.pack(ranked.ids, ranked.scores, ranked.components,
-                                          ranked.viewed))
+    return Ranking(clock, feed_cache.pack(ranked.ids, ranked.components, ranked.viewed))
 
 
 def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
@@ -169,8 +168,11 @@ def ranked_page(app_state: AppState, user_id: int, start: int, stop: int,
         return compute_ranking(app_state, user_id, v, weights, is_admin, clock_us, exclude,
                                session, cached_inputs)
 
+    def score(parts: np.ndarray, viewed: np.ndarray) -> np.ndarray:
+        return scoring.scores(parts, viewed, weights)
+
     return controls, cache.page(
-        user_id, first, start, stop, compute,
+        user_id, first, start, stop, compute, score,
         feed_cache.now_us(clock or now()), force=force, admin=is_admin,
     )
 

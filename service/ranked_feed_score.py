@@ -190,13 +190,21 @@ def components(c: Candidates, viewer: ViewerInputs, now_us: int) -> np.ndarray:
     return out
 
 
+def scores(parts: np.ndarray, viewed: np.ndarray,
+           weights: Mapping[str, float]) -> np.ndarray:
+    """The final scores of rows of components (``components``'s columns) and viewed
+    flags: a function of those alone, so the same rows give the same bits wherever it
+    runs (a cached ranking keeps the components, not the scores)."""
+    score = np.zeros(len(parts), dtype=np.float64)
+    for k, name in enumerate(COMPONENTS):  # left to right, like the formula's sum
+        score = score + float(weights[name]) * parts[:, k]
+    return np.where(viewed, score * VIEWED_FACTOR, score)
+
+
 def rank(c: Candidates, viewer: ViewerInputs, weights: Mapping[str, float],
          now_us: int) -> Ranking:
     """Score every candidate and return them best first (a total, stable order)."""
     parts = components(c, viewer, now_us)
-    score = np.zeros(len(c), dtype=np.float64)
-    for k, name in enumerate(COMPONENTS):  # left to right, like the formula's sum
-        score = score + float(weights[name]) * parts[:, k]
-    score = np.where(c.viewed, score * VIEWED_FACTOR, score)
+    score = scores(parts, c.viewed, weights)
     order = np.lexsort((-c.ids, -c.created_us, -score))
     return Ranking(c.ids[order], score[order], parts[order], c.viewed[order])

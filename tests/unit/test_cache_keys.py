@@ -16,8 +16,8 @@ def test_key_formats():
     assert gf_cache.groups_key(ks, 42) == "hc:{u:42}:groups"
     assert Scope("u:42", "rs:7").row_name == "u:42|rs:7"
     assert Scope.from_row_name("u:42|rs:7") == Scope("u:42", "rs:7")
-    assert rf.rank_key(ks, 42) == "hc:{u:42}:rf:rank:v2"
-    assert rf.rank_key(ks, 42, admin=True) == "hc:{u:42}:rf:rank:v2:a"
+    assert rf.rank_key(ks, 42) == "hc:{u:42}:rf:rank:v3"
+    assert rf.rank_key(ks, 42, admin=True) == "hc:{u:42}:rf:rank:v3:a"
     assert rf.config_key(ks) == "hc:{rank}:config"
     assert ks.version(rf.config_scope()) == "hc:{rank}:v:config"
     assert rf.config_scope().row_name == "rank|config"

@@ -74,3 +74,31 @@ def test_packed_candidates_read_as_the_rows_they_pack():
                  "post_type"):
         assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
     assert got.ids.tolist() == [7, 9] and got.viewed.tolist() == [True, False]
+
+
+def test_a_cached_ranking_gives_back_every_score_and_component_to_the_bit():
+    """The cached entry keeps the components, not the score (24 bytes): read back, the
+    score recomputed from them equals the ranking's exactly, and so do the components."""
+    import numpy as np
+
+    from cache import ranked_feed as rf
+
+    rng = np.random.default_rng(3)
+    n = 400
+    rows = [row(i, int(rng.integers(1, 40)), int(rng.choice([0, 0, 5, 6])),
+                float(rng.uniform(0, 500)), float(rng.integers(0, 101)) / 2,
+                bool(rng.integers(0, 2)), float(rng.choice([0, 10, 20, 70])))
+            for i in range(1, n + 1)]
+    viewer = scoring.ViewerInputs(fellows=frozenset({2, 7, 11}), collectives=frozenset({5}),
+                                  by_author={2: 3, 3: 20, 9: 1})
+    weights = {"recency": 0.15, "social": 0.25, "interaction": 0.2, "engagement": 0.15,
+               "collective": 0.15, "post_type": 0.1}
+    ranked = scoring.rank(scoring.Candidates.from_rows(rows), viewer, weights, NOW_US)
+    records = rf.pack(ranked.ids, ranked.components, ranked.viewed)
+    assert rf.RECORD.itemsize == 24
+    read = rf.entries(np.frombuffer(records.tobytes(), dtype=rf.RECORD),
+                      lambda parts, viewed: scoring.scores(parts, viewed, weights))
+    assert [e.id for e in read] == ranked.ids.tolist()
+    assert [e.score for e in read] == ranked.scores.tolist()
+    assert [list(e.components) for e in read] == ranked.components.tolist()
+    assert [e.viewed for e in read] == ranked.viewed.tolist()
