@@ -35,6 +35,7 @@ from cache import community_feed as cf
 from cache import posts as cache_posts
 from cache import ranked_feed as feed_cache
 from cache.entities import EntityStore, encode
+from cache.fill import Filler
 from cache.ranked_feed import Controls, Entry, RankedFeedCache, RankedPage, Ranking
 from service import community_feed_ops
 from service import ranked_feed_score as scoring
@@ -213,22 +214,25 @@ def _log_decision(app_state: AppState, user_id: int, page: int, page_size: int,
     }))
 
 
-def _load_posts(app_state: AppState, ids: list[int]) -> dict[int, dict[str, bytes]]:
+def _load_posts(session: Any, ids: list[int]) -> dict[int, dict[str, bytes]]:
     """The live posts among ``ids`` rendered as their entities (``cache.posts.render``)."""
-    with app_state.db.session() as session:
-        return {i: cache_posts.render(row)
-                for i, row in posts_store.post_entities(session, ids).items()}
+    return {i: cache_posts.render(row)
+            for i, row in posts_store.post_entities(session, ids).items()}
 
 
-def _page_posts(app_state: AppState, ranked: RankedPage) -> dict[int, cache_posts.CachedPost]:
+def _page_posts(app_state: AppState, ranked: RankedPage,
+                session: Any) -> dict[int, cache_posts.CachedPost]:
     """The page's live posts: from the entities a fill read in its publish round trip
-    (those missing filled in one batch), else ``cache.posts.page_posts`` (one round
-    trip)."""
+    (those missing filled in one batch, their rows and any lost version copies read on
+    ``session``, the ranking's), else ``cache.posts.page_posts`` (one round trip)."""
     if ranked.posts is None:
         return cache_posts.page_posts(app_state, [e.id for e in ranked.entries], None)[0]
     wanted, replies = ranked.posts
-    found = EntityStore(app_state.filler, cache_posts.PATH).complete(
-        wanted, replies, lambda ids: _load_posts(app_state, ids))
+    filler = Filler(app_state.cache,
+                    lambda name: rebuild_store.versions(session, [name])[name],
+                    lambda names: rebuild_store.versions(session, names))
+    found = EntityStore(filler, cache_posts.PATH).complete(
+        wanted, replies, lambda ids: _load_posts(session, ids))
     return {i: cache_posts.CachedPost.of(i, fields) for i, fields in found.items()}
 
 
@@ -245,13 +249,16 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
     ranking cached before them is not read again once their change is applied (right
     after commit; after a crash, by the outbox relay)."""
     start = (page - 1) * page_size
-    with app_state.db.session() as session:  # a connection only once a statement runs
+    # One session for the ranking and the page's missing posts (a pool checkout, a
+    # transaction); a connection only once a statement runs (a warm page has none).
+    with app_state.db.session() as session:
         controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
                                        force=force, is_admin=is_admin, clock=clock,
                                        session=session)
-    if ranked is None:
-        return chronological_page(app_state, user_id, page, page_size, is_admin)
-    found = _page_posts(app_state, ranked)
+        if ranked is None:
+            session.close()
+            return chronological_page(app_state, user_id, page, page_size, is_admin)
+        found = _page_posts(app_state, ranked, session)
     shown = [(found[e.id], e) for e in ranked.entries if e.id in found]
     sample = app_state.settings.ranking_log_sample
     if sample > 0 and random.random() < sample:  # noqa: S311 - sampling, not security

@@ -239,6 +239,37 @@ def test_forced_page_costs(client, auth, state, monkeypatch):
     assert state.filler.version(rf.PATH, rf.scope(viewer)) == version
 
 
+def test_forced_page_with_its_posts_missing_uses_one_connection(
+        client, auth, state, monkeypatch):
+    """A forced page whose post entities (and their version copies) are gone: the ranking,
+    the lost copies' rows and the posts' rows are read on one pooled connection (one
+    checkout), the posts come back filled, and the next cached page needs no SQL."""
+    from sqlalchemy import event
+
+    from cache import posts as cache_posts
+    from tests.support.metrics import Costs
+
+    world = _world(state, monkeypatch)
+    viewer = world.users[6]
+    fresh = page(client, auth(viewer))
+    for pid, _ in fresh:
+        state.cache.redis.delete(cache_posts.key(state.cache.keys, pid),
+                                 state.cache.keys.version(cache_posts.scope(pid)))
+    checkouts = []
+    listener = lambda *args: checkouts.append(1)  # noqa: E731
+    event.listen(state.db.engine, "checkout", listener)
+    try:
+        costs = Costs(monkeypatch)
+        again, sql, _ = costs.of(lambda: page(client, auth(viewer), invalidate_cache="true"))
+    finally:
+        event.remove(state.db.engine, "checkout", listener)
+    assert again == fresh
+    assert len(checkouts) == 1
+    assert sql == CANDIDATE_SQL + 2  # the lost version rows, the posts' rows
+    cached, sql, _ = costs.of(lambda: page(client, auth(viewer)))
+    assert cached == fresh and sql == 0
+
+
 def test_candidates_query_runs_under_the_rankings_settings(state, monkeypatch):
     """The settings statement is in force for the candidates' query (same transaction),
     and only there: the session's next transaction has the server's defaults."""
