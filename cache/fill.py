@@ -96,21 +96,14 @@ class Filler:
         Returns the loaded data. Raises ``LeaseHeld`` if another filler holds the lease
         and ``CacheUnavailable`` if Redis fails.
         """
-        return self.fill_and_read(path, scope, keys, load, stage, ttl, only_if_missing,
-                                  preread)[0]
+        return self.fill_and_read(path, scope, keys, load, stage, ttl=ttl,
+                                  only_if_missing=only_if_missing, preread=preread)[0]
 
     def fill_and_read(
-        self,
-        path: str,
-        scope: Scope,
-        keys: Sequence[str],
-        load: Callable[..., T],
-        stage: Callable[[Any, dict[str, str], T], None],
-        ttl: int | None = None,
-        only_if_missing: bool = False,
-        preread: Callable[[Any], None] | None = None,
-        taken: Taken | None = None,
-        then_read: Callable[[Any, T], None] | None = None,
+        self, path: str, scope: Scope, keys: Sequence[str], load: Callable[..., T],
+        stage: Callable[[Any, dict[str, str], T], None], *, ttl: int | None = None,
+        only_if_missing: bool = False, preread: Callable[[Any], None] | None = None,
+        taken: Taken | None = None, then_read: Callable[[Any, T], None] | None = None,
     ) -> tuple[T, list[Any]]:
         """``fill``, and two ways to save round trips: ``taken``, the lease as taken in
         the caller's own round trip (``Taken``: no round trip here before the load;
