@@ -11,14 +11,15 @@ Two levels, all under one user's hash tag ``{u:<id>}`` and that user's calc vers
   round trip (the key's name does not wait for the version);
 - **ranking** ``rf:rank:v3`` (5 min): one string, a 32-byte header (the ranking's size,
   the entries kept, the clock it was ranked at, and the calc version ``<v>`` and controls'
-  version ``<c>`` it was ranked under) then the first entries best first, 32 bytes each
-  (``RECORD``: id, score and the six components, exactly). A page is read in the same
+  version ``<c>`` it was ranked under) then the first entries best first, 24 bytes each
+  (``RECORD``: id and the six components, exactly; a page's scores are recomputed from
+  them with the weights of ``<c>``, to the same bits). A page is read in the same
   round trip as the versions: one pipeline of the version copy, the controls, a
   ``GETRANGE`` of the header and one of the page's slice, served only if the header's
   ``<v>`` and ``<c>`` are the ones just read (so a cached page costs that round trip and
   the posts' one). One key per viewer, not one per version: a new ranking overwrites it
   and nothing of an older version lingers until its TTL. Only the first ``keep`` entries
-  (``RANKED_CACHE_ENTRIES``, 200: 6.4 KB) are kept; a page past them ranks again at the
+  (``RANKED_CACHE_ENTRIES``, 200: 4.8 KB) are kept; a page past them ranks again at the
   kept clock, less the kept entries, and keeps the ranking extended (the kept entries
   unchanged, so a walk never shows a post twice). Candidates are the posts the viewer may
   see (public or in their collectives); a caller with the admin role sees every
