@@ -332,3 +332,33 @@ def test_filler_publishes_with_the_given_ttl(state):
     state.filler.fill("test", scope, [key], lambda: "y", stage)
     assert state.cache.redis.ttl(key) > 42
     assert state.cache.redis.get(key) == b"y"
+
+
+def test_forced_page_whose_version_moves_meanwhile_is_answered_not_kept(
+        client, auth, state, monkeypatch):
+    """A write applied while a forced page ranks: the page is answered (its posts read in
+    the publish's round trip), the ranking it computed is not published (counted as a
+    stale fill), and the next page ranks afresh under the new version."""
+    world = _world(state, monkeypatch)
+    viewer = world.users[7]
+    fresh = page(client, auth(viewer))
+    vkey = state.cache.keys.version(rf.scope(viewer))
+    original = ranked_feed_ops.compute_ranking
+
+    def bumped_meanwhile(*args, **kwargs):
+        ranking = original(*args, **kwargs)
+        state.cache.redis.incr(vkey)  # as a write's apply would, after its commit
+        return ranking
+
+    monkeypatch.setattr(ranked_feed_ops, "compute_ranking", bumped_meanwhile)
+
+    def stale() -> float:
+        return REGISTRY.get_sample_value("cache_stale_fills_total", {"path": rf.PATH}) or 0.0
+
+    before = stale()
+    assert page(client, auth(viewer), invalidate_cache="true") == fresh
+    assert stale() == before + 1
+    monkeypatch.setattr(ranked_feed_ops, "compute_ranking", original)
+    misses = counter("miss")
+    assert page(client, auth(viewer)) == fresh  # nothing else changed: same order
+    assert counter("miss") == misses + 1  # the stale ranking was not kept
