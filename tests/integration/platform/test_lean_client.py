@@ -6,7 +6,6 @@ connections than callers ran at once."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -14,6 +13,7 @@ import redis
 from redis.exceptions import ResponseError, TimeoutError
 
 from cache.client import LeanPool, LeanRedis, connect, pipelined
+from tests.support.concurrency import errors_in_threads
 
 
 def test_commands_answer_as_redis_py_does(redis_url, key_prefix):
@@ -95,22 +95,12 @@ def test_the_pool_holds_no_more_connections_than_ran_at_once(redis_url, key_pref
     r = connect(redis_url, 5.0, 5.0)
     s = f"{key_prefix}lean:s"
     r.set(s, "v")
-    errors: list[BaseException] = []
-
     def work() -> None:
-        try:
-            for _ in range(200):
-                assert r.get(s) == b"v"
-                assert pipelined(r, [("GET", s), ("EXISTS", s)]) == [b"v", 1]
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for _ in range(200):
+            assert r.get(s) == b"v"
+            assert pipelined(r, [("GET", s), ("EXISTS", s)]) == [b"v", 1]
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert errors_in_threads(work, 4) == []
     pool = r.connection_pool
     assert not pool._in_use_connections  # every checkout was released
     assert 1 <= len(pool._available_connections) <= 4
