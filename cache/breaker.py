@@ -48,6 +48,8 @@ class Breaker:
 
     def allow(self) -> bool:
         """True if a call may go to Redis now."""
+        if self._state == CLOSED:  # the usual answer, without the lock (one read)
+            return True
         with self._lock:
             if self._state == CLOSED:
                 return True
@@ -60,6 +62,8 @@ class Breaker:
             return False
 
     def success(self) -> None:
+        if self._state == CLOSED and not self._errors:  # nothing to reset: no lock
+            return
         with self._lock:
             if self._state == CLOSED:
                 self._errors = 0

@@ -50,6 +50,7 @@ class RateCounters:
         self._pending: dict[str, int] = defaultdict(int)  # admitted here, not yet in Redis
         self._known: dict[str, int] = {}  # totals of every process at the last sync
         self._ends: dict[str, float] = {}  # window end of every key in use
+        self._current: dict[tuple[str, Limit], tuple[str, float]] = {}  # hit's key memo
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._stop = threading.Event()
@@ -64,7 +65,13 @@ class RateCounters:
     def hit(self, tag: str, limit: Limit) -> int | None:
         """Admit one request of ``tag`` (None), or say how many seconds it must wait."""
         now = self.clock()
-        key, ends = self.key(tag, limit, now)
+        # The counter's key is made once per caller and window (a caller sends many
+        # requests a window); the entries of ended windows are dropped at each sync.
+        memo_key = (tag, limit)
+        found = self._current.get(memo_key)
+        if found is None or not found[1] - limit.window <= now < found[1]:
+            found = self._current[memo_key] = self.key(tag, limit, now)
+        key, ends = found
         self._ensure_thread()
         with self._lock:
             if self._known.get(key, 0) + self._pending.get(key, 0) >= limit.per_window:
@@ -97,6 +104,7 @@ class RateCounters:
                 self._known.pop(key, None)
                 pending.pop(key, None)
             ends = dict(self._ends)
+            self._current = {k: v for k, v in self._current.items() if v[1] > now}
         if not ends:
             return
         try:
