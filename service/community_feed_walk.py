@@ -296,6 +296,7 @@ class TrendingSource(Source):
 # known to be hidden from the viewer is not read, and the first read of a page stops at
 # the posts it needs (``PostLoader.want``). Past POST_HINTS posts it starts over.
 COLLECTIVE_HINT = "cf_post_collective"
+UNKNOWN: Any = object()  # a post not in COLLECTIVE_HINT
 POST_HINTS = 100_000
 
 
@@ -361,7 +362,9 @@ def first_read(app: AppState, ids: Sequence[int], sees: Callable[[int | None], b
     (``COLLECTIVE_HINT``), and with ``want``, only up to the ``want``-th of them known to
     be seen."""
     known = app.hints.setdefault(COLLECTIVE_HINT, {})
-    wanted = [i for i in ids if i not in known or sees(known[i])]
+    # ``sees`` only for posts known to be in a collective (most are public or unknown).
+    wanted = [i for i in ids
+              if (c := known.get(i, UNKNOWN)) is None or c is UNKNOWN or sees(c)]
     if want is not None:
         seen = 0
         for n, i in enumerate(wanted):
