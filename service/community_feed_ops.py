@@ -20,7 +20,9 @@ trip more, once per rebuild).
 Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``;
 the walk's first read rides in the pipeline of the page's count), the posts from their
 cached entities and the viewer's likes set (``cache/posts.py``: one pipeline per chunk of
-ids, filters, visibility and blocked authors applied on the way out), and the document is
+ids, filters, visibility and blocked authors applied on the way out; a trending page whose
+snapshot range this process read before sends its first chunk's post reads in the count's
+pipeline, ``Ahead``: one round trip), and the document is
 assembled from their bytes (``FeedOut`` stays the contract). With Redis down, the same
 order comes from Postgres (keyset queries; for trending, the walk's snapshot row) and the
 posts from one query per chunk (``storage.posts.load_page``), rendered the same way, so

@@ -205,7 +205,7 @@ class FilteredSource(Source):
 # range: a page whose range this process remembers reads none, and its entities ride with
 # its count (one round trip); whether the copy still exists is asked in that round trip,
 # so an expired walk's cursor is still refused. Past RANGE_HINTS ranges it starts over
-# (about 5 KB each at 42 keys).
+# (5.8 KB each at 42 keys, by sys.getsizeof: under 6 MB per process).
 RANGE_HINT = "cf_snapshot_ranges"
 RANGE_HINTS = 1024
 
