@@ -630,6 +630,7 @@ class PageState:
     ranges: list[KeyRange] | None = None  # the ``prefetch`` read, if asked
     pointer: tuple[int, Floor] | None = None  # the shared snapshot's pointer, if asked
     follows_version: str | None = None  # the followees set's version copy, if asked
+    riders: list[Any] | None = None  # the raw replies of ``riders``, if any rode along
 
 
 @dataclass(frozen=True)
@@ -644,14 +645,16 @@ class Prefetch:
 
 def read_count(cache: Cache, path: str, field: str, member_of: int | None = None,
                blocker: int | None = None, prefetch: Prefetch | None = None,
-               pointer: bool = False, follows_of: int | None = None) -> PageState:
+               pointer: bool = False, follows_of: int | None = None,
+               riders: Sequence[tuple[Any, ...]] = ()) -> PageState:
     """The cached grouped count of ``field`` and the version copy, plus, if ``member_of``
     is a user id, that user's cached collectives, and if ``blocker`` is one, that user's
     cached blocked authors and the cached count of their posts in ``field``, the
     ``prefetch`` range read and, with ``pointer``, the shared trending snapshot's pointer
     (``snapshot_pointer``) and, if ``follows_of`` is a user id, the version copy of
-    their followees set, in one batch (two slots: one round trip per node).
-    Raises ``CacheUnavailable``."""
+    their followees set, in one batch (two slots: one round trip per node), and
+    ``riders``, commands of the page's own (any slots; their raw replies are
+    ``PageState.riders``). Raises ``CacheUnavailable``."""
     ck = CommunityKeys(cache.keys)
     vkey = cache.keys.version(posts_scope())
 
@@ -674,7 +677,10 @@ def read_count(cache: Cache, path: str, field: str, member_of: int | None = None
                          ("HGET", ck.counts, blocked_field(blocker, field))]
         if follows_of is not None:
             commands.append(("GET", cache.keys.version(follows_scope(follows_of))))
-        reply = batch(r, commands)  # one round trip per node, raw replies
+        reply = batch(r, [*commands, *riders])  # one round trip per node, raw replies
+        extra = None
+        if riders:
+            reply, extra = reply[:len(commands)], reply[len(commands):]
         follows = None
         if follows_of is not None:
             follows = "" if reply[-1] is None else reply[-1].decode()
@@ -693,7 +699,7 @@ def read_count(cache: Cache, path: str, field: str, member_of: int | None = None
             adjust = None if rest[2] is None else decode_adjustment(rest[2])
         return PageState(None if value is None else decode_grouped(value),
                          "0" if version is None else version.decode(), colls, blocked,
-                         adjust, ranges, shared, follows)
+                         adjust, ranges, shared, follows, extra)
 
     return cache.run(path, run)
 

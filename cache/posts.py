@@ -31,7 +31,8 @@ now writes its outbox row and applies it: one statement and one pipeline):
   bumped in the profile's transaction (one statement, ``storage.profiles``);
 - a new post is cached by the first page that misses it.
 
-Reads (``page_posts``): one round trip, the page's entities (one ``HMGET`` of the fields
+Reads (``page_posts``): one round trip (or none: a page may send ``page_commands`` in a
+batch of its own and hand over the replies), the page's entities (one ``HMGET`` of the fields
 each, sent as a raw batch, ``cache.entities.batch``: on a cluster one pipeline per node, in
 parallel) and, for a signed-in viewer, ``SMISMEMBER`` of the page's ids in their likes
 set; missing entities are one batched fill (``EntityStore.complete``), a missing likes
@@ -176,32 +177,44 @@ def _load(deps: Any) -> Any:
 FIELDS = (b"j", b"a", b"m", *(name.encode() for name in COUNTERS))
 
 
-def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None
+def page_commands(deps: Any, post_ids: Sequence[int], viewer: int | None
+                  ) -> list[tuple[Any, ...]]:
+    """The commands of ``page_posts``' one round trip for ``post_ids``: an ``HMGET`` of
+    each entity's fields and, for a signed-in viewer, ``SMISMEMBER`` of the ids in their
+    likes set and its ``EXPIRE``. A page may send them in a batch of its own (their raw
+    replies, in order, are ``page_posts``' ``replies``)."""
+    keys = deps.cache.keys
+    # ``key(keys, i)``, inlined: this runs for every post of every page.
+    prefix = keys.prefix
+    commands: list[tuple[Any, ...]] = [("HMGET", f"{prefix}{{p:{i}}}:post", *FIELDS)
+                                       for i in post_ids]
+    if viewer is not None:
+        lk = likes_key(keys, viewer)
+        commands.append(("SMISMEMBER", lk, FILLED, OVER, *post_ids))
+        commands.append(("EXPIRE", lk, deps.cache.idle_ttl))
+    return commands
+
+
+def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None,
+               replies: Sequence[Any] | None = None
                ) -> tuple[dict[int, CachedPost], set[int]]:
     """The live posts among ``post_ids`` and which of them ``viewer`` likes: one round
-    trip (an ``HMGET`` of each entity's fields, and ``SMISMEMBER`` of these ids in the
-    viewer's likes set, sent as one batch: ``cache.entities.batch``); missing entities
-    are one batched fill, a missing likes set one fill. Redis down: from Postgres."""
+    trip (``page_commands``, sent as one batch: ``cache.entities.batch``), or none when
+    ``replies`` holds those commands' raw replies, read already; missing entities are one
+    batched fill, a missing likes set one fill. Redis down: from Postgres."""
     if not post_ids and viewer is None:
         return {}, set()
     keys = deps.cache.keys
     ids = list(post_ids)
-    # ``key(keys, i)``, inlined: this runs for every post of every page.
-    prefix = keys.prefix
-    commands: list[tuple[Any, ...]] = [("HMGET", f"{prefix}{{p:{i}}}:post", *FIELDS)
-                                       for i in ids]
-    lk = likes_key(keys, viewer) if viewer is not None else None
-    if lk is not None:
-        commands.append(("SMISMEMBER", lk, FILLED, OVER, *ids))
-        commands.append(("EXPIRE", lk, deps.cache.idle_ttl))
-
     load = _load(deps)
-    try:
-        replies = deps.cache.run(PATH, lambda r: batch(r, commands))
-    except CacheUnavailable:
-        stats.count(PATH, "fallback")
-        posts = {i: CachedPost.of(i, encode(f)) for i, f in load(ids).items()}
-        return posts, _liked_from_db(deps, viewer, list(posts))
+    if replies is None:
+        commands = page_commands(deps, ids, viewer)
+        try:
+            replies = deps.cache.run(PATH, lambda r: batch(r, commands))
+        except CacheUnavailable:
+            stats.count(PATH, "fallback")
+            posts = {i: CachedPost.of(i, encode(f)) for i, f in load(ids).items()}
+            return posts, _liked_from_db(deps, viewer, list(posts))
     posts: dict[int, CachedPost] = {}
     missing: list[Entity] = []
     for i, values in zip(ids, replies, strict=False):
@@ -211,13 +224,13 @@ def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None
             posts[i] = CachedPost.of(i, dict(zip(FIELDS, values, strict=True)))
     filled = EntityStore(deps.filler, PATH).complete(missing, [{}] * len(missing), load)
     posts.update((i, CachedPost.of(i, f)) for i, f in filled.items())
-    if lk is None:
+    if viewer is None:
         return posts, set()
     flags = [bool(x) for x in replies[len(ids)]]
     if flags[0] and not flags[1]:
         stats.count(LIKES_PATH, "hit")
         return posts, {i for i, f in zip(ids, flags[2:], strict=True) if f and i in posts}
-    return posts, _liked_miss(deps, viewer, flags[0], list(posts))  # type: ignore[arg-type]
+    return posts, _liked_miss(deps, viewer, flags[0], list(posts))
 
 
 def _liked_from_db(deps: Any, viewer: int | None, ids: list[int]) -> set[int]:

@@ -136,11 +136,12 @@ def feed(args: dict[str, Any]):
     (full pages); a filter no post matches answers an empty last page at once.
     """
     tags = parse_tags(args["tags"])
-    viewer = g.user.id if g.user else None
+    user = g.user
+    viewer = user.id if user else None
     if args["feed_type"] == "following" and viewer is None:
         raise Unauthorized("The following feed needs a signed-in user",
                            code="authentication_required")
     # Assembled from cached JSON (no per-post dump); FeedOut stays the contract.
-    return Response(ops.feed_page(state(), viewer, bool(g.user and g.user.is_admin),
+    return Response(ops.feed_page(state(), viewer, bool(user and user.is_admin),
                                   args["feed_type"], args["cursor"], args["limit"],
                                   args["asset_type"], tags), mimetype="application/json")

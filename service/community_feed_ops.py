@@ -20,7 +20,9 @@ trip more, once per rebuild).
 Pages (``feed_page``): the order comes from Redis sorted sets (``cache/community_feed.py``;
 the walk's first read rides in the pipeline of the page's count), the posts from their
 cached entities and the viewer's likes set (``cache/posts.py``: one pipeline per chunk of
-ids, filters, visibility and blocked authors applied on the way out), and the document is
+ids, filters, visibility and blocked authors applied on the way out; a trending page whose
+snapshot range this process read before sends its first chunk's post reads in the count's
+pipeline, ``Ahead``: one round trip), and the document is
 assembled from their bytes (``FeedOut`` stays the contract). With Redis down, the same
 order comes from Postgres (keyset queries; for trending, the walk's snapshot row) and the
 posts from one query per chunk (``storage.posts.load_page``), rendered the same way, so
@@ -53,6 +55,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -374,9 +377,55 @@ def _unrank(app: AppState, post_id: int) -> None:
 # --- the page ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """A trending page's first read known before its count is: the remembered range
+    (``prefetch``'s answer) and the ids its loader will read first, whose entity reads
+    (``riders``, after the copy's existence check) ride with the count."""
+
+    prefetch: cf.Prefetch
+    range: cf.KeyRange
+    ids: list[int]
+    riders: tuple[tuple[Any, ...], ...]
+
+
+VIEWER_COLLS_HINT = "cf_viewer_collectives"  # AppState.hints: {viewer: their collectives}
+
+
+def _ahead(app: AppState, source: Source, after: Key | None, n: int, limit: int,
+           viewer: int | None, is_admin: bool) -> Ahead | None:
+    """The page's ``Ahead`` if ``source`` (a trending walk) remembers the range after
+    ``after`` (``n`` keys); None otherwise. The visibility it plans with is the viewer's
+    on their last page (public posts only if unknown): if it was wrong, the loader's
+    first read does not match and is sent on its own, as without ``Ahead``."""
+    assert isinstance(source, TrendingSource)
+    rng = source.remembered(after, n)
+    planned = source.prefetch(after, n)
+    if rng is None or rng.entries is None or planned is None:
+        return None
+    if is_admin:
+        sees = Visibility(None).sees
+    elif viewer is None:
+        sees = PUBLIC.sees
+    else:
+        sees = app.hints.get(VIEWER_COLLS_HINT, {}).get(viewer, PUBLIC).sees
+    ids = walk.first_read(app, [k[-1] for k in rng.entries], sees, limit + 1)[0]
+    riders = (source.exists_command(), *cache_posts.page_commands(app, ids, viewer))
+    return Ahead(planned, rng, ids, riders)
+
+
+def _remember_collectives(app: AppState, viewer: int, vis: Visibility) -> None:
+    hints = app.hints.setdefault(VIEWER_COLLS_HINT, {})
+    if hints.get(viewer) != vis:
+        if len(hints) >= FOLLOWEES_HINT_USERS:
+            hints.clear()
+        hints[viewer] = vis
+
+
 def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool,
                 prefetch: cf.Prefetch | None = None, pointer: bool = False,
-                follows: bool = False) -> tuple[Visibility, cf.PageState | None]:
+                follows: bool = False, riders: Sequence[tuple[Any, ...]] = ()
+                ) -> tuple[Visibility, cf.PageState | None]:
     """The viewer's visibility and the page's cached count state (None: Redis down),
     read together in one pipeline (with the viewer's blocked authors, the count of
     their posts, the walk's first read, ``prefetch``, and with ``follows`` the version
@@ -385,7 +434,7 @@ def _page_state(app: AppState, field: str, viewer: int | None, is_admin: bool,
     member_of = viewer if viewer is not None and not is_admin else None
     try:
         page = cf.read_count(app.cache, PATH, field, member_of, viewer, prefetch, pointer,
-                             viewer if follows else None)
+                             viewer if follows else None, riders)
     except CacheUnavailable:
         page = None
     if is_admin:
@@ -550,7 +599,15 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     first = walk.first_chunk(source, limit, filtered, hidden=not is_admin)
     prefetch = None if indexed or window else source.prefetch(after, first)
     pointer = feed_type == "trending" and not data
-    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer, guessed)
+    # A trending range this process read before is not read again: the page's entities
+    # ride with its count instead (one round trip), for the ids its loader will read
+    # first were the viewer's visibility what it was on their last page.
+    ahead = _ahead(app, source, after, first, limit, viewer, is_admin) if (
+        feed_type == "trending" and prefetch is not None) else None
+    if ahead is not None:
+        prefetch = None
+    vis, page = _page_state(app, field, viewer, is_admin, prefetch, pointer, guessed,
+                            ahead.riders if ahead is not None else ())
     if guessed and (page is None or page.follows_version != follows_version):
         # The followees this process saw last are not the set's any more (or Redis is
         # down: they cannot be confirmed): read them, and the page's state, again.
@@ -560,6 +617,7 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         prefetch = None if indexed or window else source.prefetch(after, first)
         vis, page = _page_state(app, field, viewer, is_admin, prefetch)
     if pointer and not trend.confirmed(page):  # the guess was wrong (or Redis is down)
+        ahead = None
         trend = TrendingSource.start(app)
         source, extra = trend, trend.cursor_fields()
         field = cf.count_field("g", "t", trend.sid, asset_type, tags)
@@ -567,6 +625,10 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         vis, page = _page_state(app, field, viewer, is_admin, prefetch)
     if page is not None and prefetch is not None and page.ranges is not None:
         source.prefetched = (prefetch, page.ranges)
+        if feed_type == "trending":
+            trend.remember(prefetch.after, prefetch.n, page.ranges[0])
+    if page is not None and viewer is not None:
+        _remember_collectives(app, viewer, vis)
     if indexed:
         source = FilteredSource(app, authors, asset_type, tags, viewer, vis, sparse=sparse)
     elif window:
@@ -577,6 +639,10 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     load = walk.PostLoader(app, viewer, vis, blocked, None if source.exact else asset_type,
                            () if source.exact else tags, cached=page is not None)
     load.want = limit + 1  # the first chunk may hold more keys than the page needs
+    if ahead is not None and page is not None and page.riders and page.riders[0]:
+        # The copy still exists: its remembered range is this page's first read.
+        source.prefetched = (ahead.prefetch, [ahead.range])
+        load.ahead = (ahead.ids, page.riders[1:])
     rows, resume = walk.collect(source, after, limit, vis, filtered, load,
                                 None if indexed or window else first)
     stats.count(PATH + ":" + feed_type, source.outcome)

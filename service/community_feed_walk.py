@@ -199,6 +199,17 @@ class FilteredSource(Source):
         return keys
 
 
+# AppState.hints: ranges of snapshot copies as pages read them, ``{(sid, after, n):
+# KeyRange}``. A snapshot's copy never changes (an immutable ranking, written whole by a
+# rename, restored from its row with the same entries), so a range read once stays its
+# range: a page whose range this process remembers reads none, and its entities ride with
+# its count (one round trip); whether the copy still exists is asked in that round trip,
+# so an expired walk's cursor is still refused. Past RANGE_HINTS ranges it starts over
+# (5.8 KB each at 42 keys, by sys.getsizeof: under 6 MB per process).
+RANGE_HINT = "cf_snapshot_ranges"
+RANGE_HINTS = 1024
+
+
 class TrendingSource(Source):
     """One walk's ranking: its durable snapshot down to its floor, then its deep tail
     (see service/community_feed_trending.py)."""
@@ -248,6 +259,26 @@ class TrendingSource(Source):
         return cf.Prefetch([cf.CommunityKeys(self.app.cache.keys).snapshot(self.sid)],
                            after, n)
 
+    def remembered(self, after: Key | None, n: int) -> cf.KeyRange | None:
+        """The copy's range ``prefetch(after, n)`` would read, if this process read it
+        before (``RANGE_HINT``); None otherwise, and past the copy (its deep tail)."""
+        if self.floor is not None and after is not None and after <= self.floor:
+            return None
+        return self.app.hints.get(RANGE_HINT, {}).get((self.sid, after, n))
+
+    def remember(self, after: Key | None, n: int, rng: cf.KeyRange) -> None:
+        """Keep a range of the copy read after ``after`` (``n`` entries) for later pages."""
+        if rng.entries is None:
+            return
+        ranges = self.app.hints.setdefault(RANGE_HINT, {})
+        if len(ranges) >= RANGE_HINTS:
+            ranges.clear()
+        ranges[(self.sid, after, n)] = rng
+
+    def exists_command(self) -> tuple[str, str]:
+        """The command that tells whether the snapshot's copy is still in Redis."""
+        return ("EXISTS", cf.CommunityKeys(self.app.cache.keys).snapshot(self.sid))
+
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         try:
             taken = self.take(after, n)
@@ -265,6 +296,7 @@ class TrendingSource(Source):
 # known to be hidden from the viewer is not read, and the first read of a page stops at
 # the posts it needs (``PostLoader.want``). Past POST_HINTS posts it starts over.
 COLLECTIVE_HINT = "cf_post_collective"
+UNKNOWN: Any = object()  # a post not in COLLECTIVE_HINT
 POST_HINTS = 100_000
 
 
@@ -284,6 +316,9 @@ class PostLoader:
     the entities of the page, not of the chunk."""
 
     want: int | None = None
+    # ``(ids, raw replies of cache.posts.page_commands(ids))``, read already: used by the
+    # read of exactly these ids (then dropped).
+    ahead: tuple[list[int], Sequence[Any]] | None = None
 
     def __init__(self, app: AppState, viewer: int | None, vis: Visibility,
                  blocked: frozenset[int], asset_type: str | None, tags: Sequence[str],
@@ -301,15 +336,7 @@ class PostLoader:
             return cache_posts.from_rows(rows)
         known = self.app.hints.setdefault(COLLECTIVE_HINT, {})
         sees, want, self.want = self.vis.sees, self.want, None
-        wanted = [i for i in ids if i not in known or sees(known[i])]
-        rest: list[int] = []
-        if want is not None:
-            seen = 0
-            for n, i in enumerate(wanted):
-                seen += i in known
-                if seen >= want:
-                    wanted, rest = wanted[:n + 1], wanted[n + 1:]
-                    break
+        wanted, rest = first_read(self.app, ids, sees, want)
         found = self._read(wanted, known)
         if rest and sum(1 for p in found.values() if sees(p.collective_id)) < want:
             found.update(self._read(rest, known))
@@ -317,13 +344,34 @@ class PostLoader:
 
     def _read(self, ids: list[int], known: dict[int, int | None]
               ) -> dict[int, cache_posts.CachedPost]:
-        found, liked = cache_posts.page_posts(self.app, ids, self.viewer)
+        ahead, self.ahead = self.ahead, None
+        replies = ahead[1] if ahead is not None and ahead[0] == ids else None
+        found, liked = cache_posts.page_posts(self.app, ids, self.viewer, replies)
         self.liked |= liked
         if len(known) + len(found) > POST_HINTS:
             known.clear()
         known.update((i, p.collective_id) for i, p in found.items())
         return {i: p for i, p in found.items()
                 if p.author_id not in self.blocked and p.matches(self.asset_type, self.tags)}
+
+
+def first_read(app: AppState, ids: Sequence[int], sees: Callable[[int | None], bool],
+               want: int | None) -> tuple[list[int], list[int]]:
+    """Which of ``ids`` a ``PostLoader`` reads first, and which only if those held too few
+    posts the viewer sees (``sees``): the ids not known to be hidden from the viewer
+    (``COLLECTIVE_HINT``), and with ``want``, only up to the ``want``-th of them known to
+    be seen."""
+    known = app.hints.setdefault(COLLECTIVE_HINT, {})
+    # ``sees`` only for posts known to be in a collective (most are public or unknown).
+    wanted = [i for i in ids
+              if (c := known.get(i, UNKNOWN)) is None or c is UNKNOWN or sees(c)]
+    if want is not None:
+        seen = 0
+        for n, i in enumerate(wanted):
+            seen += i in known
+            if seen >= want:
+                return wanted[:n + 1], wanted[n + 1:]
+    return wanted, []
 
 
 def first_chunk(source: Source, limit: int, filtered: bool, hidden: bool = False) -> int:

@@ -126,6 +126,9 @@ class PostOut(PostFieldsOut):
 
 
 class FeedArgs(Schema):
+    # The answer depends on the query string alone (the cursor is decoded by the page).
+    MEMO_QUERY = True
+
     feed_type = fields.String(load_default="trending",
                               validate=validate.OneOf(["trending", "recent", "following"]))
     cursor = fields.String(load_default=None, validate=validate.Length(max=2000))

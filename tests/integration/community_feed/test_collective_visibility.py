@@ -9,7 +9,11 @@ join or a leave shows at the viewer's next page.
 
 from __future__ import annotations
 
+import base64
+
+import orjson
 import pytest
+from sqlalchemy import delete
 
 from cache import community_feed as cf
 from cache import posts as cache_posts
@@ -18,6 +22,7 @@ from cache.keyspace_admin import clear_keyspace
 from cache.outbox import relay_outbox
 from service import community_feed_walk, create_app
 from storage.db import DB_QUERIES
+from storage.models import TrendingSnapshot
 from tests.support.auth import bearer
 
 ADMIN = bearer(1, admin=True)
@@ -311,10 +316,11 @@ def test_warm_pages_cost_what_they_cost_without_collectives(client, world, who):
     the same SQL statements (none: the posts are cached entities) and Redis round trips
     as it costs anyone."""
     headers = _headers(who)
-    # recent, trending: the count + the order (+ the walk's pointer), then the posts;
-    # following too (the followees this process saw last, confirmed by their version
-    # copy read with the count).
-    trips = {"recent": 2, "trending": 2, "following": 2}
+    # recent: the count + the order, then the posts; following too (the followees this
+    # process saw last, confirmed by their version copy read with the count); trending:
+    # one (the snapshot's range is remembered, the posts ride with the count and the
+    # walk's pointer).
+    trips = {"recent": 2, "trending": 1, "following": 2}
     for feed_type, want in trips.items():
         if feed_type == "following" and who == "anon":
             continue
@@ -325,3 +331,63 @@ def test_warm_pages_cost_what_they_cost_without_collectives(client, world, who):
         body = client.get("/community/feed", query_string=q, headers=headers).get_json()
         assert body["posts"], feed_type
         assert (_sql() - sql, _redis_trips() - before) == (0, want), feed_type
+
+
+def test_remembered_trending_pages_follow_membership_deletes_and_expiry(client, state,
+                                                                        world):
+    """A trending page whose snapshot range this process read before sends its post reads
+    with its count (one round trip, no SQL), planned with the viewer's visibility of
+    their last page: after a leave and a join, a delete, and with the snapshot's copy
+    gone from Redis, each page is still exactly what Postgres alone answers, and an
+    expired walk's cursor is still refused."""
+    viewer = bearer(MEMBER_A)
+
+    def page(cursor=None):
+        q = {"feed_type": "trending", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = client.get("/community/feed", query_string=q, headers=viewer)
+        return r.status_code, r.get_json()
+
+    def pages():
+        cursors, bodies = [None], []
+        while True:
+            status, body = page(cursors[-1])
+            assert status == 200, body
+            bodies.append(body)
+            if not body["has_more"]:
+                return cursors, bodies
+            cursors.append(body["next_cursor"])
+
+    def from_postgres(cursors):
+        state.cache.enabled = False
+        try:
+            return [page(c)[1] for c in cursors]
+        finally:
+            state.cache.enabled = True
+
+    cursors, bodies = pages()
+    assert {p["id"] for b in bodies for p in b["posts"]} == _expected(world, MEMBER_A)
+    for cursor, body in zip(cursors, bodies, strict=True):  # each range read: remembered
+        sql, trips = _sql(), _redis_trips()
+        assert page(cursor) == (200, body)
+        assert (_sql() - sql, _redis_trips() - trips) == (0, 1)
+    _join(client, MEMBER_A, world["a"], member=False)
+    _join(client, MEMBER_A, world["b"])
+    client.delete(f"/community/posts/{world['public'][0]}", headers=bearer(AUTHOR))
+    now = [page(c)[1] for c in cursors]
+    assert now == from_postgres(cursors)
+    seen = {p["id"] for b in now for p in b["posts"]}
+    assert seen == set(world["public"][1:] + world["in_b"])
+    r = state.cache.redis
+    r.delete(cf.CommunityKeys(state.cache.keys).snapshot(
+        community_feed_walk.TrendingSource.resume(state, _cursor_data(cursors[1])).sid))
+    assert [page(c)[1] for c in cursors] == now  # the copy restored from its row
+    with state.db.session() as s:  # expired: the row deleted by the job, the copy gone
+        s.execute(delete(TrendingSnapshot))
+        s.commit()
+    clear_keyspace(state.cache)
+    status, body = page(cursors[1])
+    assert status == 400 and body["code"] == "invalid_cursor"
+
+
+def _cursor_data(cursor):
+    return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
