@@ -27,8 +27,6 @@ def test_age_display():
 def test_key_formats():
 
     keys = Keyspace("hc:")
-    assert feed_cache.counts_key(keys, 42) == "hc:{u:42}:act:counts"
-    assert feed_cache.recent_key(keys, 42) == "hc:{u:42}:act:recent"
-    assert feed_cache.page_key(keys, 42, False) == "hc:{u:42}:act:page:all"
-    assert feed_cache.page_key(keys, 42, True) == "hc:{u:42}:act:page:unread"
+    assert feed_cache.feed_key(keys, 42) == "hc:{u:42}:act:feed"
+    assert feed_cache.all_keys(keys, 42) == ["hc:{u:42}:act:feed"]
     assert feed_cache.scope(42).row_name == "u:42|activity"
