@@ -276,12 +276,13 @@ def list_feed(args):
     if page > 1 and not items:
         raise NotFound("Invalid page.", code="invalid_page")
     now = datetime.now(UTC)
-    return {
+    # Built as ListOut dumps it (items carry ItemOut's fields), without a per-item dump.
+    return json_response({
         "count": count,
         "next": _page_url(page + 1) if page * size < count else None,
         "previous": _page_url(page - 1) if page > 1 else None,
         "results": [present(item, now) for item in items],
-    }
+    })
 
 
 @bp.route("/api/events/activity-feed/summary/", methods=["GET"])

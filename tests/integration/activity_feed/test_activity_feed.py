@@ -339,6 +339,26 @@ def test_hits_cost_one_round_trip(client, auth, feed_of_7):
         assert stats.REDIS_CALLS.labels(path)._value.get() == calls + 1
 
 
+def test_listing_assembled_without_a_dump_matches_its_schema(client, auth, state, feed_of_7):
+    """Pages are encoded as built, not dumped by ``ListOut``: cached or from Postgres, the
+    body is what the schema would have made of it."""
+    from service.activity_feed import ListOut
+
+    make_item(state, 7, "milestone", days_ago=0.5, data={"fast": 7, "nested": {"a": [1]}},
+              target_type="fast", target_id=3, description="d")
+    schema = ListOut()
+    for url in ("?page_size=5", "?page_size=5", "?is_read=false&page_size=3",
+                "?page_size=5&page=2", "?activity_type=milestone"):
+        r = client.get(FEED + url, headers=auth(7))
+        assert r.status_code == 200 and r.mimetype == "application/json"
+        body = r.get_json()
+        assert schema.validate(body) == {}, url
+        assert body == schema.dump(schema.load(body)), url
+    first = client.get(FEED + "?page_size=5", headers=auth(7)).get_json()
+    assert first["results"][0]["data"] == {"fast": 7, "nested": {"a": [1]}}
+    assert first["results"][0]["activity_type_display"] == "Milestone Reached"
+
+
 def test_a_write_keeps_the_summary_a_hit_and_a_longer_page_refills(client, auth, state,
                                                                       feed_of_7):
     h = auth(7)
