@@ -24,6 +24,15 @@ def test_age_display():
     assert ago(days=15) == "2w ago"
     assert ago(days=95) == "3mo ago"
     assert ago(days=800) == "2y ago"
+    # The boundaries: each unit starts at its first whole unit.
+    for delta, shown in (({"seconds": 59.9}, "just now"), ({"seconds": 60}, "1m ago"),
+                         ({"seconds": 3599}, "59m ago"), ({"seconds": 3600}, "1h ago"),
+                         ({"seconds": 86399}, "23h ago"), ({"days": 1}, "1d ago"),
+                         ({"days": 7, "seconds": -1}, "6d ago"), ({"days": 7}, "1w ago"),
+                         ({"days": 30}, "1mo ago"), ({"days": 364}, "12mo ago"),
+                         ({"days": 365}, "1y ago"), ({"microseconds": -1}, "just now"),
+                         ({"days": -3}, "just now")):
+        assert ago(**delta) == shown, delta
 
 def test_key_formats():
 
