@@ -1,24 +1,29 @@
-"""The user activity feed in Redis: counters, recent items and the first listing pages.
+"""The user activity feed in Redis: counters, the newest items and page 1, in one key.
 
-Per user, under the hash tag ``{u:<id>}`` and one version scope ``(u:<id>, activity)``:
+Per user, under the hash tag ``{u:<id>}`` and one version scope ``(u:<id>, activity)``,
+one STRING ``act:feed`` of up to four lines (``\\n``; orjson never writes one):
 
-- ``act:counts``  HASH  ``total``, ``unread`` and ``t:<type>`` for every activity type
-  (always all fields, so an empty feed is a hit; small ints: listpack-encoded);
-- ``act:recent``  STRING  JSON of the newest ``RECENT_COUNT`` items (the summary's list);
-- ``act:page:all`` / ``act:page:unread``  STRING  JSON of the newest ``PAGE_CAP`` items,
-  all or unread only: page 1 of the unfiltered and the unread-only listing for any
-  ``page_size`` up to ``PAGE_CAP``.
+1. the counters ``[total, unread, {type: n}]`` (types with ``n > 0``);
+2. the newest ``min(L, RECENT_COUNT)`` items (the summary's list);
+3. the rest of the newest ``L`` items (``L <= PAGE_CAP``), ``[]`` when there is none;
+4. only when some unread item is older than those ``L``: the newest ``PAGE_CAP`` unread
+   items (else page 1 of the unread listing is the unread items of lines 2-3).
 
-A write locks the user's scope (``uow.change``), changes rows, then ``record_write`` sets
-the counters and the recent list to absolute values recomputed from Postgres under that
-lock (HSET / SET: idempotent) and drops the two pages (DEL), which the next read
-rebuilds with one indexed query. Every key expires after the idle TTL. Per user this is
-at most ``2 * PAGE_CAP + RECENT_COUNT`` items.
+An item is a JSON array in ``PACKED`` order, the nullable fields last and trailing nulls
+dropped (``pack_item``): the field names are not stored once per item.
+
+A fill (one indexed query per list, in one snapshot) writes ``L = min(total, PAGE_CAP)``.
+A write locks the user's scope (``uow.change``), changes rows, then ``record_write`` SETs
+the counters and the newest ``RECENT_COUNT`` items recomputed from Postgres under that
+lock (absolute values: idempotent), so the summary stays a hit and a page that needs
+more than those items is a miss the next read refills. A read knows from the counters
+whether the key holds its answer (``holds_page``): ``L`` items answer any page of size
+``<= L`` and every page when ``L == total``. The key expires after the idle TTL; its size is
+at most ``2 * PAGE_CAP`` items.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,55 +42,107 @@ RECENT_COUNT = 5
 SUMMARY_PATH = "activity_summary"
 PAGE_PATH = "activity_page"
 
+# An item's fields as packed: never-null first, so trailing nulls can be dropped.
+PACKED = ("id", "activity_type", "title", "is_read", "created_at", "read_at", "description",
+          "data", "target_type", "target_id")
+_IS_READ = PACKED.index("is_read")
+_NULLS = (None,) * len(PACKED)
+
 
 def scope(user_id: int) -> Scope:
     return Scope(user_tag(user_id), "activity")
 
 
-def counts_key(keys: Keyspace, user_id: int) -> str:
-    return keys.key(user_tag(user_id), "act", "counts")
-
-
-def recent_key(keys: Keyspace, user_id: int) -> str:
-    return keys.key(user_tag(user_id), "act", "recent")
-
-
-def page_key(keys: Keyspace, user_id: int, unread_only: bool) -> str:
-    return keys.key(user_tag(user_id), "act", "page", "unread" if unread_only else "all")
+def feed_key(keys: Keyspace, user_id: int) -> str:
+    return keys.key(user_tag(user_id), "act", "feed")
 
 
 def all_keys(keys: Keyspace, user_id: int) -> list[str]:
-    return [
-        counts_key(keys, user_id),
-        recent_key(keys, user_id),
-        page_key(keys, user_id, False),
-        page_key(keys, user_id, True),
-    ]
+    return [feed_key(keys, user_id)]
 
 
-def encode_counts(counts: store.FeedCounts) -> dict[str, int]:
-    fields = {"total": counts.total, "unread": counts.unread}
-    for activity_type in store.ACTIVITY_TYPES:
-        fields[f"t:{activity_type}"] = counts.by_type.get(activity_type, 0)
-    return fields
+# --- the value's format ------------------------------------------------------------------
 
 
-_TYPE_FIELDS = tuple((f"t:{t}".encode(), t) for t in store.ACTIVITY_TYPES)
+def pack_item(item: dict[str, Any]) -> list[Any]:
+    """``store.item_dict`` -> its ``PACKED`` values without trailing nulls."""
+    row = [item[name] for name in PACKED]
+    while row[-1] is None:
+        row.pop()
+    return row
 
 
-def decode_counts(raw: dict[Any, Any]) -> store.FeedCounts | Any:
-    """Counts from an HGETALL reply, or NO_VALUE if the hash is missing or partial."""
-    if raw and isinstance(next(iter(raw)), str):  # a client that decodes replies
-        raw = {(k.encode() if isinstance(k, str) else k): v for k, v in raw.items()}
-    total, unread = raw.get(b"total"), raw.get(b"unread")
-    if total is None or unread is None:
-        return NO_VALUE
-    by_type = {}
-    for field, activity_type in _TYPE_FIELDS:
-        value = raw.get(field)
-        if value is not None and int(value):
-            by_type[activity_type] = int(value)
-    return store.FeedCounts(int(total), int(unread), by_type)
+def unpack_item(row: list[Any]) -> dict[str, Any]:
+    """``pack_item``'s inverse, in ``store.item_dict``'s field order."""
+    if len(row) < len(PACKED):
+        row = [*row, *_NULLS[len(row):]]
+    (id_, activity_type, title, is_read, created_at, read_at, description, data,
+     target_type, target_id) = row
+    return {"id": id_, "activity_type": activity_type, "title": title,
+            "description": description, "is_read": is_read, "read_at": read_at,
+            "created_at": created_at, "data": data, "target_type": target_type,
+            "target_id": target_id}
+
+
+def encode(counts: store.FeedCounts, items: list[dict[str, Any]],
+           unread: list[dict[str, Any]] | None = None) -> bytes:
+    """The key's value: the counters, ``items`` (the newest, newest first) and, if given,
+    the newest unread items."""
+    by_type = {t: n for t, n in counts.by_type.items() if n}
+    lines = [orjson.dumps([counts.total, counts.unread, by_type]),
+             orjson.dumps([pack_item(i) for i in items[:RECENT_COUNT]]),
+             orjson.dumps([pack_item(i) for i in items[RECENT_COUNT:]])]
+    if unread is not None:
+        lines.append(orjson.dumps([pack_item(i) for i in unread]))
+    return b"\n".join(lines)
+
+
+def _counts(line: bytes) -> store.FeedCounts:
+    total, unread, by_type = orjson.loads(line)
+    return store.FeedCounts(total, unread, by_type)
+
+
+@dataclass
+class Cached:
+    """A decoded value: ``items`` the newest ``L`` (packed), ``unread`` line 4 or None."""
+
+    counts: store.FeedCounts
+    items: list[list[Any]]
+    unread: list[list[Any]] | None
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Cached:
+        head, recent, rest, *unread = raw.split(b"\n", 3)
+        return cls(_counts(head), orjson.loads(recent) + orjson.loads(rest),
+                   orjson.loads(unread[0]) if unread else None)
+
+    def page(self, unread_only: bool, size: int) -> list[list[Any]] | None:
+        """Page 1 of ``size`` items of the listing, or None if the value does not hold it."""
+        if not unread_only:
+            items, whole = self.items, self.counts.total
+        elif self.unread is not None:
+            return self.unread[:size]
+        else:
+            items = [row for row in self.items if not row[_IS_READ]]
+            whole = self.counts.unread
+        if len(items) >= size or len(items) == whole:
+            return items[:size]
+        return None
+
+
+def total_of(raw: bytes | None) -> int | None:
+    """The total from the first bytes of a value (``queue_total``), None if it is missing."""
+    if not raw:
+        return None
+    return int(raw[1:raw.index(b",")])
+
+
+def queue_total(pipe: Any, keys: Keyspace, user_id: int) -> None:
+    """Queue the read of the user's cached total (for ``total_of``): the value's head only."""
+    pipe.getrange(feed_key(keys, user_id), 0, 23)
+
+
+# --- writes --------------------------------------------------------------------------------
 
 
 def record_write(
@@ -95,31 +152,48 @@ def record_write(
     counts: store.FeedCounts,
     recent: list[dict[str, Any]],
 ) -> None:
-    """Ops of one user's committed write: absolute counters and recent list, pages dropped.
+    """The op of one user's committed write: the counters and the newest ``RECENT_COUNT``
+    items as absolute values (the older items and the unread line leave the value).
 
     ``counts``/``recent`` must be computed after ``uow.change`` took the scope's lock.
     """
-    flat: list[Any] = []
-    for name, value in encode_counts(counts).items():
-        flat += [name, value]
-    change.op("HSET", counts_key(keys, user_id), *flat)
     # KEEPTTL: a plain SET would make the key persistent (no idle TTL any more).
-    change.op("SET", recent_key(keys, user_id), orjson.dumps(recent).decode(), "KEEPTTL")
-    change.op("DEL", page_key(keys, user_id, False))
-    change.op("DEL", page_key(keys, user_id, True))
+    change.op("SET", feed_key(keys, user_id), encode(counts, recent[:RECENT_COUNT]).decode(),
+              "KEEPTTL")
+
+
+def written(change: Change, keys: Keyspace, user_id: int
+            ) -> tuple[store.FeedCounts, list[dict[str, Any]]] | None:
+    """``(counts, newest items)`` a ``record_write`` change sets, None if it sets none."""
+    key = feed_key(keys, user_id)
+    for op in change.ops:
+        if op[0] == "SET" and change.keys[op[1]] == key:
+            value = op[2].encode() if isinstance(op[2], str) else op[2]
+            cached = Cached.decode(value)
+            return cached.counts, [unpack_item(row) for row in cached.items]
+    return None
+
+
+# --- fills ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Snapshot:
-    """Everything the cache holds for one user, loaded from Postgres in one transaction."""
+    """What the key holds for one user, loaded from Postgres in one transaction:
+    ``page_unread`` is None when ``page_all`` holds every unread item."""
 
     counts: store.FeedCounts
     page_all: list[dict[str, Any]]
-    page_unread: list[dict[str, Any]]
+    page_unread: list[dict[str, Any]] | None
 
     @property
     def recent(self) -> list[dict[str, Any]]:
         return self.page_all[:RECENT_COUNT]
+
+    def unread_page(self) -> list[dict[str, Any]]:
+        if self.page_unread is not None:
+            return self.page_unread
+        return [item for item in self.page_all if not item["is_read"]]
 
 
 def load_snapshot(db: Database, user_id: int) -> Snapshot:
@@ -127,25 +201,29 @@ def load_snapshot(db: Database, user_id: int) -> Snapshot:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         counts = store.counts_for_users(session, [user_id])[user_id]
         page_all = store.recent_for_users(session, [user_id], PAGE_CAP)[user_id]
-        unread = store.recent_for_users(session, [user_id], PAGE_CAP, unread_only=True)
-    return Snapshot(counts, page_all, unread[user_id])
+        unread = None
+        held = sum(1 for item in page_all if not item["is_read"])
+        if len(page_all) < counts.total and held < counts.unread:
+            unread = store.recent_for_users(session, [user_id], PAGE_CAP, unread_only=True)
+            unread = unread[user_id]
+    return Snapshot(counts, page_all, unread)
 
 
 def _fill(cache: Cache, filler: Filler, db: Database, user_id: int, path: str) -> Snapshot:
     keys = all_keys(cache.keys, user_id)
 
     def stage(pipe: Any, temps: dict[str, str], snap: Snapshot) -> None:
-        pipe.hset(temps[keys[0]], mapping=encode_counts(snap.counts))
-        pipe.set(temps[keys[1]], orjson.dumps(snap.recent))
-        pipe.set(temps[keys[2]], orjson.dumps(snap.page_all))
-        pipe.set(temps[keys[3]], orjson.dumps(snap.page_unread))
+        pipe.set(temps[keys[0]], encode(snap.counts, snap.page_all, snap.page_unread))
 
     return filler.fill(path, scope(user_id), keys, lambda: load_snapshot(db, user_id), stage)
 
 
 def refill(cache: Cache, filler: Filler, db: Database, user_id: int, path: str) -> Snapshot:
-    """Rebuild every key of the user from Postgres, version-checked (operators' rebuild)."""
+    """Rebuild the user's key from Postgres, version-checked (operators' rebuild)."""
     return _fill(cache, filler, db, user_id, path)
+
+
+# --- reads ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -154,16 +232,20 @@ class Summary:
     recent: list[dict[str, Any]]
 
 
+def _get(r: Any, key: str) -> bytes | None:
+    return pipelined(r, (("GET", key),), raw=True)[0]
+
+
 def summary(cache: Cache, filler: Filler, db: Database, user_id: int) -> Summary:
-    """Counts and the newest items: one pipelined round trip on a hit."""
-    ckey, rkey = counts_key(cache.keys, user_id), recent_key(cache.keys, user_id)
+    """Counts and the newest items: one GET on a hit (lines 1-2 parsed)."""
+    key = feed_key(cache.keys, user_id)
 
     def read(r: Any) -> Summary | Any:
-        raw_counts, raw_recent = pipelined(r, (("HGETALL", ckey), ("GET", rkey)))
-        counts = decode_counts(raw_counts)
-        if counts is NO_VALUE or raw_recent is None:
+        raw = _get(r, key)
+        if raw is None:
             return NO_VALUE
-        return Summary(counts, orjson.loads(raw_recent))
+        head, recent, _ = raw.split(b"\n", 2)
+        return Summary(_counts(head), [unpack_item(row) for row in orjson.loads(recent)])
 
     def fill() -> Summary:
         snap = _fill(cache, filler, db, user_id, SUMMARY_PATH)
@@ -182,24 +264,28 @@ def first_page(
     cache: Cache, filler: Filler, db: Database, user_id: int, unread_only: bool, size: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """``(count, items)`` of page 1 of the unfiltered or unread-only listing
-    (``size <= PAGE_CAP``): one pipelined round trip on a hit."""
+    (``size <= PAGE_CAP``): one GET on a hit; a value that does not hold the page is
+    refilled."""
     if size > PAGE_CAP:
         raise ValueError("page size above the cached cap")
-    ckey, pkey = counts_key(cache.keys, user_id), page_key(cache.keys, user_id, unread_only)
+    key = feed_key(cache.keys, user_id)
 
-    def pick(counts: store.FeedCounts, items: Sequence[dict[str, Any]]):
-        return (counts.unread if unread_only else counts.total), list(items[:size])
+    def count(counts: store.FeedCounts) -> int:
+        return counts.unread if unread_only else counts.total
 
     def read(r: Any) -> Any:
-        raw_counts, raw_page = pipelined(r, (("HGETALL", ckey), ("GET", pkey)))
-        counts = decode_counts(raw_counts)
-        if counts is NO_VALUE or raw_page is None:
+        raw = _get(r, key)
+        if raw is None:
             return NO_VALUE
-        return pick(counts, orjson.loads(raw_page))
+        cached = Cached.decode(raw)
+        rows = cached.page(unread_only, size)
+        if rows is None:
+            return NO_VALUE
+        return count(cached.counts), [unpack_item(row) for row in rows]
 
     def fill() -> tuple[int, list[dict[str, Any]]]:
         snap = _fill(cache, filler, db, user_id, PAGE_PATH)
-        return pick(snap.counts, snap.page_unread if unread_only else snap.page_all)
+        return count(snap.counts), (snap.unread_page() if unread_only else snap.page_all)[:size]
 
     def fallback() -> tuple[int, list[dict[str, Any]]]:
         query = store.PageQuery(user_id, is_read=False if unread_only else None)
@@ -219,27 +305,29 @@ def _json(value: Any) -> Any:
 
 
 def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
-    """The counters, recent list and first pages against Postgres."""
+    """The cached counters, newest items and unread line against Postgres."""
     keys = deps.cache.keys
     user_scope = scope(user_id)
-    names = all_keys(keys, user_id)
-    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("hgetall", names[0]),
-                                      *[("get", k) for k in names[1:]]])
+    key = feed_key(keys, user_id)
+    cached = checks.peek(deps.cache, [("get", keys.version(user_scope)), ("get", key)])
     before = checks.versions(deps, [user_scope])
     snap = load_snapshot(deps.db, user_id)
     after = checks.versions(deps, [user_scope])
     if not checks.settled(checks.version_copy(cached[0]), before, after, user_scope):
         return []
-    out: list[checks.Difference] = []
     exists, raw = cached[1]
-    if exists:
-        out += checks.differs(OPS_PATH, names[0], decode_counts(raw), snap.counts,
-                              user_id=user_id)
-    truths = [snap.recent, snap.page_all, snap.page_unread]
-    for name, (exists, raw), truth in zip(names[1:], cached[2:], truths, strict=True):
-        if exists:
-            out += checks.differs(OPS_PATH, name, orjson.loads(raw), _json(truth),
-                                  user_id=user_id)
+    if not exists:
+        return []
+    value = Cached.decode(raw)
+    items = [unpack_item(row) for row in value.items]
+    parts = [("counts", value.counts, snap.counts),
+             ("items", items, _json(snap.page_all[:max(len(items), RECENT_COUNT)]))]
+    if value.unread is not None:
+        parts.append(("unread", [unpack_item(r) for r in value.unread],
+                      _json(snap.unread_page())))
+    out: list[checks.Difference] = []
+    for part, mine, truth in parts:  # one difference per part that differs
+        out += checks.differs(OPS_PATH, key, {part: mine}, {part: truth}, user_id=user_id)
     return out
 
 
@@ -248,4 +336,4 @@ def rebuild(deps: checks.Deps, user_id: int) -> None:
 
 
 def warm(deps: checks.Deps, user_id: int) -> None:
-    summary(deps.cache, deps.filler, deps.db, user_id)  # fills every key
+    summary(deps.cache, deps.filler, deps.db, user_id)  # fills the key

@@ -428,7 +428,7 @@ class Publisher:
             if user_id is not None and name.startswith("rs:") and name[3:].isdigit():
                 plan.after.append((UNREAD, user_id, int(name[3:]), change))
             elif user_id is not None and name == "activity":
-                pipe.hget(activity_feed.counts_key(keys, user_id), "total")
+                activity_feed.queue_total(pipe, keys, user_id)
                 plan.before.append((ACTIVITY, user_id, change))
                 plan.after.append((ACTIVITY, user_id, change, change))
             elif user_id is not None and name == "groups":
@@ -657,25 +657,18 @@ def _last_of_group(entries: list[Any], group_id: int) -> tuple[str, int] | None:
     return None
 
 
-def activity_event(change: Change, keys: Keyspace, user_id: int, old_total: Any
+def activity_event(change: Change, keys: Keyspace, user_id: int, old_head: Any
                    ) -> dict[str, Any] | None:
     """``{"unread_count"[, "item"]}`` from the absolute values an activity change wrote
-    (``cache.activity_feed.record_write``); ``item`` (the newest) when the total grew."""
-    counts, recent = activity_feed.counts_key(keys, user_id), activity_feed.recent_key(
-        keys, user_id)
-    values: dict[str, Any] = {}
-    items: list[dict[str, Any]] | None = None
-    for op in change.ops:
-        target = change.keys[op[1]]
-        if op[0] == "HSET" and target == counts:
-            args = op[2:]
-            values = {str(args[j]): args[j + 1] for j in range(0, len(args) - 1, 2)}
-        elif op[0] == "SET" and target == recent:
-            items = orjson.loads(op[2])
-    if "unread" not in values:
+    (``cache.activity_feed.record_write``); ``item`` (the newest) when the total grew over
+    the cached one (``old_head``: ``activity_feed.queue_total``'s reply)."""
+    values = activity_feed.written(change, keys, user_id)
+    if values is None:
         return None
-    event: dict[str, Any] = {"unread_count": int(values["unread"])}
-    if old_total is not None and items and int(values.get("total", 0)) > int(old_total):
+    counts, items = values
+    event: dict[str, Any] = {"unread_count": counts.unread}
+    old_total = activity_feed.total_of(old_head)
+    if old_total is not None and items and counts.total > old_total:
         event["item"] = items[0]
     return event
 

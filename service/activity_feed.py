@@ -54,30 +54,30 @@ DEFAULT_ARCHIVE_DAYS = 365
 
 def age_display(created_at: str, now: datetime | None = None) -> str:
     """``just now``, ``5m ago``, ``2h ago``, ``3d ago``, ``2w ago``, ``4mo ago``, ``1y ago``."""
-    now = now or datetime.now(UTC)
-    seconds = max(0, int((now - datetime.fromisoformat(created_at)).total_seconds()))
-    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    delta = (now or datetime.now(UTC)) - datetime.fromisoformat(created_at)
+    days = delta.days  # whole days; negative for a time ahead of ``now`` (clock skew)
+    if days >= 7:
+        if days < 30:
+            return f"{days // 7}w ago"
+        if days < 365:
+            return f"{days // 30}mo ago"
+        return f"{days // 365}y ago"
+    if days >= 1:
+        return f"{days}d ago"
+    seconds = delta.seconds if days == 0 else 0
     if seconds < 60:
         return "just now"
-    if minutes < 60:
-        return f"{minutes}m ago"
-    if hours < 24:
-        return f"{hours}h ago"
-    if days < 7:
-        return f"{days}d ago"
-    if days < 30:
-        return f"{days // 7}w ago"
-    if days < 365:
-        return f"{days // 30}mo ago"
-    return f"{days // 365}y ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
 
 
 def present(item: dict[str, Any], now: datetime) -> dict[str, Any]:
-    return {
-        **item,
-        "activity_type_display": DISPLAY_NAMES.get(item["activity_type"], item["activity_type"]),
-        "age_display": age_display(item["created_at"], now),
-    }
+    """``item`` with its display fields added (in place: callers pass items they own)."""
+    item["activity_type_display"] = DISPLAY_NAMES.get(item["activity_type"],
+                                                      item["activity_type"])
+    item["age_display"] = age_display(item["created_at"], now)
+    return item
 
 
 # --- schemas -------------------------------------------------------------------------------
@@ -276,12 +276,13 @@ def list_feed(args):
     if page > 1 and not items:
         raise NotFound("Invalid page.", code="invalid_page")
     now = datetime.now(UTC)
-    return {
+    # Built as ListOut dumps it (items carry ItemOut's fields), without a per-item dump.
+    return json_response({
         "count": count,
         "next": _page_url(page + 1) if page * size < count else None,
         "previous": _page_url(page - 1) if page > 1 else None,
         "results": [present(item, now) for item in items],
-    }
+    })
 
 
 @bp.route("/api/events/activity-feed/summary/", methods=["GET"])

@@ -339,6 +339,82 @@ def test_hits_cost_one_round_trip(client, auth, feed_of_7):
         assert stats.REDIS_CALLS.labels(path)._value.get() == calls + 1
 
 
+def test_listing_assembled_without_a_dump_matches_its_schema(client, auth, state, feed_of_7):
+    """Pages are encoded as built, not dumped by ``ListOut``: cached or from Postgres, the
+    body is what the schema would have made of it."""
+    from service.activity_feed import ListOut
+
+    make_item(state, 7, "milestone", days_ago=0.5, data={"fast": 7, "nested": {"a": [1]}},
+              target_type="fast", target_id=3, description="d")
+    schema = ListOut()
+    for url in ("?page_size=5", "?page_size=5", "?is_read=false&page_size=3",
+                "?page_size=5&page=2", "?activity_type=milestone"):
+        r = client.get(FEED + url, headers=auth(7))
+        assert r.status_code == 200 and r.mimetype == "application/json"
+        body = r.get_json()
+        assert schema.validate(body) == {}, url
+        assert body == schema.dump(schema.load(body)), url
+    first = client.get(FEED + "?page_size=5", headers=auth(7)).get_json()
+    assert first["results"][0]["data"] == {"fast": 7, "nested": {"a": [1]}}
+    assert first["results"][0]["activity_type_display"] == "Milestone Reached"
+
+
+def test_a_write_keeps_the_summary_a_hit_and_a_longer_page_refills(client, auth, state,
+                                                                      feed_of_7):
+    h = auth(7)
+    client.get(FEED + "?page_size=20", headers=h)  # fill: all 12 items held
+    client.post(FEED + "mark-read/", json={"activity_ids": feed_of_7[5:6]}, headers=h)
+    # The write set the counters and the newest 5 items: the summary and short pages hit...
+    for path, url in ((feed_cache.SUMMARY_PATH, FEED + "summary/"),
+                      (feed_cache.PAGE_PATH, FEED + "?page_size=5")):
+        hits, misses = _count(path, "hit"), _count(path, "miss")
+        assert client.get(url, headers=h).status_code == 200
+        assert (_count(path, "hit"), _count(path, "miss")) == (hits + 1, misses), url
+    assert api_summary(client, h) == truth_summary(state, 7)
+    # ...a page of more than 5 is a miss that refills the value, then a hit.
+    for outcome in ("miss", "hit"):
+        before = _count(feed_cache.PAGE_PATH, outcome)
+        page = client.get(FEED + "?page_size=20", headers=h).get_json()
+        assert _count(feed_cache.PAGE_PATH, outcome) == before + 1
+        assert strip_display(page["results"]) == truth_items(state, 7, limit=20)
+        unread = client.get(FEED + "?is_read=false", headers=h).get_json()
+        assert strip_display(unread["results"]) == truth_items(state, 7, unread_only=True)
+        assert unread["count"] == 9
+
+
+def test_unread_items_older_than_the_cached_items(client, auth, state):
+    """Of 130 items only the newest 100 are held; the unread listing then has a line of its
+    own when unread items are older than those (here 3 of the oldest and 2 recent)."""
+    user, n = 8, feed_cache.PAGE_CAP + 30
+    now = datetime.now(UTC)
+    with state.db.session() as s:
+        s.execute(text(
+            "INSERT INTO activities (user_id, activity_type, title, is_read, read_at,"
+            " created_at) SELECT :u, 'milestone', 'i' || g, g NOT IN (1, 2, 3, 120, 125),"
+            " CASE WHEN g IN (1, 2, 3, 120, 125) THEN NULL ELSE :now END,"
+            " :now - make_interval(mins => :n - g) FROM generate_series(1, :n) g"),
+            {"u": user, "n": n, "now": now})
+        s.commit()
+    h = auth(user)
+    for size in (20, 2, 100):  # the first fills
+        unread = client.get(FEED + f"?is_read=false&page_size={size}", headers=h).get_json()
+        assert unread["count"] == 5
+        assert strip_display(unread["results"]) == \
+            truth_items(state, user, unread_only=True, limit=size)
+        page = client.get(FEED + f"?page_size={size}", headers=h).get_json()
+        assert page["count"] == n
+        assert strip_display(page["results"]) == truth_items(state, user, limit=size)
+    raw = state.cache.redis.get(feed_cache.feed_key(state.cache.keys, user))
+    assert raw.count(b"\n") == 3  # counters, newest 5, 95 more, the unread line
+    assert _count(feed_cache.PAGE_PATH, "miss") >= 1
+    # Reading the oldest unread item's state change through the cache:
+    oldest = truth_items(state, user, unread_only=True)[-1]["id"]
+    client.post(FEED + "mark-read/", json={"activity_ids": [oldest]}, headers=h)
+    unread = client.get(FEED + "?is_read=false", headers=h).get_json()
+    assert strip_display(unread["results"]) == truth_items(state, user, unread_only=True)
+    assert api_summary(client, h) == truth_summary(state, user)
+
+
 def test_writes_keep_cached_answers_exact(client, auth, admin_headers, state):
     h = auth(5)
     for i in range(3):

@@ -67,7 +67,7 @@ def test_every_per_user_key_has_a_ttl_refreshed_on_use(app, client, state, activ
     r = client.post("/api/events/", headers=bearer(1, admin=True),
                     json={"user_id": active, "event_type": "milestone", "title": "t"})
     assert r.status_code == 201, r.get_json()
-    recent = activity_feed.recent_key(state.cache.keys, active)
+    recent = activity_feed.feed_key(state.cache.keys, active)
     assert state.cache.redis.exists(recent) and state.cache.redis.ttl(recent) > 0
     # Used again after a while: every key is pushed back to the idle TTL.
     for key in keys:

@@ -75,10 +75,11 @@ def plant(state, user_id: int) -> dict[str, str]:
     r.setbit(rs_key, gf_cache.OFFSET + live[0], 0 if viewed else 1)
     if viewed:  # below the watermark a bit cannot unview it: rewrite the watermark
         r.setrange(rs_key, 0, b"\0\0\0\0")
-    r.hset(activity_feed.counts_key(keys, user_id), "unread", 999)
+    feed = activity_feed.feed_key(keys, user_id)
+    r.set(feed, r.get(feed).replace(b",", b"999,", 1), keepttl=True)  # a wrong total
     r.sadd(cf.CommunityKeys(keys).followees(user_id), "424242")
     r.zadd(recent_reels.key(keys, user_id), {"777777": 1})
-    return {"group_feed": rs_key, "activity_feed": activity_feed.counts_key(keys, user_id),
+    return {"group_feed": rs_key, "activity_feed": feed,
             "community_feed": cf.CommunityKeys(keys).followees(user_id),
             "recent_reels": recent_reels.key(keys, user_id)}
 
