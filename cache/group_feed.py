@@ -53,12 +53,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-import redis
 
 from cache import checks, stats
-from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
+from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many, packed_client
 from cache.entities import JSON as ENTITY_JSON
-from cache.entities import Entity, EntityStore, queue_read
+from cache.entities import Entity, EntityStore, batch, queue_read, script_command
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 from cache.scripts import BITFIELD_IF_EXISTS, LuaScript
@@ -590,16 +589,19 @@ class ReadStates:
         groups, rs_key = groups_key(keys, user_id), key(keys, user_id, group_id)
         check = group_id if check_member else ""
 
+        page_keys, page_args = [items_key(keys, group_id)], [prefix, top, limit]
+        state_keys, state_args = [groups, rs_key], [check, RS_INLINE_BYTES]
+
         def read(r: Any) -> list[Any]:
-            # Two slots: one script call each, pipelined on a single Redis. A cluster
-            # pipeline asks a node for an EVAL's keys (COMMAND GETKEYS) before sending it,
-            # a round trip per script: there, two direct calls (each routed by its keys).
-            client = r.pipeline(transaction=False) if isinstance(r, redis.Redis) else r
-            got = [READ_PAGE(keys=[items_key(keys, group_id)], args=[prefix, top, limit],
-                             client=client),
-                   VIEWED_STATE(keys=[groups, rs_key], args=[check, RS_INLINE_BYTES],
-                                client=client)]
-            return client.execute() if client is not r else got
+            # Two slots: one script call each, in one packed batch on a single Redis. A
+            # cluster pipeline asks a node for an EVAL's keys (COMMAND GETKEYS) before
+            # sending it, a round trip per script: there, two direct calls (each routed by
+            # its keys).
+            if packed_client(r):
+                return batch(r, [script_command(r, READ_PAGE, page_keys, page_args),
+                                 script_command(r, VIEWED_STATE, state_keys, state_args)])
+            return [READ_PAGE(keys=page_keys, args=page_args, client=r),
+                    VIEWED_STATE(keys=state_keys, args=state_args, client=r)]
 
         try:
             got, reply = self.cache.run(PATH_PAGE, read)

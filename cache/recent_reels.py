@@ -51,8 +51,8 @@ from typing import Any
 import orjson
 
 from cache import checks, stats
-from cache.client import NO_VALUE, CacheUnavailable, pipelined
-from cache.entities import Entity, EntityStore, Fields, encode
+from cache.client import NO_VALUE, CacheUnavailable, packed_client, pipelined
+from cache.entities import Entity, EntityStore, Fields, encode, run_script
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, reel_tag, user_tag
 from cache.scripts import LuaScript
@@ -157,8 +157,8 @@ def read(redis: Any, keys: Keyspace, user_id: int, start: int, count: int, ttl: 
     """One round trip (one script call in the user's slot): the page and the length, or
     ``NO_VALUE`` if the list or the hash beside it is not cached. Refreshes the idle TTL
     of a list in use."""
-    reply = READ_PAGE(keys=[key(keys, user_id), mine_key(keys, user_id)],
-                      args=[start, start + count - 1, ttl], client=redis)
+    reply = run_script(redis, READ_PAGE, [key(keys, user_id), mine_key(keys, user_id)],
+                       [start, start + count - 1, ttl])
     if not reply:
         return NO_VALUE
     liked = b"1"
@@ -248,9 +248,29 @@ def render_reel(reel: ReelEntity) -> dict[str, bytes]:
     }
 
 
+# The fields of a reel's entity (``render_reel``), in the order a read asks for them.
+REEL_FIELDS = (b"video_url", b"description", b"likes_count", b"views_count")
+
+# KEYS: reel entities. ARGV: their fields. Returns one HMGET answer per key (all false for
+# a missing entity). Only for a single Redis (the keys' slots differ): there one script
+# call is one reply to parse instead of one per reel; a cluster pipelines the HMGETs.
+READ_REELS = LuaScript("""
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return out
+""")
+
+
+def _read_reels(r: Any, keys: list[str]) -> list[Any]:
+    if packed_client(r):
+        return run_script(r, READ_REELS, keys, REEL_FIELDS)
+    return pipelined(r, [("HMGET", k, *REEL_FIELDS) for k in keys], raw=True)
+
+
 def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields]:
-    """The entities of a page's reels: one pipeline, the missing ones one batched fill;
-    Redis down: from Postgres. A reel that no longer exists is absent."""
+    """The entities of a page's reels: one round trip (one script call on a single Redis,
+    a pipeline per node on a cluster), the missing ones one batched fill; Redis down:
+    from Postgres. A reel that no longer exists is absent."""
 
     def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
         with app_state.db.session() as session:
@@ -262,13 +282,15 @@ def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields
     store = EntityStore(app_state.filler, PATH_REELS)
     if not entities:
         return {}
-    commands = [("HGETALL", entity.key) for entity in entities]
+    entity_keys = [entity.key for entity in entities]
     try:
-        # EntityStore.read's one pipeline, sent without redis-py's Pipeline object.
-        found = app_state.cache.run(PATH_REELS, lambda r: pipelined(r, commands))
+        rows = app_state.cache.run(PATH_REELS, lambda r: _read_reels(r, entity_keys))
     except CacheUnavailable:
         stats.count(PATH_REELS, "fallback")
         return {i: encode(f) for i, f in load([e.id for e in entities]).items()}
+    # A cached entity has every field (``render_reel``); an evicted one has none.
+    found = [dict(zip(REEL_FIELDS, row, strict=True)) if row[0] is not None else {}
+             for row in rows]
     return store.complete(entities, found, load)
 
 
