@@ -253,7 +253,7 @@ REEL_FIELDS = (b"video_url", b"description", b"likes_count", b"views_count")
 
 # KEYS: reel entities. ARGV: their fields. Returns one HMGET answer per key (all false for
 # a missing entity). Only for a single Redis (the keys' slots differ): there one script
-# call is one reply to parse instead of one per reel; a cluster pipelines the HMGETs.
+# call is one reply to parse instead of one per reel; a cluster pipelines HGETALLs.
 READ_REELS = LuaScript("""
 local out = {}
 for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
@@ -264,7 +264,9 @@ return out
 def _read_reels(r: Any, keys: list[str]) -> list[Any]:
     if packed_client(r):
         return run_script(r, READ_REELS, keys, REEL_FIELDS)
-    return pipelined(r, [("HMGET", k, *REEL_FIELDS) for k in keys], raw=True)
+    # HGETALL, not HMGET: a cluster pipeline asks a node for each HMGET's keys first.
+    return [[found.get(name) for name in REEL_FIELDS]
+            for found in pipelined(r, [("HGETALL", k) for k in keys])]
 
 
 def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields]:
