@@ -42,7 +42,8 @@ bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed pa
 0 SQL (one pipeline of two scripts: the list's page with its entities in the group's slot,
 membership and the read state in the caller's; 2 when the read state is over
 ``RS_INLINE_BYTES``), one group's unread count 1, all groups 1 (2 when this process has
-not answered the user yet, or their groups changed). A page past the cached list (older than the newest ``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one
+not answered the user yet, or their groups changed). A page past the cached list
+(older than the newest ``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one
 statement) and its bits in one round trip after the list's.
 """
 
