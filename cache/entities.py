@@ -82,6 +82,15 @@ def batch(r: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     return pipelined(r, commands, raw=True)
 
 
+def run_script(r: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """One call of ``script`` on ``r`` (not a pipeline), its raw reply: a ``batch`` of one
+    on a plain client (redis-py's ``evalsha`` packs its arguments in Python and books
+    each call through its observability hooks), ``script(...)`` itself on any other."""
+    if packed_client(r):
+        return batch(r, [script_command(r, script, keys, args)])[0]
+    return script(keys=keys, args=args, client=r)
+
+
 def queue_read(pipe: Any, entities: Sequence[Entity]) -> None:
     """Queue one HGETALL per entity (an empty answer: not cached)."""
     for entity in entities:

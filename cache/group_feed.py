@@ -41,8 +41,9 @@ bitmap for "unread below W" (+88 bytes per pair), interleaved viewed/unread bits
 bytes), a set of absolute positions (296 bytes). Round trips on a hit: a feed page 1 and
 0 SQL (one pipeline of two scripts: the list's page with its entities in the group's slot,
 membership and the read state in the caller's; 2 when the read state is over
-``RS_INLINE_BYTES``), one group's unread count 1, all groups 2. A page past the cached
-list (older than the newest ``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one
+``RS_INLINE_BYTES``), one group's unread count 1, all groups 1 (2 when this process has
+not answered the user yet, or their groups changed). A page past the cached list
+(older than the newest ``ITEMS_LIST_SIZE`` items) reads its ids from Postgres (one
 statement) and its bits in one round trip after the list's.
 """
 
@@ -53,12 +54,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-import redis
 
 from cache import checks, stats
-from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many
+from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many, packed_client, pipelined
 from cache.entities import JSON as ENTITY_JSON
-from cache.entities import Entity, EntityStore, queue_read
+from cache.entities import Entity, EntityStore, batch, queue_read, script_command
 from cache.fill import Filler
 from cache.keys import Keyspace, Scope, group_tag, user_tag
 from cache.scripts import BITFIELD_IF_EXISTS, LuaScript
@@ -457,6 +457,21 @@ def viewed_from_bits(positions: Sequence[int], fields: Sequence[int]) -> list[bo
     return [p <= watermark or bool(b) for p, b in zip(positions, fields[1:], strict=True)]
 
 
+# The groups each user was last answered with, per key prefix: which read states and live
+# bitmaps ``all_unread`` reads beside the user's groups set, so that a warm answer is one
+# round trip. Only a guess of which keys to read: the set read in the same round trip
+# decides the groups, and a wrong guess costs the second round trip. Bounded: cleared
+# when full.
+_GUESSED_GROUPS: dict[tuple[str, int], tuple[int, ...]] = {}
+MAX_GUESSED_USERS = 65536
+
+
+def _remember_groups(prefix: str, user_id: int, groups: tuple[int, ...]) -> None:
+    if len(_GUESSED_GROUPS) >= MAX_GUESSED_USERS:
+        _GUESSED_GROUPS.clear()
+    _GUESSED_GROUPS[(prefix, user_id)] = groups
+
+
 class ReadStates:
     """Answers of the group feed's read paths: Redis first, Postgres when it must."""
 
@@ -590,16 +605,19 @@ class ReadStates:
         groups, rs_key = groups_key(keys, user_id), key(keys, user_id, group_id)
         check = group_id if check_member else ""
 
+        page_keys, page_args = [items_key(keys, group_id)], [prefix, top, limit]
+        state_keys, state_args = [groups, rs_key], [check, RS_INLINE_BYTES]
+
         def read(r: Any) -> list[Any]:
-            # Two slots: one script call each, pipelined on a single Redis. A cluster
-            # pipeline asks a node for an EVAL's keys (COMMAND GETKEYS) before sending it,
-            # a round trip per script: there, two direct calls (each routed by its keys).
-            client = r.pipeline(transaction=False) if isinstance(r, redis.Redis) else r
-            got = [READ_PAGE(keys=[items_key(keys, group_id)], args=[prefix, top, limit],
-                             client=client),
-                   VIEWED_STATE(keys=[groups, rs_key], args=[check, RS_INLINE_BYTES],
-                                client=client)]
-            return client.execute() if client is not r else got
+            # Two slots: one script call each, in one packed batch on a single Redis. A
+            # cluster pipeline asks a node for an EVAL's keys (COMMAND GETKEYS) before
+            # sending it, a round trip per script: there, two direct calls (each routed by
+            # its keys).
+            if packed_client(r):
+                return batch(r, [script_command(r, READ_PAGE, page_keys, page_args),
+                                 script_command(r, VIEWED_STATE, state_keys, state_args)])
+            return [READ_PAGE(keys=page_keys, args=page_args, client=r),
+                    VIEWED_STATE(keys=state_keys, args=state_args, client=r)]
 
         try:
             got, reply = self.cache.run(PATH_PAGE, read)
@@ -779,29 +797,37 @@ class ReadStates:
                 return True, store.unread_counts(session, user_id, [group_id])[group_id]
 
     def all_unread(self, user_id: int) -> dict[int, int]:
-        """Unread count per group over the user's groups; two round trips on a hit."""
+        """Unread count per group over the user's groups. Warm: one round trip, the
+        groups set read beside the read states and live bitmaps of the groups this process
+        last saw the user in (``_GUESSED_GROUPS``); two when those were not the user's
+        groups (the first answer from a process, or a membership change)."""
         keys = self.cache.keys
+        guess = _GUESSED_GROUPS.get((keys.prefix, user_id), ())
+
+        def state_keys(groups: Sequence[int]) -> list[str]:
+            # Each group's read state and live bitmap; the groups' slots differ.
+            return [k for group_id in groups
+                    for k in (key(keys, user_id, group_id), live_key(keys, group_id))]
+
+        def read(r: Any) -> list[Any]:
+            return pipelined(r, [("SMEMBERS", groups_key(keys, user_id)),
+                                 *(("GET", k) for k in state_keys(guess))], raw=True)
+
         try:
-            cached = self.cache.run(
-                PATH_UNREAD, lambda r: r.smembers(groups_key(keys, user_id))
-            )
+            cached, *values = self.cache.run(PATH_UNREAD, read)
             groups = parse_groups(cached)
             if groups is NO_VALUE:
                 groups = fill_groups(self.filler, user_id, self._load_groups(user_id))
             else:
                 stats.count(GROUPS_PATH, "hit")
-            ordered = sorted(groups)
+            ordered = tuple(sorted(groups))
+            _remember_groups(keys.prefix, user_id, ordered)
             if not ordered:
                 return {}
-
-            def read(r: Any) -> list[Any]:
-                # Each group's read state and live bitmap; the groups' slots differ.
-                return get_many(r, [k for group_id in ordered
-                                    for k in (key(keys, user_id, group_id),
-                                              live_key(keys, group_id))])
-
-            reply = self.cache.run(PATH_UNREAD, read)
-            raw = {g: (reply[2 * i], reply[2 * i + 1]) for i, g in enumerate(ordered)}
+            if ordered != guess:
+                values = self.cache.run(PATH_UNREAD,
+                                        lambda r: get_many(r, state_keys(ordered)))
+            raw = {g: (values[2 * i], values[2 * i + 1]) for i, g in enumerate(ordered)}
             return self._counts(user_id, raw)
         except CacheUnavailable:
             stats.count(PATH_UNREAD, "fallback")

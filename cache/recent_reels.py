@@ -51,10 +51,11 @@ from typing import Any
 import orjson
 
 from cache import checks, stats
-from cache.client import NO_VALUE, CacheUnavailable, pipelined
-from cache.entities import Entity, EntityStore, Fields, encode
+from cache.client import NO_VALUE, CacheUnavailable, packed_client, pipelined
+from cache.entities import Entity, EntityStore, Fields, encode, run_script
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, reel_tag, user_tag
+from cache.scripts import LuaScript
 from cache.versioned import Change
 from storage import recent_reels as reels_store
 from storage.recent_reels import ListEntry, ReelEntity
@@ -124,41 +125,47 @@ def page_of(entries: Sequence[ListEntry], start: int, count: int) -> RecentPage:
     return RecentPage(len(entries), list(entries[start : start + count]))
 
 
+# KEYS: the list, the user's hash beside it. ARGV: first rank, last rank, idle TTL.
+# Returns false unless both keys exist; else {length, reel, score, duration, liked, ...}
+# for the page (newest first, the sentinel left out): the duration as stored ("" for
+# null, also when its field is missing), liked "1" or "0". Both keys' TTLs are refreshed.
+# One reply of 1 + 4 per reel, instead of the whole hash (two fields per reel in the list)
+# parsed into a dict on every read.
+READ_PAGE = LuaScript("""
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+local size = redis.call('ZCARD', KEYS[1])
+if size == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local rows = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
+local out = {size - 1}
+for i = 1, #rows, 2 do
+  local reel = rows[i]
+  if reel ~= '""" + SENTINEL + """' then
+    local mine = redis.call('HMGET', KEYS[2], 'd:' .. reel, 'l:' .. reel)
+    out[#out + 1] = reel
+    out[#out + 1] = rows[i + 1]
+    out[#out + 1] = mine[1] or ''
+    out[#out + 1] = mine[2] and '1' or '0'
+  end
+end
+return out
+""")
+
+
 def read(redis: Any, keys: Keyspace, user_id: int, start: int, count: int, ttl: int) -> Any:
-    """One round trip: the page and the length, or ``NO_VALUE`` if the list is not cached.
-
-    Refreshes the idle TTL of a list in use.
-    """
-    k, mk = key(keys, user_id), mine_key(keys, user_id)
-    size, flat, mine, _, _ = pipelined(redis, (
-        ("ZCARD", k),
-        # Newest first; the sentinel (lowest) can only show at the end of the last page.
-        # Without redis-py's options: [[member, score], ...] (RESP3), or the flat
-        # [member, score, ...] of RESP2 (see _pairs).
-        ("ZREVRANGE", k, start, start + count - 1, "WITHSCORES"),
-        ("HGETALL", mk),
-        ("EXPIRE", k, ttl),
-        ("EXPIRE", mk, ttl),
-    ))
-    if not size or not mine:
+    """One round trip (one script call in the user's slot): the page and the length, or
+    ``NO_VALUE`` if the list or the hash beside it is not cached. Refreshes the idle TTL
+    of a list in use."""
+    reply = run_script(redis, READ_PAGE, [key(keys, user_id), mine_key(keys, user_id)],
+                       [start, start + count - 1, ttl])
+    if not reply:
         return NO_VALUE
-    entries = []
-    sentinel = SENTINEL.encode()
-    for member, score in _pairs(flat):
-        if member == sentinel:
-            continue
-        duration = mine.get(b"d:" + member)
-        entries.append(ListEntry(int(member), int(float(score)),
-                                 int(duration) if duration else None,
-                                 b"l:" + member in mine))
-    return RecentPage(size - 1, entries)
-
-
-def _pairs(reply: list[Any]) -> Any:
-    """``(member, score)`` pairs of a ``Z*RANGE ... WITHSCORES`` reply in either protocol."""
-    if reply and not isinstance(reply[0], list | tuple):
-        return zip(reply[::2], reply[1::2], strict=True)
-    return reply
+    liked = b"1"
+    entries = [ListEntry(int(reply[i]), int(float(reply[i + 1])),
+                         int(reply[i + 2]) if reply[i + 2] else None, reply[i + 3] == liked)
+               for i in range(1, len(reply), 4)]
+    return RecentPage(int(reply[0]), entries)
 
 
 def _mine_fields(e: ListEntry) -> dict[str, str]:
@@ -241,9 +248,31 @@ def render_reel(reel: ReelEntity) -> dict[str, bytes]:
     }
 
 
+# The fields of a reel's entity (``render_reel``), in the order a read asks for them.
+REEL_FIELDS = (b"video_url", b"description", b"likes_count", b"views_count")
+
+# KEYS: reel entities. ARGV: their fields. Returns one HMGET answer per key (all false for
+# a missing entity). Only for a single Redis (the keys' slots differ): there one script
+# call is one reply to parse instead of one per reel; a cluster pipelines HGETALLs.
+READ_REELS = LuaScript("""
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return out
+""")
+
+
+def _read_reels(r: Any, keys: list[str]) -> list[Any]:
+    if packed_client(r):
+        return run_script(r, READ_REELS, keys, REEL_FIELDS)
+    # HGETALL, not HMGET: a cluster pipeline asks a node for each HMGET's keys first.
+    return [[found.get(name) for name in REEL_FIELDS]
+            for found in pipelined(r, [("HGETALL", k) for k in keys])]
+
+
 def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields]:
-    """The entities of a page's reels: one pipeline, the missing ones one batched fill;
-    Redis down: from Postgres. A reel that no longer exists is absent."""
+    """The entities of a page's reels: one round trip (one script call on a single Redis,
+    a pipeline per node on a cluster), the missing ones one batched fill; Redis down:
+    from Postgres. A reel that no longer exists is absent."""
 
     def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
         with app_state.db.session() as session:
@@ -255,13 +284,15 @@ def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields
     store = EntityStore(app_state.filler, PATH_REELS)
     if not entities:
         return {}
-    commands = [("HGETALL", entity.key) for entity in entities]
+    entity_keys = [entity.key for entity in entities]
     try:
-        # EntityStore.read's one pipeline, sent without redis-py's Pipeline object.
-        found = app_state.cache.run(PATH_REELS, lambda r: pipelined(r, commands))
+        rows = app_state.cache.run(PATH_REELS, lambda r: _read_reels(r, entity_keys))
     except CacheUnavailable:
         stats.count(PATH_REELS, "fallback")
         return {i: encode(f) for i, f in load([e.id for e in entities]).items()}
+    # A cached entity has every field (``render_reel``); an evicted one has none.
+    found = [dict(zip(REEL_FIELDS, row, strict=True)) if row[0] is not None else {}
+             for row in rows]
     return store.complete(entities, found, load)
 
 

@@ -43,16 +43,19 @@ class QuerySchema(Schema):
 
 
 class FeedQuery(QuerySchema):
+    MEMO_QUERY = True  # its answer depends on the query string alone (service/api.py)
     group = QueryId(required=True)
     limit = Limit()
     before = QueryId(load_default=None, metadata={"description": "older items only"})
 
 
 class GroupQuery(QuerySchema):
+    MEMO_QUERY = True
     group = QueryId(required=True)
 
 
 class UnreadQuery(QuerySchema):
+    MEMO_QUERY = True
     group = QueryId(load_default=None)
 
 

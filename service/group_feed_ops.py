@@ -55,7 +55,12 @@ _VIEWED = (b',"has_viewed":false}', b',"has_viewed":true}')
 
 def assemble_page(items: list[tuple[bytes, bool]]) -> bytes:
     """The page's JSON array from rendered fragments and each item's ``has_viewed``."""
-    return b"[" + b",".join(fragment + _VIEWED[viewed] for fragment, viewed in items) + b"]"
+    if not items:
+        return b"[]"
+    # Per item in C (zip, map), not a Python generator step per item.
+    fragments, viewed = zip(*items, strict=True)
+    return b"[" + b",".join(map(bytes.__add__, fragments, map(_VIEWED.__getitem__, viewed))
+                            ) + b"]"
 def _deny_group(session: Session, group_id: int) -> None:
     """Raise the answer for a caller who may not see ``group_id``: 404 or 403."""
     if not store.group_exists(session, group_id):

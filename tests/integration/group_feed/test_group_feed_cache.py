@@ -20,14 +20,17 @@ from cache.keyspace_admin import clear_keyspace
 from cache.versioned import Change
 from tests.support.group_feed import (  # noqa: F401 - fixtures
     COOLDOWN,
+    add_member,
     chaos_app,
     feed,
     make_group,
     mark,
     mark_all,
     own_redis,
+    pg_unread,
     pg_viewed,
     post_item,
+    remove_member,
     viewed_map,
 )
 from tests.support.group_feed import unread as api_unread
@@ -158,6 +161,38 @@ def test_round_trips_and_bytes_at_1000_items(client, auth, admin_headers, state,
               f"bytes per (user, group) at 1000 items, 10% viewed: rs {rs_bytes} + version "
               f"copy {version_bytes}; after mark-all: rs {after_all}; "
               f"per group: live bitmap {live_bytes}")
+
+
+def test_all_unread_is_one_round_trip_and_follows_membership(client, auth, admin_headers,
+                                                            state, monkeypatch):
+    """All groups' counts: one round trip once this process has answered the user (the
+    groups set read beside the states of the groups it last saw), and the right groups
+    after the user joins or leaves one (the guess is only which keys to read)."""
+    headers = auth(USER)
+    first = make_group(client, admin_headers, members=(USER,), name="first")
+    second = make_group(client, admin_headers, name="second")
+    post_item(client, headers, first, "a")
+    post_item(client, admin_headers, second, "b")  # in a group USER is not in (yet)
+    trips = RoundTrips(monkeypatch)
+
+    def counts() -> dict[int, int]:
+        return {int(g): n for g, n in api_unread(client, headers)["groups"].items()}
+
+    assert counts() == pg_unread(state, USER) == {first: 1}  # the first answer (fills)
+    assert trips.during(counts) == 1
+    add_member(client, admin_headers, second, USER)
+    assert counts() == pg_unread(state, USER) == {first: 1, second: 1}
+    assert trips.during(counts) == 1
+    remove_member(client, admin_headers, first, USER)
+    assert counts() == pg_unread(state, USER) == {second: 1}  # the set is filled again
+    assert trips.during(counts) == 1
+    # Another process answered last: this one's guess names a group the user left.
+    gf_cache._remember_groups(state.cache.keys.prefix, USER, (first, second))
+    assert trips.during(counts) == 2
+    assert counts() == {second: 1}
+    gf_cache._GUESSED_GROUPS.clear()  # a process that never answered the user
+    assert trips.during(counts) == 2
+    assert trips.during(counts) == 1
 
 
 def test_cold_cache_rebuilds_from_postgres(client, auth, admin_headers, state):
