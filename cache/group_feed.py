@@ -717,17 +717,20 @@ class ReadStates:
         reply = self.cache.run(PATH_PAGE, read_page) if wanted else [None]
         found, fields = reply[:-1], reply[-1]
         rendered = self.entities.complete(wanted, found, self._load_items(group_id))
-        if fields is not None:
-            stats.count(PATH_PAGE, "hit")
-            viewed = viewed_from_bits(positions, fields)
-        elif wanted:
-            state = self.fill_state(user_id, group_id, PATH_PAGE)
-            viewed = [state.viewed(p) for p in positions]
-        else:
-            viewed = []
+        viewed = self._viewed(user_id, group_id, positions, fields) if wanted else []
         # An entity gone meanwhile (deleted after the list was read) is left out.
         return CachedPage(True, [(rendered[e.id][ENTITY_JSON], v) for e, v in
                                  zip(wanted, viewed, strict=True) if e.id in rendered])
+
+    def _viewed(self, user_id: int, group_id: int, positions: Sequence[int],
+                fields: Sequence[int] | None) -> list[bool]:
+        """The page's has_viewed flags: from the read state's ``fields`` as read (a hit),
+        or, when the state was missing (``None``), from the state filled now."""
+        if fields is not None:
+            stats.count(PATH_PAGE, "hit")
+            return viewed_from_bits(positions, fields)
+        state = self.fill_state(user_id, group_id, PATH_PAGE)
+        return [state.viewed(p) for p in positions]
 
     # Read paths.
 
@@ -755,11 +758,8 @@ class ReadStates:
             if reply is None:
                 return PageState(False, [])
             exists, fields = reply
-            if exists:
-                stats.count(PATH_PAGE, "hit")
-                return PageState(True, viewed_from_bits(positions, fields))
-            state = self.fill_state(user_id, group_id, PATH_PAGE)
-            return PageState(True, [state.viewed(p) for p in positions])
+            return PageState(True, self._viewed(user_id, group_id, positions,
+                                                fields if exists else None))
         except CacheUnavailable:
             stats.count(PATH_PAGE, "fallback")
             with self.db.session() as session:
