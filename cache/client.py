@@ -7,8 +7,6 @@ Every Redis call of a read path goes through ``Cache.run(path, fn)``, which rais
 from __future__ import annotations
 
 import functools
-import os
-import select
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -49,9 +47,7 @@ def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -
     """A Redis client for ``url`` with short timeouts (the cache must never stall a request).
 
     A ``redis://`` URL whose server is a cluster is not detected here; use
-    ``redis+cluster://`` (our own scheme) to get a ``RedisCluster`` client. Otherwise the
-    client is a ``LeanRedis`` on a ``LeanPool``: redis-py's client and pool with the
-    per-command extras this service does not use left out (see ``LeanPool``).
+    ``redis+cluster://`` (our own scheme) to get a ``RedisCluster`` client.
     """
     if url.startswith("redis+cluster://"):
         return _cluster_class().from_url(
@@ -59,105 +55,12 @@ def connect(url: str, read_timeout: float = 0.1, connect_timeout: float = 0.1) -
             socket_timeout=read_timeout,
             socket_connect_timeout=connect_timeout,
         )
-    pool = LeanPool.from_url(
+    return redis.Redis.from_url(
         url,
         socket_timeout=read_timeout,
         socket_connect_timeout=connect_timeout,
         health_check_interval=0,
     )
-    client = LeanRedis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # as ``Redis.from_url`` leaves it
-    return client
-
-
-class LeanPool(redis.ConnectionPool):
-    """``redis.ConnectionPool`` whose checkout and release do only the bookkeeping.
-
-    redis-py 8's ``get_connection`` polls the socket for unread data on every checkout
-    and records OpenTelemetry connection counts (four calls a checkout and release,
-    configured or not), and ``release`` dispatches an event for maintenance
-    notifications: about half of a one-command round trip's CPU. Here a checkout pops an
-    idle connection (or makes one), replaces it if its socket is readable (one ``poll``
-    syscall: the server closed it, or a reply was left unread) and connects it if it is
-    not; a release puts it back.
-
-    After a fork, on RESP3, or with a client-side cache or maintenance notifications
-    forced on (features this service does not use), checkout and release are redis-py's
-    own.
-    """
-
-    def _lean(self) -> bool:
-        # Maintenance notifications are RESP3 push messages: on RESP2 (the default),
-        # redis-py's "auto" setting never turns them on.
-        return (self.pid == os.getpid() and self.cache is None
-                and self.connection_kwargs.get("protocol") in (None, 2, "2")
-                and self.maint_notifications_enabled() is not True)
-
-    def get_connection(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if args or kwargs or not self._lean():
-            return super().get_connection(*args, **kwargs)
-        with self._lock:
-            try:
-                connection = self._available_connections.pop()
-            except IndexError:
-                connection = self.make_connection()
-            self._in_use_connections.add(connection)
-        try:
-            if _readable(connection):
-                # Data or an end of file on an idle connection: the server closed it
-                # (a restart, its idle timeout, CLIENT KILL), or a reply was left
-                # unread. Replaced before anything is sent, as redis-py does.
-                connection.disconnect()
-            connection.connect()  # returns at once when connected
-        except BaseException:
-            self.release(connection)
-            raise
-        return connection
-
-    def release(self, connection: Any) -> None:
-        if not self._lean() or connection.pid != self.pid:
-            super().release(connection)
-            return
-        with self._lock:
-            try:
-                self._in_use_connections.remove(connection)
-            except KeyError:  # not ours: as redis-py, ignore it
-                return
-            self._available_connections.append(connection)
-
-
-def _readable(connection: Any) -> bool:
-    """The connection's socket has something to read (one ``poll``, no timeout)."""
-    sock = getattr(connection, "_sock", None)
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class LeanRedis(redis.Redis):
-    """``redis.Redis`` whose commands skip redis-py 8's per-command OpenTelemetry
-    recording (a monotonic clock, a closure and two recorder calls per command): a
-    command is checked out, sent, read and parsed as redis-py does it, retried as its
-    ``Retry`` says (disconnecting before each retry), and released.
-
-    Commands redis-py handles per connection (``HIMPORT SET``) are handled by the same
-    redis-py method on the checked-out connection; a single-connection client takes
-    redis-py's own path.
-    """
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        if self.connection is not None:
-            return super().execute_command(*args, **options)
-        pool = self.connection_pool
-        conn = pool.get_connection()
-        try:
-            return conn.retry.call_with_retry(
-                lambda: self._send_command_parse_response(conn, args[0], *args, **options),
-                lambda _error: conn.disconnect())
-        finally:
-            pool.release(conn)
 
 
 def get_many(r: Any, keys: list[str]) -> list[bytes | None]:
@@ -179,7 +82,7 @@ def packed_client(r: Any) -> bool:
     """``r`` is a plain redis-py client on redis-py's own pooled connections (not a
     cluster, not a fake, not a single-connection client): ``pipelined`` may pack for it."""
     pool = getattr(r, "connection_pool", None)
-    return (type(r) in (redis.Redis, LeanRedis) and r.connection is None and pool is not None
+    return (type(r) is redis.Redis and r.connection is None and pool is not None
             and pool.connection_class.__module__.startswith("redis."))
 
 
