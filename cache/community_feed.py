@@ -397,10 +397,9 @@ def stage_blocked(pipe: Any, temp: str, author_ids: Sequence[int]) -> None:
     pipe.sadd(temp, SENTINEL, *[str(a) for a in author_ids])
 
 
-def read_blocked(cache: Cache, path: str, user_id: int) -> Any:
-    """The user's cached blocked authors (a frozenset), or ``NO_VALUE``. Raises
-    ``CacheUnavailable``."""
-    key = CommunityKeys(cache.keys).blocked(user_id)
+def read_ids(cache: Cache, path: str, key: str) -> Any:
+    """A cached id set (followees, collectives, blocked authors: a frozenset), or
+    ``NO_VALUE``. Raises ``CacheUnavailable``."""
 
     def run(r: Any) -> Any:
         pipe = r.pipeline(transaction=False)
@@ -801,28 +800,32 @@ def _publish_flags(results: list[Any], staged: list[bool]) -> list[bool]:
 PATH = "community_feed"
 
 
-def fill_followees(deps: checks.Deps, user_id: int) -> list[int]:
+def fill_followees(deps: checks.Deps, user_id: int, after_miss: bool = False) -> list[int]:
     """Fill the user's followees set from Postgres (version-checked, single-flight: raises
-    ``LeaseHeld`` while another fill runs); returns what was loaded."""
+    ``LeaseHeld`` while another fill runs, and with ``after_miss`` also when a fill landed
+    since the caller's miss: read it then); returns what was loaded."""
     key = CommunityKeys(deps.cache.keys).followees(user_id)
     return deps.filler.fill(PATH, follows_scope(user_id), [key],
                             lambda: checks.sql(deps, posts_store.followees, user_id),
-                            lambda pipe, temps, ids: stage_followees(pipe, temps[key], ids))
+                            lambda pipe, temps, ids: stage_followees(pipe, temps[key], ids),
+                            only_if_missing=after_miss)
 
 
-def fill_collectives(deps: checks.Deps, user_id: int) -> list[int]:
+def fill_collectives(deps: checks.Deps, user_id: int, after_miss: bool = False) -> list[int]:
     """Fill the user's collectives set from Postgres, as ``fill_followees`` does."""
     key = CommunityKeys(deps.cache.keys).collectives(user_id)
     return deps.filler.fill(PATH, colls_scope(user_id), [key],
                             lambda: checks.sql(deps, posts_store.collectives_of, user_id),
-                            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids))
+                            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids),
+                            only_if_missing=after_miss)
 
 
 def followees(deps: checks.Deps, user_id: int) -> list[int]:
     """The user's followees: the cached set, filled from Postgres on a miss."""
     read = followees_reader(deps.cache.keys, user_id)
     return sorted(read_through(
-        deps.cache, PATH + ":followees", read, lambda: fill_followees(deps, user_id),
+        deps.cache, PATH + ":followees", read,
+        lambda: fill_followees(deps, user_id, after_miss=True),
         lambda: checks.sql(deps, posts_store.followees, user_id)))
 
 
@@ -854,12 +857,31 @@ def followees_versioned(deps: checks.Deps, user_id: int) -> tuple[list[int], str
 
 
 def collectives(deps: checks.Deps, user_id: int) -> frozenset[int]:
-    """The user's collectives: the cached set, filled from Postgres on a miss (or read
-    from Postgres when Redis is unusable or another request is filling it)."""
+    """The user's collectives after the page's read missed them: filled from Postgres,
+    or, while another request fills them, its set once it lands (``lease_wait_ms``);
+    read from Postgres when Redis is unusable or that fill does not land in time."""
+    key = CommunityKeys(deps.cache.keys).collectives(user_id)
+    return _set_after_miss(deps, key, lambda: fill_collectives(deps, user_id, after_miss=True),
+                           lambda: checks.sql(deps, posts_store.collectives_of, user_id))
+
+
+def _set_after_miss(deps: checks.Deps, key: str, fill: Callable[[], Sequence[int]],
+                    sql: Callable[[], Sequence[int]]) -> frozenset[int]:
+    """An id set (``key``) the caller found missing: ``fill()`` (single-flight, raising
+    ``LeaseHeld`` when another fill runs or landed), else the set that fill publishes,
+    polled for ``lease_wait_ms``, else ``sql()``. One load per stampede, not one per
+    request that missed before the first fill landed."""
     try:
-        return frozenset(fill_collectives(deps, user_id))
-    except (LeaseHeld, CacheUnavailable):
-        return frozenset(checks.sql(deps, posts_store.collectives_of, user_id))
+        return frozenset(fill())
+    except LeaseHeld:
+        with contextlib.suppress(CacheUnavailable):
+            found = wait_for(lambda: read_ids(deps.cache, PATH, key), deps.cache.lease_wait_ms)
+            if found is not NO_VALUE:
+                return found
+    except CacheUnavailable:
+        pass
+    stats.count(PATH, "fallback")
+    return frozenset(sql())
 
 
 def fill_author_sets(deps: checks.Deps, authors: Sequence[int]) -> set[str]:
@@ -890,17 +912,10 @@ def fill_blocked(deps: checks.Deps, user_id: int) -> list[int]:
 def blocked(deps: checks.Deps, user_id: int) -> frozenset[int]:
     """The authors the user blocked: the cached set, filled from Postgres on a miss, once
     (a fill that landed since the page's read is read, not loaded again); read from
-    Postgres when Redis is unusable or another request is still filling it."""
-    try:
-        return frozenset(fill_blocked(deps, user_id))
-    except LeaseHeld:
-        with contextlib.suppress(CacheUnavailable):
-            found = read_blocked(deps.cache, PATH, user_id)
-            if found is not NO_VALUE:
-                return found
-    except CacheUnavailable:
-        pass
-    return frozenset(checks.sql(deps, posts_store.blocked_by, user_id))
+    Postgres when Redis is unusable or another request's fill does not land in time."""
+    key = CommunityKeys(deps.cache.keys).blocked(user_id)
+    return _set_after_miss(deps, key, lambda: fill_blocked(deps, user_id),
+                           lambda: checks.sql(deps, posts_store.blocked_by, user_id))
 
 
 def author_ranges(deps: checks.Deps, authors: Sequence[int], after: tuple[int, int] | None,

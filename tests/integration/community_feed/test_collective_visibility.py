@@ -19,6 +19,7 @@ from cache import community_feed as cf
 from cache import posts as cache_posts
 from cache import stats
 from cache.keyspace_admin import clear_keyspace
+from cache.lease import LeaseHeld
 from cache.outbox import relay_outbox
 from service import community_feed_walk, create_app
 from storage.db import DB_QUERIES
@@ -391,3 +392,28 @@ def test_remembered_trending_pages_follow_membership_deletes_and_expiry(client, 
 
 def _cursor_data(cursor):
     return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+
+
+def test_a_miss_that_finds_the_set_filled_meanwhile_does_not_load_it_again(client, state,
+                                                                          world):
+    """A stampede's late requests (their page read missed the viewer's sets before the
+    first fill landed) read that fill instead of loading from Postgres again: one load
+    per set, whichever request wins."""
+    clear_keyspace(state.cache)
+    # The first request to miss fills each set: it loads from Postgres.
+    sql = _sql()
+    assert cf.collectives(state, MEMBER_A) == {world["a"]}
+    assert cf.blocked(state, MEMBER_A) == frozenset()
+    assert cf.followees(state, MEMBER_A)
+    assert _sql() > sql
+    # The late ones find the sets there once their own fill would start: no SQL.
+    sql = _sql()
+    assert cf.collectives(state, MEMBER_A) == {world["a"]}
+    assert cf.blocked(state, MEMBER_A) == frozenset()
+    with pytest.raises(LeaseHeld):
+        cf.fill_followees(state, MEMBER_A, after_miss=True)
+    assert _sql() == sql
+    # A repair still replaces what is there (it does not take the fill for a miss).
+    sql = _sql()
+    cf.rebuild(state, MEMBER_A)
+    assert _sql() > sql
