@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
+import redis
 
 from cache import checks, stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable, get_many, packed_client, pipelined
@@ -462,14 +463,29 @@ def viewed_from_bits(positions: Sequence[int], fields: Sequence[int]) -> list[bo
 # round trip. Only a guess of which keys to read: the set read in the same round trip
 # decides the groups, and a wrong guess costs the second round trip. Bounded: cleared
 # when full.
-_GUESSED_GROUPS: dict[tuple[str, int], tuple[int, ...]] = {}
+# (prefix, user) -> (the groups this process last saw the user in, their state keys).
+_GUESSED_GROUPS: dict[tuple[str, int], tuple[tuple[int, ...], list[str]]] = {}
 MAX_GUESSED_USERS = 65536
+_NO_GUESS: tuple[tuple[int, ...], list[str]] = ((), [])
 
 
-def _remember_groups(prefix: str, user_id: int, groups: tuple[int, ...]) -> None:
+def _state_keys(keys: Keyspace, user_id: int, groups: Sequence[int]) -> list[str]:
+    """Each group's read state and live bitmap key, in that order (the slots differ)."""
+    return [k for group_id in groups
+            for k in (key(keys, user_id, group_id), live_key(keys, group_id))]
+
+
+def _remember_groups(keys: Keyspace, user_id: int, groups: tuple[int, ...],
+                     known: tuple[tuple[int, ...], list[str]]) -> list[str]:
+    """Remember the user's groups (``known``: what was remembered); returns their state
+    keys, built only when the groups changed."""
+    if known[0] == groups:
+        return known[1]
     if len(_GUESSED_GROUPS) >= MAX_GUESSED_USERS:
         _GUESSED_GROUPS.clear()
-    _GUESSED_GROUPS[(prefix, user_id)] = groups
+    state = _state_keys(keys, user_id, groups)
+    _GUESSED_GROUPS[(keys.prefix, user_id)] = (groups, state)
+    return state
 
 
 class ReadStates:
@@ -802,31 +818,32 @@ class ReadStates:
         last saw the user in (``_GUESSED_GROUPS``); two when those were not the user's
         groups (the first answer from a process, or a membership change)."""
         keys = self.cache.keys
-        guess = _GUESSED_GROUPS.get((keys.prefix, user_id), ())
+        known = _GUESSED_GROUPS.get((keys.prefix, user_id), _NO_GUESS)
+        guess, guessed_keys = known
 
-        def state_keys(groups: Sequence[int]) -> list[str]:
-            # Each group's read state and live bitmap; the groups' slots differ.
-            return [k for group_id in groups
-                    for k in (key(keys, user_id, group_id), live_key(keys, group_id))]
-
-        def read(r: Any) -> list[Any]:
-            return pipelined(r, [("SMEMBERS", groups_key(keys, user_id)),
-                                 *(("GET", k) for k in state_keys(guess))], raw=True)
+        def read(r: Any) -> tuple[Any, list[Any]]:
+            members = ("SMEMBERS", groups_key(keys, user_id))
+            if isinstance(r, redis.Redis):  # one MGET, whatever the slots: 2 replies
+                mget = [("MGET", *guessed_keys)] if guessed_keys else []
+                cached, *rest = pipelined(r, [members, *mget], raw=True)
+                return cached, rest[0] if rest else []
+            cached, *values = pipelined(r, [members, *(("GET", k) for k in guessed_keys)],
+                                        raw=True)  # a cluster: one GET per key
+            return cached, values
 
         try:
-            cached, *values = self.cache.run(PATH_UNREAD, read)
+            cached, values = self.cache.run(PATH_UNREAD, read)
             groups = parse_groups(cached)
             if groups is NO_VALUE:
                 groups = fill_groups(self.filler, user_id, self._load_groups(user_id))
             else:
                 stats.count(GROUPS_PATH, "hit")
             ordered = tuple(sorted(groups))
-            _remember_groups(keys.prefix, user_id, ordered)
+            state_keys = _remember_groups(keys, user_id, ordered, known)
             if not ordered:
                 return {}
             if ordered != guess:
-                values = self.cache.run(PATH_UNREAD,
-                                        lambda r: get_many(r, state_keys(ordered)))
+                values = self.cache.run(PATH_UNREAD, lambda r: get_many(r, state_keys))
             raw = {g: (values[2 * i], values[2 * i + 1]) for i, g in enumerate(ordered)}
             return self._counts(user_id, raw)
         except CacheUnavailable:

@@ -187,7 +187,7 @@ def test_all_unread_is_one_round_trip_and_follows_membership(client, auth, admin
     assert counts() == pg_unread(state, USER) == {second: 1}  # the set is filled again
     assert trips.during(counts) == 1
     # Another process answered last: this one's guess names a group the user left.
-    gf_cache._remember_groups(state.cache.keys.prefix, USER, (first, second))
+    gf_cache._remember_groups(state.cache.keys, USER, (first, second), gf_cache._NO_GUESS)
     assert trips.during(counts) == 2
     assert counts() == {second: 1}
     gf_cache._GUESSED_GROUPS.clear()  # a process that never answered the user
