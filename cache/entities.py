@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.cluster import ClusterPipeline
+
 from cache import stats
 from cache.client import NO_VALUE, CacheUnavailable, packed_client, pipelined
 from cache.fill import Filler
@@ -95,6 +97,32 @@ def queue_read(pipe: Any, entities: Sequence[Entity]) -> None:
     """Queue one HGETALL per entity (an empty answer: not cached)."""
     for entity in entities:
         pipe.hgetall(entity.key)
+
+
+# KEYS: entity keys. ARGV: their fields. Returns one HMGET answer per key (all false for
+# a missing entity). Only for a single Redis (the keys' slots differ): there one script
+# call is one reply to parse instead of one per entity.
+READ_FIELDS = LuaScript("""
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return out
+""")
+
+
+def queue_read_fields(pipe: Any, entities: Sequence[Entity], fields: Sequence[bytes]
+                      ) -> Callable[[Sequence[Any]], list[Fields]]:
+    """Queue the read of the entities' ``fields`` on a redis-py pipeline: one
+    ``READ_FIELDS`` call on a single Redis (redis-py packs, parses and books each command
+    of a pipeline in Python: one command for a page, not one per entity), an ``HGETALL``
+    per entity on a cluster. Returns how to turn the replies queued here into each
+    entity's fields (those of ``fields`` it has; ``{}``: not cached), as ``queue_read``'s
+    answers are."""
+    if isinstance(pipe, ClusterPipeline):
+        queue_read(pipe, entities)
+        return lambda replies: [dict(found) for found in replies]
+    READ_FIELDS([e.key for e in entities], fields, client=pipe)
+    return lambda replies: [{f: v for f, v in zip(fields, values, strict=True) if v is not None}
+                            for values in replies[0]]
 
 
 def _poll(r: Any, keys: list[str]) -> list[Any]:

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -64,7 +64,7 @@ import orjson
 from cache import posts as cache_posts
 from cache import stats
 from cache.client import NO_VALUE, Cache, CacheUnavailable
-from cache.entities import Entity, queue_read
+from cache.entities import Entity, Fields, queue_read_fields
 from cache.fill import Filler, LeaseHeld, Taken
 from cache.keys import Keyspace, Scope, user_tag
 from cache.lease import Lease, wait_for
@@ -221,9 +221,10 @@ class Ranking:
 class RankedPage:
     count: int  # entries in the whole ranking
     entries: list[Entry]  # the requested slice
-    # The slice's post entities as read in a fill's publish round trip (their HGETALL
-    # answers, in ``entries`` order, for ``EntityStore.complete``), or None: not read yet.
-    posts: tuple[list[Entity], list[Any]] | None = None
+    # The slice's post entities as read in a fill's publish round trip (their fields, in
+    # ``entries`` order, ``{}`` where not cached, for ``EntityStore.complete``), or None:
+    # not read yet.
+    posts: tuple[list[Entity], list[Fields]] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ class _Cached:
     kept: int
     clock_us: int
     records: np.ndarray  # the requested slice (RECORD)
-    posts: tuple[list[Entity], list[Any]] | None = None  # RankedPage.posts
+    posts: tuple[list[Entity], list[Fields]] | None = None  # RankedPage.posts
 
 
 @dataclass(frozen=True)
@@ -446,12 +447,13 @@ class RankedFeedCache:
             stage_inputs(pipe, pending[-1].writes)
 
         wanted: list[Entity] = []
+        parse: list[Callable[[Sequence[Any]], list[Fields]]] = []
 
         def read_posts(pipe: Any, ranking: Ranking) -> None:
             # The page's post entities, read in the publish's round trip.
             wanted.extend(cache_posts.entity(self.cache.keys, int(i))
                           for i in ranking.records[start:stop]["id"])
-            queue_read(pipe, wanted)
+            parse.append(queue_read_fields(pipe, wanted, cache_posts.FIELDS))
 
         def fill() -> _Cached:
             ranking, found = self.filler.fill_and_read(
@@ -459,7 +461,7 @@ class RankedFeedCache:
                 preread=lambda pipe: pipe.get(ikey), taken=first.taken,
                 then_read=read_posts)
             return _Cached(len(ranking.records), len(ranking.records), ranking.clock_us,
-                           ranking.records[start:stop], (wanted, found))
+                           ranking.records[start:stop], (wanted, parse[-1](found)))
 
         def fallback() -> _Cached:
             stats.count(PATH, "fallback")

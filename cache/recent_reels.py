@@ -52,7 +52,7 @@ import orjson
 
 from cache import checks, stats
 from cache.client import NO_VALUE, CacheUnavailable, packed_client, pipelined
-from cache.entities import Entity, EntityStore, Fields, encode, run_script
+from cache.entities import READ_FIELDS, Entity, EntityStore, Fields, encode, run_script
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, reel_tag, user_tag
 from cache.scripts import LuaScript
@@ -251,19 +251,10 @@ def render_reel(reel: ReelEntity) -> dict[str, bytes]:
 # The fields of a reel's entity (``render_reel``), in the order a read asks for them.
 REEL_FIELDS = (b"video_url", b"description", b"likes_count", b"views_count")
 
-# KEYS: reel entities. ARGV: their fields. Returns one HMGET answer per key (all false for
-# a missing entity). Only for a single Redis (the keys' slots differ): there one script
-# call is one reply to parse instead of one per reel; a cluster pipelines HGETALLs.
-READ_REELS = LuaScript("""
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
-return out
-""")
-
 
 def _read_reels(r: Any, keys: list[str]) -> list[Any]:
     if packed_client(r):
-        return run_script(r, READ_REELS, keys, REEL_FIELDS)
+        return run_script(r, READ_FIELDS, keys, REEL_FIELDS)
     # HGETALL, not HMGET: a cluster pipeline asks a node for each HMGET's keys first.
     return [[found.get(name) for name in REEL_FIELDS]
             for found in pipelined(r, [("HGETALL", k) for k in keys])]
