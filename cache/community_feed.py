@@ -397,9 +397,9 @@ def stage_blocked(pipe: Any, temp: str, author_ids: Sequence[int]) -> None:
     pipe.sadd(temp, SENTINEL, *[str(a) for a in author_ids])
 
 
-def read_ids(cache: Cache, path: str, key: str) -> Any:
-    """A cached id set (followees, collectives, blocked authors: a frozenset), or
-    ``NO_VALUE``. Raises ``CacheUnavailable``."""
+def read_ids(key: str) -> Callable[[Any], Any]:
+    """A ``poll(redis)`` for ``Filler.fill_or_wait``: the cached id set under ``key``
+    (collectives, blocked authors: a frozenset), or ``NO_VALUE``."""
 
     def run(r: Any) -> Any:
         pipe = r.pipeline(transaction=False)
@@ -407,7 +407,7 @@ def read_ids(cache: Cache, path: str, key: str) -> Any:
         pipe.smembers(key)
         return _parse_ids(*pipe.execute())
 
-    return cache.run(path, run)
+    return run
 
 
 def _parse_ids(exists: Any, members: Any) -> Any:
@@ -811,13 +811,13 @@ def fill_followees(deps: checks.Deps, user_id: int, after_miss: bool = False) ->
                             only_if_missing=after_miss)
 
 
-def fill_collectives(deps: checks.Deps, user_id: int, after_miss: bool = False) -> list[int]:
-    """Fill the user's collectives set from Postgres, as ``fill_followees`` does."""
+def fill_collectives(deps: checks.Deps, user_id: int) -> list[int]:
+    """Fill (replace) the user's collectives set from Postgres, as ``fill_followees``
+    does (a repair; a read after a miss goes through ``collectives``)."""
     key = CommunityKeys(deps.cache.keys).collectives(user_id)
     return deps.filler.fill(PATH, colls_scope(user_id), [key],
                             lambda: checks.sql(deps, posts_store.collectives_of, user_id),
-                            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids),
-                            only_if_missing=after_miss)
+                            lambda pipe, temps, ids: stage_collectives(pipe, temps[key], ids))
 
 
 def followees(deps: checks.Deps, user_id: int) -> list[int]:
@@ -857,31 +857,26 @@ def followees_versioned(deps: checks.Deps, user_id: int) -> tuple[list[int], str
 
 
 def collectives(deps: checks.Deps, user_id: int) -> frozenset[int]:
-    """The user's collectives after the page's read missed them: filled from Postgres,
-    or, while another request fills them, its set once it lands (``lease_wait_ms``);
-    read from Postgres when Redis is unusable or that fill does not land in time."""
+    """The user's collectives after the page's read missed them (``_id_set``)."""
     key = CommunityKeys(deps.cache.keys).collectives(user_id)
-    return _set_after_miss(deps, key, lambda: fill_collectives(deps, user_id, after_miss=True),
-                           lambda: checks.sql(deps, posts_store.collectives_of, user_id))
+    return _id_set(deps, colls_scope(user_id), key,
+                   lambda: checks.sql(deps, posts_store.collectives_of, user_id),
+                   stage_collectives)
 
 
-def _set_after_miss(deps: checks.Deps, key: str, fill: Callable[[], Sequence[int]],
-                    sql: Callable[[], Sequence[int]]) -> frozenset[int]:
-    """An id set (``key``) the caller found missing: ``fill()`` (single-flight, raising
-    ``LeaseHeld`` when another fill runs or landed), else the set that fill publishes,
-    polled for ``lease_wait_ms``, else ``sql()``. One load per stampede, not one per
-    request that missed before the first fill landed."""
+def _id_set(deps: checks.Deps, scope: Scope, key: str, load: Callable[[], Sequence[int]],
+            stage: Callable[[Any, str, Sequence[int]], None]) -> frozenset[int]:
+    """An id set the caller found missing: ``Filler.fill_or_wait`` (one load per
+    stampede: a request that finds another's fill running or landed reads that set, for
+    up to ``lease_wait_ms``, then loads without writing); ``load()`` from Postgres when
+    Redis is unusable."""
     try:
-        return frozenset(fill())
-    except LeaseHeld:
-        with contextlib.suppress(CacheUnavailable):
-            found = wait_for(lambda: read_ids(deps.cache, PATH, key), deps.cache.lease_wait_ms)
-            if found is not NO_VALUE:
-                return found
+        return frozenset(deps.filler.fill_or_wait(
+            PATH, scope, [key], load, lambda pipe, temps, ids: stage(pipe, temps[key], ids),
+            read_ids(key)))
     except CacheUnavailable:
-        pass
-    stats.count(PATH, "fallback")
-    return frozenset(sql())
+        stats.count(PATH, "fallback")
+        return frozenset(load())
 
 
 def fill_author_sets(deps: checks.Deps, authors: Sequence[int]) -> set[str]:
@@ -899,23 +894,11 @@ def fill_author_sets(deps: checks.Deps, authors: Sequence[int]) -> set[str]:
     return fill_many(deps.cache, deps.filler, PATH, targets, load)
 
 
-def fill_blocked(deps: checks.Deps, user_id: int) -> list[int]:
-    """Fill the user's blocked authors set from Postgres if it is missing (version-checked,
-    single-flight: raises ``LeaseHeld`` while another fill runs); returns what it holds."""
-    key = CommunityKeys(deps.cache.keys).blocked(user_id)
-    return deps.filler.fill(PATH, blocked_scope(user_id), [key],
-                            lambda: checks.sql(deps, posts_store.blocked_by, user_id),
-                            lambda pipe, temps, ids: stage_blocked(pipe, temps[key], ids),
-                            only_if_missing=True)
-
-
 def blocked(deps: checks.Deps, user_id: int) -> frozenset[int]:
-    """The authors the user blocked: the cached set, filled from Postgres on a miss, once
-    (a fill that landed since the page's read is read, not loaded again); read from
-    Postgres when Redis is unusable or another request's fill does not land in time."""
+    """The authors the user blocked, after the page's read missed them (``_id_set``)."""
     key = CommunityKeys(deps.cache.keys).blocked(user_id)
-    return _set_after_miss(deps, key, lambda: fill_blocked(deps, user_id),
-                           lambda: checks.sql(deps, posts_store.blocked_by, user_id))
+    return _id_set(deps, blocked_scope(user_id), key,
+                   lambda: checks.sql(deps, posts_store.blocked_by, user_id), stage_blocked)
 
 
 def author_ranges(deps: checks.Deps, authors: Sequence[int], after: tuple[int, int] | None,
