@@ -42,9 +42,14 @@ class Lease:
     ttl_ms: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    def take_command(self) -> tuple[Any, ...]:
+        """The take as one command (``cache.client.pipelined``); its reply is truthy if
+        this lease was taken."""
+        return ("SET", self.key, self.token, "NX", "PX", self.ttl_ms)
+
     def queue_take(self, pipe: Any) -> None:
         """Queue the take on a pipeline; its reply is truthy if this lease was taken."""
-        pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
+        pipe.execute_command(*self.take_command())
 
     def take(self, client: Any) -> bool:
         """Take the lease now; False if another holder has it."""

@@ -63,7 +63,7 @@ import orjson
 
 from cache import posts as cache_posts
 from cache import stats
-from cache.client import NO_VALUE, Cache, CacheUnavailable
+from cache.client import NO_VALUE, Cache, CacheUnavailable, pipelined
 from cache.entities import Entity, Fields, queue_read_fields
 from cache.fill import Filler, LeaseHeld, Taken
 from cache.keys import Keyspace, Scope, user_tag
@@ -332,8 +332,9 @@ class RankedFeedCache:
                    load_version: Callable[[], int] | None = None,
                    force: bool = False) -> FirstRead:
         """One round trip: the viewer's calc version, the ranking controls, and the header
-        and entries ``[start, stop)`` of the viewer's cached ranking (one pipeline: the
-        controls' slot and the viewer's; on a cluster one pipeline per node); ``force``
+        and entries ``[start, stop)`` of the viewer's cached ranking (four raw commands,
+        ``cache.client.pipelined``: the controls' slot and the viewer's; on a cluster one
+        pipeline per node); ``force``
         (a page that ranks now): the fill's lease and the viewer's inputs instead of the
         ranking, so that the fill needs no round trip of its own before the publish. A
         missing copy of the controls or of the version is loaded from Postgres
@@ -345,20 +346,15 @@ class RankedFeedCache:
         lo, hi = _bounds(start, stop)
         lease = Lease(self.cache.keys.lease(key), self.cache.lease_ttl_ms)
 
-        def read(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            pipe.get(vkey)
-            pipe.get(ckey)
-            if force:
-                lease.queue_take(pipe)
-                pipe.get(inputs_key(self.cache.keys, user_id))
-            else:
-                pipe.getrange(key, 0, HEADER.size - 1)
-                pipe.getrange(key, lo, hi - 1)
-            return pipe.execute()
+        if force:
+            rest = [lease.take_command(), ("GET", inputs_key(self.cache.keys, user_id))]
+        else:
+            rest = [("GETRANGE", key, 0, HEADER.size - 1), ("GETRANGE", key, lo, hi - 1)]
+        commands = [("GET", vkey), ("GET", ckey), *rest]
 
         try:
-            raw_version, raw_controls, third, fourth = self.cache.run(PATH, read)
+            raw_version, raw_controls, third, fourth = self.cache.run(
+                PATH, lambda r: pipelined(r, commands, raw=True))
         except CacheUnavailable:
             stats.count(CONFIG_PATH, "fallback")
             return FirstRead(None, load_controls(), None)

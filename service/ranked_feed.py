@@ -60,6 +60,8 @@ def now() -> datetime:
 
 
 class RankedFeedQuery(Schema):
+    MEMO_QUERY = True  # its answer depends on the query string alone (service/api.py)
+
     class Meta:
         unknown = EXCLUDE
 
