@@ -117,6 +117,17 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str) -> str:
+    """A logging level name in any case (``info`` as granian spells it), upper-cased."""
+    value = raw.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"not a log level ({', '.join(LOG_LEVELS)}): {raw!r}")
+    return value
+
+
 def _weights(raw: str) -> dict[str, float]:
     """Parse ``recency=0.2,social=0.3`` over the defaults."""
     weights = dict(DEFAULT_RANKING_WEIGHTS)
@@ -326,7 +337,7 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "STREAM_QUEUE_MAX": ("stream_queue_max", int),
     "STREAM_WRITE_TIMEOUT": ("stream_write_timeout", float),
     "DEMO_PAGES": ("demo_pages", _bool),
-    "LOG_LEVEL": ("log_level", str),
+    "LOG_LEVEL": ("log_level", _log_level),
     "SENTRY_DSN": ("sentry_dsn", str),
     "SENTRY_ENVIRONMENT": ("sentry_environment", str),
     "SENTRY_TRACES_SAMPLE_RATE": ("sentry_traces_sample_rate", float),

@@ -33,3 +33,14 @@ def test_log_sample_setting():
     for bad in ("1.5", "-0.1", "nan", "often"):
         with pytest.raises(ValueError, match="RANKING_LOG_SAMPLE"):
             Settings.from_env({"RANKING_LOG_SAMPLE": bad})
+
+
+def test_log_level_in_any_case():
+    """``LOG_LEVEL=info`` (as web.py and granian spell it) is the app's INFO too: the app
+    used to stop at start with logging's "Unknown level: 'info'"."""
+    assert Settings.from_env({}).log_level == "INFO"
+    assert Settings.from_env({"LOG_LEVEL": "warning"}).log_level == "WARNING"
+    assert Settings.from_env({"LOG_LEVEL": " Debug "}).log_level == "DEBUG"
+    for bad in ("loud", "", "10"):
+        with pytest.raises(ValueError, match="LOG_LEVEL"):
+            Settings.from_env({"LOG_LEVEL": bad})
