@@ -109,6 +109,34 @@ return out
 """)
 
 
+def read_fields_commands(r: Any, keys: Sequence[str], fields: Sequence[bytes]
+                         ) -> list[tuple[Any, ...]]:
+    """The commands of a ``batch`` on ``r`` reading ``fields`` of each entity key (their
+    replies: ``split_fields``): one ``READ_FIELDS`` call on a plain client (one reply to
+    parse for the page: redis-py spends some 25 µs of Python on each reply it reads),
+    one ``HGETALL`` per key on a cluster (the keys' slots differ; an ``HMGET`` made
+    redis-py's cluster pipeline ask a node for each command's keys first)."""
+    if not keys:
+        return []
+    if packed_client(r):
+        return [script_command(r, READ_FIELDS, keys, fields)]
+    return [("HGETALL", key) for key in keys]
+
+
+def split_fields(r: Any, replies: Sequence[Any], count: int, fields: Sequence[bytes]
+                 ) -> tuple[list[Sequence[Any]], Sequence[Any]]:
+    """The replies of ``read_fields_commands(r, keys, fields)`` for ``count`` keys, at the
+    head of ``replies``: each key's values of ``fields`` in order (all None for an entity
+    not cached), and the replies after them."""
+    if not count:
+        return [], replies
+    if packed_client(r):
+        return list(replies[0]), replies[1:]
+    # Not packed: redis-py's pipeline parsed each HGETALL into a dict.
+    return ([[found.get(name) for name in fields] for found in replies[:count]],
+            replies[count:])
+
+
 def queue_read_fields(pipe: Any, entities: Sequence[Entity], fields: Sequence[bytes]
                       ) -> Callable[[Sequence[Any]], list[Fields]]:
     """Queue the read of the entities' ``fields`` on a redis-py pipeline: one

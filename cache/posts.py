@@ -33,8 +33,8 @@ now writes its outbox row and applies it: one statement and one pipeline):
 
 Reads (``page_posts``): one round trip (or none: a page may send ``page_commands`` in a
 batch of its own and hand over the replies), the page's entities (on a single Redis one
-``READ_FIELDS`` script call for the page; on a cluster one ``HMGET`` of the fields each, one
-pipeline per node, in parallel; sent as a raw batch, ``cache.entities.batch``) and, for a
+``READ_FIELDS`` script call for the page; on a cluster one ``HGETALL`` each, one pipeline
+per node, in parallel; sent as a raw batch, ``cache.entities.batch``) and, for a
 signed-in viewer, ``SMISMEMBER`` of the page's ids in their likes set; missing entities are
 one batched fill (``EntityStore.complete``), a missing likes set one fill. Responses are
 assembled from the cached bytes (``CachedPost.community_json`` / ``ranked_json``): no
@@ -52,15 +52,15 @@ from typing import Any
 import orjson
 
 from cache import stats
-from cache.client import NO_VALUE, CacheUnavailable, packed_client
+from cache.client import NO_VALUE, CacheUnavailable
 from cache.entities import (
-    READ_FIELDS,
     Entity,
     EntityStore,
     Fields,
     batch,
     encode,
-    script_command,
+    read_fields_commands,
+    split_fields,
 )
 from cache.fill import LeaseHeld
 from cache.keys import Keyspace, Scope, post_tag, user_tag
@@ -182,37 +182,27 @@ def _load(deps: Any) -> Any:
     return load
 
 
-# The entity's fields, in the order ``page_posts`` reads them (one HMGET per post).
+# The entity's fields, in the order ``page_posts`` reads them (``read_fields_commands``).
 FIELDS = (b"j", b"a", b"m", *(name.encode() for name in COUNTERS))
 
 
 def page_commands(deps: Any, post_ids: Sequence[int], viewer: int | None
                   ) -> list[tuple[Any, ...]]:
     """The commands of ``page_posts``' one round trip for ``post_ids``: the entities'
-    fields (on a single Redis one ``READ_FIELDS`` call, one reply for the page: redis-py
-    spent some 25 µs of Python on each reply read; on a cluster an ``HMGET`` per post)
+    fields (``cache.entities.read_fields_commands``: one script call on a single Redis)
     and, for a signed-in viewer, ``SMISMEMBER`` of the ids in their likes set and its
     ``EXPIRE``. A page may send them in a batch of its own (their raw replies, in order,
     are ``page_posts``' ``replies``)."""
     keys = deps.cache.keys
     # ``key(keys, i)``, inlined: this runs for every post of every page.
     prefix = keys.prefix
-    entity_keys = [f"{prefix}{{p:{i}}}:post" for i in post_ids]
-    r = deps.cache.redis
-    commands: list[tuple[Any, ...]] = (
-        [script_command(r, READ_FIELDS, entity_keys, FIELDS)] if _one_reply(r) and post_ids
-        else [("HMGET", k, *FIELDS) for k in entity_keys])
+    commands = read_fields_commands(
+        deps.cache.redis, [f"{prefix}{{p:{i}}}:post" for i in post_ids], FIELDS)
     if viewer is not None:
         lk = likes_key(keys, viewer)
         commands.append(("SMISMEMBER", lk, FILLED, OVER, *post_ids))
         commands.append(("EXPIRE", lk, deps.cache.idle_ttl))
     return commands
-
-
-def _one_reply(r: Any) -> bool:
-    """The page's entities are read with one script call (a single Redis: the keys'
-    slots may differ)."""
-    return packed_client(r)
 
 
 def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None,
@@ -237,10 +227,7 @@ def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None,
             return posts, _liked_from_db(deps, viewer, list(posts))
     posts: dict[int, CachedPost] = {}
     missing: list[Entity] = []
-    if ids and _one_reply(deps.cache.redis):
-        fields, rest = replies[0], replies[1:]
-    else:
-        fields, rest = replies[:len(ids)], replies[len(ids):]
+    fields, rest = split_fields(deps.cache.redis, replies, len(ids), FIELDS)
     for i, values in zip(ids, fields, strict=True):
         if values[0] is None:  # never cached, expired or evicted (or deleted)
             missing.append(entity(keys, i))

@@ -51,8 +51,17 @@ from typing import Any
 import orjson
 
 from cache import checks, stats
-from cache.client import NO_VALUE, CacheUnavailable, packed_client, pipelined
-from cache.entities import READ_FIELDS, Entity, EntityStore, Fields, encode, run_script
+from cache.client import NO_VALUE, CacheUnavailable
+from cache.entities import (
+    Entity,
+    EntityStore,
+    Fields,
+    batch,
+    encode,
+    read_fields_commands,
+    run_script,
+    split_fields,
+)
 from cache.fill import read_through
 from cache.keys import Keyspace, Scope, reel_tag, user_tag
 from cache.scripts import LuaScript
@@ -252,12 +261,9 @@ def render_reel(reel: ReelEntity) -> dict[str, bytes]:
 REEL_FIELDS = (b"video_url", b"description", b"likes_count", b"views_count")
 
 
-def _read_reels(r: Any, keys: list[str]) -> list[Any]:
-    if packed_client(r):
-        return run_script(r, READ_FIELDS, keys, REEL_FIELDS)
-    # HGETALL, not HMGET: a cluster pipeline asks a node for each HMGET's keys first.
-    return [[found.get(name) for name in REEL_FIELDS]
-            for found in pipelined(r, [("HGETALL", k) for k in keys])]
+def _read_reels(r: Any, keys: list[str]) -> list[Sequence[Any]]:
+    return split_fields(r, batch(r, read_fields_commands(r, keys, REEL_FIELDS)), len(keys),
+                        REEL_FIELDS)[0]
 
 
 def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields]:
