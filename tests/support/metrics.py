@@ -14,6 +14,33 @@ def counter_total(counter, outcome: str | None = None) -> float:
     return total
 
 
+class CallCounter:
+    """Counts the calls of ``cls.method`` (every instance) while the test runs."""
+
+    def __init__(self, monkeypatch, cls: type, method: str) -> None:
+        self.count = 0
+        original = getattr(cls, method)
+
+        def counting(obj, *args, **kwargs):
+            self.count += 1
+            return original(obj, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, counting)
+
+    def of(self, fn) -> tuple[object, int]:
+        """``(fn(), calls during it)``."""
+        before = self.count
+        result = fn()
+        return result, self.count - before
+
+
+def redis_replies(monkeypatch) -> CallCounter:
+    """Redis replies read by redis-py (``read_response``), each parsed in Python."""
+    from redis.connection import AbstractConnection
+
+    return CallCounter(monkeypatch, AbstractConnection, "read_response")
+
+
 class Costs:
     """SQL statements (``storage.db.DB_QUERIES``) and Redis round trips (one
     ``send_packed_command`` per command or pipeline, per node) of a call."""
@@ -21,19 +48,12 @@ class Costs:
     def __init__(self, monkeypatch) -> None:
         from redis.connection import AbstractConnection
 
-        self.trips = 0
-        original = AbstractConnection.send_packed_command
-
-        def counting(conn, *args, **kwargs):
-            self.trips += 1
-            return original(conn, *args, **kwargs)
-
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        self.sent = CallCounter(monkeypatch, AbstractConnection, "send_packed_command")
 
     def of(self, fn) -> tuple[object, int, int]:
         """``(fn(), SQL statements, Redis round trips)``."""
         from storage.db import DB_QUERIES
 
-        sql, trips = counter_total(DB_QUERIES), self.trips
-        result = fn()
-        return result, int(counter_total(DB_QUERIES) - sql), self.trips - trips
+        sql = counter_total(DB_QUERIES)
+        result, trips = self.sent.of(fn)
+        return result, int(counter_total(DB_QUERIES) - sql), trips

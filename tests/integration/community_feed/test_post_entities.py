@@ -15,7 +15,7 @@ from cache import posts as cache_posts
 from service.ranked_feed import RankedPageOut
 from service.schemas import FeedOut
 from tests.support.community_feed import make_post
-from tests.support.metrics import Costs
+from tests.support.metrics import Costs, redis_replies
 
 AUTHOR, OTHER, VIEWER = 21, 22, 23
 # Trending: one (the snapshot's range, immutable, is remembered by the process; the posts
@@ -265,27 +265,6 @@ def test_every_assembled_page_of_a_walk_is_the_schemas_document(
             assert sorted(seen) == sorted(world)
 
 
-class Replies:
-    """Redis replies read by redis-py (``Connection.read_response``) during a call."""
-
-    def __init__(self, monkeypatch) -> None:
-        from redis.connection import AbstractConnection
-
-        self.count = 0
-        original = AbstractConnection.read_response
-
-        def counting(conn, *args, **kwargs):
-            self.count += 1
-            return original(conn, *args, **kwargs)
-
-        monkeypatch.setattr(AbstractConnection, "read_response", counting)
-
-    def of(self, fn) -> tuple[object, int]:
-        before = self.count
-        result = fn()
-        return result, self.count - before
-
-
 @pytest.mark.parametrize("path", ["personalized", "recent", "trending"])
 def test_a_warm_pages_posts_are_one_reply_on_a_single_redis(
         client, auth, state, world, monkeypatch, path):
@@ -303,7 +282,7 @@ def test_a_warm_pages_posts_are_one_reply_on_a_single_redis(
             return [p["id"] for p in r.get_json()["results"]]
         return [p["id"] for p in feed(client, headers, path, limit=n)["posts"]]
 
-    replies = Replies(monkeypatch)
+    replies = redis_replies(monkeypatch)
     counts = {}
     for n in (1, len(world)):
         page(n)  # cold: fills the ranking, the snapshot, the entities
