@@ -128,18 +128,19 @@ def get_live_post(session: Session, post_id: int, lock: bool = False) -> Post | 
     return session.execute(query).scalar_one_or_none()
 
 
-def can_see(viewer_id: int | None, is_admin: bool = False):
+def can_see(viewer_id: int | None, is_admin: bool = False, post: Any = Post):
     """SQL condition: the viewer may see the post (API.md section 3, "Visibility"): public
-    posts for everyone, a collective's posts for its members and for admins only."""
+    posts for everyone, a collective's posts for its members and for admins only.
+    ``post``: ``Post``, or columns named as its own (a subquery's)."""
     if is_admin:
         return true()
     if viewer_id is None:
-        return Post.collective_id.is_(None)
+        return post.collective_id.is_(None)
     member = (select(CollectiveMember.user_id)
-              .where(CollectiveMember.collective_id == Post.collective_id,
+              .where(CollectiveMember.collective_id == post.collective_id,
                      CollectiveMember.user_id == viewer_id)
               .exists())
-    return or_(Post.collective_id.is_(None), member)
+    return or_(post.collective_id.is_(None), member)
 
 
 def get_visible_post(session: Session, post_id: int, viewer_id: int | None,
@@ -328,20 +329,21 @@ def followees(session: Session, follower_id: int) -> list[int]:
 # --- feed queries ---------------------------------------------------------------------------
 
 
-def _filtered(query, asset_type: str | None, tags: Sequence[str]):
+def _filtered(query, asset_type: str | None, tags: Sequence[str], post: Any = Post):
     if asset_type is not None:
-        query = query.where(Post.asset_type == asset_type)
+        query = query.where(post.asset_type == asset_type)
     if tags:
-        query = query.where(Post.tags.contains(list(tags)))
+        query = query.where(post.tags.contains(list(tags)))
     return query
 
 
-def not_blocked_by(viewer_id: int):
+def not_blocked_by(viewer_id: int, post: Any = Post):
     """SQL condition: the post's author is not one the viewer blocked (their
-    ``user_preferences.blocked_users``; no preferences row: nobody blocked)."""
+    ``user_preferences.blocked_users``; no preferences row: nobody blocked). ``post``:
+    ``Post``, or columns named as its own (a subquery's)."""
     return ~(select(UserPreferences.user_id)
              .where(UserPreferences.user_id == viewer_id,
-                    Post.author_id == any_(UserPreferences.blocked_users))
+                    post.author_id == any_(UserPreferences.blocked_users))
              .exists())
 
 
@@ -472,38 +474,46 @@ def matching_keys(
     planner may choose for a tag it cannot estimate and which reads every post when
     they are old. ``window``: only the newest ``window`` live posts after the cursor are
     examined (tags many posts have: their matches come early, and a tag the recent
-    posts lack costs ``window`` index entries, not the table; see ``window_end``)."""
-    query = select(_created_us().label("us"), Post.id, Post.created_at).where(
-        Post.deleted_at.is_(None))
+    posts lack costs ``window`` index entries, not the table; see ``window_end``): the
+    query reads FROM that window (newest first through ``ix_posts_live_time``) and stops
+    at the ``limit``-th match, so a common tag costs about ``limit`` / its share rows.
+    (Written as ``id IN (the window)``, the planner bitmap-scanned every post with the
+    tag, then joined: docs/operations.md.)"""
     if window is not None:
-        newest = select(Post.id).where(Post.deleted_at.is_(None))
+        newest = select(Post.id, Post.created_at, Post.author_id, Post.collective_id,
+                        Post.asset_type, Post.tags).where(Post.deleted_at.is_(None))
         if before is not None:
             newest = newest.where(tuple_(Post.created_at, Post.id)
                                   < tuple_(from_us(before[0]), before[1]))
         newest = newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(window)
-        query = query.where(Post.id.in_(newest.scalar_subquery()))
+        post: Any = newest.subquery("newest").c  # its columns, named as Post's
+        query = select(_created_us(post).label("us"), post.id, post.created_at)
+    else:
+        post = Post
+        query = select(_created_us().label("us"), Post.id, Post.created_at).where(
+            Post.deleted_at.is_(None))
+        if before is not None:
+            query = query.where(tuple_(Post.created_at, Post.id)
+                                < tuple_(from_us(before[0]), before[1]))
     if authors is not None:
         if not authors:
             return []
-        query = query.where(Post.author_id.in_(list(authors)))
-    if before is not None:
-        query = query.where(tuple_(Post.created_at, Post.id)
-                            < tuple_(from_us(before[0]), before[1]))
+        query = query.where(post.author_id.in_(list(authors)))
     if viewer_id is not None:
-        query = query.where(not_blocked_by(viewer_id))
+        query = query.where(not_blocked_by(viewer_id, post))
     if collectives is not None:
-        query = query.where(or_(Post.collective_id.is_(None),
-                                Post.collective_id.in_(sorted(collectives)))
-                            if collectives else Post.collective_id.is_(None))
+        query = query.where(or_(post.collective_id.is_(None),
+                                post.collective_id.in_(sorted(collectives)))
+                            if collectives else post.collective_id.is_(None))
     if visible_to is not None:
-        query = query.where(can_see(*visible_to))
-    query = _filtered(query, asset_type, tags)
+        query = query.where(can_see(*visible_to, post=post))
+    query = _filtered(query, asset_type, tags, post)
     if sparse:
         found = query.cte("found").prefix_with("MATERIALIZED")
         query = (select(found.c.us, found.c.id)
                  .order_by(found.c.created_at.desc(), found.c.id.desc()).limit(limit))
     else:
-        query = query.order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+        query = query.order_by(post.created_at.desc(), post.id.desc()).limit(limit)
     return [(int(row[0]), int(row[1])) for row in session.execute(query)]
 
 
@@ -645,9 +655,9 @@ def author_recent_keys(
     return out
 
 
-def _created_us():
+def _created_us(post: Any = Post):
     """``created_at`` as integer microseconds since the epoch (exact: below 2^53)."""
-    return func.floor(func.extract("epoch", Post.created_at) * 1_000_000).cast(
+    return func.floor(func.extract("epoch", post.created_at) * 1_000_000).cast(
         Post.id.type
     )
 

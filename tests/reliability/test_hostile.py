@@ -575,6 +575,13 @@ def _seed_100k_posts(state) -> None:
         session.commit()
 
 
+def _rows_read(plan: dict, table: str) -> int:
+    """Rows the plan's scans of ``table`` returned (EXPLAIN ANALYZE, JSON), all loops."""
+    own = (plan["Actual Rows"] * plan["Actual Loops"]
+           if plan.get("Relation Name") == table else 0)
+    return own + sum(_rows_read(child, table) for child in plan.get("Plans", ()))
+
+
 def _work(client, path: str, headers: dict) -> tuple[dict, int, int, float]:
     """The page's body, SQL statements, Redis round trips and wall time (ms)."""
     import time
@@ -688,6 +695,23 @@ def test_filtered_walks_read_an_index_not_the_posts(app, client):
             body, sql, _, _ = _work(client, path, headers)
             assert len(body["posts"]) == 20 and body["has_more"], (feed, body)
             assert body["total_count"] == 100_000 and sql <= 8, (feed, sql)
+        # A common tag a fifth of the posts have: a recent page reads the newest posts
+        # until it has its page (about limit / a fifth of them), not every tagged post.
+        with state.db.session() as session:
+            session.execute(text("UPDATE posts SET tags = tags || ARRAY['fifth'] "
+                                 "WHERE substr(title, 2)::int % 5 = 0"))
+            session.execute(text("ANALYZE posts"))
+            session.commit()
+        path = "/community/feed?feed_type=recent&tags=fifth"
+        _work(client, path, {})
+        captured.clear()
+        body, sql, _, _ = _work(client, path, {})
+        assert len(body["posts"]) == 20 and body["has_more"] and sql == 1, (body, sql)
+        statement, params = next(c for c in captured if " AS us" in c[0])
+        with state.db.engine.connect() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement,
+                                        params).scalar_one()[0]["Plan"]
+        assert _rows_read(plan, "posts") <= 500, json.dumps(plan, indent=1)
         # A common tag only the 2,000 oldest posts have: each recent page examines the
         # newest SCAN_BUDGET posts after its cursor (one statement), then says go on.
         with state.db.session() as session:
