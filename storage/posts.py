@@ -10,25 +10,31 @@ Functions take a ``Session`` and never commit: the caller's unit of work does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Integer,
     String,
     and_,
     any_,
+    bindparam,
     cast,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
     true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -479,42 +485,88 @@ def matching_keys(
     at the ``limit``-th match, so a common tag costs about ``limit`` / its share rows.
     (Written as ``id IN (the window)``, the planner bitmap-scanned every post with the
     tag, then joined: docs/operations.md.)"""
-    if window is not None:
+    if authors is not None and not authors:
+        return []
+    shape = _KeysShape(
+        window is not None, before is not None, authors is not None, viewer_id is not None,
+        None if collectives is None else bool(collectives),
+        None if visible_to is None else (visible_to[0] is not None, bool(visible_to[1])),
+        asset_type is not None, bool(tags), sparse)
+    params: dict[str, Any] = {"limit": limit, "window": window,
+                              "authors": None if authors is None else list(authors),
+                              "viewer": viewer_id, "asset_type": asset_type,
+                              "tags": list(tags),
+                              "collectives": sorted(collectives or ()),
+                              "visible_viewer": visible_to[0] if visible_to else None}
+    if before is not None:
+        params["before_at"], params["before_id"] = from_us(before[0]), before[1]
+    rows = session.connection().exec_driver_sql(_matching_keys_sql(shape), params)
+    return [(int(row[0]), int(row[1])) for row in rows]
+
+
+@dataclass(frozen=True)
+class _KeysShape:
+    """What ``matching_keys`` was asked, less the values: one statement per shape."""
+
+    window: bool
+    before: bool
+    authors: bool
+    viewer: bool
+    collectives: bool | None  # None: not asked; False: public posts only
+    visible: tuple[bool, bool] | None  # (a viewer, an admin), or not asked
+    asset_type: bool
+    tags: bool
+    sparse: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _matching_keys_sql(shape: _KeysShape) -> str:
+    """``matching_keys``' statement for ``shape``, its values as named parameters,
+    compiled once per process (building and compiling it was a millisecond of CPU per
+    page, more than Postgres took to answer it)."""
+    before = tuple_(bindparam("before_at", type_=Post.created_at.type),
+                    bindparam("before_id", type_=Post.id.type))
+    if shape.window:
         newest = select(Post.id, Post.created_at, Post.author_id, Post.collective_id,
                         Post.asset_type, Post.tags).where(Post.deleted_at.is_(None))
-        if before is not None:
-            newest = newest.where(tuple_(Post.created_at, Post.id)
-                                  < tuple_(from_us(before[0]), before[1]))
-        newest = newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(window)
+        if shape.before:
+            newest = newest.where(tuple_(Post.created_at, Post.id) < before)
+        newest = newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(
+            bindparam("window", type_=Integer))
         post: Any = newest.subquery("newest").c  # its columns, named as Post's
         query = select(_created_us(post).label("us"), post.id, post.created_at)
     else:
         post = Post
         query = select(_created_us().label("us"), Post.id, Post.created_at).where(
             Post.deleted_at.is_(None))
-        if before is not None:
-            query = query.where(tuple_(Post.created_at, Post.id)
-                                < tuple_(from_us(before[0]), before[1]))
-    if authors is not None:
-        if not authors:
-            return []
-        query = query.where(post.author_id.in_(list(authors)))
-    if viewer_id is not None:
-        query = query.where(not_blocked_by(viewer_id, post))
-    if collectives is not None:
-        query = query.where(or_(post.collective_id.is_(None),
-                                post.collective_id.in_(sorted(collectives)))
-                            if collectives else post.collective_id.is_(None))
-    if visible_to is not None:
-        query = query.where(can_see(*visible_to, post=post))
-    query = _filtered(query, asset_type, tags, post)
-    if sparse:
+        if shape.before:
+            query = query.where(tuple_(Post.created_at, Post.id) < before)
+    ids = ARRAY(BigInteger)
+    if shape.authors:
+        query = query.where(post.author_id == any_(bindparam("authors", type_=ids)))
+    if shape.viewer:
+        query = query.where(not_blocked_by(bindparam("viewer", type_=BigInteger), post))
+    if shape.collectives is not None:
+        public = post.collective_id.is_(None)
+        query = query.where(or_(public, post.collective_id == any_(
+            bindparam("collectives", type_=ids))) if shape.collectives else public)
+    if shape.visible is not None:
+        viewer, admin = shape.visible
+        query = query.where(can_see(bindparam("visible_viewer", type_=BigInteger)
+                                    if viewer else None, admin, post=post))
+    if shape.asset_type:
+        query = query.where(post.asset_type == bindparam("asset_type",
+                                                         type_=Post.asset_type.type))
+    if shape.tags:
+        query = query.where(post.tags.contains(bindparam("tags", type_=Post.tags.type)))
+    limit = bindparam("limit", type_=Integer)
+    if shape.sparse:
         found = query.cte("found").prefix_with("MATERIALIZED")
         query = (select(found.c.us, found.c.id)
                  .order_by(found.c.created_at.desc(), found.c.id.desc()).limit(limit))
     else:
         query = query.order_by(post.created_at.desc(), post.id.desc()).limit(limit)
-    return [(int(row[0]), int(row[1])) for row in session.execute(query)]
+    return str(query.compile(dialect=psycopg_dialect()))
 
 
 def window_end(session: Session, before: tuple[int, int] | None,
@@ -657,9 +709,10 @@ def author_recent_keys(
 
 def _created_us(post: Any = Post):
     """``created_at`` as integer microseconds since the epoch (exact: below 2^53)."""
-    return func.floor(func.extract("epoch", post.created_at) * 1_000_000).cast(
-        Post.id.type
-    )
+    # The factor as a literal: a statement compiled once (``_matching_keys_sql``) has no
+    # value to bind for it.
+    return func.floor(func.extract("epoch", post.created_at) * literal_column("1000000")
+                      ).cast(Post.id.type)
 
 
 def view_row(session: Session, post_id: int, viewer_id: int) -> PostView | None:
