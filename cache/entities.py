@@ -113,7 +113,7 @@ def read_fields_commands(r: Any, keys: Sequence[str], fields: Sequence[bytes]
                          ) -> list[tuple[Any, ...]]:
     """The commands of a ``batch`` on ``r`` reading ``fields`` of each entity key (their
     replies: ``split_fields``): one ``READ_FIELDS`` call on a plain client (one reply to
-    parse for the page: redis-py spends some 25 µs of Python on each reply it reads),
+    parse for the page: redis-py reads each reply through several Python calls),
     one ``HGETALL`` per key on a cluster (the keys' slots differ; an ``HMGET`` made
     redis-py's cluster pipeline ask a node for each command's keys first)."""
     if not keys:

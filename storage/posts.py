@@ -335,11 +335,11 @@ def followees(session: Session, follower_id: int) -> list[int]:
 # --- feed queries ---------------------------------------------------------------------------
 
 
-def _filtered(query, asset_type: str | None, tags: Sequence[str], post: Any = Post):
+def _filtered(query, asset_type: str | None, tags: Sequence[str]):
     if asset_type is not None:
-        query = query.where(post.asset_type == asset_type)
+        query = query.where(Post.asset_type == asset_type)
     if tags:
-        query = query.where(post.tags.contains(list(tags)))
+        query = query.where(Post.tags.contains(list(tags)))
     return query
 
 
@@ -522,8 +522,8 @@ class _KeysShape:
 @functools.lru_cache(maxsize=256)
 def _matching_keys_sql(shape: _KeysShape) -> str:
     """``matching_keys``' statement for ``shape``, its values as named parameters,
-    compiled once per process (building and compiling it was a millisecond of CPU per
-    page, more than Postgres took to answer it)."""
+    compiled once per process (built and compiled per call, it cost more CPU than
+    Postgres took to answer it: docs/libraries.md)."""
     before = tuple_(bindparam("before_at", type_=Post.created_at.type),
                     bindparam("before_id", type_=Post.id.type))
     if shape.window:
