@@ -134,10 +134,11 @@ def get_live_post(session: Session, post_id: int, lock: bool = False) -> Post | 
     return session.execute(query).scalar_one_or_none()
 
 
-def can_see(viewer_id: int | None, is_admin: bool = False, post: Any = Post):
+def can_see(viewer_id: Any, is_admin: bool = False, post: Any = Post):
     """SQL condition: the viewer may see the post (API.md section 3, "Visibility"): public
     posts for everyone, a collective's posts for its members and for admins only.
-    ``post``: ``Post``, or columns named as its own (a subquery's)."""
+    ``viewer_id``: an id, None (anonymous) or a bound parameter; ``post``: ``Post``, or
+    columns named as its own (a subquery's)."""
     if is_admin:
         return true()
     if viewer_id is None:
@@ -343,10 +344,11 @@ def _filtered(query, asset_type: str | None, tags: Sequence[str]):
     return query
 
 
-def not_blocked_by(viewer_id: int, post: Any = Post):
+def not_blocked_by(viewer_id: Any, post: Any = Post):
     """SQL condition: the post's author is not one the viewer blocked (their
-    ``user_preferences.blocked_users``; no preferences row: nobody blocked). ``post``:
-    ``Post``, or columns named as its own (a subquery's)."""
+    ``user_preferences.blocked_users``; no preferences row: nobody blocked). ``viewer_id``:
+    an id or a bound parameter; ``post``: ``Post``, or columns named as its own (a
+    subquery's)."""
     return ~(select(UserPreferences.user_id)
              .where(UserPreferences.user_id == viewer_id,
                     post.author_id == any_(UserPreferences.blocked_users))
