@@ -197,7 +197,7 @@ class Snapshot:
 
 
 def load_snapshot(db: Database, user_id: int) -> Snapshot:
-    with db.session() as session, session.begin():
+    with db.read() as session, session.begin():
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         counts = store.counts_for_users(session, [user_id])[user_id]
         page_all = store.recent_for_users(session, [user_id], PAGE_CAP)[user_id]
@@ -252,7 +252,7 @@ def summary(cache: Cache, filler: Filler, db: Database, user_id: int) -> Summary
         return Summary(snap.counts, snap.recent)
 
     def fallback() -> Summary:
-        with db.session() as session:
+        with db.read() as session:
             counts = store.counts_for_users(session, [user_id])[user_id]
             recent = store.recent_for_users(session, [user_id], RECENT_COUNT)[user_id]
         return Summary(counts, recent)
@@ -289,7 +289,7 @@ def first_page(
 
     def fallback() -> tuple[int, list[dict[str, Any]]]:
         query = store.PageQuery(user_id, is_read=False if unread_only else None)
-        with db.session() as session:
+        with db.read() as session:
             return store.page(session, query, 0, size)
 
     return read_through(cache, PAGE_PATH, read, fill, fallback)

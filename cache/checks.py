@@ -58,7 +58,7 @@ class Difference:
 
 def sql(deps: Deps, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(session, *args)`` in a session of its own."""
-    with deps.db.session() as session:
+    with deps.db.read() as session:
         return fn(session, *args)
 
 

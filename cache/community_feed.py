@@ -1013,7 +1013,7 @@ def check(deps: checks.Deps, user_id: int) -> list[checks.Difference]:
     ])
     scopes = [follows, author, colls]
     before = checks.versions(deps, scopes)
-    with deps.db.session() as session:
+    with deps.db.read() as session:
         followee_ids = sorted(posts_store.followees(session, user_id))
         member_of = posts_store.collectives_of(session, user_id)
         newest = posts_store.author_recent_keys(session, [user_id], size + 1)[user_id]

@@ -501,17 +501,17 @@ class ReadStates:
 
     def _load_groups(self, user_id: int) -> Callable[[], list[int]]:
         def load() -> list[int]:
-            with self.db.session() as session:
+            with self.db.read() as session:
                 return store.member_group_ids(session, user_id)
 
         return load
 
     def _load_state(self, user_id: int, group_id: int) -> ReadState:
-        with self.db.session() as session:
+        with self.db.read() as session:
             return ReadState.from_positions(store.viewed_positions(session, user_id, group_id))
 
     def _load_live(self, group_id: int) -> bytes:
-        with self.db.session() as session:
+        with self.db.read() as session:
             return bitmap(store.live_positions(session, group_id))
 
     # Fills: single flight; a loser of the lease waits for the winner's fill (briefly).
@@ -568,12 +568,12 @@ class ReadStates:
         return group_id in fill_groups(self.filler, user_id, self._load_groups(user_id))
 
     def _load_items_list(self, group_id: int) -> list[tuple[int, int]]:
-        with self.db.session() as session:
+        with self.db.read() as session:
             return store.newest_item_positions(session, group_id, ITEMS_LIST_SIZE)
 
     def _load_items(self, group_id: int) -> Callable[[list[int]], dict[int, dict[str, bytes]]]:
         def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
-            with self.db.session() as session:
+            with self.db.read() as session:
                 return {item.id: render_item(item)
                         for item in store.live_items_by_id(session, group_id, ids)}
 
@@ -778,7 +778,7 @@ class ReadStates:
                                                 fields if exists else None))
         except CacheUnavailable:
             stats.count(PATH_PAGE, "fallback")
-            with self.db.session() as session:
+            with self.db.read() as session:
                 if check_member and not store.is_member(session, group_id, user_id):
                     return PageState(False, [])
                 seen = store.viewed_among(session, user_id, group_id, positions)
@@ -807,7 +807,7 @@ class ReadStates:
             return True, counts[group_id]
         except CacheUnavailable:
             stats.count(PATH_UNREAD, "fallback")
-            with self.db.session() as session:
+            with self.db.read() as session:
                 if check_member and not store.is_member(session, group_id, user_id):
                     return False, 0
                 return True, store.unread_counts(session, user_id, [group_id])[group_id]
@@ -848,7 +848,7 @@ class ReadStates:
             return self._counts(user_id, raw)
         except CacheUnavailable:
             stats.count(PATH_UNREAD, "fallback")
-            with self.db.session() as session:
+            with self.db.read() as session:
                 return store.unread_counts(
                     session, user_id, store.member_group_ids(session, user_id)
                 )
@@ -908,7 +908,7 @@ def _check(deps: checks.Deps, pairs: Sequence[tuple[int, int]], users: Sequence[
         reads.append(("zrange", items_key(keys, gid)))
     cached = checks.peek(deps.cache, reads)
     before = checks.versions(deps, scopes)
-    with deps.db.session() as session:
+    with deps.db.read() as session:
         groups = {uid: sorted(store.member_group_ids(session, uid)) for uid in users}
         viewed = {p: set(store.viewed_positions(session, *p)) for p in pairs}
         live = {gid: set(store.live_positions(session, gid))

@@ -532,7 +532,7 @@ class Publisher:
         old = gf_cache.parse_groups(old_reply)
         if old is NO_VALUE:
             return [(RESET, {})]
-        with self.db.session() as session:
+        with self.db.read() as session:
             new = set(group_store.member_group_ids(session, user_id))
         events = [(UNREAD, {"group": g, "unread_count": 0}) for g in sorted(old - new)]
         for group_id in sorted(new - old):
@@ -544,7 +544,7 @@ class Publisher:
         """The job of change ``version`` of the group's live bitmap: every member with a
         stream gets the group's unread count. Returns how many events it appended.
         Raises ``CacheUnavailable`` if Redis fails (the job is retried)."""
-        with self.db.session() as session:
+        with self.db.read() as session:
             members = group_store.group_member_ids(session, group_id)
         sent = 0
         for i in range(0, max(len(members), 1), FANOUT_CHUNK):
@@ -587,7 +587,7 @@ class Publisher:
             cold = [u for u in todo if before.states[u] is None]
             counts = {}
             if cold:
-                with self.db.session() as session:
+                with self.db.read() as session:
                     counts = group_store.unread_counts_in_group(session, group_id, cold)
             events, expected = [], {}
             for user_id in todo:

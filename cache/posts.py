@@ -176,7 +176,7 @@ def from_rows(rows: dict[int, PostRow]) -> dict[int, CachedPost]:
 
 def _load(deps: Any) -> Any:
     def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
-        with deps.db.session() as session:
+        with deps.db.read() as session:
             return {i: render(r) for i, r in posts_store.post_entities(session, ids).items()}
 
     return load
@@ -247,7 +247,7 @@ def page_posts(deps: Any, post_ids: Sequence[int], viewer: int | None,
 def _liked_from_db(deps: Any, viewer: int | None, ids: list[int]) -> set[int]:
     if viewer is None or not ids:
         return set()
-    with deps.db.session() as session:
+    with deps.db.read() as session:
         return posts_store.liked_among(session, viewer, ids)
 
 
@@ -288,7 +288,7 @@ def fill_likes(deps: Any, user_id: int) -> list[int]:
     lk = likes_key(deps.cache.keys, user_id)
 
     def load() -> list[int]:
-        with deps.db.session() as session:
+        with deps.db.read() as session:
             return posts_store.liked_ids(session, user_id, LIKES_CACHE_MAX + 1)
 
     def stage(pipe: Any, temps: dict[str, str], liked: list[int]) -> None:

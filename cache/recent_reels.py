@@ -272,7 +272,7 @@ def page_reels(app_state: Any, entries: Sequence[ListEntry]) -> dict[int, Fields
     from Postgres. A reel that no longer exists is absent."""
 
     def load(ids: list[int]) -> dict[int, dict[str, bytes]]:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             return {i: render_reel(r)
                     for i, r in reels_store.reel_entities(session, ids).items()}
 

@@ -41,7 +41,7 @@ class ReadPath:
     def users(self, state: AppState, after: int = 0, batch: int = 500) -> Iterator[int]:
         """Every user id with data for this path above ``after``, ascending, streamed."""
         while True:
-            with state.db.session() as session:
+            with state.db.read() as session:
                 ids = store.user_ids(session, self.name, after, batch)
             yield from ids
             if len(ids) < batch:
@@ -84,7 +84,7 @@ def get(names: Sequence[str] | None = None) -> list[ReadPath]:
 
 def group_ids(state: AppState, after: int = 0, batch: int = 500) -> Iterator[int]:
     while True:
-        with state.db.session() as session:
+        with state.db.read() as session:
             ids = store.group_ids(session, after, batch)
         yield from ids
         if len(ids) < batch:

@@ -192,7 +192,7 @@ def _run_all(state: AppState, options: Options, paths: list[ReadPath], report: R
         assert isinstance(after, int)
         if after:
             echo(f"{path.name}: resuming after user {after}")
-        with state.db.session() as session:
+        with state.db.read() as session:
             total = store.count_users(session, path.name, after)
         work = _work(path, options.dry_run)
         done, saved_at = after, time.monotonic()

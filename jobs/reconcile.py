@@ -52,7 +52,7 @@ def reconcile(state: AppState, paths: Sequence[str] | None = None, sample: int |
         if all_users:
             users: Iterable[int] = path.users(state)
         else:
-            with state.db.session() as session:
+            with state.db.read() as session:
                 users = store.sample_user_ids(session, path.name, sample)
         for user_id in users:
             result.checked[path.name] += 1

@@ -91,7 +91,7 @@ def record_event(app_state: AppState, values: dict[str, Any]) -> tuple[Any, int 
 def activity_for_event(app_state: AppState, event_id: int) -> int | None:
     """Create the activity of a stored event; None if the event is unknown or already has
     one (idempotent: safe to retry)."""
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         user_id = store.event_owner(session, event_id)
     if user_id is None:
         return None
@@ -128,7 +128,7 @@ def list_feed(
             app_state.cache, app_state.filler, app_state.db, query.user_id,
             unread_only=query.is_read is False, size=page_size,
         )
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         return store.page(session, query, (page - 1) * page_size, page_size)
 
 
@@ -185,7 +185,7 @@ def backfill(
     cutoffs = retention_cutoffs(app_state, end)
     for batch in _batches(app_state, user_ids, report.start):
         if dry_run:
-            with app_state.db.session() as session:
+            with app_state.db.read() as session:
                 report.created += store.count_backfill(session, batch, report.start, cutoffs)
             continue
         created = _locked_write(
@@ -207,7 +207,7 @@ def _batches(app_state: AppState, user_ids: Sequence[int] | None, since: datetim
         return
     after = 0
     while True:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             batch = store.users_with_events(session, since, after, BATCH_USERS)
         if not batch:
             return
@@ -238,12 +238,12 @@ def cleanup(
     cutoffs = retention_cutoffs(app_state, _now(), activity_type, older_than_days)
     report = CleanupReport(cutoffs, dry_run=dry_run)
     if dry_run:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             report.deleted = store.count_expired(session, cutoffs)
         return report
     after = 0
     while True:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             users = store.users_with_expired(session, cutoffs, after, BATCH_USERS)
         if not users:
             return report
@@ -268,7 +268,7 @@ def archive(app_state: AppState, older_than_days: int) -> ArchiveReport:
     report = ArchiveReport(_now() - timedelta(days=older_than_days))
     after = 0
     while True:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             users = store.users_with_items_before(session, report.cutoff, after, BATCH_USERS)
         if not users:
             return report

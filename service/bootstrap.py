@@ -64,13 +64,13 @@ def queue(settings: Settings, connection: redis.Redis, name: str) -> Queue:
 
 def load_version(db: Database, row_name: str) -> int:
     """A scope's version in Postgres (0 if never bumped): the truth a lost copy reloads."""
-    with db.session() as session:
+    with db.read() as session:
         return cache_state.get_version(session, row_name)
 
 
 def load_versions(db: Database, row_names: list[str]) -> dict[str, int]:
     """Many scopes' versions in Postgres, one statement (entity fills after a Redis loss)."""
-    with db.session() as session:
+    with db.read() as session:
         return cache_state.get_versions(session, row_names)
 
 

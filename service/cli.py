@@ -66,7 +66,7 @@ def init_app(app: Flask) -> None:
     def seed_demo(**options) -> None:
         """Load demo data for every API section (bulk inserts)."""
         if_empty = options.pop("if_empty")
-        with state().db.session() as session:
+        with state().db.read() as session:
             if has_data(session):
                 if if_empty:
                     click.echo("database already has data: demo seed skipped")

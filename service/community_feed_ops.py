@@ -134,7 +134,7 @@ def create_post(app: AppState, author_id: int, is_admin: bool, fields: dict[str,
     """
     collective_id = fields.get("collective_id")
     if collective_id is not None:
-        with app.db.session() as session:
+        with app.db.read() as session:
             if not collective_exists(session, collective_id):
                 raise ApiError("Unknown collective", code="validation_error",
                                details={"collective_id": ["Unknown collective."]})
@@ -143,7 +143,7 @@ def create_post(app: AppState, author_id: int, is_admin: bool, fields: dict[str,
                                details={"collective_id": ["Join the collective to post in it."]})
     fields = {**fields, "tags": sorted(set(fields.get("tags") or []))}
     post = _create_post(app, author_id, is_admin, fields)
-    with app.db.session() as session:
+    with app.db.read() as session:
         row = posts.load_page(session, [post.id], author_id).get(post.id)
         if row is None:  # deleted in between: still report what was created
             row = posts.PostRow(post, profiles.get_profile(session, post.author_id), False)
@@ -303,7 +303,7 @@ def set_follow(app: AppState, user_id: int, followee_id: int, following: bool) -
 def engagement(app: AppState, post_id: int, viewer_id: int | None,
                is_admin: bool = False) -> dict[str, Any]:
     """Counts of a live post and whether the viewer likes it. Raises ``NotFound``."""
-    with app.db.session() as session:
+    with app.db.read() as session:
         counts = posts.post_counts(session, post_id, viewer_id, is_admin)
         if counts is None:
             raise NotFound("Post not found")
@@ -357,7 +357,7 @@ def _rescore(app: AppState, post_id: int, new: bool = False,
         elif session is not None:
             eng = posts.engagement_of(session, post_id)
         else:
-            with app.db.session() as own:
+            with app.db.read() as own:
                 eng = posts.engagement_of(own, post_id)
         cf.rescore(app.cache, PATH, post_id, _score_at(eng, ref), ref,
                    new=new and eng is not None)
@@ -502,7 +502,7 @@ def _matches(app: AppState, asset_type: str | None, tags: list[str]) -> int | No
             return cached
     except CacheUnavailable:
         pass
-    with app.db.session() as session:
+    with app.db.read() as session:
         found = posts.count_upto(session, asset_type, tags, SPARSE_TAGS)
     if version is not None:
         with contextlib.suppress(CacheUnavailable):
@@ -557,7 +557,7 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
     def following(authors: list[int]) -> tuple[Source, Any, str]:
         def count(only: Sequence[int] | None) -> cf.Grouped:
             mine = authors if only is None else sorted(set(authors) & set(only))
-            with app.db.session() as session:
+            with app.db.read() as session:
                 return posts.count_live_grouped(session, mine, *filters, vis.sql,
                                                 unblocked())
 
@@ -569,7 +569,7 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         source: Source = RecentSource(app)
 
         def count(only: Sequence[int] | None) -> cf.Grouped:
-            with app.db.session() as session:
+            with app.db.read() as session:
                 return posts.count_live_grouped(session, only, *filters, vis.sql,
                                                 unblocked())
 
@@ -586,7 +586,7 @@ def feed_page(app: AppState, viewer: int | None, is_admin: bool, feed_type: str,
         extra = trend.cursor_fields()
 
         def count(only: Sequence[int] | None) -> cf.Grouped:
-            with app.db.session() as session:
+            with app.db.read() as session:
                 return cf_sql.count_snapshot_grouped(session, trend.sid, *filters, vis.sql,
                                                      unblocked(), only)
 

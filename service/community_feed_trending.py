@@ -155,7 +155,7 @@ def keys_after(app: AppState, sid: int, after: Key | None, n: int,
         pass  # another request is restoring the copy: this page comes from the row
     except CacheUnavailable:
         outcome = "fallback"
-    with app.db.session() as session:
+    with app.db.read() as session:
         keys = cf_sql.snapshot_after(session, sid, after, n)
     if keys is None:
         raise UnknownSnapshot(sid)
@@ -164,7 +164,7 @@ def keys_after(app: AppState, sid: int, after: Key | None, n: int,
 
 def _load(app: AppState, sid: int) -> tuple[list[Key], int] | None:
     """A snapshot's entries and the seconds its copy should live, from its row."""
-    with app.db.session() as session:
+    with app.db.read() as session:
         found = cf_sql.snapshot_entries(session, sid)
     if found is None:
         return None
@@ -248,7 +248,7 @@ def ranking_at(app: AppState, ref: float) -> tuple[list[tuple[int, int]], cf.Flo
     settings = app.settings
     now = datetime.fromtimestamp(ref, UTC)
     since = now - timedelta(hours=settings.trending_window_hours)
-    with app.db.session() as session:
+    with app.db.read() as session:
         window = cf_sql.trending_window(session, since, now, settings.trending_max_posts)
         # Older than the window's oldest post (the window may have been cut at its cap).
         before = ((window[-1].created_at, window[-1].id)

@@ -100,7 +100,7 @@ class Source:
 
 def _recent_pg(app: AppState, after: Key | None, n: int,
                authors: Sequence[int] | None = None) -> list[Key]:
-    with app.db.session() as session:
+    with app.db.read() as session:
         return posts.recent_keys(session, n, after, authors)
 
 
@@ -188,7 +188,7 @@ class FilteredSource(Source):
     def next_keys(self, after: Key | None, n: int) -> list[Key]:
         vis, self.more = self.vis, None
         colls = None if vis.sql is not None or vis.collectives is None else vis.collectives
-        with self.app.db.session() as session:
+        with self.app.db.read() as session:
             keys = posts.matching_keys(
                 session, n, after, authors=self.authors, asset_type=self.asset_type,
                 tags=self.tags, viewer_id=self.viewer,
@@ -329,7 +329,7 @@ class PostLoader:
 
     def __call__(self, ids: Sequence[int]) -> dict[int, cache_posts.CachedPost]:
         if not self.cached:
-            with self.app.db.session() as session:
+            with self.app.db.read() as session:
                 rows = posts.load_page(session, ids, self.viewer, self.asset_type, self.tags,
                                        self.vis.sql)
             self.liked.update(i for i, row in rows.items() if row.liked)

@@ -136,7 +136,7 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
 
     def check_admin() -> None:
         nonlocal checked
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             _check_group(session, group_id, caller)
         checked = True
 
@@ -147,10 +147,10 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
                                 before_fill=check_admin if caller.is_admin else lambda: None)
     if cached is not None:
         if not cached.member:
-            with app_state.db.session() as session:
+            with app_state.db.read() as session:
                 _deny_group(session, group_id)
         return assemble_page(cached.items)
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         if caller.is_admin and not checked:
             _check_group(session, group_id, caller)
         items = store.list_items(session, group_id, limit, before)
@@ -158,7 +158,7 @@ def list_page(app_state: AppState, caller: Caller, group_id: int, limit: int,
         caller.id, group_id, [item.position for item in items], check_member=not caller.is_admin
     )
     if not page.member:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             _deny_group(session, group_id)
     return assemble_page([(gf_cache.render_item(item)["j"], viewed)
                           for item, viewed in zip(items, page.viewed, strict=True)])
@@ -243,13 +243,13 @@ def unread_counts(app_state: AppState, caller: Caller) -> dict[int, int]:
 def group_unread(app_state: AppState, caller: Caller, group_id: int) -> int:
     """One group's unread count for the caller (403/404 if they may not see it)."""
     if caller.is_admin:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             _check_group(session, group_id, caller)
     member, count = _read_states(app_state).group_unread(
         caller.id, group_id, check_member=not caller.is_admin
     )
     if not member:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             _deny_group(session, group_id)
     return count
 
@@ -265,7 +265,7 @@ def item_viewers(app_state: AppState, caller: Caller, item_id: int, limit: int,
                  cursor: str | None) -> Viewers:
     """Who viewed an item (author or admin), most recent first, cursor-paginated."""
     after = _decode_cursor(cursor) if cursor else None
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         item = _visible_item(session, item_id, caller)
         _require_author(item, caller)
         total, rows = store.viewers(session, item_id, limit + 1, after)

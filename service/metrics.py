@@ -94,7 +94,7 @@ class OutboxCollector(Collector):
         interval.add_metric([], state.settings.outbox_relay_interval)
         yield interval
         try:
-            with state.db.session() as session:
+            with state.db.read() as session:
                 rows, age = outbox_backlog(session)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Postgres is down
             return

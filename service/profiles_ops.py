@@ -12,7 +12,7 @@ from storage import profiles
 
 
 def get_profile(app: AppState, user_id: int) -> dict[str, Any]:
-    with app.db.session() as session:
+    with app.db.read() as session:
         return profiles.get_profile(session, user_id)
 
 

@@ -86,7 +86,7 @@ def load_inputs(session: Any, user_id: int) -> dict[str, Any]:
 
 def load_controls(app_state: AppState) -> Controls:
     """The ranking controls from Postgres (the truth)."""
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         stored = store.load_ranking_controls(session, feed_cache.config_scope().row_name)
     return Controls(stored.version, stored.enabled, stored.weights)
 
@@ -108,7 +108,7 @@ def compute_ranking(app_state: AppState, user_id: int, version: int | None,
     posts the viewer may see: public ones and their collectives' (every post for an
     admin). ``session``: the caller's (default: a session of its own)."""
     if session is None:
-        with app_state.db.session() as own:
+        with app_state.db.read() as own:
             return compute_ranking(app_state, user_id, version, weights, is_admin,
                                    clock_us, exclude, own, cached_inputs)
     settings = app_state.settings
@@ -251,12 +251,12 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
     start = (page - 1) * page_size
     # One session for the ranking and the page's missing posts (a pool checkout, a
     # transaction); a connection only once a statement runs (a warm page has none).
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
                                        force=force, is_admin=is_admin, clock=clock,
                                        session=session)
         if ranked is None:
-            session.close()
+            session.commit()  # ends the read (a close would roll it back)
             return chronological_page(app_state, user_id, page, page_size, is_admin)
         found = _page_posts(app_state, ranked, session)
     shown = [(found[e.id], e) for e in ranked.entries if e.id in found]
@@ -269,7 +269,7 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
 def chronological_page(app_state: AppState, user_id: int | None, page: int,
                        page_size: int, is_admin: bool = False) -> FeedPage:
     """Newest first: every post the caller may see (anonymous: public ones)."""
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         count, rows = store.chronological_page(session, user_id, (page - 1) * page_size,
                                                page_size, is_admin)
     return FeedPage(count, [(_from_row(row), None) for row in rows], False)
@@ -349,7 +349,7 @@ def set_member(app_state: AppState, user_id: int, collective_id: int, member: bo
 
 
 def get_preferences(app_state: AppState, user_id: int) -> store.Preferences:
-    with app_state.db.session() as session:
+    with app_state.db.read() as session:
         return store.load_preferences(session, user_id)
 
 
@@ -405,11 +405,11 @@ def check_user(app_state: AppState, user_id: int) -> list[tuple[str, Any, Any]]:
     row = feed_cache.scope(user_id).row_name
 
     def version() -> int:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             return rebuild_store.versions(session, [row])[row]
 
     def truth() -> dict[str, Any]:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             return load_inputs(session, user_id)
 
     return feed_cache.check(app_state.cache, user_id, truth, version)

@@ -133,7 +133,7 @@ def recent_page(app_state: AppState, user_id: int, page: int, per_page: int,
     capacity = app_state.settings.max_recent_reel_views
 
     def load() -> list[ListEntry]:
-        with app_state.db.session() as session:
+        with app_state.db.read() as session:
             return storage.recent_views(session, user_id, capacity)
 
     result = recent_reels.recent_page(app_state, user_id, (page - 1) * per_page, per_page, load)
