@@ -191,7 +191,8 @@ def _newest_per(column: str, ids_param: str, allowed: str) -> str:
 
 # The sources concatenated (UNION ALL: no sort or hash over the rows; a post found by two
 # sources comes twice, with the same values, and the caller keeps one). Every column is a
-# number: created_at as microseconds since the epoch (exact in an int8), the viewed flag
+# number: created_at as it is stored (``timestamptz_send``: int8 microseconds since
+# 2000-01-01 UTC, exact; ``extract(epoch ...)`` is numeric arithmetic per row), the viewed flag
 # (a hashed lookup of the viewer's post_views rows), and the post_type component, looked
 # up in the viewer's values per type. A joined collective's posts need no membership test
 # (the viewer is in it). The rows come back as ONE bytea, each row ``CANDIDATE_ROW`` (the
@@ -199,7 +200,7 @@ def _newest_per(column: str, ids_param: str, allowed: str) -> str:
 # value (as rows, ~1,000 x 7 values were each parsed into a Python number).
 _CANDIDATE_ROWS = (
     "SELECT c.id, c.author_id, coalesce(c.collective_id, 0) AS collective_id, "
-    "(extract(epoch FROM c.created_at) * 1000000)::bigint AS created_us, c.engagement, "
+    "c.created_at, c.engagement, "
     "c.id IN (SELECT v.post_id FROM post_views v WHERE v.viewer_id = %(viewer)s) "
     "AS viewed, "
     "coalesce((CAST(%(type_values)s AS float8[]))[array_position("
@@ -211,11 +212,13 @@ _CANDIDATE_ROWS = (
 )
 _CANDIDATES = (
     "SELECT coalesce(string_agg(int8send(r.id) || int8send(r.author_id) "
-    "|| int8send(r.collective_id) || int8send(r.created_us) || float8send(r.engagement) "
+    "|| int8send(r.collective_id) || timestamptz_send(r.created_at) || float8send(r.engagement) "
     "|| boolsend(r.viewed) || float8send(r.post_type), ''::bytea), ''::bytea) "
     f"FROM ({_CANDIDATE_ROWS}) r"
 )
-# One candidate as ``_CANDIDATES`` packs it (49 bytes).
+# One candidate as ``_CANDIDATES`` packs it (49 bytes; ``created_us`` counted from
+# Postgres's epoch, 2000-01-01, until ``load_candidates`` moves it to the Unix epoch).
+PG_EPOCH_US = 946_684_800_000_000
 CANDIDATE_ROW = np.dtype([("id", ">i8"), ("author_id", ">i8"), ("collective_id", ">i8"),
                           ("created_us", ">i8"), ("engagement", ">f8"), ("viewed", "?"),
                           ("post_type", ">f8")])
@@ -267,7 +270,9 @@ def load_candidates(
         })
         (packed,) = cursor.fetchone()
     DB_QUERIES.inc(2)  # the settings and the query, sent on the driver: counted here
-    return np.frombuffer(packed, dtype=CANDIDATE_ROW)
+    records = np.frombuffer(bytearray(packed), dtype=CANDIDATE_ROW)  # writable: a copy
+    records["created_us"] += PG_EPOCH_US
+    return records
 
 
 # --- what a page shows ---------------------------------------------------------------------
