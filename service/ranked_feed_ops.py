@@ -256,7 +256,7 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
                                        force=force, is_admin=is_admin, clock=clock,
                                        session=session)
         if ranked is None:
-            session.commit()  # ends the read (a close would roll it back)
+            session.close()
             return chronological_page(app_state, user_id, page, page_size, is_admin)
         found = _page_posts(app_state, ranked, session)
     shown = [(found[e.id], e) for e in ranked.entries if e.id in found]

@@ -4,22 +4,22 @@
 Every SQL statement sent is counted in ``db_queries_total`` (scripts/bench divides it by
 the requests served to report SQL queries per request).
 
-Reads end with COMMIT, never ROLLBACK: psycopg prepares a statement from its fifth run on a
-connection (``prepare_threshold``) and forgets every prepared statement of the connection at
-each ROLLBACK (``Connection.rollback`` clears its cache and deallocates them). A read path
-whose sessions rolled back therefore parsed and planned each of its queries anew at every
-request (docs/libraries.md, psycopg row)."""
+Reads run in autocommit (``Database.read``): no BEGIN, no COMMIT, and never a ROLLBACK.
+psycopg prepares a statement from its fifth run on a connection (``prepare_threshold``) and
+forgets every prepared statement of the connection at each ROLLBACK (``Connection.rollback``
+clears its cache and deallocates them), so read paths whose sessions rolled back parsed and
+planned each of their queries anew at every request; and a read needs no transaction block
+for its snapshot: under READ COMMITTED every statement takes its own anyway
+(docs/libraries.md, psycopg row)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 DB_QUERIES = Counter("db_queries_total", "SQL statements sent to Postgres")
@@ -41,9 +41,9 @@ class Database:
         )
         event.listen(self.engine, "before_cursor_execute", _count_query)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # The same pool; a connection handed to a reader begins READ ONLY transactions
-        # (psycopg's ``read_only``, reset when the connection goes back to the pool).
-        self.readers = sessionmaker(self.engine.execution_options(postgresql_readonly=True),
+        # The same pool; a connection handed to a reader is in autocommit until it goes
+        # back (psycopg's ``autocommit``: set and reset without a round trip).
+        self.readers = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
                                     expire_on_commit=False)
 
     @contextmanager
@@ -57,17 +57,16 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reads: its transaction is READ ONLY (a write in it fails) and is
-        committed when the block ends, so that the connection keeps the statements psycopg
-        prepared (a ROLLBACK drops them). Left by an exception: rolled back. As with
-        ``session()``, a connection is taken from the pool only once a statement runs."""
+        """A session for reads, in autocommit: each statement is its own transaction, so a
+        read costs its statements' round trips and no BEGIN or COMMIT, and the statements
+        psycopg prepared stay prepared. Not for writes: a write here is committed at once
+        (use ``session()`` or a unit of work). A block that needs one snapshot for several
+        statements asks for it (``session.connection(execution_options={"isolation_level":
+        "REPEATABLE READ"})`` inside ``session.begin()``). As with ``session()``, a
+        connection is taken from the pool only once a statement runs."""
         session = self.readers()
         try:
             yield session
-            # The reads are done; a READ ONLY transaction's COMMIT has nothing to keep,
-            # so a connection lost now fails no caller (the pool drops it at close).
-            with contextlib.suppress(DBAPIError):
-                session.commit()
         finally:
             session.close()
 

@@ -228,15 +228,32 @@ CANDIDATE_ROW = np.dtype([("id", ">i8"), ("author_id", ">i8"), ("collective_id",
 # a collective with a bitmap scan and sorts them, rather than read the newest k through
 # the ordered index of migration 0010, which touches fewer than half the pages); and the
 # generic plan of the prepared statement (psycopg prepares a query from its fifth run on a
-# connection): its shape is the same for every viewer (each source an ordered index scan
-# under a LIMIT), and Postgres would otherwise plan it again at every run, because the
-# arrays make each custom plan look cheaper than the generic one. All three in one
-# statement (``set_config(..., true)`` is ``SET LOCAL``), sent in the query's round trip.
+# connection, ``storage.db``): its shape is the same for every viewer (each source an
+# ordered index scan under a LIMIT), and Postgres would otherwise plan it again at every
+# run, because the arrays make each custom plan look cheaper than the generic one. All
+# three in one statement (``set_config(..., true)`` is ``SET LOCAL``), sent in the query's
+# round trip (``ranked_query``).
 _RANKING_SETTINGS = (
     "SELECT set_config('max_parallel_workers_per_gather', '0', true), "
     "set_config('random_page_cost', '1.1', true), "
     "set_config('plan_cache_mode', 'force_generic_plan', true)"
 )
+
+
+def ranked_query(session: Session, sql: str, params: Mapping[str, Any]) -> bytes:
+    """The one bytea value ``sql`` answers, run under ``_RANKING_SETTINGS`` in a
+    transaction of its own: BEGIN, the settings, the query and COMMIT in one pipeline (one
+    round trip), on the driver's cursor (psycopg placeholders). On a read session
+    (``Database.read``: autocommit) the settings end with it; inside a transaction the
+    caller holds open, it is a savepoint and they last until that transaction ends."""
+    conn = session.connection().connection.driver_connection
+    with conn.cursor(binary=True) as cursor:
+        with conn.pipeline(), conn.transaction():
+            cursor.execute(_RANKING_SETTINGS)
+            cursor.execute(sql, params)
+        (packed,) = cursor.fetchone()  # read once the pipeline is synced, COMMIT included
+    DB_QUERIES.inc(2)  # the settings and the query, sent on the driver: counted here
+    return packed
 
 
 def load_candidates(
@@ -258,18 +275,13 @@ def load_candidates(
     twice: public posts and those of the viewer's ``collectives`` (every collective's for
     an admin). One round trip; one bytea in binary format (no number printed, parsed or
     made a Python object)."""
-    conn = session.connection().connection.driver_connection
     types = sorted(type_values)
-    with conn.pipeline(), conn.cursor(binary=True) as cursor:
-        cursor.execute(_RANKING_SETTINGS)
-        cursor.execute(_CANDIDATES, {
-            "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
-            "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,
-            "k_social": k_social, "admin": is_admin, "types": types,
-            "type_values": [float(type_values[t]) for t in types],
-        })
-        (packed,) = cursor.fetchone()
-    DB_QUERIES.inc(2)  # the settings and the query, sent on the driver: counted here
+    packed = ranked_query(session, _CANDIDATES, {
+        "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
+        "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,
+        "k_social": k_social, "admin": is_admin, "types": types,
+        "type_values": [float(type_values[t]) for t in types],
+    })
     records = np.frombuffer(bytearray(packed), dtype=CANDIDATE_ROW)  # writable: a copy
     records["created_us"] += PG_EPOCH_US
     return records

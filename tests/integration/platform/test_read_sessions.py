@@ -1,13 +1,14 @@
-"""Read sessions (``Database.read``) end with COMMIT, so the statements psycopg prepares
-survive: a read path that repeats a query runs its prepared plan, not a new parse and
-plan per request. A ROLLBACK (what ``Database.session`` ends with when nothing was
-committed) makes psycopg drop them, and a write in a read session fails."""
+"""Read sessions (``Database.read``) run in autocommit: no transaction is left open to
+commit or roll back, so the statements psycopg prepares survive, and a read path that
+repeats a query runs its prepared plan, not a new parse and plan per request. A ROLLBACK
+(what ``Database.session`` ends with when nothing was committed) makes psycopg drop
+them."""
 
 from __future__ import annotations
 
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from storage.db import Database
 
@@ -44,12 +45,21 @@ def test_sessions_that_roll_back_never_keep_a_prepared_statement(db):
     assert _prepared(db) == 0
 
 
-def test_a_write_in_a_read_session_fails_and_keeps_nothing(db):
-    with pytest.raises(DBAPIError, match="read-only transaction"), db.read() as session:
-        session.execute(text("INSERT INTO collectives (id, name) VALUES (990001, 'x')"))
+def test_a_read_opens_no_transaction(db):
+    # No BEGIN before the statement and no COMMIT after it: the connection is idle, not
+    # in a transaction, between the statements of a read and when it goes back.
     with db.read() as session:
-        assert session.execute(text(
-            "SELECT count(*) FROM collectives WHERE id = 990001")).scalar_one() == 0
+        session.execute(text("SELECT 1")).scalar_one()
+        raw = session.connection().connection.driver_connection
+        assert raw.info.transaction_status == TransactionStatus.IDLE
+        first, second = (session.execute(text(
+            "SELECT statement_timestamp() = transaction_timestamp()")).scalar_one()
+            for _ in range(2))
+        assert first and second  # each statement its own transaction
+    with db.session() as session:  # the contrast: a session's statements share one
+        session.execute(text("SELECT 1"))
+        assert not session.execute(text(
+            "SELECT statement_timestamp() = transaction_timestamp()")).scalar_one()
 
 
 def test_the_personalized_pages_candidate_query_runs_prepared(state, client, auth):

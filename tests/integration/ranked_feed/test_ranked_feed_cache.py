@@ -271,19 +271,21 @@ def test_forced_page_with_its_posts_missing_uses_one_connection(
 
 
 def test_candidates_query_runs_under_the_rankings_settings(state, monkeypatch):
-    """The settings statement is in force for the candidates' query (same transaction),
-    and only there: the session's next transaction has the server's defaults."""
+    """The settings are in force for the ranking's query (one transaction with it), and
+    only there: the read session's next statement has the server's defaults."""
     world = _world(state, monkeypatch)
-    with state.db.session() as session:
-        default = session.execute(text("SHOW random_page_cost")).scalar_one()
-        session.commit()
-        store.load_candidates(session, viewer=world.users[0], fellows=[], collectives=[],
-                              blocked=[], muted=[], type_values={}, k_recent=5, k_social=5)
-        shown = [session.execute(text(f"SHOW {name}")).scalar_one() for name in (
-            "max_parallel_workers_per_gather", "random_page_cost", "plan_cache_mode")]
-        assert shown == ["0", "1.1", "force_generic_plan"]
-        session.commit()
-        assert session.execute(text("SHOW random_page_cost")).scalar_one() == default
+    names = ("max_parallel_workers_per_gather", "random_page_cost", "plan_cache_mode")
+    with state.db.read() as session:
+        default = [session.execute(text(f"SHOW {name}")).scalar_one() for name in names]
+        shown = store.ranked_query(session, "SELECT convert_to(concat_ws(',', " + ", ".join(
+            f"current_setting('{name}')" for name in names) + "), 'UTF8')", {})
+        assert bytes(shown).decode().split(",") == ["0", "1.1", "force_generic_plan"]
+        assert len(store.load_candidates(
+            session, viewer=world.users[0], fellows=[], collectives=[], blocked=[],
+            muted=[], type_values={}, k_recent=5, k_social=5)) == 5
+        assert [session.execute(text(f"SHOW {name}")).scalar_one()
+                for name in names] == default
+    assert default[1] != "1.1"  # else the test would not tell
 
 
 def test_lost_version_copy_is_reloaded_not_restarted(client, auth, state, monkeypatch):
