@@ -159,101 +159,32 @@ def load_inputs(session: Session, user_id: int) -> RankingInputs:
     return RankingInputs(list(row.fellows), list(row.colls), by_author, by_type, prefs)
 
 
-# Only what the score needs (and the order's tie-breaks). Run on the driver's cursor
-# (psycopg placeholders): plain tuples, no row objects for ~1,000 rows.
-_CANDIDATE_COLUMNS = (
-    "p.id, p.author_id, p.post_type, p.collective_id, p.created_at, p.engagement"
-)
-_NOT_FILTERED = (
-    "p.deleted_at IS NULL AND NOT (p.author_id = ANY(CAST(%(blocked)s AS bigint[]))) "
-    "AND NOT coalesce(p.collective_id = ANY(CAST(%(muted)s AS bigint[])), false)"
-)
-_ALLOWED = (
-    f"{_NOT_FILTERED} AND (p.collective_id IS NULL OR CAST(%(admin)s AS boolean) "
-    "OR p.collective_id = ANY(CAST(%(colls)s AS bigint[])))"
-)
-
-
-def _newest_per(column: str, ids_param: str, allowed: str) -> str:
-    """The ``k_social`` newest ``allowed`` posts whose ``column`` is in ``ids_param``: the
-    newest k of each id, read backwards from its ``(column, created_at, id)`` index of
-    live posts (``ix_posts_live_author_created`` / ``ix_posts_live_collective_created``,
-    migration 0010) and stopping there, then the newest k of those, so no source reads
-    more than k rows per id."""
-    return (
-        f"(SELECT {_CANDIDATE_COLUMNS} FROM unnest(CAST(%({ids_param})s AS bigint[])) "
-        f"AS s(v) CROSS JOIN LATERAL (SELECT {_CANDIDATE_COLUMNS} FROM posts p "
-        f"WHERE p.{column} = s.v AND {allowed} "
-        "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s) p "
-        "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_social)s)"
-    )
-
-
-# The sources concatenated (UNION ALL: no sort or hash over the rows; a post found by two
-# sources comes twice, with the same values, and the caller keeps one). Every column is a
-# number: created_at as it is stored (``timestamptz_send``: int8 microseconds since
-# 2000-01-01 UTC, exact; ``extract(epoch ...)`` is numeric arithmetic per row), the viewed flag
-# (a hashed lookup of the viewer's post_views rows), and the post_type component, looked
-# up in the viewer's values per type. A joined collective's posts need no membership test
-# (the viewer is in it). The rows come back as ONE bytea, each row ``CANDIDATE_ROW`` (the
-# types' binary send format, big-endian), which numpy reads without a Python object per
-# value (as rows, ~1,000 x 7 values were each parsed into a Python number).
-_CANDIDATE_ROWS = (
-    "SELECT c.id, c.author_id, coalesce(c.collective_id, 0) AS collective_id, "
-    "c.created_at, c.engagement, "
-    "c.id IN (SELECT v.post_id FROM post_views v WHERE v.viewer_id = %(viewer)s) "
-    "AS viewed, "
-    "coalesce((CAST(%(type_values)s AS float8[]))[array_position("
-    "CAST(%(types)s AS text[]), c.post_type::text)], 0) AS post_type FROM ("
-    f"(SELECT {_CANDIDATE_COLUMNS} FROM posts p WHERE {_ALLOWED} "
-    "ORDER BY p.created_at DESC, p.id DESC LIMIT %(k_recent)s)"
-    " UNION ALL " + _newest_per("author_id", "fellows", _ALLOWED)
-    + " UNION ALL " + _newest_per("collective_id", "colls", _NOT_FILTERED) + ") c"
-)
+# The candidates come from the SQL function ``ranked_candidates`` (migration 0011, where
+# its query is): the sources concatenated (UNION ALL: no sort or hash over the rows; a post
+# found by two sources comes twice, with the same values, and the caller keeps one), each
+# read backwards from its ``(…, created_at, id)`` index of live posts (migration 0010) and
+# stopping at its limit. Every column is a number: created_at as it is stored
+# (``timestamptz_send``: int8 microseconds since 2000-01-01 UTC, exact), the viewed flag
+# (one hashed read of the viewer's post_views rows) and the post_type component, looked up
+# in the viewer's values per type; a joined collective's posts need no membership test.
+# The rows come back as ONE bytea, each row ``CANDIDATE_ROW`` (the types' binary send
+# format, big-endian), which numpy reads without a Python object per value. The function
+# holds the query's planner settings as its own SET clauses: no parallel workers (starting
+# them costs more than the query takes); random_page_cost 1.1, as on an SSD or a cached
+# table (with the server default, 4, the planner read every post of a collective with a
+# bitmap scan and sorted them rather than read the newest k through the ordered index);
+# and the generic plan, kept per connection by plpgsql (its shape is the same for every
+# viewer, each source an ordered index scan under a LIMIT).
 _CANDIDATES = (
-    "SELECT coalesce(string_agg(int8send(r.id) || int8send(r.author_id) "
-    "|| int8send(r.collective_id) || timestamptz_send(r.created_at) || float8send(r.engagement) "
-    "|| boolsend(r.viewed) || float8send(r.post_type), ''::bytea), ''::bytea) "
-    f"FROM ({_CANDIDATE_ROWS}) r"
+    "SELECT ranked_candidates(%(viewer)s, %(fellows)s, %(colls)s, %(blocked)s, %(muted)s, "
+    "%(k_recent)s, %(k_social)s, %(admin)s, %(types)s, %(type_values)s)"
 )
-# One candidate as ``_CANDIDATES`` packs it (49 bytes; ``created_us`` counted from
+# One candidate as ``ranked_candidates`` packs it (49 bytes; ``created_us`` counted from
 # Postgres's epoch, 2000-01-01, until ``load_candidates`` moves it to the Unix epoch).
 PG_EPOCH_US = 946_684_800_000_000
 CANDIDATE_ROW = np.dtype([("id", ">i8"), ("author_id", ">i8"), ("collective_id", ">i8"),
                           ("created_us", ">i8"), ("engagement", ">f8"), ("viewed", "?"),
                           ("post_type", ">f8")])
-# The ranking's small indexed queries: no parallel workers (starting them costs more than
-# these queries take); the cost of a random page read as on an SSD or a cached table
-# (the server default, 4, assumes spinning disks: with it the planner reads every post of
-# a collective with a bitmap scan and sorts them, rather than read the newest k through
-# the ordered index of migration 0010, which touches fewer than half the pages); and the
-# generic plan of the prepared statement (psycopg prepares a query from its fifth run on a
-# connection, ``storage.db``): its shape is the same for every viewer (each source an
-# ordered index scan under a LIMIT), and Postgres would otherwise plan it again at every
-# run, because the arrays make each custom plan look cheaper than the generic one. All
-# three in one statement (``set_config(..., true)`` is ``SET LOCAL``), sent in the query's
-# round trip (``ranked_query``).
-_RANKING_SETTINGS = (
-    "SELECT set_config('max_parallel_workers_per_gather', '0', true), "
-    "set_config('random_page_cost', '1.1', true), "
-    "set_config('plan_cache_mode', 'force_generic_plan', true)"
-)
-
-
-def ranked_query(session: Session, sql: str, params: Mapping[str, Any]) -> bytes:
-    """The one bytea value ``sql`` answers, run under ``_RANKING_SETTINGS`` in a
-    transaction of its own: BEGIN, the settings, the query and COMMIT in one pipeline (one
-    round trip), on the driver's cursor (psycopg placeholders). On a read session
-    (``Database.read``: autocommit) the settings end with it; inside a transaction the
-    caller holds open, it is a savepoint and they last until that transaction ends."""
-    conn = session.connection().connection.driver_connection
-    with conn.cursor(binary=True) as cursor:
-        with conn.pipeline(), conn.transaction():
-            cursor.execute(_RANKING_SETTINGS)
-            cursor.execute(sql, params)
-        (packed,) = cursor.fetchone()  # read once the pipeline is synced, COMMIT included
-    DB_QUERIES.inc(2)  # the settings and the query, sent on the driver: counted here
-    return packed
 
 
 def load_candidates(
@@ -273,15 +204,19 @@ def load_candidates(
     ``(id, author_id, collective_id or 0, created_at in µs since the epoch, engagement,
     viewed, type_values[post_type] or 0)``, in no order, a post found by two sources
     twice: public posts and those of the viewer's ``collectives`` (every collective's for
-    an admin). One round trip; one bytea in binary format (no number printed, parsed or
-    made a Python object)."""
+    an admin). One statement on the driver's cursor (psycopg placeholders), one bytea in
+    binary format (no number printed, parsed or made a Python object)."""
+    conn = session.connection().connection.driver_connection
     types = sorted(type_values)
-    packed = ranked_query(session, _CANDIDATES, {
-        "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
-        "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,
-        "k_social": k_social, "admin": is_admin, "types": types,
-        "type_values": [float(type_values[t]) for t in types],
-    })
+    with conn.cursor(binary=True) as cursor:
+        cursor.execute(_CANDIDATES, {
+            "viewer": viewer, "fellows": list(fellows), "colls": list(collectives),
+            "blocked": list(blocked), "muted": list(muted), "k_recent": k_recent,
+            "k_social": k_social, "admin": is_admin, "types": types,
+            "type_values": [float(type_values[t]) for t in types],
+        })
+        (packed,) = cursor.fetchone()
+    DB_QUERIES.inc()  # sent on the driver: counted here
     records = np.frombuffer(bytearray(packed), dtype=CANDIDATE_ROW)  # writable: a copy
     records["created_us"] += PG_EPOCH_US
     return records

@@ -73,5 +73,5 @@ def test_the_personalized_pages_candidate_query_runs_prepared(state, client, aut
     with state.db.read() as session:
         names = session.execute(text(
             "SELECT name FROM pg_prepared_statements "
-            "WHERE statement LIKE 'SELECT coalesce(string_agg(int8send(r.id)%'")).scalars().all()
+            "WHERE statement LIKE 'SELECT ranked_candidates(%'")).scalars().all()
     assert names  # on the connection the pages used (the test client sends one at a time)
