@@ -249,8 +249,8 @@ def personalized_page(app_state: AppState, user_id: int, page: int, page_size: i
     ranking cached before them is not read again once their change is applied (right
     after commit; after a crash, by the outbox relay)."""
     start = (page - 1) * page_size
-    # One session for the ranking and the page's missing posts (a pool checkout, a
-    # transaction); a connection only once a statement runs (a warm page has none).
+    # One read session for the ranking and the page's missing posts (one pool checkout);
+    # a connection only once a statement runs (a warm page has none).
     with app_state.db.read() as session:
         controls, ranked = ranked_page(app_state, user_id, start, start + page_size,
                                        force=force, is_admin=is_admin, clock=clock,

@@ -8,9 +8,9 @@ sources, columns and packing of ``storage/ranked_feed.py``'s module docstring). 
 the planner settings the query needs as the function's own ``SET`` clauses, in force while
 it runs and planned under them: no parallel workers, ``random_page_cost`` 1.1, and the
 generic plan (plpgsql keeps the query's plan per connection). Sent before as a settings
-statement and the query in one transaction, they cost the client ~375 µs of CPU and the
-page ~500 µs (docs/operations.md, 2026-12-08). A change to the query is a new migration
-(``CREATE OR REPLACE FUNCTION``).
+statement and the query in one transaction, they cost more than the query's own client
+work (measured in docs/operations.md, "Read sessions"). A change to the query is a new
+migration (``CREATE OR REPLACE FUNCTION``).
 """
 
 from collections.abc import Sequence
